@@ -1,0 +1,20 @@
+# Retrieval-augmented genotype imputation. Configure in config/config.yaml; see README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/windows.smk"
+include: "workflow/rules/masks.smk"
+include: "workflow/rules/index.smk"
+
+
+rule all:
+    input:
+        get_final_output,
+    default_target: True

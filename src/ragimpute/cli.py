@@ -1,0 +1,180 @@
+"""Command-line entry point: every pipeline stage as a subcommand, for use outside Snakemake.
+
+ragimpute demo --vcf panel.vcf.gz --array array.tsv
+ragimpute split --panel panel.vcf.gz --out split.tsv
+ragimpute window --panel panel.vcf.gz --split split.tsv --chrom 20 --out windows/20
+ragimpute mask --windows windows/20 --strategy array --array array.tsv --store masks/20
+ragimpute tokenize --windows windows/20 --store masks/20 --hash H --split train --out tokens/train.parquet
+ragimpute index --tokens tokens/train.parquet --out index/20/H
+ragimpute retrieve --tokens tokens/val.parquet --index index/20/H -k 8 --out val.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .errors import ArtifactError, InputError, MaskMismatchError
+from .logs import log, setup_logging
+
+USER_ERRORS = (InputError, ArtifactError, MaskMismatchError)
+
+
+def _demo(a: argparse.Namespace) -> None:
+    from .demo import DemoSpec, make_demo
+
+    spec = DemoSpec(
+        seed=a.seed, n_samples=a.samples, chromosomes=a.chromosomes, sequence_length=a.length
+    )
+    make_demo(spec, a.vcf, a.array)
+
+
+def _split(a: argparse.Namespace) -> None:
+    from .split import run_split_stage
+
+    fractions = dict(zip(("train", "val", "test"), a.fractions, strict=True))
+    run_split_stage(a.panel, a.out, fractions, a.seed, a.table)
+
+
+def _window(a: argparse.Namespace) -> None:
+    from .windows import run_window_stage
+
+    run_window_stage(
+        a.panel, a.split, a.chrom, a.length, a.overlap, a.out, pass_only=not a.keep_filtered
+    )
+
+
+def _mask(a: argparse.Namespace) -> None:
+    from .masks import run_mask_stage_dir
+
+    cfg = {
+        "strategy": a.strategy,
+        "rate": a.rate,
+        "seed": a.seed,
+        "maf_threshold": a.maf_threshold,
+        "array_dropout": a.array_dropout,
+        "schedule": a.schedule,
+    }
+    current = a.current or f"{a.store}/current.json"
+    hashes = run_mask_stage_dir(a.windows, cfg, a.store, current, a.array)
+    print("\n".join(hashes))
+
+
+def _tokenize(a: argparse.Namespace) -> None:
+    from .tokens import run_tokenize_stage
+
+    run_tokenize_stage(a.windows, a.store, a.hash, a.split, a.out)
+
+
+def _index(a: argparse.Namespace) -> None:
+    from .index import build_index
+
+    build_index(a.tokens, a.out, kind=a.kind, hnsw_m=a.hnsw_m, threads=a.threads)
+
+
+def _retrieve(a: argparse.Namespace) -> None:
+    from .retrieval import retrieve
+
+    retrieve(a.tokens, a.index, a.k, a.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ragimpute", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"ragimpute {__version__}")
+    p.add_argument("--log", help="also write the log to this file")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo", help="simulate the demo panel (msprime) and its array manifest")
+    s.add_argument("--vcf", required=True, help="output panel .vcf.gz (indexed)")
+    s.add_argument("--array", required=True, help="output array manifest TSV")
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--samples", type=int, default=300, help="diploid samples")
+    s.add_argument("--length", type=int, default=3_000_000, help="bp per chromosome")
+    s.add_argument("--chromosomes", nargs="+", default=["20"])
+    s.set_defaults(func=_demo)
+
+    s = sub.add_parser("split", help="train/val/test sample split")
+    s.add_argument("--panel", required=True)
+    s.add_argument("--out", required=True, help="output TSV (sample, split)")
+    s.add_argument(
+        "--fractions",
+        type=float,
+        nargs=3,
+        default=[0.8, 0.1, 0.1],
+        metavar=("TRAIN", "VAL", "TEST"),
+    )
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--table", help="use this TSV (sample, split) instead of a random split")
+    s.set_defaults(func=_split)
+
+    s = sub.add_parser(
+        "window", help="sites, windows and per-split haplotype tables of one chromosome"
+    )
+    s.add_argument("--panel", required=True)
+    s.add_argument("--split", required=True)
+    s.add_argument("--chrom", required=True)
+    s.add_argument("--length", type=int, default=1024, help="window length in sites")
+    s.add_argument("--overlap", type=int, default=256, help="sites shared by consecutive windows")
+    s.add_argument(
+        "--keep-filtered", action="store_true", help="keep records whose FILTER is not PASS"
+    )
+    s.add_argument("--out", required=True, help="output directory")
+    s.set_defaults(func=_window)
+
+    s = sub.add_parser("mask", help="make and store masks; prints their hashes")
+    s.add_argument("--windows", required=True, help="window stage directory")
+    s.add_argument("--store", required=True, help="mask store directory (masks/<chrom>)")
+    s.add_argument(
+        "--current", help="where to write the list of hashes (default STORE/current.json)"
+    )
+    s.add_argument("--strategy", choices=("random", "af", "array"), default="random")
+    s.add_argument("--rate", type=float, default=0.5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--maf-threshold", type=float, default=0.05)
+    s.add_argument("--array", help="array manifest (TSV chrom,pos[,ref,alt] or a VCF)")
+    s.add_argument("--array-dropout", type=float, default=0.0)
+    s.add_argument("--schedule", type=int, default=0, help="E > 0: one mask per epoch")
+    s.set_defaults(func=_mask)
+
+    s = sub.add_parser("tokenize", help="tokenize one split under one mask")
+    s.add_argument("--windows", required=True)
+    s.add_argument("--store", required=True)
+    s.add_argument("--hash", required=True)
+    s.add_argument("--split", required=True, choices=("train", "val", "test"))
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_tokenize)
+
+    s = sub.add_parser("index", help="build the FAISS index of the train tokens")
+    s.add_argument("--tokens", required=True, help="train split token table")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument(
+        "--kind", choices=("binary_flat", "binary_hnsw", "float_l2"), default="binary_flat"
+    )
+    s.add_argument("--hnsw-m", type=int, default=32)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=_index)
+
+    s = sub.add_parser("retrieve", help="top-K neighbours of every query haplotype window")
+    s.add_argument("--tokens", required=True)
+    s.add_argument("--index", required=True)
+    s.add_argument("-k", type=int, default=32)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_retrieve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log)
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Site masks with content hashes.
+
+A mask says, for every site of a chromosome, whether it is hidden (to be predicted) or observed. It is
+the same for every haplotype, so queries and the reference live in one feature space: the observed
+sites. Its hash covers the canonical mask bytes, the strategy spec, the site list and a format version;
+every token table and index carries it, and an index refuses queries with another hash.
+
+Strategies:
+- ``random``: hide ``rate`` of the sites, chosen uniformly (seeded);
+- ``af``: allele-frequency aware, like a genotyping chip: sites with reference MAF < ``maf_threshold``
+  are always hidden, and ``rate`` of the common sites are hidden;
+- ``array``: hide every site not on an array manifest (the honest imputation setting); with
+  ``array_dropout`` > 0 a seeded fraction of the array sites is hidden too.
+A ``schedule`` of E > 0 gives E masks, one per epoch, each with its own seed, hash and index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from . import __version__
+from .atomic import read_json, write_json, write_parquet
+from .errors import ArtifactError, InputError
+from .logs import log
+from .vcf_io import normalize_chrom, vcf_records_sites
+
+FORMAT_VERSION = 1
+STRATEGIES = ("random", "af", "array")
+HASH_CHARS = 16
+
+
+@dataclass
+class Mask:
+    hash: str
+    spec: dict
+    masked: np.ndarray  # (n_sites,) bool, True = hidden
+    site_list_hash: str
+
+    @property
+    def observed(self) -> np.ndarray:
+        return ~self.masked
+
+
+def expand_specs(cfg: dict) -> list[dict]:
+    """The canonical spec of each mask the config asks for (E of them with a schedule)."""
+    strategy = cfg.get("strategy", "random")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"mask.strategy must be one of {STRATEGIES}, got {strategy!r}")
+    base: dict = {"strategy": strategy, "seed": int(cfg.get("seed", 0))}
+    if strategy in ("random", "af"):
+        base["rate"] = float(cfg.get("rate", 0.5))
+    if strategy == "af":
+        base["maf_threshold"] = float(cfg.get("maf_threshold", 0.05))
+    if strategy == "array":
+        base["array_dropout"] = float(cfg.get("array_dropout", 0.0))
+    for key in ("rate", "array_dropout"):
+        if key in base and not 0.0 <= base[key] <= 1.0:
+            raise ValueError(f"mask.{key} must be in [0, 1], got {base[key]}")
+    epochs = int(cfg.get("schedule", 0) or 0)
+    if epochs <= 0:
+        return [base]
+    return [{**base, "epoch": e} for e in range(epochs)]
+
+
+def read_site_list(path: str | os.PathLike) -> pd.DataFrame:
+    """An array manifest (TSV: chrom, pos[, ref, alt]) or the sites of a VCF/BCF."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(
+            p, "array manifest not found", "Set mask.array_manifest (or panel.array_manifest)"
+        )
+    if p.name.endswith((".vcf", ".vcf.gz", ".bcf", ".vcf.bgz")):
+        return vcf_records_sites(p)
+    df = pd.read_csv(p, sep="\t", dtype={"chrom": str}, comment=None)
+    if not {"chrom", "pos"} <= set(df.columns):
+        raise InputError(
+            p, f"needs columns chrom and pos (and optionally ref, alt); has {list(df.columns)}"
+        )
+    if df.empty:
+        raise InputError(p, "array manifest lists no sites")
+    return df
+
+
+def match_sites(sites: pd.DataFrame, manifest: pd.DataFrame, manifest_path: object) -> np.ndarray:
+    """Boolean per panel site: is it on the manifest? Chromosome names match with or without ``chr``;
+    where the manifest gives alleles, REF/ALT may be swapped (the same SNV, other orientation)."""
+    chrom = normalize_chrom(str(sites["chrom"].iloc[0]))
+    m = manifest.loc[manifest["chrom"].astype(str).map(normalize_chrom) == chrom]
+    if m.empty:
+        raise InputError(
+            manifest_path,
+            f"no manifest site is on chromosome {sites['chrom'].iloc[0]} (manifest chromosomes: "
+            f"{', '.join(sorted(manifest['chrom'].astype(str).unique())[:10])})",
+            "The target or array does not overlap the reference: check the build and chromosome names",
+        )
+    if {"ref", "alt"} <= set(m.columns):
+        mp, mr, ma = m["pos"].astype(np.int64), m["ref"].astype(str), m["alt"].astype(str)
+        wanted = set(zip(mp, mr, ma, strict=True)) | set(zip(mp, ma, mr, strict=True))
+        keys = zip(sites["pos"].astype(np.int64), sites["ref"], sites["alt"], strict=True)
+        hit = np.fromiter((k in wanted for k in keys), dtype=bool, count=len(sites))
+    else:
+        hit = sites["pos"].astype(np.int64).isin(set(m["pos"].astype(np.int64))).to_numpy()
+    if not hit.any():
+        raise InputError(
+            manifest_path,
+            f"none of its {len(m)} sites on chromosome {chrom} is a panel site (position and alleles)",
+            "The target or array does not overlap the reference: check the genome build",
+        )
+    n_unmatched = len(m) - int(hit.sum())
+    if n_unmatched:
+        log.warning(
+            "%s: %d of %d manifest sites are not panel SNVs (ignored)",
+            manifest_path,
+            n_unmatched,
+            len(m),
+        )
+    return hit
+
+
+def make_mask(spec: dict, sites: pd.DataFrame, on_array: np.ndarray | None = None) -> np.ndarray:
+    """Boolean per site, True = hidden. Deterministic in (spec, sites, array)."""
+    n = len(sites)
+    rng = np.random.default_rng([spec["seed"], spec.get("epoch", 0)])
+    strategy = spec["strategy"]
+    masked = np.zeros(n, dtype=bool)
+    if strategy == "random":
+        masked[rng.choice(n, size=int(round(spec["rate"] * n)), replace=False)] = True
+    elif strategy == "af":
+        maf = sites["maf"].to_numpy()
+        common = np.flatnonzero(maf >= spec["maf_threshold"])
+        masked[maf < spec["maf_threshold"]] = True
+        masked[rng.choice(common, size=int(round(spec["rate"] * len(common))), replace=False)] = (
+            True
+        )
+    elif strategy == "array":
+        if on_array is None:
+            raise ValueError("the array strategy needs an array manifest")
+        masked = ~on_array
+        arr = np.flatnonzero(on_array)
+        drop = int(round(spec.get("array_dropout", 0.0) * len(arr)))
+        if drop:
+            masked[rng.choice(arr, size=drop, replace=False)] = True
+    else:
+        raise ValueError(f"unknown mask strategy {strategy!r}")
+    return masked
+
+
+def canonical_spec(spec: dict) -> str:
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def mask_hash(masked: np.ndarray, spec: dict, site_list_hash: str) -> str:
+    h = hashlib.sha256()
+    for part in (
+        b"ragimpute-mask",
+        str(FORMAT_VERSION).encode(),
+        canonical_spec(spec).encode(),
+        site_list_hash.encode(),
+    ):
+        h.update(part + b"\0")
+    h.update(len(masked).to_bytes(8, "little"))
+    h.update(np.packbits(masked.astype(bool)).tobytes())
+    return h.hexdigest()[:HASH_CHARS]
+
+
+def store_mask(
+    store: str | os.PathLike,
+    masked: np.ndarray,
+    spec: dict,
+    sites: pd.DataFrame,
+    site_list_hash: str,
+    provenance: dict | None = None,
+) -> str:
+    """Write ``store/<hash>/{spec.json,mask.parquet}`` unless already there; return the hash.
+
+    An existing store entry is left untouched (its mtime too), so that artifacts keyed on it, such as
+    the index, are not rebuilt when an earlier mask setting comes back.
+    """
+    h = mask_hash(masked, spec, site_list_hash)
+    d = Path(store) / h
+    if (d / "mask.parquet").exists():
+        existing = load_mask(store, h)
+        if not np.array_equal(existing.masked, masked) or existing.spec != spec:
+            raise ArtifactError(
+                f"{d}: stored mask differs from the one with the same hash; delete {d}"
+            )
+        return h
+    windows = sites["window"].to_numpy()
+    n_win = int(windows.max()) + 1 if len(windows) else 0
+    observed_per_window = np.bincount(windows[~masked], minlength=n_win)
+    empty = np.flatnonzero(observed_per_window == 0).tolist()
+    if empty:
+        log.warning(
+            "mask %s: %d windows have no observed site (%s...); retrieval there has nothing to match on",
+            h,
+            len(empty),
+            empty[:5],
+        )
+    info = {
+        "hash": h,
+        "format_version": FORMAT_VERSION,
+        "spec": spec,
+        "site_list_hash": site_list_hash,
+        "chrom": str(sites["chrom"].iloc[0]),
+        "n_sites": len(masked),
+        "n_masked": int(masked.sum()),
+        "n_observed": int((~masked).sum()),
+        "observed_per_owned_window": {
+            "min": int(observed_per_window.min()) if n_win else 0,
+            "median": float(np.median(observed_per_window)) if n_win else 0.0,
+        },
+        "windows_without_observed": empty,
+        "seed": spec["seed"],
+        "ragimpute": __version__,
+        **({"provenance": provenance} if provenance else {}),
+    }
+    table = pa.table(
+        {
+            "site": sites["site"].to_numpy(),
+            "pos": sites["pos"].to_numpy(),
+            "window": sites["window"].to_numpy(),
+            "masked": masked,
+        }
+    )
+    write_json(d / "spec.json", info)
+    write_parquet(
+        d / "mask.parquet",
+        table,
+        {
+            "mask_hash": h,
+            "site_list_hash": site_list_hash,
+            "format_version": FORMAT_VERSION,
+            "spec": canonical_spec(spec),
+        },
+    )
+    return h
+
+
+def load_mask(store: str | os.PathLike, h: str) -> Mask:
+    d = Path(store) / h
+    path = d / "mask.parquet"
+    if not path.exists():
+        raise ArtifactError(
+            f"{path} is missing. It is written by the `mask` checkpoint; run `snakemake --forcerun mask` "
+            "(or `ragimpute mask`) to restore it"
+        )
+    info = read_json(d / "spec.json")
+    if info.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{d}: mask format {info.get('format_version')}, this version reads {FORMAT_VERSION}"
+        )
+    masked = pd.read_parquet(path, columns=["masked"])["masked"].to_numpy()
+    mask = Mask(h, info["spec"], masked, info["site_list_hash"])
+    if mask_hash(masked, mask.spec, mask.site_list_hash) != h:
+        raise ArtifactError(
+            f"{d}: content does not match its hash {h}; it was modified. Delete it and re-run"
+        )
+    return mask
+
+
+def run_mask_stage(
+    sites: pd.DataFrame,
+    site_list_hash: str,
+    cfg: dict,
+    store: str | os.PathLike,
+    current_json: str | os.PathLike,
+    array_manifest: str | os.PathLike | None = None,
+) -> list[str]:
+    """Make every mask the config asks for, store them by hash, and write the list to ``current_json``."""
+    specs = expand_specs(cfg)
+    on_array = None
+    provenance = None
+    if specs[0]["strategy"] == "array":
+        if not array_manifest:
+            raise InputError(
+                "config",
+                "mask.strategy is 'array' but no array manifest is configured",
+                "Set mask.array_manifest (the demo writes one)",
+            )
+        on_array = match_sites(sites, read_site_list(array_manifest), array_manifest)
+        provenance = {
+            "array_manifest": str(array_manifest),
+            "array_manifest_sha256": _file_sha256(array_manifest),
+            "array_sites_matched": int(on_array.sum()),
+        }
+    hashes = []
+    for spec in specs:
+        masked = make_mask(spec, sites, on_array)
+        hashes.append(store_mask(store, masked, spec, sites, site_list_hash, provenance))
+        log.info(
+            "mask %s: %s, %d of %d sites hidden",
+            hashes[-1],
+            canonical_spec(spec),
+            masked.sum(),
+            len(masked),
+        )
+    write_json(
+        current_json, {"chrom": str(sites["chrom"].iloc[0]), "hashes": hashes, "specs": specs}
+    )
+    return hashes
+
+
+def _file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_mask_stage_dir(
+    windows_dir: str | os.PathLike,
+    cfg: dict,
+    store: str | os.PathLike,
+    current_json: str | os.PathLike,
+    array_manifest: str | os.PathLike | None = None,
+) -> list[str]:
+    from .windows import sites_with_hash
+
+    sites, slh = sites_with_hash(windows_dir)
+    return run_mask_stage(sites, slh, cfg, store, current_json, array_manifest)

@@ -1,0 +1,126 @@
+"""Train / val / test sample split: disjoint, seeded, or given by the user.
+
+Train samples are the reference panel (the retrieval database and the training data); val samples
+choose the best model; test samples are the held-out imputation targets. No sample is in two splits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import write_json, write_tsv
+from .errors import InputError
+
+SPLITS = ("train", "val", "test")
+
+
+def random_split(samples: list[str], fractions: dict[str, float], seed: int) -> pd.DataFrame:
+    """Shuffle with ``seed`` and cut by ``fractions``; every split gets at least one sample."""
+    fr = {s: float(fractions.get(s, 0.0)) for s in SPLITS}
+    if any(v < 0 for v in fr.values()) or not np.isclose(sum(fr.values()), 1.0):
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fr}")
+    n = len(samples)
+    if n < 3:
+        raise InputError(
+            "split", f"{n} samples cannot be split three ways", "A panel needs >= 3 samples"
+        )
+    counts = {s: max(1, int(round(fr[s] * n))) for s in ("val", "test")}
+    counts["train"] = n - counts["val"] - counts["test"]
+    if counts["train"] < 1:
+        raise InputError(
+            "split", f"no training samples left of {n}", "Lower split.fractions val/test"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    labels = np.empty(n, dtype=object)
+    cut = np.cumsum([counts["train"], counts["val"]])
+    labels[order[: cut[0]]] = "train"
+    labels[order[cut[0] : cut[1]]] = "val"
+    labels[order[cut[1] :]] = "test"
+    return pd.DataFrame({"sample": samples, "split": labels})
+
+
+def read_split_table(path: str | os.PathLike, vcf_samples: list[str]) -> pd.DataFrame:
+    """A user's TSV with columns ``sample`` and ``split``; panel samples it leaves out are not used."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "split table not found", "Set split.table in the config, or remove it")
+    df = pd.read_csv(p, sep="\t", dtype=str)
+    if not {"sample", "split"} <= set(df.columns):
+        raise InputError(p, f"needs columns 'sample' and 'split', has {list(df.columns)}")
+    bad = sorted(set(df["split"]) - set(SPLITS))
+    if bad:
+        raise InputError(p, f"unknown split labels {bad}", f"Use {', '.join(SPLITS)}")
+    dup = df.loc[df["sample"].duplicated(keep=False)]
+    if len(dup):
+        first = dup.iloc[0]["sample"]
+        labels = sorted(set(dup.loc[dup["sample"] == first, "split"]))
+        what = "in two splits" if len(labels) > 1 else "listed twice"
+        raise InputError(
+            p, f"sample {first} is {what} ({', '.join(labels)})", "Each sample goes in one split"
+        )
+    unknown = sorted(set(df["sample"]) - set(vcf_samples))
+    if unknown:
+        raise InputError(
+            p,
+            f"{len(unknown)} samples are not in the panel VCF: {', '.join(unknown[:5])}",
+            "Check sample names (bcftools query -l panel.vcf.gz)",
+        )
+    missing = [s for s in SPLITS if not (df["split"] == s).any()]
+    if missing:
+        raise InputError(
+            p, f"no samples in split(s) {missing}", "Every split needs at least one sample"
+        )
+    # Keep the VCF's sample order so that haplotype columns are in file order within each split.
+    order = {s: i for i, s in enumerate(vcf_samples)}
+    return (
+        df.assign(_o=df["sample"].map(order))
+        .sort_values("_o")
+        .drop(columns="_o")
+        .reset_index(drop=True)
+    )
+
+
+def write_split(df: pd.DataFrame, out_tsv: str | os.PathLike, provenance: dict) -> None:
+    write_tsv(out_tsv, df[["sample", "split"]])
+    counts = df["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict()
+    write_json(Path(out_tsv).with_suffix(".json"), {**provenance, "counts": counts})
+
+
+def load_split(path: str | os.PathLike) -> dict[str, list[str]]:
+    df = pd.read_csv(path, sep="\t", dtype=str)
+    return {s: df.loc[df["split"] == s, "sample"].tolist() for s in SPLITS}
+
+
+def check_disjoint(reference: list[str], target: list[str], target_path: str | os.PathLike) -> None:
+    """A target sample that is also in the reference would be scored against its own haplotypes."""
+    shared = sorted(set(reference) & set(target))
+    if shared:
+        raise InputError(
+            target_path,
+            f"{len(shared)} target samples are also in the reference panel: {', '.join(shared[:5])}",
+            "Remove them from the reference (bcftools view -s ^NAMES) or from the targets",
+        )
+
+
+def run_split_stage(
+    panel_vcf: str | os.PathLike,
+    out_tsv: str | os.PathLike,
+    fractions: dict[str, float],
+    seed: int,
+    table: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    from .vcf_io import vcf_samples
+
+    samples = vcf_samples(panel_vcf)
+    if table:
+        df = read_split_table(table, samples)
+        provenance = {"source": str(table)}
+    else:
+        df = random_split(samples, fractions, seed)
+        provenance = {"seed": seed, "fractions": fractions}
+    write_split(df, out_tsv, {**provenance, "panel": str(panel_vcf)})
+    return df

@@ -1,0 +1,36 @@
+rule demo_panel:
+    output:
+        vcf=res("demo/panel.vcf.gz"),
+        tbi=res("demo/panel.vcf.gz.tbi"),
+        array=res("demo/array_sites.tsv"),
+        info=res("demo/demo.json"),
+    params:
+        spec=config["demo"],
+    log:
+        logs("demo_panel.log"),
+    benchmark:
+        bench("demo_panel.tsv")
+    conda:
+        "../../envs/ragimpute.yaml"
+    script:
+        "../scripts/demo_panel.py"
+
+
+rule split:
+    input:
+        panel=panel_vcf(),
+        table=split_table(),
+    output:
+        tsv=res("split/samples.tsv"),
+        json=res("split/samples.json"),
+    params:
+        fractions=config["split"]["fractions"],
+        seed=config["split"]["seed"],
+    log:
+        logs("split.log"),
+    benchmark:
+        bench("split.tsv")
+    conda:
+        "../../envs/ragimpute.yaml"
+    script:
+        "../scripts/split.py"
