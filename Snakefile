@@ -15,6 +15,6 @@ include: "workflow/rules/index.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output,
-    default_target: True

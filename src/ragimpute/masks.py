@@ -54,7 +54,9 @@ def expand_specs(cfg: dict) -> list[dict]:
     strategy = cfg.get("strategy", "random")
     if strategy not in STRATEGIES:
         raise ValueError(f"mask.strategy must be one of {STRATEGIES}, got {strategy!r}")
-    base: dict = {"strategy": strategy, "seed": int(cfg.get("seed", 0))}
+    # Only what changes the mask goes in the spec, so that the same mask always has the same hash
+    # (an array mask with no dropout draws nothing at random: its seed is left out).
+    base: dict = {"strategy": strategy}
     if strategy in ("random", "af"):
         base["rate"] = float(cfg.get("rate", 0.5))
     if strategy == "af":
@@ -64,8 +66,13 @@ def expand_specs(cfg: dict) -> list[dict]:
     for key in ("rate", "array_dropout"):
         if key in base and not 0.0 <= base[key] <= 1.0:
             raise ValueError(f"mask.{key} must be in [0, 1], got {base[key]}")
+    random = strategy != "array" or base["array_dropout"] > 0
+    if random:
+        base["seed"] = int(cfg.get("seed", 0))
     epochs = int(cfg.get("schedule", 0) or 0)
-    if epochs <= 0:
+    if epochs <= 0 or not random:
+        if epochs > 0:
+            log.warning("mask.schedule=%d ignored: an array mask without dropout is the same every epoch", epochs)
         return [base]
     return [{**base, "epoch": e} for e in range(epochs)]
 
@@ -128,7 +135,7 @@ def match_sites(sites: pd.DataFrame, manifest: pd.DataFrame, manifest_path: obje
 def make_mask(spec: dict, sites: pd.DataFrame, on_array: np.ndarray | None = None) -> np.ndarray:
     """Boolean per site, True = hidden. Deterministic in (spec, sites, array)."""
     n = len(sites)
-    rng = np.random.default_rng([spec["seed"], spec.get("epoch", 0)])
+    rng = np.random.default_rng([spec.get("seed", 0), spec.get("epoch", 0)])
     strategy = spec["strategy"]
     masked = np.zeros(n, dtype=bool)
     if strategy == "random":
@@ -218,7 +225,7 @@ def store_mask(
             "median": float(np.median(observed_per_window)) if n_win else 0.0,
         },
         "windows_without_observed": empty,
-        "seed": spec["seed"],
+        "seed": spec.get("seed"),
         "ragimpute": __version__,
         **({"provenance": provenance} if provenance else {}),
     }

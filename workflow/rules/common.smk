@@ -6,7 +6,6 @@ from snakemake.utils import validate
 
 from ragimpute.split import SPLITS
 
-
 validate(config, schema="../../config/schema.yaml")
 
 RESULTS = config["results"]

@@ -4,14 +4,14 @@ rule demo_panel:
         tbi=res("demo/panel.vcf.gz.tbi"),
         array=res("demo/array_sites.tsv"),
         info=res("demo/demo.json"),
-    params:
-        spec=config["demo"],
     log:
         logs("demo_panel.log"),
     benchmark:
         bench("demo_panel.tsv")
     conda:
         "../../envs/ragimpute.yaml"
+    params:
+        spec=config["demo"],
     script:
         "../scripts/demo_panel.py"
 
@@ -23,14 +23,14 @@ rule split:
     output:
         tsv=res("split/samples.tsv"),
         json=res("split/samples.json"),
-    params:
-        fractions=config["split"]["fractions"],
-        seed=config["split"]["seed"],
     log:
         logs("split.log"),
     benchmark:
         bench("split.tsv")
     conda:
         "../../envs/ragimpute.yaml"
+    params:
+        fractions=config["split"]["fractions"],
+        seed=config["split"]["seed"],
     script:
         "../scripts/split.py"

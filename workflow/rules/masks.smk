@@ -7,15 +7,15 @@ checkpoint mask:
         array=mask_array_input,
     output:
         res("masks/{chrom}/current.json"),
-    params:
-        spec=config["mask"],
-        store=lambda wildcards: res(f"masks/{wildcards.chrom}"),
     log:
         logs("mask/{chrom}.log"),
     benchmark:
         bench("mask/{chrom}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
+    params:
+        spec=config["mask"],
+        store=lambda wildcards: res(f"masks/{wildcards.chrom}"),
     script:
         "../scripts/mask.py"
 

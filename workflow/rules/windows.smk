@@ -5,20 +5,22 @@ rule window:
     output:
         sites=res("windows/{chrom}/sites.parquet"),
         windows=res("windows/{chrom}/windows.parquet"),
-        haplotypes=expand(res("windows/{{chrom}}/haplotypes/{split}.parquet"), split=SPLITS),
+        haplotypes=expand(
+            res("windows/{{chrom}}/haplotypes/{split}.parquet"), split=SPLITS
+        ),
         skipped=res("windows/{chrom}/skipped.tsv"),
         summary=res("windows/{chrom}/windows.json"),
-    params:
-        length=config["windows"]["length"],
-        overlap=config["windows"]["overlap"],
-        pass_only=config["panel"]["pass_only"],
-    resources:
-        mem_mb=4000,
     log:
         logs("window/{chrom}.log"),
     benchmark:
         bench("window/{chrom}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        length=config["windows"]["length"],
+        overlap=config["windows"]["overlap"],
+        pass_only=config["panel"]["pass_only"],
     script:
         "../scripts/window.py"
