@@ -79,6 +79,38 @@ def _retrieve(a: argparse.Namespace) -> None:
     retrieve(a.tokens, a.index, a.k, a.out)
 
 
+def _train(a: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from .train import TrainConfig, iter_inputs, train
+
+    settings = {}
+    if a.config:
+        settings = dict((yaml.safe_load(Path(a.config).read_text()) or {}).get("train", {}))
+    for item in a.set or []:
+        key, _, value = item.partition("=")
+        settings[key] = yaml.safe_load(value)
+    cfg = TrainConfig(**settings)
+    masks_root = Path(a.results) / "masks"
+    chroms = a.chromosomes or sorted(
+        p.name for p in masks_root.iterdir() if (p / "current.json").exists()
+    )
+    if not chroms:
+        raise InputError(
+            masks_root, "no chromosome has masks yet", "Run the pipeline up to `retrieve` first"
+        )
+    masks = {c: json.loads((masks_root / c / "current.json").read_text())["hashes"] for c in chroms}
+    train(
+        cfg,
+        list(iter_inputs(a.results, masks, cfg.mode)),
+        a.out or f"{a.results}/model",
+        a.state or f"{a.results}/model_state",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ragimpute", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=f"ragimpute {__version__}")
@@ -161,6 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=32)
     s.add_argument("--out", required=True)
     s.set_defaults(func=_retrieve)
+
+    s = sub.add_parser(
+        "train", help="train the model on a results directory's tokens and retrieval tables"
+    )
+    s.add_argument("--results", required=True, help="results directory of a pipeline run")
+    s.add_argument("--chromosomes", nargs="+", help="default: every chromosome with masks")
+    s.add_argument(
+        "--config", help="YAML file whose `train:` section sets the options (config/config.yaml)"
+    )
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override one option, e.g. --set epochs=2",
+    )
+    s.add_argument("--out", help="output directory (default RESULTS/model)")
+    s.add_argument("--state", help="resumable state directory (default RESULTS/model_state)")
+    s.set_defaults(func=_train)
     return p
 
 

@@ -12,6 +12,7 @@ train split in table order: id ``2*i + p`` is phase ``p`` of the i-th train samp
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -197,26 +198,67 @@ class HaplotypeIndex:
             raise MaskMismatchError(
                 f"window {q.window}: queries observe {len(cols)} sites, index {self.dir} {n_obs}"
             )
-        own = np.array([self._sample_idx.get(s, -1) for s in q.samples], dtype=np.int64)
-        n_excl = 2 if (own >= 0).any() else 0
-        if k + n_excl > self.n_haplotypes:
-            raise ValueError(
-                f"k={k} neighbours asked but the index holds {self.n_haplotypes} haplotypes"
-            )
         x = encode(q.tokens, cols, self.kind)
-        dist, ids = self.window_index(q.window).search(x, k + n_excl)
-        dist = dist.astype(np.float32)
-        if n_excl:
-            keep = (ids // 2 != own[:, None]) & (ids >= 0)
-        else:
-            keep = ids >= 0
-        out_ids = np.full((len(ids), k), -1, dtype=np.int64)
-        out_d = np.full((len(ids), k), np.inf, dtype=np.float32)
-        for r in range(len(ids)):
-            i, d = ids[r][keep[r]], dist[r][keep[r]]
-            order = np.lexsort((i, d))[:k]
-            out_ids[r, : len(order)] = i[order]
-            out_d[r, : len(order)] = d[order]
-        if (out_ids < 0).any():
-            raise ArtifactError(f"{self.dir}: window {q.window} returned fewer than {k} neighbours")
-        return out_ids, out_d
+        return search_excluding(self.window_index(q.window), x, q.samples, self._sample_idx, k)
+
+
+def search_excluding(
+    index, x: np.ndarray, query_samples: list[str], sample_idx: dict[str, int], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` ids and distances per row, sorted by (distance, id), never from the query's own sample.
+
+    Ids are ``2 * sample + phase``; both phases of a query's own sample are excluded, so that a training
+    query cannot copy its own answer.
+    """
+    n_ref = index.ntotal
+    own = np.array([sample_idx.get(s, -1) for s in query_samples], dtype=np.int64)
+    n_excl = 2 if (own >= 0).any() else 0
+    if k + n_excl > n_ref:
+        raise ValueError(f"k={k} neighbours asked but the index holds {n_ref} haplotypes")
+    dist, ids = index.search(x, k + n_excl)
+    dist = dist.astype(np.float32)
+    keep = (ids >= 0) & ((ids // 2) != own[:, None])
+    out_ids = np.full((len(ids), k), -1, dtype=np.int64)
+    out_d = np.full((len(ids), k), np.inf, dtype=np.float32)
+    for r in range(len(ids)):
+        i, d = ids[r][keep[r]], dist[r][keep[r]]
+        order = np.lexsort((i, d))[:k]
+        out_ids[r, : len(order)] = i[order]
+        out_d[r, : len(order)] = d[order]
+    if (out_ids < 0).any():
+        raise ArtifactError(f"the index returned fewer than {k} neighbours for some queries")
+    return out_ids, out_d
+
+
+class EmbeddingIndex:
+    """Embedding-space retrieval for one window: reference haplotypes encoded by one model state.
+
+    Keyed on the mask hash and the model's state hash: queries embedded by another model state, or
+    tokenized with another mask, are refused like foreign masks are by ``HaplotypeIndex``.
+    """
+
+    def __init__(self, mask_hash: str, model_hash: str, vectors: np.ndarray, samples: list[str]):
+        self.mask_hash = mask_hash
+        self.model_hash = model_hash
+        self._sample_idx = {s: i for i, s in enumerate(samples)}
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.index = faiss.IndexFlatL2(x.shape[1])
+        self.index.add(x)
+        h = hashlib.sha256(f"{mask_hash}:{model_hash}:".encode())
+        h.update(x.tobytes())
+        self.hash = h.hexdigest()[:16]
+
+    def search(
+        self, queries: np.ndarray, query_samples: list[str], k: int, mask_hash: str, model_hash: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if mask_hash != self.mask_hash:
+            raise MaskMismatchError(
+                f"embedding index of mask {self.mask_hash} asked with mask {mask_hash}"
+            )
+        if model_hash != self.model_hash:
+            raise MaskMismatchError(
+                f"embedding index built by model state {self.model_hash}, queries embedded by {model_hash}: "
+                "refresh the index"
+            )
+        x = np.ascontiguousarray(queries, dtype=np.float32)
+        return search_excluding(self.index, x, query_samples, self._sample_idx, k)

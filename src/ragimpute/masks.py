@@ -72,7 +72,10 @@ def expand_specs(cfg: dict) -> list[dict]:
     epochs = int(cfg.get("schedule", 0) or 0)
     if epochs <= 0 or not random:
         if epochs > 0:
-            log.warning("mask.schedule=%d ignored: an array mask without dropout is the same every epoch", epochs)
+            log.warning(
+                "mask.schedule=%d ignored: an array mask without dropout is the same every epoch",
+                epochs,
+            )
         return [base]
     return [{**base, "epoch": e} for e in range(epochs)]
 

@@ -96,9 +96,26 @@ def index_outputs(chrom):
     return out
 
 
+def train_inputs(wildcards):
+    """Windows of every chromosome, and the train/val tokens (and retrieval tables) of every mask."""
+    out = {"sites": [], "truth": [], "tokens": [], "retrieval": []}
+    for chrom in chromosomes():
+        out["sites"].append(res(f"windows/{chrom}/sites.parquet"))
+        out["truth"] += [
+            res(f"windows/{chrom}/haplotypes/{s}.parquet") for s in ("train", "val")
+        ]
+        for h in mask_hashes(chrom):
+            for s in ("train", "val"):
+                out["tokens"].append(res(f"tokens/{chrom}/{h}/{s}.parquet"))
+                if config["train"]["mode"] == "token":
+                    out["retrieval"].append(res(f"retrieval/{chrom}/{h}/{s}.parquet"))
+    return out
+
+
 def get_final_output(wildcards):
     out = []
     for chrom in chromosomes():
         out.append(res(f"windows/{chrom}/windows.json"))
         out += index_outputs(chrom)
+    out.append(res("model/model.pt"))
     return out

@@ -1,0 +1,64 @@
+"""A tiny pipeline run (demo panel -> split -> windows -> masks -> tokens -> index -> retrieval) for tests.
+
+Built with the package's own stage functions, in the standard results layout, so that training,
+imputation and the CLI can be tested without Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ragimpute.demo import DemoSpec, make_demo
+from ragimpute.index import build_index
+from ragimpute.masks import run_mask_stage_dir
+from ragimpute.retrieval import retrieve
+from ragimpute.split import SPLITS, run_split_stage
+from ragimpute.tokens import run_tokenize_stage
+from ragimpute.windows import run_window_stage
+
+
+def build_tiny_results(
+    root: Path,
+    mask: dict | None = None,
+    k: int = 8,
+    n_samples: int = 40,
+    length_bp: int = 300_000,
+    window: tuple[int, int] = (256, 64),
+    seed: int = 3,
+) -> dict:
+    """Returns {"results": root, "chrom": "20", "hashes": [...]}."""
+    root = Path(root)
+    spec = DemoSpec(
+        seed=seed, n_samples=n_samples, sequence_length=length_bp, array_spacing_bp=2000
+    )
+    make_demo(spec, root / "demo/panel.vcf.gz", root / "demo/array_sites.tsv")
+    run_split_stage(
+        root / "demo/panel.vcf.gz",
+        root / "split/samples.tsv",
+        {"train": 0.7, "val": 0.15, "test": 0.15},
+        1,
+    )
+    chrom = "20"
+    wdir = root / "windows" / chrom
+    run_window_stage(
+        root / "demo/panel.vcf.gz", root / "split/samples.tsv", chrom, window[0], window[1], wdir
+    )
+    mask = mask or {"strategy": "array"}
+    store = root / "masks" / chrom
+    hashes = run_mask_stage_dir(
+        wdir, mask, store, store / "current.json", root / "demo/array_sites.tsv"
+    )
+    for h in hashes:
+        for s in SPLITS:
+            run_tokenize_stage(wdir, store, h, s, root / "tokens" / chrom / h / f"{s}.parquet")
+        build_index(root / "tokens" / chrom / h / "train.parquet", root / "index" / chrom / h)
+        for s in SPLITS:
+            retrieve(
+                root / "tokens" / chrom / h / f"{s}.parquet",
+                root / "index" / chrom / h,
+                k,
+                root / "retrieval" / chrom / h / f"{s}.parquet",
+            )
+    assert json.loads((store / "current.json").read_text())["hashes"] == hashes
+    return {"results": root, "chrom": chrom, "hashes": hashes}

@@ -1,0 +1,288 @@
+"""Training on a tiny real pipeline run: it learns, it resumes, it refreshes, it refuses mismatches."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pipeline_data import build_tiny_results
+
+from ragimpute.errors import MaskMismatchError
+from ragimpute.index import EmbeddingIndex
+from ragimpute.metrics import pearson_r2
+from ragimpute.model import load_predictor
+from ragimpute.predictors import WindowBatch
+from ragimpute.tokens import ALT, MASK, TokenTable
+from ragimpute.train import TrainConfig, iter_inputs, read_retrieval, train
+from ragimpute.windows import WindowedTable, load_sites, load_windows
+
+pytestmark = pytest.mark.slow
+
+FAST = dict(
+    preset="tiny",
+    epochs=2,
+    batch_size=8,
+    lr=3e-3,
+    k=8,
+    sites_per_example=64,
+    threads=1,
+    log_every=0,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_results(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tiny_schedule(tmp_path_factory):
+    return build_tiny_results(
+        tmp_path_factory.mktemp("tiny_sched"),
+        mask={"strategy": "array", "array_dropout": 0.2, "seed": 4, "schedule": 2},
+    )
+
+
+def inputs(d, mode="token"):
+    return list(iter_inputs(d["results"], {d["chrom"]: d["hashes"]}, mode))
+
+
+def af_only_val_r2(d):
+    """Aggregate dosage r² of the allele-frequency predictor on the hidden, owned val sites: the floor."""
+    r = Path(d["results"])
+    sites = load_sites(r / "windows/20")
+    wins = load_windows(r / "windows/20")
+    truth = WindowedTable(r / "windows/20/haplotypes/val.parquet", "alleles")
+    tokens = TokenTable(r / f"tokens/20/{d['hashes'][0]}/val.parquet")
+    dos, gt = [], []
+    for w in range(truth.n_windows):
+        a, b = wins.first_site[w], wins.last_site[w] + 1
+        sel = np.flatnonzero((tokens.read(w)[0] == MASK) & (sites.window.to_numpy()[a:b] == w))
+        t = truth.read(w)[:, sel]
+        gt.append((t[0::2] + t[1::2]).ravel())
+        dos.append(np.tile(2 * sites.af.to_numpy()[a:b][sel], t.shape[0] // 2))
+    return pearson_r2(np.concatenate(dos), np.concatenate(gt))
+
+
+def test_trains_and_beats_allele_frequency_baseline(tiny, tmp_path):
+    out = tmp_path / "model"
+    summary = train(TrainConfig(**FAST), inputs(tiny), out, tmp_path / "state")
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1]
+    assert (out / "curves.png").stat().st_size > 1000
+    floor = af_only_val_r2(tiny)
+    assert metrics["val_r2"].max() > floor + 0.1, (metrics["val_r2"].tolist(), floor)
+    # The best model is the epoch with the best validation r², recorded as such.
+    assert summary["best_epoch"] == int(metrics["val_r2"].idxmax())
+    ck = torch.load(out / "model.pt", weights_only=False)
+    assert ck["epoch"] == summary["best_epoch"]
+    assert ck["val"]["val_r2"] == pytest.approx(metrics["val_r2"].max())
+    assert ck["mask_hashes"] == {"20": tiny["hashes"]} and ck["train_config"]["seed"] == 1
+    for col in (
+        "train_loss",
+        "val_f1",
+        "val_f1_maf<5%",
+        "val_f1_maf<1%",
+        "val_r2_0-0.5%",
+        "val_r2_5-50%",
+        "val_topk_hamming",
+        "val_best_neighbour_correct",
+        "seconds",
+        "haplotype_windows_per_s",
+    ):
+        assert col in metrics.columns
+
+
+def test_predictor_keeps_observed_alleles_and_returns_probabilities(tiny, tmp_path):
+    out = tmp_path / "model"
+    train(TrainConfig(**{**FAST, "epochs": 1}), inputs(tiny), out, tmp_path / "state")
+    pred = load_predictor(str(out / "model.pt"), "cpu")
+    r = Path(tiny["results"])
+    h = tiny["hashes"][0]
+    tokens = TokenTable(r / f"tokens/20/{h}/test.parquet")
+    nb = read_retrieval(r / f"retrieval/20/{h}/test.parquet", tokens)
+    sites = load_sites(r / "windows/20")
+    wins = load_windows(r / "windows/20")
+    ref = WindowedTable(r / "windows/20/haplotypes/train.parquet", "alleles")
+    a, b = wins.first_site[1], wins.last_site[1] + 1
+    batch = WindowBatch(
+        1,
+        tokens.read(1),
+        nb[1].ids,
+        nb[1].distances,
+        ref.read(1),
+        sites.af.to_numpy()[a:b],
+        sites.pos.to_numpy()[a:b],
+        h,
+    )
+    p = pred.predict(batch)
+    assert p.shape == batch.tokens.shape and ((p >= 0) & (p <= 1)).all()
+    observed = batch.tokens != MASK
+    np.testing.assert_array_equal(p[observed], (batch.tokens[observed] == ALT).astype(np.float32))
+
+
+def _run_training_cli(results, hashes_note, out, state, epochs, extra=()):
+    cmd = [
+        sys.executable,
+        "-m",
+        "ragimpute.cli",
+        "train",
+        "--results",
+        str(results),
+        "--out",
+        str(out),
+        "--state",
+        str(state),
+    ]
+    for k, v in {**FAST, "epochs": epochs}.items():
+        cmd += ["--set", f"{k}={v}"]
+    cmd += list(extra)
+    return cmd
+
+
+def test_resume_after_kill_continues_from_the_saved_epoch(tiny, tmp_path):
+    # Uninterrupted reference run.
+    ref = train(
+        TrainConfig(**{**FAST, "epochs": 3}), inputs(tiny), tmp_path / "ref", tmp_path / "ref_state"
+    )
+    ref_metrics = pd.read_csv(tmp_path / "ref/metrics.csv")
+
+    state = tmp_path / "state"
+    cmd = _run_training_cli(tiny["results"], None, tmp_path / "out", state, 3)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt = state / "ckpt.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert ckpt.exists(), proc.communicate()[0]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved_epoch = torch.load(ckpt, weights_only=False)["epoch"]
+    assert saved_epoch < 2, "the run finished before it could be killed; nothing was resumed"
+
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert f"resuming from {ckpt}: epoch {saved_epoch} done" in res.stderr
+    metrics = pd.read_csv(tmp_path / "out/metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1, 2]
+    # Seeds derive from (seed, epoch), so the resumed run ends where the uninterrupted one did.
+    np.testing.assert_allclose(metrics["val_r2"], ref_metrics["val_r2"], rtol=1e-4)
+    assert json.loads((tmp_path / "out/train.json").read_text())["best_epoch"] == ref["best_epoch"]
+
+
+def test_changed_configuration_does_not_resume_a_foreign_checkpoint(tiny, tmp_path, caplog):
+    train(TrainConfig(**{**FAST, "epochs": 1}), inputs(tiny), tmp_path / "a", tmp_path / "state")
+    caplog.set_level("WARNING", logger="ragimpute")
+    train(
+        TrainConfig(**{**FAST, "epochs": 1, "lr": 1e-3}),
+        inputs(tiny),
+        tmp_path / "b",
+        tmp_path / "state",
+    )
+    assert "belongs to another configuration" in caplog.text
+    assert list(pd.read_csv(tmp_path / "b/metrics.csv")["epoch"]) == [0]
+
+
+def test_schedule_uses_each_epochs_mask(tiny_schedule, tmp_path):
+    d = tiny_schedule
+    assert len(d["hashes"]) == 2
+    train(TrainConfig(**{**FAST, "epochs": 2}), inputs(d), tmp_path / "m", tmp_path / "s")
+    m = pd.read_csv(tmp_path / "m/metrics.csv")
+    assert list(m["mask_hashes"]) == d["hashes"]
+
+
+def test_embedding_mode_refreshes_the_index_and_its_hash_changes(tiny, tmp_path):
+    summary = train(
+        TrainConfig(**{**FAST, "mode": "embedding", "epochs": 2}),
+        inputs(tiny, "embedding"),
+        tmp_path / "m",
+        tmp_path / "s",
+    )
+    refreshes = summary["refreshes"]
+    assert [r["epoch"] for r in refreshes] == [0, 1]
+    assert refreshes[0]["index_hash"] != refreshes[1]["index_hash"]
+    assert refreshes[0]["model_hash"] != refreshes[1]["model_hash"]
+    assert all(r["seconds"] >= 0 for r in refreshes)
+
+
+def test_refresh_every_n_steps(tiny, tmp_path):
+    summary = train(
+        TrainConfig(**{**FAST, "mode": "embedding", "epochs": 1, "refresh_every": 3}),
+        inputs(tiny, "embedding"),
+        tmp_path / "m",
+        tmp_path / "s",
+    )
+    assert len(summary["refreshes"]) >= 2
+    assert len({r["index_hash"] for r in summary["refreshes"]}) == len(summary["refreshes"])
+
+
+def test_no_retrieval_ablation_trains(tiny, tmp_path):
+    train(
+        TrainConfig(**{**FAST, "mode": "none", "epochs": 1}),
+        inputs(tiny, "none"),
+        tmp_path / "m",
+        tmp_path / "s",
+    )
+    ck = torch.load(tmp_path / "m/model.pt", weights_only=False)
+    assert ck["model_args"]["use_retrieval"] is False
+
+
+def test_retrieval_table_of_another_mask_is_refused(tiny, tiny_schedule):
+    tokens = TokenTable(Path(tiny["results"]) / f"tokens/20/{tiny['hashes'][0]}/val.parquet")
+    other = (
+        Path(tiny_schedule["results"]) / f"retrieval/20/{tiny_schedule['hashes'][0]}/val.parquet"
+    )
+    with pytest.raises(MaskMismatchError, match="re-run the retrieve stage"):
+        read_retrieval(other, tokens)
+
+
+def test_embedding_index_refuses_other_model_state_or_mask():
+    rng = np.random.default_rng(0)
+    idx = EmbeddingIndex(
+        "a" * 16, "m1", rng.random((10, 4)).astype(np.float32), [f"s{i}" for i in range(5)]
+    )
+    q = rng.random((2, 4)).astype(np.float32)
+    ids, _ = idx.search(q, ["s0", "x"], 3, "a" * 16, "m1")
+    assert not np.isin(ids[0], [0, 1]).any()  # both haplotypes of the query's own sample excluded
+    with pytest.raises(MaskMismatchError, match="refresh the index"):
+        idx.search(q, ["x", "y"], 3, "a" * 16, "m2")
+    with pytest.raises(MaskMismatchError):
+        idx.search(q, ["x", "y"], 3, "b" * 16, "m1")
+
+
+def test_training_queries_never_see_their_own_sample(tiny):
+    r = Path(tiny["results"])
+    h = tiny["hashes"][0]
+    tokens = TokenTable(r / f"tokens/20/{h}/train.parquet")
+    nb = read_retrieval(r / f"retrieval/20/{h}/train.parquet", tokens)
+    for w, n in nb.items():
+        own = np.arange(tokens.n_haplotypes) // 2
+        assert not (n.ids // 2 == own[:, None]).any(), f"window {w}"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test written for Linux")
+def test_distributed_training_with_two_cpu_processes(tiny, tmp_path):
+    summary = train(
+        TrainConfig(**{**FAST, "epochs": 1, "processes": 2}),
+        inputs(tiny),
+        tmp_path / "m",
+        tmp_path / "s",
+    )
+    assert summary["processes"] == 2
+    single = train(
+        TrainConfig(**{**FAST, "epochs": 1}), inputs(tiny), tmp_path / "m1", tmp_path / "s1"
+    )
+    m2 = pd.read_csv(tmp_path / "m/metrics.csv")
+    assert np.isfinite(m2["val_r2"]).all()
+    # Each process takes half the batches; metrics are reduced over both, so all haplotypes are counted.
+    m1 = pd.read_csv(tmp_path / "m1/metrics.csv")
+    assert m2["train_n_5-50%"].iloc[0] == pytest.approx(m1["train_n_5-50%"].iloc[0], rel=0.2)
+    assert single["processes"] == 1
+    assert os.path.exists(tmp_path / "m/model.pt")
