@@ -111,7 +111,7 @@ def test_neighbour_features_match_loops():
     n = torch.from_numpy(nb)[None]
     idx = torch.arange(L)
     post = torch.full((1, K, L), 1.0 / K)
-    f = neighbour_features(t, n, torch.zeros(1, K), torch.arange(L) * 100, idx, post)[0].numpy()
+    f = neighbour_features(t, n, torch.zeros(1, K), torch.arange(L) * 100, idx, [post])[0].numpy()
     for s, w in enumerate(MATCH_SCALES):
         np.testing.assert_allclose(
             f[..., 2 * s], np.log1p(naive_mismatch_counts(tokens, nb, w)), atol=1e-6

@@ -31,8 +31,7 @@ from .tokens import ALT, MASK, PAD, REF
 
 # Half-widths (in sites) of the windows in which mismatches with each neighbour are counted.
 MATCH_SCALES = (4, 16, 64, 256, 1024)
-N_NEIGHBOUR_FEATURES = 2 * len(MATCH_SCALES) + 11
-N_SITE_FEATURES = 4
+N_MATCH_FEATURES = 2 * len(MATCH_SCALES) + 9
 
 
 @dataclass
@@ -44,10 +43,19 @@ class ModelConfig:
     dropout: float = 0.1
     use_retrieval: bool = True
     vocab_size: int = 4
-    # Li-Stephens copying model over the retrieved haplotypes, whose posterior is a neighbour feature:
-    # per-bp switch rate between haplotypes, and the copying error (mismatch) probability.
-    hmm_switch_rate: float = 3e-6
+    # Li-Stephens copying models over the retrieved haplotypes, whose posteriors are neighbour features:
+    # per-bp switch rates between haplotypes (one model each; the first is the output's baseline), and
+    # the copying error (mismatch) probability. Slow switching suits common variants, faster rare ones.
+    hmm_switch_rates: tuple[float, ...] = (3e-6, 1e-5)
     hmm_error: float = 1e-3
+    # The network attends, at each site, to this many candidates with the highest copying posterior
+    # (0 = all K); the copying model itself always uses all K.
+    attend_k: int = 32
+
+    def __post_init__(self) -> None:
+        self.hmm_switch_rates = tuple(float(r) for r in self.hmm_switch_rates)
+        if not self.hmm_switch_rates:
+            raise ValueError("hmm_switch_rates needs at least one rate")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> ModelConfig:
@@ -76,14 +84,14 @@ def hidden_sites(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def site_features(af: torch.Tensor, hmm_dosage: torch.Tensor) -> torch.Tensor:
-    """AF (T,) on linear and both log scales, and the copying model's ALT probability (B, T) as a logit.
+    """AF (T,) on linear and both log scales, and the copying models' ALT probabilities (B, T, R) as logits.
 
-    Returns (B, T, N_SITE_FEATURES).
+    Returns (B, T, 3 + R).
     """
     eps = 1e-4
     f = torch.stack([af, torch.log(af + eps), torch.log(1 - af + eps)], dim=-1)  # (T, 3)
     p = hmm_dosage.clamp(1e-4, 1 - 1e-4)
-    return torch.cat([f[None].expand(p.shape[0], -1, -1), torch.logit(p)[..., None]], -1)
+    return torch.cat([f[None].expand(p.shape[0], -1, -1), torch.logit(p)], -1)
 
 
 class CopyingHMM:
@@ -168,10 +176,12 @@ def li_stephens_posterior(
 
 
 class MatchContext:
-    """Running sums over a window of how each neighbour matches the query, prepared once per window.
+    """How each neighbour matches the query around any site, prepared once per window.
 
     tokens (B, L) query tokens; neighbours (B, K, L) alleles 0/1; distances (B, K) Hamming on the observed
-    sites; pos (L,) bp. ``features(idx, posterior)`` reads the per-(neighbour, site) features off at idx.
+    sites; pos (L,) bp. Mismatches can only happen at observed sites, so every running sum is kept over
+    the M observed sites, not the L sites of the window, and sites map onto them by binary search.
+    ``features(idx, posterior)`` reads the per-(neighbour, site) features off at the sites idx.
     """
 
     @torch.no_grad()
@@ -187,61 +197,75 @@ class MatchContext:
         self.neighbours = neighbours
         self.distances = distances
         self.pos = pos
-        observed = (tokens == REF) | (tokens == ALT)  # (B, L)
-        query = (tokens == ALT).to(neighbours.dtype)
-        mism = observed[:, None, :] & (neighbours != query[:, None, :])  # (B, K, L)
-        self.c_mm = F.pad(mism.float().cumsum(-1), (1, 0))  # (B, K, L+1)
-        self.c_obs = F.pad(observed.float().cumsum(-1), (1, 0))  # (B, L+1)
-        every = torch.arange(L, device=tokens.device)
-        none = torch.full_like(every, -1)
+        self.obs = observed_sites(tokens)  # (M,) site indices, shared by every row
+        M = len(self.obs)
+        query = (tokens[:, self.obs] == ALT).to(neighbours.dtype)
+        mism = neighbours[:, :, self.obs] != query[:, None, :]  # (B, K, M)
+        self.c_mm = F.pad(mism.float().cumsum(-1), (1, 0))  # (B, K, M+1)
+        m = torch.arange(M, device=tokens.device)
         self.last = (
-            torch.where(mism, every, none).cummax(-1).values
-        )  # last mismatch at or before a site
-        self.rev = torch.where(mism.flip(-1), every, none).cummax(-1).values.flip(-1)
-        self.n_obs_window = observed.float().sum(-1).clamp(min=1)[:, None]  # (B, 1)
+            torch.where(mism, m, torch.full_like(m, -1)).cummax(-1).values
+        )  # last mismatch at or before m
+        first_rev = torch.where(mism.flip(-1), m, torch.full_like(m, -1)).cummax(-1).values.flip(-1)
+        self.next = torch.where(
+            first_rev >= 0, M - 1 - first_rev, torch.full_like(first_rev, M)
+        )  # first at/after m
+        self.n_obs_window = float(max(M, 1))
 
     @torch.no_grad()
-    def features(self, idx: torch.Tensor, posterior: torch.Tensor) -> torch.Tensor:
-        """(B, K, T, N_NEIGHBOUR_FEATURES) at the sites idx (T,); posterior (B, K, T) from CopyingHMM."""
+    def features(
+        self, idx: torch.Tensor, posteriors: list[torch.Tensor], sel: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, J, T, F) at the sites idx (T,) for the neighbours sel (B, J, T) of each site (default: all K).
+
+        posteriors: (B, K, T) from each CopyingHMM. F = N_MATCH_FEATURES + 2 per copying model. Every
+        quantity is gathered straight at (selected neighbour, site): nothing of size B x K x T x F is built.
+        """
         B, K, L = self.shape
         T = len(idx)
-        c_mm, c_obs = self.c_mm, self.c_obs
+        if sel is None:
+            sel = torch.arange(K, device=idx.device)[None, :, None].expand(B, K, T)
+        J = sel.shape[1]
+
+        def take(x: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+            """x (B, K, C) at rows sel and columns col (T,) -> (B, J, T)."""
+            flat = sel * x.shape[-1] + col[None, None, :]
+            return x.reshape(B, -1).gather(1, flat.reshape(B, -1)).view(B, J, T)
+
+        obs, M = self.obs, len(self.obs)
+        before = torch.searchsorted(obs, idx)  # observed sites strictly before each site
+        upto = torch.searchsorted(obs, idx, right=True)  # ... at or before it
         feats = []
         for w in MATCH_SCALES:
-            lo = (idx - w).clamp(min=0)
-            hi = (idx + w + 1).clamp(max=L)
-            n_mm = c_mm[..., hi] - c_mm[..., lo]
-            n_obs = (c_obs[:, hi] - c_obs[:, lo])[:, None, :]
-            feats += [torch.log1p(n_mm), n_mm / (n_obs + 1.0)]
-        c_obs_k = c_obs[:, None, :].expand(B, K, L + 1)
+            lo = torch.searchsorted(obs, idx - w)
+            hi = torch.searchsorted(obs, idx + w, right=True)
+            n_mm = take(self.c_mm, hi) - take(self.c_mm, lo)
+            feats += [torch.log1p(n_mm), n_mm / ((hi - lo).float() + 1.0)]
         # Matching run to the left of (and including) each site: observed sites since the last mismatch.
-        last = self.last[..., idx]  # (B, K, T)
-        left_obs = c_obs_k[..., idx + 1] - torch.gather(c_obs_k, 2, last + 1)
-        # ... and to the right of it: observed sites before the next mismatch.
-        rev = self.rev[..., idx]
-        nxt = torch.where(rev >= 0, L - 1 - rev, torch.full_like(rev, L))  # (B, K, T); L = none
-        # At an observed mismatch nxt is the site itself: both runs are then 0.
-        right_obs = (torch.gather(c_obs_k, 2, nxt) - c_obs_k[..., idx + 1]).clamp(min=0)
-        posf = self.pos.float()[None, None, :].expand(B, K, L)
-        here = self.pos.float()[idx][None, None, :]
-        left_bp = here - torch.gather(posf, 2, last.clamp(min=0))
-        right_bp = torch.gather(posf, 2, nxt.clamp(max=L - 1)) - here
-        rank = (torch.arange(K, device=idx.device).float() / max(K, 1))[None, :, None].expand(
-            B, K, T
-        )
+        last = take(F.pad(self.last, (1, 0), value=-1), upto)  # (B, J, T); -1 = none
+        left_obs = upto.float() - (last + 1).float()
+        # ... and to the right of it: observed sites after the site, before the next mismatch.
+        nxt = take(F.pad(self.next, (0, 1), value=M), before)  # (B, J, T); M = none
+        right_obs = (nxt - upto).float().clamp(min=0)  # 0 at an observed mismatch itself
+        posf = self.pos.float()
+        here = posf[idx][None, None, :]
+        obs_pos = torch.cat([posf[obs], posf[-1:]])  # past the last observed site: the window's end
+        left_bp = here - torch.where(last >= 0, obs_pos[last.clamp(min=0)], posf[0])
+        right_bp = obs_pos[nxt] - here
         feats += [
             torch.log1p(left_obs),
             torch.log1p(right_obs),
             (last < 0).float(),  # no mismatch up to the window's left edge
-            (rev < 0).float(),  # ... or to its right edge
+            (nxt >= M).float(),  # ... or to its right edge
             torch.log1p(left_bp.clamp(min=0) / 1000.0),
             torch.log1p(right_bp.clamp(min=0) / 1000.0),
-            (self.distances / self.n_obs_window)[:, :, None].expand(B, K, T),
-            rank,
-            posterior * K,  # 1 = no preference among the K
-            torch.log(posterior + 1e-6),
-            self.neighbours[..., idx].float(),  # the neighbour's own allele here
+            (self.distances.gather(1, sel.reshape(B, -1)).view(B, J, T) / self.n_obs_window),
+            sel.float() / max(K, 1),  # retrieval rank
+            take(self.neighbours, idx).float(),  # the neighbour's own allele here
         ]
+        for post in posteriors:
+            p = post.gather(1, sel)
+            feats += [p * K, torch.log(p + 1e-6)]  # K * post = 1: no preference among the K
         return torch.stack(feats, dim=-1)
 
 
@@ -251,10 +275,10 @@ def neighbour_features(
     distances: torch.Tensor,
     pos: torch.Tensor,
     idx: torch.Tensor,
-    posterior: torch.Tensor,
+    posteriors: list[torch.Tensor],
 ) -> torch.Tensor:
-    """How each neighbour matches the query around the sites idx: (B, K, T, N_NEIGHBOUR_FEATURES)."""
-    return MatchContext(tokens, neighbours, distances, pos).features(idx, posterior)
+    """How each neighbour matches the query around the sites idx: (B, K, T, F)."""
+    return MatchContext(tokens, neighbours, distances, pos).features(idx, posteriors)
 
 
 class SelfAttention(nn.Module):
@@ -337,10 +361,11 @@ class ImputationModel(nn.Module):
         self.cfg = cfg
         d = cfg.d_model
         self.tok = nn.Embedding(cfg.vocab_size, d)
-        self.site = nn.Sequential(nn.Linear(N_SITE_FEATURES, d), nn.GELU(), nn.Linear(d, d))
+        n_rates = len(cfg.hmm_switch_rates) if cfg.use_retrieval else 1
+        self.site = nn.Sequential(nn.Linear(3 + n_rates, d), nn.GELU(), nn.Linear(d, d))
         if cfg.use_retrieval:
             self.nb_encoder = nn.Sequential(
-                nn.Linear(N_NEIGHBOUR_FEATURES, cfg.d_neighbour),
+                nn.Linear(N_MATCH_FEATURES + 2 * n_rates, cfg.d_neighbour),
                 nn.GELU(),
                 nn.Linear(cfg.d_neighbour, cfg.d_neighbour),
             )
@@ -401,7 +426,9 @@ class ImputationModel(nn.Module):
                 )
             query = (tokens[:, obs] == ALT).to(neighbours.dtype)
             mism = neighbours[:, :, obs] != query[:, None, :]
-            ctx["hmm"] = CopyingHMM(mism, pos[obs], self.cfg.hmm_switch_rate, self.cfg.hmm_error)
+            ctx["hmm"] = [
+                CopyingHMM(mism, pos[obs], r, self.cfg.hmm_error) for r in self.cfg.hmm_switch_rates
+            ]
             ctx["match"] = MatchContext(tokens, neighbours, distances, pos)
         return ctx
 
@@ -428,18 +455,23 @@ class ImputationModel(nn.Module):
         idx = torch.cat([obs, sites])
         nb = None
         if self.cfg.use_retrieval:
-            post = ctx["hmm"].posterior(pos[idx])  # (B, K, T)
-            hmm_dosage = (post * neighbours[:, :, idx]).sum(1)  # (B, T)
-            f = ctx["match"].features(idx, post)  # (B, K, T, F)
+            posts = [h.posterior(pos[idx]) for h in ctx["hmm"]]  # each (B, K, T)
+            alleles = neighbours[:, :, idx]
+            hmm_dosage = torch.stack([(p * alleles).sum(1) for p in posts], -1)  # (B, T, R)
+            sel = None
+            K = neighbours.shape[1]
+            if 0 < self.cfg.attend_k < K:
+                sel = sum(posts).topk(self.cfg.attend_k, dim=1).indices  # (B, J, T)
+            f = ctx["match"].features(idx, posts, sel)  # (B, J, T, F)
             nb = self.nb_encoder(f.transpose(1, 2))  # (B, T, K, d_nb), shared by every block
         else:
-            hmm_dosage = af[idx][None].expand(tokens.shape[0], -1)
+            hmm_dosage = af[idx][None, :, None].expand(tokens.shape[0], -1, 1)
         x = self._embed(tokens, af, pos, idx, hmm_dosage)
         for block in self.blocks:
             x = block(x, len(obs), nb)
         out = self.head(self.ln_f(x[:, len(obs) :])).squeeze(-1)
         if self.cfg.use_retrieval:
-            out = out + torch.logit(hmm_dosage[:, len(obs) :].clamp(1e-4, 1 - 1e-4))
+            out = out + torch.logit(hmm_dosage[:, len(obs) :, 0].clamp(1e-4, 1 - 1e-4))
         return out
 
     @torch.no_grad()
@@ -476,7 +508,10 @@ class ImputationModel(nn.Module):
         neighbour is known.
         """
         obs = observed_sites(tokens)
-        x = self._embed(tokens, af, pos, obs, af[obs][None].expand(tokens.shape[0], -1))
+        n_rates = len(self.cfg.hmm_switch_rates) if self.cfg.use_retrieval else 1
+        x = self._embed(
+            tokens, af, pos, obs, af[obs][None, :, None].expand(tokens.shape[0], -1, n_rates)
+        )
         b = self.blocks[0]
         x = x + b.attn(b.ln1(x), len(obs))
         return x.mean(1) if len(obs) else x.new_zeros(tokens.shape[0], self.cfg.d_model)

@@ -51,16 +51,16 @@ MODES = ("token", "embedding", "none")
 @dataclass
 class TrainConfig:
     mode: str = "token"
-    epochs: int = 10
+    epochs: int = 4
     batch_size: int = 16  # haplotype windows per step (pairs of haplotypes of one sample)
-    lr: float = 7.5e-5
+    lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_frac: float = 0.05
     min_lr_frac: float = 0.1
     grad_clip: float = 1.0
-    patience: int = 3  # epochs without a better validation r² before stopping
+    patience: int = 2  # epochs without a better validation r² before stopping
     sites_per_example: int = 128  # hidden sites scored per haplotype window per step
-    k: int = 32
+    k: int = 256
     refresh_every: int = 0  # embedding mode: steps between index refreshes; 0 = every epoch
     rare_weight: float = 0.0  # loss weight 1 + rare_weight on sites with reference MAF < 5%
     seed: int = 1
