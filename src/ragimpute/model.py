@@ -47,7 +47,7 @@ class ModelConfig:
     # per-bp switch rates between haplotypes (one model each; the first is the output's baseline), and
     # the copying error (mismatch) probability. Slow switching suits common variants, faster rare ones.
     hmm_switch_rates: tuple[float, ...] = (3e-6, 1e-5)
-    hmm_error: float = 1e-3
+    hmm_error: float = 1e-4
     # The network attends, at each site, to this many candidates with the highest copying posterior
     # (0 = all K); the copying model itself always uses all K.
     attend_k: int = 32
@@ -373,10 +373,10 @@ class ImputationModel(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, 1)
         self.apply(self._init)
-        if cfg.use_retrieval:
-            # The output refines the copying model: logit = logit(HMM dosage) + correction. The correction
-            # starts near zero, so an untrained model already answers like Li and Stephens' model.
-            nn.init.zeros_(self.head.weight)
+        # The output refines a prior: logit = logit(prior) + correction, the prior being the copying
+        # model's ALT probability (with retrieval) or the reference allele frequency (without). The
+        # correction starts at zero, so an untrained model already answers like its prior.
+        nn.init.zeros_(self.head.weight)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -470,9 +470,7 @@ class ImputationModel(nn.Module):
         for block in self.blocks:
             x = block(x, len(obs), nb)
         out = self.head(self.ln_f(x[:, len(obs) :])).squeeze(-1)
-        if self.cfg.use_retrieval:
-            out = out + torch.logit(hmm_dosage[:, len(obs) :, 0].clamp(1e-4, 1 - 1e-4))
-        return out
+        return out + torch.logit(hmm_dosage[:, len(obs) :, 0].clamp(1e-4, 1 - 1e-4))
 
     @torch.no_grad()
     def predict_sites(
@@ -598,12 +596,14 @@ class CopyingModelPredictor:
 
     def __init__(
         self,
-        switch_rate: float = 3e-6,
-        error: float = 1e-3,
+        switch_rate: float | None = None,
+        error: float | None = None,
         device: str = "cpu",
         batch_rows: int = 64,
     ):
-        self.rate, self.error = switch_rate, error
+        # Defaults are the model's own first copying model, so the two compare like for like.
+        self.rate = ModelConfig().hmm_switch_rates[0] if switch_rate is None else switch_rate
+        self.error = ModelConfig().hmm_error if error is None else error
         self.device = torch.device(device)
         self.batch_rows = batch_rows
 
