@@ -6,6 +6,7 @@ pysam's per-sample Python objects are about two orders of magnitude slower on th
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -88,15 +89,43 @@ def vcf_samples(path: str | os.PathLike) -> list[str]:
         with pysam.VariantFile(str(path)) as vf:
             samples = list(vf.header.samples)
     except (OSError, ValueError) as e:
-        raise InputError(path, f"cannot read the VCF header: {e}", "Is this a VCF/BCF file?") from e
+        # htslib refuses a header with duplicate sample names but says so only on stderr; look for
+        # them ourselves so that the user is told what is actually wrong.
+        names = _header_line_samples(path)
+        if names is None or not pd.Index(names).duplicated().any():
+            raise InputError(
+                path, f"cannot read the VCF header: {e}", "Is this a VCF/BCF file?"
+            ) from e
+        samples = names
     if not samples:
         raise InputError(
             path, "the VCF has no samples (sites-only)", "A panel needs phased genotypes"
         )
     dup = pd.Index(samples)[pd.Index(samples).duplicated()]
     if len(dup):
-        raise InputError(path, f"duplicate sample names in the header: {', '.join(dup[:5])}")
+        raise InputError(
+            path,
+            f"duplicate sample names in the header: {', '.join(dup[:5])}",
+            "Give every sample its own name: `bcftools reheader -s names.txt` (one new name per "
+            "line, in header order)",
+        )
     return samples
+
+
+def _header_line_samples(path: str | os.PathLike) -> list[str] | None:
+    """Sample names from the ``#CHROM`` line of a text VCF (plain or (b)gzipped); None for others."""
+    with open(path, "rb") as f:
+        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
+    try:
+        with opener(path, "rt", errors="replace") as f:
+            for line in f:
+                if line.startswith("#CHROM"):
+                    return line.rstrip("\r\n").split("\t")[9:]
+                if not line.startswith("##"):
+                    return None
+    except (OSError, EOFError):
+        return None
+    return None
 
 
 def vcf_contigs(path: str | os.PathLike) -> list[str]:
