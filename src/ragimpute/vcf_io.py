@@ -167,6 +167,9 @@ def vcf_records_sites(path: str | os.PathLike) -> pd.DataFrame:
 def resolve_contig(path: str | os.PathLike, chrom: str, available: list[str] | None = None) -> str:
     """Map the requested chromosome onto the file's own naming (``chr20`` vs ``20``)."""
     names = vcf_contigs(path) if available is None else available
+    if not names and available is None:
+        # No ##contig lines and no index (common in hand-made or older files): the records tell.
+        names = vcf_records_contigs(path)
     if not names or chrom in names:
         return chrom
     matches = [n for n in names if normalize_chrom(n) == normalize_chrom(chrom)]
