@@ -279,7 +279,7 @@ def _parse_query(
             f"no biallelic SNV records on chromosome {contig} (skipped: "
             + ", ".join(f"{k}={v}" for k, v in skipped.items() if v)
             + ")",
-            "Check `chromosomes:` and the FILTER column (`windows.pass_only`)",
+            "Check `chromosomes:` and the FILTER column (`panel.pass_only`)",
         )
     hap = _decode_gt(gts, path, kept, all_samples, n_all)
     cols = np.empty(2 * len(columns), dtype=np.int64)
