@@ -48,9 +48,18 @@ def read_split_table(path: str | os.PathLike, vcf_samples: list[str]) -> pd.Data
     p = Path(path)
     if not p.exists():
         raise InputError(p, "split table not found", "Set split.table in the config, or remove it")
-    df = pd.read_csv(p, sep="\t", dtype=str)
+    # No NA parsing: an empty cell must be reported, not turned into NaN (which crashed the checks
+    # below), and sample names such as "NA" or "null" must stay names.
+    df = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False)
     if not {"sample", "split"} <= set(df.columns):
         raise InputError(p, f"needs columns 'sample' and 'split', has {list(df.columns)}")
+    for i, (sample, label) in enumerate(zip(df["sample"], df["split"], strict=True)):
+        if not sample.strip():
+            raise InputError(p, "a row has no sample name", record=f"line {i + 2}")
+        if not label.strip():
+            raise InputError(
+                p, f"sample {sample} has no split label", f"Use {', '.join(SPLITS)}", f"line {i + 2}"
+            )
     bad = sorted(set(df["split"]) - set(SPLITS))
     if bad:
         raise InputError(p, f"unknown split labels {bad}", f"Use {', '.join(SPLITS)}")
@@ -91,7 +100,7 @@ def write_split(df: pd.DataFrame, out_tsv: str | os.PathLike, provenance: dict) 
 
 
 def load_split(path: str | os.PathLike) -> dict[str, list[str]]:
-    df = pd.read_csv(path, sep="\t", dtype=str)
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     return {s: df.loc[df["split"] == s, "sample"].tolist() for s in SPLITS}
 
 
