@@ -22,7 +22,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_dir, read_json, write_json
-from .errors import ArtifactError, MaskMismatchError
+from .errors import ArtifactError, InputError, MaskMismatchError
 from .logs import Progress, log
 from .tokens import ALT, MASK, TokenTable
 
@@ -200,8 +200,11 @@ class HaplotypeIndex:
         own = np.array([self._sample_idx.get(s, -1) for s in q.samples], dtype=np.int64)
         n_excl = 2 if (own >= 0).any() else 0
         if k + n_excl > self.n_haplotypes:
-            raise ValueError(
-                f"k={k} neighbours asked but the index holds {self.n_haplotypes} haplotypes"
+            raise InputError(
+                "retrieval.k",
+                f"k={k} neighbours asked but the index {self.dir} holds {self.n_haplotypes} "
+                f"haplotypes" + (" (2 of them the query's own sample)" if n_excl else ""),
+                "Lower retrieval.k (-k on the command line) or use a larger reference panel",
             )
         x = encode(q.tokens, cols, self.kind)
         dist, ids = self.window_index(q.window).search(x, k + n_excl)

@@ -53,7 +53,9 @@ def expand_specs(cfg: dict) -> list[dict]:
     """The canonical spec of each mask the config asks for (E of them with a schedule)."""
     strategy = cfg.get("strategy", "random")
     if strategy not in STRATEGIES:
-        raise ValueError(f"mask.strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise InputError(
+            "mask.strategy", f"mask.strategy must be one of {STRATEGIES}, got {strategy!r}"
+        )
     # Only what changes the mask goes in the spec, so that the same mask always has the same hash
     # (an array mask with no dropout draws nothing at random: its seed is left out).
     base: dict = {"strategy": strategy}
@@ -65,7 +67,7 @@ def expand_specs(cfg: dict) -> list[dict]:
         base["array_dropout"] = float(cfg.get("array_dropout", 0.0))
     for key in ("rate", "array_dropout"):
         if key in base and not 0.0 <= base[key] <= 1.0:
-            raise ValueError(f"mask.{key} must be in [0, 1], got {base[key]}")
+            raise InputError(f"mask.{key}", f"mask.{key} must be in [0, 1], got {base[key]}")
     random = strategy != "array" or base["array_dropout"] > 0
     if random:
         base["seed"] = int(cfg.get("seed", 0))

@@ -22,7 +22,11 @@ def random_split(samples: list[str], fractions: dict[str, float], seed: int) -> 
     """Shuffle with ``seed`` and cut by ``fractions``; every split gets at least one sample."""
     fr = {s: float(fractions.get(s, 0.0)) for s in SPLITS}
     if any(v < 0 for v in fr.values()) or not np.isclose(sum(fr.values()), 1.0):
-        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fr}")
+        raise InputError(
+            "split.fractions",
+            f"split fractions must be >= 0 and sum to 1, got {fr}",
+            "Fix split.fractions in the config (--fractions on the command line)",
+        )
     n = len(samples)
     if n < 3:
         raise InputError(

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .atomic import atomic_path, parquet_metadata, write_json, write_parquet, write_tsv
-from .errors import ArtifactError
+from .errors import ArtifactError, InputError
 from .logs import log
 from .split import SPLITS
 from .vcf_io import Panel
@@ -38,7 +38,11 @@ def window_bounds(n_sites: int, length: int, overlap: int) -> np.ndarray:
     The last window may be shorter than ``length`` (the model pads it and masks the padding).
     """
     if length < 1 or not 0 <= overlap < length:
-        raise ValueError(f"need length >= 1 and 0 <= overlap < length, got {length}, {overlap}")
+        raise InputError(
+            "windows",
+            f"need length >= 1 and 0 <= overlap < length, got length {length}, overlap {overlap}",
+            "Fix windows.length / windows.overlap in the config (--length / --overlap)",
+        )
     if n_sites < 1:
         raise ValueError("no sites to window")
     stride = length - overlap
