@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_json, write_tsv
-from .errors import InputError
+from .errors import ArtifactError, InputError
 
 SPLITS = ("train", "val", "test")
 
@@ -104,6 +104,8 @@ def write_split(df: pd.DataFrame, out_tsv: str | os.PathLike, provenance: dict) 
 
 
 def load_split(path: str | os.PathLike) -> dict[str, list[str]]:
+    if not Path(path).exists():
+        raise ArtifactError(f"{path} is missing; run the split stage first (`ragimpute split`)")
     df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     return {s: df.loc[df["split"] == s, "sample"].tolist() for s in SPLITS}
 

@@ -255,11 +255,18 @@ class WindowedTable:
 
 
 def load_sites(windows_dir: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_parquet(Path(windows_dir) / "sites.parquet")
+    return pd.read_parquet(_stage_file(windows_dir, "sites.parquet"))
 
 
 def load_windows(windows_dir: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_parquet(Path(windows_dir) / "windows.parquet")
+    return pd.read_parquet(_stage_file(windows_dir, "windows.parquet"))
+
+
+def _stage_file(windows_dir: str | os.PathLike, name: str) -> Path:
+    path = Path(windows_dir) / name
+    if not path.exists():
+        raise ArtifactError(f"{path} is missing; run the window stage first (`ragimpute window`)")
+    return path
 
 
 def run_window_stage(
