@@ -74,7 +74,10 @@ def expand_specs(cfg: dict) -> list[dict]:
     epochs = int(cfg.get("schedule", 0) or 0)
     if epochs <= 0 or not random:
         if epochs > 0:
-            log.warning("mask.schedule=%d ignored: an array mask without dropout is the same every epoch", epochs)
+            log.warning(
+                "mask.schedule=%d ignored: an array mask without dropout is the same every epoch",
+                epochs,
+            )
         return [base]
     return [{**base, "epoch": e} for e in range(epochs)]
 
@@ -84,7 +87,9 @@ def read_site_list(path: str | os.PathLike) -> pd.DataFrame:
     p = Path(path)
     if not p.exists():
         raise InputError(
-            p, "array manifest not found", "Set mask.array_manifest (or panel.array_manifest)"
+            p,
+            "array manifest not found",
+            "Check panel.array_manifest in the config (--array on the command line)",
         )
     if p.name.endswith((".vcf", ".vcf.gz", ".bcf", ".vcf.bgz")):
         return vcf_records_sites(p)
@@ -292,7 +297,8 @@ def run_mask_stage(
             raise InputError(
                 "config",
                 "mask.strategy is 'array' but no array manifest is configured",
-                "Set mask.array_manifest (the demo writes one)",
+                "Set panel.array_manifest (--array on the command line; the demo writes one), "
+                "or choose mask.strategy random or af",
             )
         on_array = match_sites(sites, read_site_list(array_manifest), array_manifest)
         provenance = {
