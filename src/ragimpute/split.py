@@ -62,7 +62,10 @@ def read_split_table(path: str | os.PathLike, vcf_samples: list[str]) -> pd.Data
             raise InputError(p, "a row has no sample name", record=f"line {i + 2}")
         if not label.strip():
             raise InputError(
-                p, f"sample {sample} has no split label", f"Use {', '.join(SPLITS)}", f"line {i + 2}"
+                p,
+                f"sample {sample} has no split label",
+                f"Use {', '.join(SPLITS)}",
+                f"line {i + 2}",
             )
     bad = sorted(set(df["split"]) - set(SPLITS))
     if bad:
