@@ -231,6 +231,20 @@ def test_truncated_bgzip(demo, tmp_path):
             fn()
 
 
+def test_truncated_plain_vcf_names_the_cut_record(demo, tmp_path):
+    text = gzip.decompress(demo.vcf.read_bytes()).decode()
+    cut = tmp_path / "cut.vcf"
+    cut.write_text(text[: len(text) // 2])
+    last = cut.read_text().splitlines()[-1].split("\t")
+    with pytest.raises(InputError) as e:
+        read_panel(cut, "20")
+    assert e.value.record == f"{last[0]}:{last[1]}"
+    assert str(e.value).startswith(
+        f"{cut}: a record has {len(last)} columns, the header names 30 samples"
+    )
+    assert "cut short" in str(e.value)
+
+
 def test_plain_gzip_is_refused_with_the_fix(tmp_path):
     path = write_vcf(tmp_path / "p.vcf.gz", vcf_text([_ok(100)], SAMPLES), "gzip")
     with pytest.raises(

@@ -143,7 +143,7 @@ def vcf_records_contigs(path: str | os.PathLike) -> list[str]:
     if _is_indexed(path):
         with pysam.VariantFile(str(path)) as vf:
             return [c for c in vf.index if next(vf.fetch(c), None) is not None]
-    out = pysam.bcftools.query("-f", "%CHROM\n", str(path))
+    out = _bcftools_query(path, "-f", "%CHROM\n")
     seen: dict[str, None] = {}
     for c in out.split("\n"):
         if c:
@@ -154,14 +154,46 @@ def vcf_records_contigs(path: str | os.PathLike) -> list[str]:
 def vcf_records_sites(path: str | os.PathLike) -> pd.DataFrame:
     """chrom, pos, ref, alt of every record (no genotypes decoded)."""
     check_readable(path)
-    try:
-        text = pysam.bcftools.query("-f", "%CHROM\t%POS\t%REF\t%ALT\n", str(path))
-    except pysam.utils.SamtoolsError as e:
-        raise InputError(path, f"bcftools could not read the file: {str(e).strip()[:500]}") from e
+    text = _bcftools_query(path, "-f", "%CHROM\t%POS\t%REF\t%ALT\n")
     rows = [ln.split("\t") for ln in text.split("\n") if ln]
     df = pd.DataFrame(rows, columns=["chrom", "pos", "ref", "alt"])
     df["pos"] = df["pos"].astype(np.int64)
     return df
+
+
+def _bcftools_query(path: str | os.PathLike, *args: str) -> str:
+    """``bcftools query`` output, or an InputError quoting what htslib said (not the partial output)."""
+    try:
+        return pysam.bcftools.query(*args, str(path))
+    except pysam.utils.SamtoolsError as e:
+        # pysam's message holds all of stdout before stderr: keep only bcftools' own complaint
+        said = str(getattr(e, "value", e)).rpartition("stderr=")[2].strip()
+        raise InputError(
+            path,
+            f"bcftools could not read the file: {said[:500]}",
+            "Check that it is a valid, intact VCF/BCF",
+        ) from e
+
+
+def _first_short_record(path: str | os.PathLike, n_samples: int) -> tuple[str, int] | None:
+    """(``chrom:pos``, columns) of the first data line with too few columns, in a text VCF.
+
+    htslib names such a record only on stderr, which pysam does not capture; this slow scan runs
+    only after a failed read, to tell the user where the file is broken.
+    """
+    with open(path, "rb") as f:
+        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
+    try:
+        with opener(path, "rt", errors="replace") as f:
+            for line in f:
+                if line.startswith("#"):
+                    continue
+                fields = line.rstrip("\r\n").split("\t")
+                if len(fields) != 9 + n_samples:
+                    return f"{fields[0]}:{fields[1] if len(fields) > 1 else '?'}", len(fields)
+    except (OSError, EOFError):
+        return None
+    return None
 
 
 def resolve_contig(path: str | os.PathLike, chrom: str, available: list[str] | None = None) -> str:
@@ -211,13 +243,19 @@ def read_panel(
     fmt = "%CHROM\t%POS\t%ID\t%REF\t%ALT\t%FILTER\t[%GT\t]\n"
     region = ["-r", contig] if _is_indexed(path) else ["-t", contig]
     try:
-        text = pysam.bcftools.query("-f", fmt, *region, path)
-    except pysam.utils.SamtoolsError as e:
+        text = _bcftools_query(path, "-f", fmt, *region)
+    except InputError:
+        short = _first_short_record(path, len(all_samples))
+        if short is None:
+            raise
         raise InputError(
             path,
-            f"bcftools could not read the file: {str(e).strip()[:500]}",
-            "Check that it is a valid, intact VCF/BCF",
-        ) from e
+            f"a record has {short[1]} columns, the header names {len(all_samples)} samples "
+            f"(so {9 + len(all_samples)} are needed)",
+            "The file was probably cut short (a truncated download or copy) or edited by hand: "
+            "fetch it again or fix that line",
+            record=short[0],
+        ) from None
     return _parse_query(text, path, contig, all_samples, columns, samples, pass_only)
 
 
