@@ -53,6 +53,7 @@ def vcf_text(
     samples: list[str],
     contigs: tuple[str, ...] | None = ("20",),
     extra_header: tuple[str, ...] = (),
+    fmt: str = "GT",
 ) -> str:
     """VCF text from ``(chrom, pos, ref, alt, filter, [gt per sample])`` tuples.
 
@@ -63,6 +64,7 @@ def vcf_text(
         '##FILTER=<ID=PASS,Description="All filters passed">',
         '##FILTER=<ID=LowQual,Description="Low quality">',
         '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+        '##FORMAT=<ID=DS,Number=1,Type=Float,Description="ALT dosage">',
     ]
     head += [f"##contig=<ID={c}>" for c in contigs or ()]
     head += list(extra_header)
@@ -72,7 +74,7 @@ def vcf_text(
         )
     )
     body = [
-        "\t".join([str(c), str(p), ".", ref, alt, ".", flt, ".", "GT", *gts])
+        "\t".join([str(c), str(p), ".", ref, alt, ".", flt, ".", fmt, *gts])
         for c, p, ref, alt, flt, gts in records
     ]
     return "\n".join(head + body) + "\n"

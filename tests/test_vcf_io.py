@@ -7,6 +7,7 @@ import gzip
 import numpy as np
 import pandas as pd
 import pysam
+import pysam.bcftools
 import pytest
 from conftest import (
     bcftools_cli_read,
@@ -29,6 +30,15 @@ from ragimpute.vcf_io import (
 )
 
 SAMPLES = ["S1", "S2", "S3"]
+# read_panel reads an indexed VCF from tabix text lines, anything else through `bcftools query`:
+# every check runs on both paths.
+FORMS = {"plain": (None, False), "bgzip": ("bgzip", False), "indexed": ("bgzip", True)}
+
+
+def _write(tmp_path, text: str, form: str, name: str = "panel"):
+    compress, index = FORMS[form]
+    path = tmp_path / (f"{name}.vcf.gz" if compress else f"{name}.vcf")
+    return write_vcf(path, text, compress, index=index)
 
 
 def _gts(*gts: str) -> list[str]:
@@ -51,6 +61,36 @@ def test_read_panel_equals_pysam_per_record(demo):
     np.testing.assert_array_equal(panel.haplotypes, haps)
     # the demo is large enough to have both alleles at every site and some variation
     assert panel.n_sites > 300 and 0 < panel.haplotypes.mean() < 0.5
+
+
+def _assert_same_panel(a, b):
+    pd.testing.assert_frame_equal(a.sites, b.sites)
+    np.testing.assert_array_equal(a.haplotypes, b.haplotypes)
+    assert a.samples == b.samples and a.skipped == b.skipped and a.chrom == b.chrom
+
+
+def test_tabix_and_bcftools_paths_agree(demo, tmp_path):
+    fast = read_panel(demo.vcf, "20")
+    unindexed = tmp_path / "copy.vcf.gz"
+    unindexed.write_bytes(demo.vcf.read_bytes())
+    _assert_same_panel(read_panel(unindexed, "20"), fast)
+    bcf = tmp_path / "copy.bcf"
+    pysam.bcftools.view("-Ob", "-o", str(bcf), str(demo.vcf), catch_stdout=False)
+    _assert_same_panel(read_panel(bcf, "20"), fast)
+    pysam.bcftools.index(str(bcf), catch_stdout=False)
+    _assert_same_panel(read_panel(bcf, "20"), fast)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_genotypes_with_other_format_fields(tmp_path, form):
+    """GT:DS records (e.g. an imputed panel) cannot be cut out of the text; the reader falls back."""
+    recs = [
+        ("20", 100, "A", "C", "PASS", ["0|1:1.0", "1|1:2.0", "0|0:0.0"]),
+        ("20", 200, "G", "T", "PASS", ["1|0:0.9", "0|0:0.1", "0|1:1.0"]),
+    ]
+    path = _write(tmp_path, vcf_text(recs, SAMPLES, fmt="GT:DS"), form)
+    panel = read_panel(path, "20", samples=["S3", "S1"])
+    np.testing.assert_array_equal(panel.haplotypes, [[0, 0, 0, 1], [0, 1, 1, 0]])
 
 
 @needs_bcftools
@@ -137,11 +177,9 @@ SKIP_RECORDS = [
 ]
 
 
-@pytest.mark.parametrize("compress", ["bgzip", None])
-def test_skipped_records_are_counted(tmp_path, compress):
-    path = write_vcf(
-        tmp_path / ("p.vcf.gz" if compress else "p.vcf"), vcf_text(SKIP_RECORDS, SAMPLES), compress
-    )
+@pytest.mark.parametrize("form", FORMS)
+def test_skipped_records_are_counted(tmp_path, form):
+    path = _write(tmp_path, vcf_text(SKIP_RECORDS, SAMPLES), form)
     panel = read_panel(path, "20")
     assert panel.sites["pos"].tolist() == [100, 200, 210]
     assert panel.skipped == {"multiallelic": 2, "non_snv": 4, "no_alt": 2, "filtered": 1}
@@ -173,10 +211,9 @@ BAD_GENOTYPES = [
 
 
 @pytest.mark.parametrize("gt,problem", BAD_GENOTYPES)
-@pytest.mark.parametrize("compress", ["bgzip", None])
-def test_bad_genotype_names_file_record_and_sample(tmp_path, gt, problem, compress):
-    name = "panel.vcf.gz" if compress else "panel.vcf"
-    path = write_vcf(tmp_path / name, vcf_text(_bad_gt(gt), SAMPLES), compress)
+@pytest.mark.parametrize("form", FORMS)
+def test_bad_genotype_names_file_record_and_sample(tmp_path, gt, problem, form):
+    path = _write(tmp_path, vcf_text(_bad_gt(gt), SAMPLES), form)
     with pytest.raises(InputError) as e:
         read_panel(path, "20")
     msg = str(e.value)
@@ -202,9 +239,10 @@ def test_unsorted_positions_across_skipped_records(tmp_path):
         read_panel(path, "20")
 
 
-def test_duplicate_snv_positions(tmp_path):
+@pytest.mark.parametrize("form", FORMS)
+def test_duplicate_snv_positions(tmp_path, form):
     recs = [_ok(100), _ok(200, alt="C"), _ok(200, alt="G"), _ok(300)]
-    path = write_vcf(tmp_path / "p.vcf.gz", vcf_text(recs, SAMPLES))
+    path = _write(tmp_path, vcf_text(recs, SAMPLES), form)
     with pytest.raises(
         InputError, match=r"two biallelic SNV records at position 200.*at 20:200.*bcftools norm"
     ):
@@ -243,6 +281,17 @@ def test_truncated_plain_vcf_names_the_cut_record(demo, tmp_path):
         f"{cut}: a record has {len(last)} columns, the header names 30 samples"
     )
     assert "cut short" in str(e.value)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_record_with_missing_columns(tmp_path, form):
+    text = vcf_text([_ok(100), _ok(200), _ok(300)], SAMPLES)
+    text = text.replace("\t1|1\t0|0\n20\t300", "\n20\t300", 1)  # record 20:200 loses 2 samples
+    path = _write(tmp_path, text, form)
+    with pytest.raises(InputError) as e:
+        read_panel(path, "20")
+    assert e.value.record == "20:200"
+    assert "a record has 10 columns, the header names 3 samples (so 12 are needed)" in str(e.value)
 
 
 def test_plain_gzip_is_refused_with_the_fix(tmp_path):
@@ -321,7 +370,8 @@ def test_sites_only_vcf(tmp_path):
     assert sites.to_dict("records") == [{"chrom": "20", "pos": 100, "ref": "A", "alt": "C"}]
 
 
-def test_bad_record_deep_in_a_big_file_is_found(tmp_path):
+@pytest.mark.parametrize("form", FORMS)
+def test_bad_record_deep_in_a_big_file_is_found(tmp_path, form):
     """The vectorised check must name the first bad record, not just fail somewhere."""
     rng = np.random.default_rng(0)
     samples = [f"S{i}" for i in range(50)]
@@ -330,7 +380,7 @@ def test_bad_record_deep_in_a_big_file_is_found(tmp_path):
     gts = list(gts)
     gts[41] = "1/0"
     recs[333] = (chrom, pos, ref, alt, flt, gts)
-    path = write_vcf(tmp_path / "big.vcf.gz", vcf_text(recs, samples))
+    path = _write(tmp_path, vcf_text(recs, samples), form)
     with pytest.raises(
         InputError, match=rf"unphased genotype '1/0' for sample S41 \(at 20:{pos}\)"
     ):
