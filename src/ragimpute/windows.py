@@ -69,10 +69,9 @@ def owner_windows(bounds: np.ndarray, n_sites: int) -> np.ndarray:
 
 def site_list_hash(sites: pd.DataFrame) -> str:
     """16 hex of SHA-256 over ``chrom pos ref alt`` lines: identifies the site list a mask applies to."""
-    h = hashlib.sha256()
-    for row in sites[["chrom", "pos", "ref", "alt"]].itertuples(index=False):
-        h.update(f"{row[0]}\t{row[1]}\t{row[2]}\t{row[3]}\n".encode())
-    return h.hexdigest()[:16]
+    columns = [sites[c].astype(str).tolist() for c in ("chrom", "pos", "ref", "alt")]
+    text = "".join(f"{c}\t{p}\t{r}\t{a}\n" for c, p, r, a in zip(*columns, strict=True))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def hap_columns(panel: Panel, samples: list[str]) -> np.ndarray:
@@ -97,10 +96,10 @@ def build_windows(
     bounds = window_bounds(n, length, overlap)
     owner = owner_windows(bounds, n)
 
+    # np.take here and below: fancy indexing along axis 1 is several times slower on large panels.
     ref_cols = hap_columns(panel, split["train"])
-    ref = panel.haplotypes[:, ref_cols]
-    ac = ref.sum(axis=1, dtype=np.int64)
-    an = ref.shape[1]
+    ac = np.take(panel.haplotypes, ref_cols, axis=1).sum(axis=1, dtype=np.int64)
+    an = len(ref_cols)
     af = ac / an
     sites = panel.sites.copy()
     sites["site"] = np.arange(n, dtype=np.int64)
@@ -131,7 +130,8 @@ def build_windows(
 
     for name in SPLITS:
         cols = hap_columns(panel, split[name])
-        blocks = (panel.haplotypes[a:b][:, cols].T for a, b in bounds)
+        # transposed window by window: small blocks stay in cache, a whole-chromosome .T does not
+        blocks = (np.take(panel.haplotypes[a:b], cols, axis=1).T for a, b in bounds)
         write_windowed(
             out / "haplotypes" / f"{name}.parquet",
             blocks,
@@ -279,10 +279,13 @@ def run_window_stage(
     pass_only: bool = True,
 ) -> dict:
     from .split import load_split
-    from .vcf_io import read_panel
+    from .vcf_io import read_panel, vcf_samples
 
     split = load_split(split_tsv)
-    samples = [s for name in SPLITS for s in split[name]]
+    # Ask for the samples in file order: build_windows picks each split's columns anyway, and
+    # read_panel then has no columns to shuffle.
+    order = {s: i for i, s in enumerate(vcf_samples(panel_vcf))}
+    samples = sorted((s for name in SPLITS for s in split[name]), key=lambda s: order.get(s, -1))
     panel = read_panel(panel_vcf, chrom, samples=samples, pass_only=pass_only)
     return build_windows(panel, split, length, overlap, out_dir)
 
