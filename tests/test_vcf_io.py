@@ -18,6 +18,7 @@ from conftest import (
     write_vcf,
 )
 
+from ragimpute import vcf_io
 from ragimpute.errors import InputError
 from ragimpute.vcf_io import (
     check_readable,
@@ -370,8 +371,23 @@ def test_sites_only_vcf(tmp_path):
     assert sites.to_dict("records") == [{"chrom": "20", "pos": 100, "ref": "A", "alt": "C"}]
 
 
+@pytest.mark.parametrize("chunk", [2048, 64, 1])
+def test_chunked_decoding_gives_the_same_panel(demo, tmp_path, monkeypatch, chunk):
+    whole = read_panel(demo.vcf, "20")
+    unindexed = tmp_path / "copy.vcf.gz"
+    unindexed.write_bytes(demo.vcf.read_bytes())
+    monkeypatch.setattr(vcf_io, "_CHUNK_RECORDS", chunk)
+    _assert_same_panel(read_panel(demo.vcf, "20"), whole)
+    subset = whole.samples[::-3]
+    part = read_panel(unindexed, "20", samples=subset)
+    cols = [2 * whole.samples.index(s) + p for s in subset for p in (0, 1)]
+    np.testing.assert_array_equal(part.haplotypes, whole.haplotypes[:, cols])
+
+
 @pytest.mark.parametrize("form", FORMS)
-def test_bad_record_deep_in_a_big_file_is_found(tmp_path, form):
+@pytest.mark.parametrize("chunk", [2048, 64])
+def test_bad_record_deep_in_a_big_file_is_found(tmp_path, form, chunk, monkeypatch):
+    monkeypatch.setattr(vcf_io, "_CHUNK_RECORDS", chunk)
     """The vectorised check must name the first bad record, not just fail somewhere."""
     rng = np.random.default_rng(0)
     samples = [f"S{i}" for i in range(50)]

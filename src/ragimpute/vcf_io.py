@@ -244,15 +244,17 @@ def read_panel(
     # An indexed, GT-only VCF (the usual reference panel) is read as text lines straight from
     # tabix, which is several times faster than having bcftools format them again; anything else
     # (BCF, no index, more FORMAT fields) goes through `bcftools query`.
-    rows = None
+    result = None
     if _is_indexed(path) and not _is_bcf(path):
         try:
-            rows = _parse_rows(_tabix_rows(path, contig, len(all_samples)), path, pass_only)
+            rows = _tabix_rows(path, contig, len(all_samples))
+            result = _parse_rows(rows, path, pass_only, all_samples, columns)
         except _NotGTOnly:
-            rows = None
-    if rows is None:
-        rows = _parse_rows(_query_rows(path, contig, len(all_samples)), path, pass_only)
-    kept, gts, skipped = rows
+            result = None
+    if result is None:
+        rows = _query_rows(path, contig, len(all_samples))
+        result = _parse_rows(rows, path, pass_only, all_samples, columns)
+    kept, haplotypes, skipped = result
     if not kept:
         raise InputError(
             path,
@@ -261,7 +263,6 @@ def read_panel(
             + ")",
             "Check `chromosomes:` and the FILTER column (`panel.pass_only`)",
         )
-    haplotypes = _decode_gt(gts, path, kept, all_samples, columns)
     sites = pd.DataFrame(kept, columns=["chrom", "pos", "id", "ref", "alt"])
     sites["pos"] = sites["pos"].astype(np.int64)
     return Panel(path, contig, sites, list(samples), haplotypes, skipped)
@@ -303,9 +304,11 @@ def _query_rows(path: str, contig: str, n_samples: int) -> Iterator[list[str]]:
         if short is None:
             raise
         raise _short_record(path, short[0], short[1], n_samples) from None
-    for line in text.split("\n"):
-        if line:
-            yield line.split("\t", 6)
+    start = 0  # line by line, without a second whole-chromosome copy in a list of lines
+    while (end := text.find("\n", start)) >= 0:
+        if end > start:
+            yield text[start:end].split("\t", 6)
+        start = end + 1
 
 
 def _short_record(path: str, where: str, n_columns: int, n_samples: int) -> InputError:
@@ -319,13 +322,28 @@ def _short_record(path: str, where: str, n_columns: int, n_samples: int) -> Inpu
     )
 
 
+# Records whose genotype text is decoded at a time: the text is ~4 bytes per sample and record, the
+# haplotypes 2, so decoding as we go keeps peak memory near the size of the haplotype matrix.
+_CHUNK_RECORDS = 2048
+
+
 def _parse_rows(
-    rows: Iterator[list[str]], path: str, pass_only: bool
-) -> tuple[list[tuple[str, int, str, str, str]], list[str], dict[str, int]]:
-    """Keep biallelic SNVs (sites and genotype strings), count the rest, check the order."""
+    rows: Iterator[list[str]],
+    path: str,
+    pass_only: bool,
+    all_samples: list[str],
+    columns: np.ndarray,
+) -> tuple[list[tuple[str, int, str, str, str]], np.ndarray, dict[str, int]]:
+    """Keep biallelic SNVs and decode their haplotypes, count the rest, check the order."""
     skipped = dict.fromkeys(SKIP_REASONS, 0)
     kept: list[tuple[str, int, str, str, str]] = []
     gts: list[str] = []
+    chunks: list[np.ndarray] = []
+
+    def decode() -> None:
+        chunks.append(_decode_gt(gts, path, kept[-len(gts) :], all_samples, columns))
+        gts.clear()
+
     last_pos = 0
     last_kept_pos = -1
     for chrom, pos_s, vid, ref, alt, filt, gt in rows:
@@ -361,7 +379,13 @@ def _parse_rows(
         last_kept_pos = pos
         kept.append((chrom, pos, vid, ref, alt))
         gts.append(gt)
-    return kept, gts, skipped
+        if len(gts) == _CHUNK_RECORDS:
+            decode()
+    if gts:
+        decode()
+    if not chunks:
+        return kept, np.zeros((0, 2 * len(columns)), dtype=np.uint8), skipped
+    return kept, np.concatenate(chunks) if len(chunks) > 1 else chunks[0], skipped
 
 
 # Four bytes per genotype, "0|1\t", read as one little-endian uint32: masking the lowest bit of both
