@@ -12,8 +12,9 @@ count the parent's pages from before ``exec``), and GNU ``time -f %M`` for bcfto
 Windowing = ``ragimpute.windows.run_window_stage`` (read_panel + build_windows, all three splits
 written). The bcftools rows decode the same file to /dev/null with the bcftools CLI, one thread.
 Index rows: build every window's index from the train tokens, then query every haplotype of every
-split (train queries exclude their own sample, as the pipeline does), k = config retrieval.k,
-one FAISS thread. Recall is distance-based recall@k against exact binary search: the fraction of
+split (train queries exclude their own sample, as the pipeline does), one FAISS thread. Window
+length/overlap, k and the HNSW degree are read from config/config.yaml, so the figures follow the
+defaults. Recall is distance-based recall@k against exact binary search: the fraction of
 returned neighbours whose Hamming distance is <= the exact k-th distance (ties count as hits).
 """
 
@@ -30,6 +31,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PANELS = {
@@ -42,7 +45,11 @@ MASKS = {
     "random0.5": {"strategy": "random", "rate": 0.5, "seed": 7},  # half the sites observed
 }
 KINDS = ("binary_flat", "float_l2", "binary_hnsw")
-WINDOW_LENGTH, WINDOW_OVERLAP, K, HNSW_M = 1024, 256, 32, 32
+_CONFIG = yaml.safe_load((HERE.parent / "config" / "config.yaml").read_text())
+WINDOW_LENGTH = int(_CONFIG["windows"]["length"])
+WINDOW_OVERLAP = int(_CONFIG["windows"]["overlap"])
+K = int(_CONFIG["retrieval"]["k"])
+HNSW_M = int(_CONFIG["index"]["hnsw_m"])
 
 
 # -- measuring a child process ------------------------------------------------------------------
@@ -248,9 +255,8 @@ def bench_panel(name: str, data: Path, repeats: int) -> dict:
             windows_dir, cfg, store, p["dir"] / f"{mask_name}.json", p["array"]
         )
         tokens = p["dir"] / "tokens" / h
-        for split in ("train", "val", "test"):
-            if not (tokens / f"{split}.parquet").exists():
-                run_tokenize_stage(windows_dir, store, h, split, tokens / f"{split}.parquet")
+        for split in ("train", "val", "test"):  # always: the windows may have changed
+            run_tokenize_stage(windows_dir, store, h, split, tokens / f"{split}.parquet")
         rows = {}
         for kind in KINDS:
             exact = (
@@ -366,6 +372,10 @@ def main(argv: list[str] | None = None) -> None:
     panels = ["default"] if a.quick else list(PANELS)
     t0 = time.perf_counter()
     report = {
+        "window_length": WINDOW_LENGTH,
+        "window_overlap": WINDOW_OVERLAP,
+        "k": K,
+        "hnsw_m": HNSW_M,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
         "repeats": repeats,
