@@ -80,6 +80,11 @@ def test_tabix_and_bcftools_paths_agree(demo, tmp_path):
     _assert_same_panel(read_panel(bcf, "20"), fast)
     pysam.bcftools.index(str(bcf), catch_stdout=False)
     _assert_same_panel(read_panel(bcf, "20"), fast)
+    csi = tmp_path / "csi.vcf.gz"
+    csi.write_bytes(demo.vcf.read_bytes())
+    pysam.bcftools.index(str(csi), catch_stdout=False)  # a .csi index, no .tbi
+    assert (tmp_path / "csi.vcf.gz.csi").exists() and not (tmp_path / "csi.vcf.gz.tbi").exists()
+    _assert_same_panel(read_panel(csi, "20"), fast)
 
 
 @pytest.mark.parametrize("form", FORMS)

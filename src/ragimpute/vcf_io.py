@@ -79,9 +79,13 @@ def check_readable(path: str | os.PathLike) -> None:
             )
 
 
+def _index_file(path: str | os.PathLike) -> str | None:
+    """The tabix (.tbi) or CSI (.csi) index beside ``path``, if any."""
+    return next((str(path) + e for e in (".tbi", ".csi") if os.path.exists(str(path) + e)), None)
+
+
 def _is_indexed(path: str | os.PathLike) -> bool:
-    path = str(path)
-    return any(os.path.exists(path + ext) for ext in (".tbi", ".csi"))
+    return _index_file(path) is not None
 
 
 def vcf_samples(path: str | os.PathLike) -> list[str]:
@@ -279,7 +283,8 @@ def _is_bcf(path: str) -> bool:
 
 def _tabix_rows(path: str, contig: str, n_samples: int) -> Iterator[list[str]]:
     """``[chrom, pos, id, ref, alt, filter, genotypes]`` per record, from the VCF text lines."""
-    with pysam.TabixFile(path, parser=None) as tbx:
+    # index= explicitly: TabixFile looks only for .tbi by itself, and CSI indexes are common
+    with pysam.TabixFile(path, parser=None, index=_index_file(path)) as tbx:
         if contig not in tbx.contigs:
             return
         for line in tbx.fetch(contig):
