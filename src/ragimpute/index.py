@@ -23,7 +23,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_dir, read_json, write_json
-from .errors import ArtifactError, MaskMismatchError
+from .errors import ArtifactError, InputError, MaskMismatchError
 from .logs import Progress, log
 from .tokens import ALT, MASK, TokenTable
 
@@ -214,7 +214,12 @@ def search_excluding(
     own = np.array([sample_idx.get(s, -1) for s in query_samples], dtype=np.int64)
     n_excl = 2 if (own >= 0).any() else 0
     if k + n_excl > n_ref:
-        raise ValueError(f"k={k} neighbours asked but the index holds {n_ref} haplotypes")
+        raise InputError(
+            "retrieval.k",
+            f"k={k} neighbours asked but the index holds {n_ref} haplotypes"
+            + (" (2 of them the query's own sample)" if n_excl else ""),
+            "Lower retrieval.k (-k on the command line) or use a larger reference panel",
+        )
     dist, ids = index.search(x, k + n_excl)
     dist = dist.astype(np.float32)
     keep = (ids >= 0) & ((ids // 2) != own[:, None])

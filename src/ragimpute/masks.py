@@ -53,7 +53,9 @@ def expand_specs(cfg: dict) -> list[dict]:
     """The canonical spec of each mask the config asks for (E of them with a schedule)."""
     strategy = cfg.get("strategy", "random")
     if strategy not in STRATEGIES:
-        raise ValueError(f"mask.strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise InputError(
+            "mask.strategy", f"mask.strategy must be one of {STRATEGIES}, got {strategy!r}"
+        )
     # Only what changes the mask goes in the spec, so that the same mask always has the same hash
     # (an array mask with no dropout draws nothing at random: its seed is left out).
     base: dict = {"strategy": strategy}
@@ -65,7 +67,7 @@ def expand_specs(cfg: dict) -> list[dict]:
         base["array_dropout"] = float(cfg.get("array_dropout", 0.0))
     for key in ("rate", "array_dropout"):
         if key in base and not 0.0 <= base[key] <= 1.0:
-            raise ValueError(f"mask.{key} must be in [0, 1], got {base[key]}")
+            raise InputError(f"mask.{key}", f"mask.{key} must be in [0, 1], got {base[key]}")
     random = strategy != "array" or base["array_dropout"] > 0
     if random:
         base["seed"] = int(cfg.get("seed", 0))
@@ -85,7 +87,9 @@ def read_site_list(path: str | os.PathLike) -> pd.DataFrame:
     p = Path(path)
     if not p.exists():
         raise InputError(
-            p, "array manifest not found", "Set mask.array_manifest (or panel.array_manifest)"
+            p,
+            "array manifest not found",
+            "Check panel.array_manifest in the config (--array on the command line)",
         )
     if p.name.endswith((".vcf", ".vcf.gz", ".bcf", ".vcf.bgz")):
         return vcf_records_sites(p)
@@ -293,7 +297,8 @@ def run_mask_stage(
             raise InputError(
                 "config",
                 "mask.strategy is 'array' but no array manifest is configured",
-                "Set mask.array_manifest (the demo writes one)",
+                "Set panel.array_manifest (--array on the command line; the demo writes one), "
+                "or choose mask.strategy random or af",
             )
         on_array = match_sites(sites, read_site_list(array_manifest), array_manifest)
         provenance = {

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_json, write_tsv
-from .errors import InputError
+from .errors import ArtifactError, InputError
 
 SPLITS = ("train", "val", "test")
 
@@ -22,7 +22,11 @@ def random_split(samples: list[str], fractions: dict[str, float], seed: int) -> 
     """Shuffle with ``seed`` and cut by ``fractions``; every split gets at least one sample."""
     fr = {s: float(fractions.get(s, 0.0)) for s in SPLITS}
     if any(v < 0 for v in fr.values()) or not np.isclose(sum(fr.values()), 1.0):
-        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fr}")
+        raise InputError(
+            "split.fractions",
+            f"split fractions must be >= 0 and sum to 1, got {fr}",
+            "Fix split.fractions in the config (--fractions on the command line)",
+        )
     n = len(samples)
     if n < 3:
         raise InputError(
@@ -48,9 +52,21 @@ def read_split_table(path: str | os.PathLike, vcf_samples: list[str]) -> pd.Data
     p = Path(path)
     if not p.exists():
         raise InputError(p, "split table not found", "Set split.table in the config, or remove it")
-    df = pd.read_csv(p, sep="\t", dtype=str)
+    # No NA parsing: an empty cell must be reported, not turned into NaN (which crashed the checks
+    # below), and sample names such as "NA" or "null" must stay names.
+    df = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False)
     if not {"sample", "split"} <= set(df.columns):
         raise InputError(p, f"needs columns 'sample' and 'split', has {list(df.columns)}")
+    for i, (sample, label) in enumerate(zip(df["sample"], df["split"], strict=True)):
+        if not sample.strip():
+            raise InputError(p, "a row has no sample name", record=f"line {i + 2}")
+        if not label.strip():
+            raise InputError(
+                p,
+                f"sample {sample} has no split label",
+                f"Use {', '.join(SPLITS)}",
+                f"line {i + 2}",
+            )
     bad = sorted(set(df["split"]) - set(SPLITS))
     if bad:
         raise InputError(p, f"unknown split labels {bad}", f"Use {', '.join(SPLITS)}")
@@ -91,7 +107,9 @@ def write_split(df: pd.DataFrame, out_tsv: str | os.PathLike, provenance: dict) 
 
 
 def load_split(path: str | os.PathLike) -> dict[str, list[str]]:
-    df = pd.read_csv(path, sep="\t", dtype=str)
+    if not Path(path).exists():
+        raise ArtifactError(f"{path} is missing; run the split stage first (`ragimpute split`)")
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     return {s: df.loc[df["split"] == s, "sample"].tolist() for s in SPLITS}
 
 

@@ -64,6 +64,12 @@ class TokenTable(WindowedTable):
 
     def __init__(self, path: str | os.PathLike):
         super().__init__(Path(path), "tokens")
+        if "mask_hash" not in self.metadata:
+            # e.g. a haplotype table passed where tokens belong: same layout, no mask
+            raise ArtifactError(
+                f"{path} is not a token table (it carries no mask hash); give the output of "
+                "`ragimpute tokenize` (results/tokens/<chrom>/<mask hash>/<split>.parquet)"
+            )
         if int(self.metadata.get("format_version", -1)) != FORMAT_VERSION:
             raise ArtifactError(
                 f"{path}: token format {self.metadata.get('format_version')}, expected {FORMAT_VERSION}"

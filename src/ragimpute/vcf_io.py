@@ -6,8 +6,10 @@ pysam's per-sample Python objects are about two orders of magnitude slower on th
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,9 +79,13 @@ def check_readable(path: str | os.PathLike) -> None:
             )
 
 
+def _index_file(path: str | os.PathLike) -> str | None:
+    """The tabix (.tbi) or CSI (.csi) index beside ``path``, if any."""
+    return next((str(path) + e for e in (".tbi", ".csi") if os.path.exists(str(path) + e)), None)
+
+
 def _is_indexed(path: str | os.PathLike) -> bool:
-    path = str(path)
-    return any(os.path.exists(path + ext) for ext in (".tbi", ".csi"))
+    return _index_file(path) is not None
 
 
 def vcf_samples(path: str | os.PathLike) -> list[str]:
@@ -88,15 +94,43 @@ def vcf_samples(path: str | os.PathLike) -> list[str]:
         with pysam.VariantFile(str(path)) as vf:
             samples = list(vf.header.samples)
     except (OSError, ValueError) as e:
-        raise InputError(path, f"cannot read the VCF header: {e}", "Is this a VCF/BCF file?") from e
+        # htslib refuses a header with duplicate sample names but says so only on stderr; look for
+        # them ourselves so that the user is told what is actually wrong.
+        names = _header_line_samples(path)
+        if names is None or not pd.Index(names).duplicated().any():
+            raise InputError(
+                path, f"cannot read the VCF header: {e}", "Is this a VCF/BCF file?"
+            ) from e
+        samples = names
     if not samples:
         raise InputError(
             path, "the VCF has no samples (sites-only)", "A panel needs phased genotypes"
         )
     dup = pd.Index(samples)[pd.Index(samples).duplicated()]
     if len(dup):
-        raise InputError(path, f"duplicate sample names in the header: {', '.join(dup[:5])}")
+        raise InputError(
+            path,
+            f"duplicate sample names in the header: {', '.join(dup[:5])}",
+            "Give every sample its own name: `bcftools reheader -s names.txt` (one new name per "
+            "line, in header order)",
+        )
     return samples
+
+
+def _header_line_samples(path: str | os.PathLike) -> list[str] | None:
+    """Sample names from the ``#CHROM`` line of a text VCF (plain or (b)gzipped); None for others."""
+    with open(path, "rb") as f:
+        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
+    try:
+        with opener(path, "rt", errors="replace") as f:
+            for line in f:
+                if line.startswith("#CHROM"):
+                    return line.rstrip("\r\n").split("\t")[9:]
+                if not line.startswith("##"):
+                    return None
+    except (OSError, EOFError):
+        return None
+    return None
 
 
 def vcf_contigs(path: str | os.PathLike) -> list[str]:
@@ -114,7 +148,7 @@ def vcf_records_contigs(path: str | os.PathLike) -> list[str]:
     if _is_indexed(path):
         with pysam.VariantFile(str(path)) as vf:
             return [c for c in vf.index if next(vf.fetch(c), None) is not None]
-    out = pysam.bcftools.query("-f", "%CHROM\n", str(path))
+    out = _bcftools_query(path, "-f", "%CHROM\n")
     seen: dict[str, None] = {}
     for c in out.split("\n"):
         if c:
@@ -125,19 +159,54 @@ def vcf_records_contigs(path: str | os.PathLike) -> list[str]:
 def vcf_records_sites(path: str | os.PathLike) -> pd.DataFrame:
     """chrom, pos, ref, alt of every record (no genotypes decoded)."""
     check_readable(path)
-    try:
-        text = pysam.bcftools.query("-f", "%CHROM\t%POS\t%REF\t%ALT\n", str(path))
-    except pysam.utils.SamtoolsError as e:
-        raise InputError(path, f"bcftools could not read the file: {str(e).strip()[:500]}") from e
+    text = _bcftools_query(path, "-f", "%CHROM\t%POS\t%REF\t%ALT\n")
     rows = [ln.split("\t") for ln in text.split("\n") if ln]
     df = pd.DataFrame(rows, columns=["chrom", "pos", "ref", "alt"])
     df["pos"] = df["pos"].astype(np.int64)
     return df
 
 
+def _bcftools_query(path: str | os.PathLike, *args: str) -> str:
+    """``bcftools query`` output, or an InputError quoting what htslib said (not the partial output)."""
+    try:
+        return pysam.bcftools.query(*args, str(path))
+    except pysam.utils.SamtoolsError as e:
+        # pysam's message holds all of stdout before stderr: keep only bcftools' own complaint
+        said = str(getattr(e, "value", e)).rpartition("stderr=")[2].strip()
+        raise InputError(
+            path,
+            f"bcftools could not read the file: {said[:500]}",
+            "Check that it is a valid, intact VCF/BCF",
+        ) from e
+
+
+def _first_short_record(path: str | os.PathLike, n_samples: int) -> tuple[str, int] | None:
+    """(``chrom:pos``, columns) of the first data line with too few columns, in a text VCF.
+
+    htslib names such a record only on stderr, which pysam does not capture; this slow scan runs
+    only after a failed read, to tell the user where the file is broken.
+    """
+    with open(path, "rb") as f:
+        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
+    try:
+        with opener(path, "rt", errors="replace") as f:
+            for line in f:
+                if line.startswith("#"):
+                    continue
+                fields = line.rstrip("\r\n").split("\t")
+                if len(fields) != 9 + n_samples:
+                    return f"{fields[0]}:{fields[1] if len(fields) > 1 else '?'}", len(fields)
+    except (OSError, EOFError):
+        return None
+    return None
+
+
 def resolve_contig(path: str | os.PathLike, chrom: str, available: list[str] | None = None) -> str:
     """Map the requested chromosome onto the file's own naming (``chr20`` vs ``20``)."""
     names = vcf_contigs(path) if available is None else available
+    if not names and available is None:
+        # No ##contig lines and no index (common in hand-made or older files): the records tell.
+        names = vcf_records_contigs(path)
     if not names or chrom in names:
         return chrom
     matches = [n for n in names if normalize_chrom(n) == normalize_chrom(chrom)]
@@ -176,38 +245,113 @@ def read_panel(
             raise InputError(path, f"samples not in the VCF: {', '.join(missing[:5])}")
         columns = np.array([pos_of[s] for s in samples], dtype=np.int64)
 
-    fmt = "%CHROM\t%POS\t%ID\t%REF\t%ALT\t%FILTER\t[%GT\t]\n"
-    region = ["-r", contig] if _is_indexed(path) else ["-t", contig]
-    try:
-        text = pysam.bcftools.query("-f", fmt, *region, path)
-    except pysam.utils.SamtoolsError as e:
+    # An indexed, GT-only VCF (the usual reference panel) is read as text lines straight from
+    # tabix, which is several times faster than having bcftools format them again; anything else
+    # (BCF, no index, more FORMAT fields) goes through `bcftools query`.
+    result = None
+    if _is_indexed(path) and not _is_bcf(path):
+        try:
+            rows = _tabix_rows(path, contig, len(all_samples))
+            result = _parse_rows(rows, path, pass_only, all_samples, columns)
+        except _NotGTOnly:
+            result = None
+    if result is None:
+        rows = _query_rows(path, contig, len(all_samples))
+        result = _parse_rows(rows, path, pass_only, all_samples, columns)
+    kept, haplotypes, skipped = result
+    if not kept:
         raise InputError(
             path,
-            f"bcftools could not read the file: {str(e).strip()[:500]}",
-            "Check that it is a valid, intact VCF/BCF",
-        ) from e
-    return _parse_query(text, path, contig, all_samples, columns, samples, pass_only)
+            f"no biallelic SNV records on chromosome {contig} (skipped: "
+            + ", ".join(f"{k}={v}" for k, v in skipped.items() if v)
+            + ")",
+            "Check `chromosomes:` and the FILTER column (`panel.pass_only`)",
+        )
+    sites = pd.DataFrame(kept, columns=["chrom", "pos", "id", "ref", "alt"])
+    sites["pos"] = sites["pos"].astype(np.int64)
+    return Panel(path, contig, sites, list(samples), haplotypes, skipped)
 
 
-def _parse_query(
-    text: str,
+class _NotGTOnly(Exception):
+    """A record has FORMAT fields besides GT: the tabix fast path cannot cut out the genotypes."""
+
+
+def _is_bcf(path: str) -> bool:
+    with pysam.BGZFile(path, "rb") as f:
+        return f.read(3) == b"BCF"
+
+
+def _tabix_rows(path: str, contig: str, n_samples: int) -> Iterator[list[str]]:
+    """``[chrom, pos, id, ref, alt, filter, genotypes]`` per record, from the VCF text lines."""
+    # index= explicitly: TabixFile looks only for .tbi by itself, and CSI indexes are common
+    with pysam.TabixFile(path, parser=None, index=_index_file(path)) as tbx:
+        if contig not in tbx.contigs:
+            return
+        for line in tbx.fetch(contig):
+            f = line.split("\t", 9)
+            if len(f) < 10:
+                raise _short_record(
+                    path, f"{f[0]}:{f[1] if len(f) > 1 else '?'}", len(f), n_samples
+                )
+            if f[8] != "GT":
+                raise _NotGTOnly
+            yield [f[0], f[1], f[2], f[3], f[4], f[6], f[9]]
+
+
+def _query_rows(path: str, contig: str, n_samples: int) -> Iterator[list[str]]:
+    """The same through ``bcftools query`` (BCF, unindexed files, FORMAT fields besides GT)."""
+    fmt = "%CHROM\t%POS\t%ID\t%REF\t%ALT\t%FILTER[\t%GT]\n"
+    region = ["-r", contig] if _is_indexed(path) else ["-t", contig]
+    try:
+        text = _bcftools_query(path, "-f", fmt, *region)
+    except InputError:
+        short = _first_short_record(path, n_samples)
+        if short is None:
+            raise
+        raise _short_record(path, short[0], short[1], n_samples) from None
+    start = 0  # line by line, without a second whole-chromosome copy in a list of lines
+    while (end := text.find("\n", start)) >= 0:
+        if end > start:
+            yield text[start:end].split("\t", 6)
+        start = end + 1
+
+
+def _short_record(path: str, where: str, n_columns: int, n_samples: int) -> InputError:
+    return InputError(
+        path,
+        f"a record has {n_columns} columns, the header names {n_samples} samples "
+        f"(so {9 + n_samples} are needed)",
+        "The file was probably cut short (a truncated download or copy) or edited by hand: "
+        "fetch it again or fix that line",
+        record=where,
+    )
+
+
+# Records whose genotype text is decoded at a time: the text is ~4 bytes per sample and record, the
+# haplotypes 2, so decoding as we go keeps peak memory near the size of the haplotype matrix.
+_CHUNK_RECORDS = 2048
+
+
+def _parse_rows(
+    rows: Iterator[list[str]],
     path: str,
-    contig: str,
+    pass_only: bool,
     all_samples: list[str],
     columns: np.ndarray,
-    samples: list[str],
-    pass_only: bool,
-) -> Panel:
-    n_all = len(all_samples)
+) -> tuple[list[tuple[str, int, str, str, str]], np.ndarray, dict[str, int]]:
+    """Keep biallelic SNVs and decode their haplotypes, count the rest, check the order."""
     skipped = dict.fromkeys(SKIP_REASONS, 0)
     kept: list[tuple[str, int, str, str, str]] = []
     gts: list[str] = []
+    chunks: list[np.ndarray] = []
+
+    def decode() -> None:
+        chunks.append(_decode_gt(gts, path, kept[-len(gts) :], all_samples, columns))
+        gts.clear()
+
     last_pos = 0
     last_kept_pos = -1
-    for line in text.split("\n"):
-        if not line:
-            continue
-        chrom, pos_s, vid, ref, alt, filt, gt = line.split("\t", 6)
+    for chrom, pos_s, vid, ref, alt, filt, gt in rows:
         pos = int(pos_s)
         if pos < last_pos:
             raise InputError(
@@ -240,55 +384,56 @@ def _parse_query(
         last_kept_pos = pos
         kept.append((chrom, pos, vid, ref, alt))
         gts.append(gt)
+        if len(gts) == _CHUNK_RECORDS:
+            decode()
+    if gts:
+        decode()
+    if not chunks:
+        return kept, np.zeros((0, 2 * len(columns)), dtype=np.uint8), skipped
+    return kept, np.concatenate(chunks) if len(chunks) > 1 else chunks[0], skipped
 
-    if not kept:
-        raise InputError(
-            path,
-            f"no biallelic SNV records on chromosome {contig} (skipped: "
-            + ", ".join(f"{k}={v}" for k, v in skipped.items() if v)
-            + ")",
-            "Check `chromosomes:` and the FILTER column (`windows.pass_only`)",
-        )
-    hap = _decode_gt(gts, path, kept, all_samples, n_all)
-    cols = np.empty(2 * len(columns), dtype=np.int64)
-    cols[0::2] = 2 * columns
-    cols[1::2] = 2 * columns + 1
-    haplotypes = np.ascontiguousarray(hap[:, cols])
-    sites = pd.DataFrame(kept, columns=["chrom", "pos", "id", "ref", "alt"])
-    sites["pos"] = sites["pos"].astype(np.int64)
-    return Panel(path, contig, sites, list(samples), haplotypes, skipped)
+
+# Four bytes per genotype, "0|1\t", read as one little-endian uint32: masking the lowest bit of both
+# allele characters ('0' = 0x30, '1' = 0x31) leaves this constant exactly for the four valid calls.
+_GT_MASK = np.uint32(0xFFFEFFFE)
+_GT_OK = np.uint32(0x09307C30)  # '0', '|', '0', '\t'
 
 
 def _decode_gt(
-    gts: list[str], path: str, kept: list[tuple], all_samples: list[str], n: int
+    gts: list[str], path: str, kept: list[tuple], all_samples: list[str], columns: np.ndarray
 ) -> np.ndarray:
-    """Turn ``0|1\t1|0\t...`` lines into an (n_sites, 2n) uint8 matrix, or name the first bad genotype."""
-    width = 4 * n
+    """Genotype strings ``0|1\t1|0...`` of every sample -> (n_sites, 2 * len(columns)) uint8 haplotypes
+    of the samples in ``columns``, or an InputError naming the first bad genotype."""
+    n = len(all_samples)
+    width = 4 * n - 1
     lengths = np.fromiter((len(g) for g in gts), dtype=np.int64, count=len(gts))
     bad_len = np.flatnonzero(lengths != width)
     if len(bad_len):
         i = int(bad_len[0])
         _raise_bad_genotype(path, kept[i], gts[i], all_samples)
-    buf = np.frombuffer("".join(gts).encode("ascii"), dtype=np.uint8).reshape(len(gts), n, 4)
-    a, sep, b = buf[:, :, 0], buf[:, :, 1], buf[:, :, 2]
-    ok = (
-        (sep == ord("|"))
-        & ((a == ord("0")) | (a == ord("1")))
-        & ((b == ord("0")) | (b == ord("1")))
-    )
+    text = "\t".join(gts) + "\t"
+    if not text.isascii():
+        i = next(i for i, g in enumerate(gts) if not g.isascii())
+        _raise_bad_genotype(path, kept[i], gts[i], all_samples)
+    words = np.frombuffer(text.encode("ascii"), dtype="<u4").reshape(len(gts), n)
+    ok = (words & _GT_MASK) == _GT_OK
     if not ok.all():
         i = int(np.flatnonzero(~ok.all(axis=1))[0])
         _raise_bad_genotype(path, kept[i], gts[i], all_samples)
-    out = np.empty((len(gts), 2 * n), dtype=np.uint8)
-    out[:, 0::2] = a - ord("0")
-    out[:, 1::2] = b - ord("0")
-    return out
+    if not np.array_equal(columns, np.arange(n)):
+        words = np.take(words, columns, axis=1)  # far faster than words[:, columns] here
+    # bytes 0 and 2 of each word are the two alleles; their lowest bit is the allele
+    alleles = words.view(np.uint8).reshape(len(gts), len(columns), 4)[:, :, 0:3:2] & 1
+    return np.ascontiguousarray(alleles).reshape(len(gts), 2 * len(columns))
 
 
 def _raise_bad_genotype(path: str, rec: tuple, gt_line: str, all_samples: list[str]) -> None:
     """Look at one record's genotypes one by one (slow path) to name the sample and the problem."""
     where = f"{rec[0]}:{rec[1]}"
-    for sample, gt in zip(all_samples, gt_line.rstrip("\t").split("\t"), strict=False):
+    fields = gt_line.split("\t")
+    if len(fields) != len(all_samples):
+        raise _short_record(path, where, 9 + len(fields), len(all_samples))
+    for sample, gt in zip(all_samples, fields, strict=True):
         if "." in gt:
             raise InputError(
                 path,

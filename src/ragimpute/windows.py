@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .atomic import atomic_path, parquet_metadata, write_json, write_parquet, write_tsv
-from .errors import ArtifactError
+from .errors import ArtifactError, InputError
 from .logs import log
 from .split import SPLITS
 from .vcf_io import Panel
@@ -38,7 +38,11 @@ def window_bounds(n_sites: int, length: int, overlap: int) -> np.ndarray:
     The last window may be shorter than ``length`` (the model pads it and masks the padding).
     """
     if length < 1 or not 0 <= overlap < length:
-        raise ValueError(f"need length >= 1 and 0 <= overlap < length, got {length}, {overlap}")
+        raise InputError(
+            "windows",
+            f"need length >= 1 and 0 <= overlap < length, got length {length}, overlap {overlap}",
+            "Fix windows.length / windows.overlap in the config (--length / --overlap)",
+        )
     if n_sites < 1:
         raise ValueError("no sites to window")
     stride = length - overlap
@@ -65,10 +69,9 @@ def owner_windows(bounds: np.ndarray, n_sites: int) -> np.ndarray:
 
 def site_list_hash(sites: pd.DataFrame) -> str:
     """16 hex of SHA-256 over ``chrom pos ref alt`` lines: identifies the site list a mask applies to."""
-    h = hashlib.sha256()
-    for row in sites[["chrom", "pos", "ref", "alt"]].itertuples(index=False):
-        h.update(f"{row[0]}\t{row[1]}\t{row[2]}\t{row[3]}\n".encode())
-    return h.hexdigest()[:16]
+    columns = [sites[c].astype(str).tolist() for c in ("chrom", "pos", "ref", "alt")]
+    text = "".join(f"{c}\t{p}\t{r}\t{a}\n" for c, p, r, a in zip(*columns, strict=True))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def hap_columns(panel: Panel, samples: list[str]) -> np.ndarray:
@@ -93,10 +96,10 @@ def build_windows(
     bounds = window_bounds(n, length, overlap)
     owner = owner_windows(bounds, n)
 
+    # np.take here and below: fancy indexing along axis 1 is several times slower on large panels.
     ref_cols = hap_columns(panel, split["train"])
-    ref = panel.haplotypes[:, ref_cols]
-    ac = ref.sum(axis=1, dtype=np.int64)
-    an = ref.shape[1]
+    ac = np.take(panel.haplotypes, ref_cols, axis=1).sum(axis=1, dtype=np.int64)
+    an = len(ref_cols)
     af = ac / an
     sites = panel.sites.copy()
     sites["site"] = np.arange(n, dtype=np.int64)
@@ -127,7 +130,8 @@ def build_windows(
 
     for name in SPLITS:
         cols = hap_columns(panel, split[name])
-        blocks = (panel.haplotypes[a:b][:, cols].T for a, b in bounds)
+        # transposed window by window: small blocks stay in cache, a whole-chromosome .T does not
+        blocks = (np.take(panel.haplotypes[a:b], cols, axis=1).T for a, b in bounds)
         write_windowed(
             out / "haplotypes" / f"{name}.parquet",
             blocks,
@@ -251,11 +255,18 @@ class WindowedTable:
 
 
 def load_sites(windows_dir: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_parquet(Path(windows_dir) / "sites.parquet")
+    return pd.read_parquet(_stage_file(windows_dir, "sites.parquet"))
 
 
 def load_windows(windows_dir: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_parquet(Path(windows_dir) / "windows.parquet")
+    return pd.read_parquet(_stage_file(windows_dir, "windows.parquet"))
+
+
+def _stage_file(windows_dir: str | os.PathLike, name: str) -> Path:
+    path = Path(windows_dir) / name
+    if not path.exists():
+        raise ArtifactError(f"{path} is missing; run the window stage first (`ragimpute window`)")
+    return path
 
 
 def run_window_stage(
@@ -268,10 +279,13 @@ def run_window_stage(
     pass_only: bool = True,
 ) -> dict:
     from .split import load_split
-    from .vcf_io import read_panel
+    from .vcf_io import read_panel, vcf_samples
 
     split = load_split(split_tsv)
-    samples = [s for name in SPLITS for s in split[name]]
+    # Ask for the samples in file order: build_windows picks each split's columns anyway, and
+    # read_panel then has no columns to shuffle.
+    order = {s: i for i, s in enumerate(vcf_samples(panel_vcf))}
+    samples = sorted((s for name in SPLITS for s in split[name]), key=lambda s: order.get(s, -1))
     panel = read_panel(panel_vcf, chrom, samples=samples, pass_only=pass_only)
     return build_windows(panel, split, length, overlap, out_dir)
 

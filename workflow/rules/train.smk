@@ -28,7 +28,5 @@ rule train:
         cfg=config["train"],
         k=config["retrieval"]["k"],
         masks=lambda wildcards: {c: mask_hashes(c) for c in chromosomes()},
-        results=RESULTS,
-        state_dir=res("model_state"),
     script:
         "../scripts/train.py"

@@ -1,12 +1,17 @@
+from pathlib import Path
+
 from ragimpute.smk import run
 from ragimpute.train import TrainConfig, iter_inputs, train
 
 cfg = TrainConfig(**{**snakemake.params.cfg, "k": snakemake.params.k, "threads": snakemake.threads})
+out_dir = Path(snakemake.output.model).parent
+results = out_dir.parent
 run(
     snakemake,
     train,
     cfg=cfg,
-    inputs=list(iter_inputs(snakemake.params.results, snakemake.params.masks, cfg.mode)),
-    out_dir=snakemake.params.results + "/model",
-    state_dir=snakemake.params.state_dir,
+    inputs=list(iter_inputs(results, snakemake.params.masks, cfg.mode)),
+    out_dir=out_dir,
+    # Outside the rule's outputs, which Snakemake deletes before a re-run: a killed job resumes from here.
+    state_dir=results / "model_state",
 )

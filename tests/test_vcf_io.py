@@ -1,0 +1,424 @@
+"""vcf_io: bulk reading equals independent per-record reads; every bad input is a clear InputError."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pysam
+import pysam.bcftools
+import pytest
+from conftest import (
+    bcftools_cli_read,
+    needs_bcftools,
+    pysam_read,
+    random_records,
+    vcf_text,
+    write_vcf,
+)
+
+from ragimpute import vcf_io
+from ragimpute.errors import InputError
+from ragimpute.vcf_io import (
+    check_readable,
+    read_panel,
+    resolve_contig,
+    vcf_records_contigs,
+    vcf_records_sites,
+    vcf_samples,
+    write_bgzip_vcf,
+)
+
+SAMPLES = ["S1", "S2", "S3"]
+# read_panel reads an indexed VCF from tabix text lines, anything else through `bcftools query`:
+# every check runs on both paths.
+FORMS = {"plain": (None, False), "bgzip": ("bgzip", False), "indexed": ("bgzip", True)}
+
+
+def _write(tmp_path, text: str, form: str, name: str = "panel"):
+    compress, index = FORMS[form]
+    path = tmp_path / (f"{name}.vcf.gz" if compress else f"{name}.vcf")
+    return write_vcf(path, text, compress, index=index)
+
+
+def _gts(*gts: str) -> list[str]:
+    return list(gts)
+
+
+def _ok(pos: int, ref: str = "A", alt: str = "C", flt: str = "PASS", chrom: str = "20") -> tuple:
+    return (chrom, pos, ref, alt, flt, _gts("0|1", "1|1", "0|0"))
+
+
+# -- equality with independent readers ----------------------------------------------------------
+
+
+def test_read_panel_equals_pysam_per_record(demo):
+    panel = read_panel(demo.vcf, "20")
+    sites, haps = pysam_read(demo.vcf, "20")
+    assert panel.samples == list(pysam.VariantFile(str(demo.vcf)).header.samples)
+    pd.testing.assert_frame_equal(panel.sites, sites, check_dtype=False)
+    assert panel.haplotypes.dtype == np.uint8
+    np.testing.assert_array_equal(panel.haplotypes, haps)
+    # the demo is large enough to have both alleles at every site and some variation
+    assert panel.n_sites > 300 and 0 < panel.haplotypes.mean() < 0.5
+
+
+def _assert_same_panel(a, b):
+    pd.testing.assert_frame_equal(a.sites, b.sites)
+    np.testing.assert_array_equal(a.haplotypes, b.haplotypes)
+    assert a.samples == b.samples and a.skipped == b.skipped and a.chrom == b.chrom
+
+
+def test_tabix_and_bcftools_paths_agree(demo, tmp_path):
+    fast = read_panel(demo.vcf, "20")
+    unindexed = tmp_path / "copy.vcf.gz"
+    unindexed.write_bytes(demo.vcf.read_bytes())
+    _assert_same_panel(read_panel(unindexed, "20"), fast)
+    bcf = tmp_path / "copy.bcf"
+    pysam.bcftools.view("-Ob", "-o", str(bcf), str(demo.vcf), catch_stdout=False)
+    _assert_same_panel(read_panel(bcf, "20"), fast)
+    pysam.bcftools.index(str(bcf), catch_stdout=False)
+    _assert_same_panel(read_panel(bcf, "20"), fast)
+    csi = tmp_path / "csi.vcf.gz"
+    csi.write_bytes(demo.vcf.read_bytes())
+    pysam.bcftools.index(str(csi), catch_stdout=False)  # a .csi index, no .tbi
+    assert (tmp_path / "csi.vcf.gz.csi").exists() and not (tmp_path / "csi.vcf.gz.tbi").exists()
+    _assert_same_panel(read_panel(csi, "20"), fast)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_genotypes_with_other_format_fields(tmp_path, form):
+    """GT:DS records (e.g. an imputed panel) cannot be cut out of the text; the reader falls back."""
+    recs = [
+        ("20", 100, "A", "C", "PASS", ["0|1:1.0", "1|1:2.0", "0|0:0.0"]),
+        ("20", 200, "G", "T", "PASS", ["1|0:0.9", "0|0:0.1", "0|1:1.0"]),
+    ]
+    path = _write(tmp_path, vcf_text(recs, SAMPLES, fmt="GT:DS"), form)
+    panel = read_panel(path, "20", samples=["S3", "S1"])
+    np.testing.assert_array_equal(panel.haplotypes, [[0, 0, 0, 1], [0, 1, 1, 0]])
+
+
+@needs_bcftools
+def test_read_panel_equals_bcftools_cli(demo):
+    panel = read_panel(demo.vcf, "20")
+    sites, haps = bcftools_cli_read(demo.vcf, "20")
+    pd.testing.assert_frame_equal(panel.sites, sites, check_dtype=False)
+    np.testing.assert_array_equal(panel.haplotypes, haps)
+
+
+@needs_bcftools
+def test_sample_subset_in_requested_order(demo):
+    all_samples = vcf_samples(demo.vcf)
+    subset = [all_samples[7], all_samples[2], all_samples[19]]
+    panel = read_panel(demo.vcf, "20", samples=subset)
+    assert panel.samples == subset
+    # `bcftools view -s` writes the samples in the order asked for, as read_panel does
+    _, haps = bcftools_cli_read(demo.vcf, "20", samples=subset)
+    np.testing.assert_array_equal(panel.haplotypes, haps)
+    full = read_panel(demo.vcf, "20")
+    cols = [2 * all_samples.index(s) + p for s in subset for p in (0, 1)]
+    np.testing.assert_array_equal(panel.haplotypes, full.haplotypes[:, cols])
+
+
+def test_unknown_sample_is_named(demo):
+    with pytest.raises(InputError, match="samples not in the VCF: NOPE"):
+        read_panel(demo.vcf, "20", samples=["SIM0001", "NOPE"])
+
+
+def test_demo_multiallelic_sites_are_counted(demo):
+    """The demo's Jukes-Cantor mutations leave multi-allelic records: counted, never silently lost."""
+    with pysam.VariantFile(str(demo.vcf)) as vf:
+        n_records = sum(1 for _ in vf)
+    with pysam.VariantFile(str(demo.vcf)) as vf:
+        n_multi = sum(1 for r in vf if len(r.alts) > 1)
+    panel = read_panel(demo.vcf, "20")
+    assert panel.skipped["multiallelic"] == n_multi
+    assert panel.n_sites + sum(panel.skipped.values()) == n_records
+
+
+# -- chromosome naming -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file_chrom,asked", [("chr20", "20"), ("20", "chr20"), ("chr20", "chr20")])
+@pytest.mark.parametrize("contig_lines", [True, False])
+@pytest.mark.parametrize("indexed", [True, False])
+def test_chr_prefix_resolves_both_ways(tmp_path, file_chrom, asked, contig_lines, indexed):
+    recs = [_ok(100, chrom=file_chrom), _ok(200, chrom=file_chrom)]
+    text = vcf_text(recs, SAMPLES, contigs=(file_chrom,) if contig_lines else None)
+    path = write_vcf(tmp_path / "p.vcf.gz", text, index=indexed)
+    panel = read_panel(path, asked)
+    assert panel.chrom == file_chrom
+    assert panel.sites["chrom"].tolist() == [file_chrom] * 2
+    assert panel.sites["pos"].tolist() == [100, 200]
+    assert resolve_contig(path, asked, vcf_records_contigs(path)) == file_chrom
+
+
+def test_only_the_requested_chromosome_is_read(tmp_path):
+    recs = [_ok(100, chrom="20"), _ok(200, chrom="20"), _ok(50, chrom="21")]
+    path = write_vcf(
+        tmp_path / "p.vcf.gz", vcf_text(recs, SAMPLES, contigs=("20", "21")), index=True
+    )
+    assert read_panel(path, "21").sites["pos"].tolist() == [50]
+    assert read_panel(path, "20").sites["pos"].tolist() == [100, 200]
+    assert vcf_records_contigs(path) == ["20", "21"]
+
+
+# -- skipped records -----------------------------------------------------------------------------
+
+
+SKIP_RECORDS = [
+    _ok(100),
+    ("20", 110, "A", "C,G", "PASS", _gts("0|1", "2|1", "0|0")),  # multiallelic
+    _ok(120, ref="AT", alt="A"),  # deletion
+    _ok(130, ref="A", alt="AT"),  # insertion
+    _ok(140, ref="A", alt="<DEL>"),  # symbolic
+    _ok(150, ref="AC", alt="GT"),  # MNP
+    _ok(160, flt="LowQual"),  # filtered
+    _ok(170, ref="A", alt="."),  # no ALT (monomorphic record)
+    ("20", 180, "C", "T,<*>", "PASS", _gts("0|1", "1|1", "0|0")),  # gVCF-style: 2 ALTs
+    _ok(190, ref="A", alt="*"),  # spanning deletion only
+    _ok(200, flt="."),  # missing FILTER is kept
+    _ok(210),
+]
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_skipped_records_are_counted(tmp_path, form):
+    path = _write(tmp_path, vcf_text(SKIP_RECORDS, SAMPLES), form)
+    panel = read_panel(path, "20")
+    assert panel.sites["pos"].tolist() == [100, 200, 210]
+    assert panel.skipped == {"multiallelic": 2, "non_snv": 4, "no_alt": 2, "filtered": 1}
+    np.testing.assert_array_equal(panel.haplotypes[0], [0, 1, 1, 1, 0, 0])
+
+
+def test_filtered_records_kept_when_asked(tmp_path):
+    path = write_vcf(tmp_path / "p.vcf.gz", vcf_text(SKIP_RECORDS, SAMPLES))
+    panel = read_panel(path, "20", pass_only=False)
+    assert panel.sites["pos"].tolist() == [100, 160, 200, 210]
+    assert panel.skipped["filtered"] == 0
+
+
+# -- bad input: a clear InputError naming the file, the record and the sample ---------------------
+
+
+def _bad_gt(gt: str) -> list[tuple]:
+    return [_ok(100), ("20", 200, "A", "G", "PASS", _gts("0|1", gt, "0|0")), _ok(300)]
+
+
+BAD_GENOTYPES = [
+    ("0/1", "unphased genotype '0/1' for sample S2"),
+    (".|.", "missing genotype '.|.' for sample S2"),
+    ("./.", "missing genotype './.' for sample S2"),
+    (".|1", "missing genotype '.|1' for sample S2"),
+    (".", "missing genotype '.' for sample S2"),
+    ("1", "haploid genotype '1' for sample S2"),
+]
+
+
+@pytest.mark.parametrize("gt,problem", BAD_GENOTYPES)
+@pytest.mark.parametrize("form", FORMS)
+def test_bad_genotype_names_file_record_and_sample(tmp_path, gt, problem, form):
+    path = _write(tmp_path, vcf_text(_bad_gt(gt), SAMPLES), form)
+    with pytest.raises(InputError) as e:
+        read_panel(path, "20")
+    msg = str(e.value)
+    assert msg.startswith(str(path))
+    assert problem in msg
+    assert "(at 20:200)" in msg
+    assert e.value.record == "20:200"
+    assert e.value.hint
+
+
+def test_unsorted_positions(tmp_path):
+    path = write_vcf(tmp_path / "p.vcf", vcf_text([_ok(100), _ok(300), _ok(200)], SAMPLES), None)
+    with pytest.raises(
+        InputError, match=r"not sorted: position 200 comes after 300.*at 20:200.*bcftools sort"
+    ):
+        read_panel(path, "20")
+
+
+def test_unsorted_positions_across_skipped_records(tmp_path):
+    recs = [_ok(100), _ok(300, ref="AT", alt="A"), _ok(200)]
+    path = write_vcf(tmp_path / "p.vcf", vcf_text(recs, SAMPLES), None)
+    with pytest.raises(InputError, match=r"position 200 comes after 300"):
+        read_panel(path, "20")
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_duplicate_snv_positions(tmp_path, form):
+    recs = [_ok(100), _ok(200, alt="C"), _ok(200, alt="G"), _ok(300)]
+    path = _write(tmp_path, vcf_text(recs, SAMPLES), form)
+    with pytest.raises(
+        InputError, match=r"two biallelic SNV records at position 200.*at 20:200.*bcftools norm"
+    ):
+        read_panel(path, "20")
+
+
+def test_snv_and_indel_at_one_position_are_fine(tmp_path):
+    recs = [_ok(100), _ok(200, ref="AT", alt="A"), _ok(200), _ok(300)]
+    panel = read_panel(write_vcf(tmp_path / "p.vcf.gz", vcf_text(recs, SAMPLES)), "20")
+    assert panel.sites["pos"].tolist() == [100, 200, 300]
+    assert panel.skipped["non_snv"] == 1
+
+
+def test_truncated_bgzip(demo, tmp_path):
+    data = demo.vcf.read_bytes()
+    cut = tmp_path / "cut.vcf.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    for fn in (
+        lambda: read_panel(cut, "20"),
+        lambda: vcf_samples(cut),
+        lambda: check_readable(cut),
+    ):
+        with pytest.raises(InputError, match=r"cut\.vcf\.gz: file is truncated.*fetch it again"):
+            fn()
+
+
+def test_truncated_plain_vcf_names_the_cut_record(demo, tmp_path):
+    text = gzip.decompress(demo.vcf.read_bytes()).decode()
+    cut = tmp_path / "cut.vcf"
+    cut.write_text(text[: len(text) // 2])
+    last = cut.read_text().splitlines()[-1].split("\t")
+    with pytest.raises(InputError) as e:
+        read_panel(cut, "20")
+    assert e.value.record == f"{last[0]}:{last[1]}"
+    assert str(e.value).startswith(
+        f"{cut}: a record has {len(last)} columns, the header names 30 samples"
+    )
+    assert "cut short" in str(e.value)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_record_with_missing_columns(tmp_path, form):
+    text = vcf_text([_ok(100), _ok(200), _ok(300)], SAMPLES)
+    text = text.replace("\t1|1\t0|0\n20\t300", "\n20\t300", 1)  # record 20:200 loses 2 samples
+    path = _write(tmp_path, text, form)
+    with pytest.raises(InputError) as e:
+        read_panel(path, "20")
+    assert e.value.record == "20:200"
+    assert "a record has 10 columns, the header names 3 samples (so 12 are needed)" in str(e.value)
+
+
+def test_plain_gzip_is_refused_with_the_fix(tmp_path):
+    path = write_vcf(tmp_path / "p.vcf.gz", vcf_text([_ok(100)], SAMPLES), "gzip")
+    with pytest.raises(
+        InputError, match=r"p\.vcf\.gz: file is gzip- but not bgzip-compressed.*bgzip"
+    ):
+        read_panel(path, "20")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.vcf.gz"
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty\.vcf\.gz: file is empty"):
+        read_panel(path, "20")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.vcf\.gz: file not found"):
+        read_panel(tmp_path / "nope.vcf.gz", "20")
+
+
+def test_not_a_vcf(tmp_path):
+    path = tmp_path / "notes.vcf"
+    path.write_text("this is not a VCF\n")
+    with pytest.raises(InputError, match=r"notes\.vcf: cannot read the VCF header"):
+        read_panel(path, "20")
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+def test_chromosome_not_in_file(tmp_path, indexed):
+    path = write_vcf(tmp_path / "p.vcf.gz", vcf_text([_ok(100)], SAMPLES), index=indexed)
+    with pytest.raises(
+        InputError, match=r"p\.vcf\.gz: chromosome '7' is not in this file \(contigs: 20\)"
+    ):
+        read_panel(path, "7")
+
+
+def test_chromosome_not_in_file_without_contig_lines(tmp_path):
+    path = write_vcf(tmp_path / "p.vcf", vcf_text([_ok(100)], SAMPLES, contigs=None), None)
+    with pytest.raises(InputError, match=r"chromosome '7' is not in this file \(contigs: 20\)"):
+        read_panel(path, "7")
+
+
+def test_no_snvs_on_the_chromosome(tmp_path):
+    recs = [_ok(100, ref="AT", alt="A"), ("20", 200, "A", "C,G", "PASS", _gts("0|1", "2|1", "0|0"))]
+    path = write_vcf(tmp_path / "p.vcf.gz", vcf_text(recs, SAMPLES), index=True)
+    with pytest.raises(
+        InputError,
+        match=r"no biallelic SNV records on chromosome 20 \(skipped: multiallelic=1, non_snv=1\).*panel\.pass_only",
+    ):
+        read_panel(path, "20")
+
+
+def test_declared_but_empty_chromosome(tmp_path):
+    path = write_vcf(
+        tmp_path / "p.vcf.gz", vcf_text([_ok(100)], SAMPLES, contigs=("20", "21")), index=True
+    )
+    with pytest.raises(InputError, match=r"no biallelic SNV records on chromosome 21"):
+        read_panel(path, "21")
+
+
+def test_duplicate_sample_names(tmp_path):
+    path = write_vcf(tmp_path / "p.vcf.gz", vcf_text([_ok(100)], ["S1", "S2", "S1"]))
+    with pytest.raises(InputError, match=r"p\.vcf\.gz: duplicate sample names in the header: S1"):
+        read_panel(path, "20")
+
+
+def test_sites_only_vcf(tmp_path):
+    text = vcf_text([], [])
+    text = text.replace("\tFORMAT", "") + "20\t100\t.\tA\tC\t.\tPASS\t.\n"
+    path = write_vcf(tmp_path / "sites.vcf.gz", text)
+    with pytest.raises(InputError, match="no samples"):
+        vcf_samples(path)
+    sites = vcf_records_sites(path)
+    assert sites.to_dict("records") == [{"chrom": "20", "pos": 100, "ref": "A", "alt": "C"}]
+
+
+@pytest.mark.parametrize("chunk", [2048, 64, 1])
+def test_chunked_decoding_gives_the_same_panel(demo, tmp_path, monkeypatch, chunk):
+    whole = read_panel(demo.vcf, "20")
+    unindexed = tmp_path / "copy.vcf.gz"
+    unindexed.write_bytes(demo.vcf.read_bytes())
+    monkeypatch.setattr(vcf_io, "_CHUNK_RECORDS", chunk)
+    _assert_same_panel(read_panel(demo.vcf, "20"), whole)
+    subset = whole.samples[::-3]
+    part = read_panel(unindexed, "20", samples=subset)
+    cols = [2 * whole.samples.index(s) + p for s in subset for p in (0, 1)]
+    np.testing.assert_array_equal(part.haplotypes, whole.haplotypes[:, cols])
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("chunk", [2048, 64])
+def test_bad_record_deep_in_a_big_file_is_found(tmp_path, form, chunk, monkeypatch):
+    monkeypatch.setattr(vcf_io, "_CHUNK_RECORDS", chunk)
+    """The vectorised check must name the first bad record, not just fail somewhere."""
+    rng = np.random.default_rng(0)
+    samples = [f"S{i}" for i in range(50)]
+    recs = random_records(rng, 400, len(samples))
+    chrom, pos, ref, alt, flt, gts = recs[333]
+    gts = list(gts)
+    gts[41] = "1/0"
+    recs[333] = (chrom, pos, ref, alt, flt, gts)
+    path = _write(tmp_path, vcf_text(recs, samples), form)
+    with pytest.raises(
+        InputError, match=rf"unphased genotype '1/0' for sample S41 \(at 20:{pos}\)"
+    ):
+        read_panel(path, "20")
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def test_write_bgzip_vcf_round_trips(tmp_path):
+    rng = np.random.default_rng(1)
+    text = vcf_text(random_records(rng, 30, 4), ["A", "B", "C", "D"])
+    out = tmp_path / "sub" / "x.vcf.gz"
+    write_bgzip_vcf(text, out)
+    assert (tmp_path / "sub" / "x.vcf.gz.tbi").stat().st_mtime >= out.stat().st_mtime
+    with gzip.open(out, "rt") as f:
+        assert f.read() == text
+    check_readable(out)  # BGZF with its EOF block
+    assert sorted(p.name for p in out.parent.iterdir()) == ["x.vcf.gz", "x.vcf.gz.tbi"]
+    assert len(read_panel(out, "20").sites) == 30
