@@ -4,6 +4,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+report: "workflow/report/workflow.rst"
+
+
 configfile: "config/config.yaml"
 
 
@@ -12,6 +15,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/windows.smk"
 include: "workflow/rules/masks.smk"
 include: "workflow/rules/index.smk"
+include: "workflow/rules/impute.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
