@@ -85,47 +85,32 @@ def _retrieve(a: argparse.Namespace) -> None:
 
 
 def _impute(a: argparse.Namespace) -> None:
-    from pathlib import Path
-
     import yaml
 
-    from .impute import run_impute_stage
-    from .index import build_index
-    from .targets import harmonise_target
-    from .tokens import run_tokenize_stage
+    from .impute import impute_target
 
-    res = Path(a.results)
-    windows, store = res / "windows" / a.chrom, res / "masks" / a.chrom
-    aligned = Path(a.aligned or f"{a.out}.aligned")
-    info = harmonise_target(
-        a.target, windows, a.split, store, aligned, a.chrom, a.max_missing, a.panel
-    )
-    # The target's mask has its own index, built here unless an earlier run (or the workflow) did.
-    index_root = res / "index" / a.chrom
-    if not (index_root / info["hash"] / "meta.json").exists():
-        tokens = res / "tokens" / a.chrom / info["hash"] / "train.parquet"
-        run_tokenize_stage(windows, store, info["hash"], "train", tokens)
-        build_index(tokens, index_root / info["hash"], kind=a.index_kind, threads=a.threads)
     options = {}
     for item in a.set or []:
         key, _, value = item.partition("=")
         options[key] = yaml.safe_load(value)
-    run_impute_stage(
+    impute_target(
+        a.results,
+        a.chrom,
+        a.split,
+        a.target,
         a.method,
-        aligned / "alignment.json",
-        aligned / "target.vcf.gz",
-        windows,
-        store,
-        index_root,
         a.out,
-        a.report or f"{a.out}.json",
+        report_json=a.report,
+        aligned_dir=a.aligned,
         options=options,
         k=a.k,
+        max_missing=a.max_missing,
         batch_haplotypes=a.batch,
         panel_vcf=a.panel,
         checkpoint=a.checkpoint,
         device=a.device,
         threads=a.threads,
+        index_kind=a.index_kind,
     )
 
 

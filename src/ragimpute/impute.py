@@ -392,3 +392,59 @@ def run_impute_stage(
     report["stage_seconds"] = round(time.perf_counter() - t0, 3)
     write_json(report_json, report)
     return report
+
+
+def impute_target(
+    results: str | os.PathLike,
+    chrom: str,
+    split_tsv: str | os.PathLike,
+    target_vcf: str | os.PathLike,
+    method: str,
+    out_vcf: str | os.PathLike,
+    report_json: str | os.PathLike | None = None,
+    aligned_dir: str | os.PathLike | None = None,
+    options: dict | None = None,
+    k: int = 32,
+    max_missing: float = 0.05,
+    batch_haplotypes: int = 1024,
+    panel_vcf: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "auto",
+    threads: int = 1,
+    index_kind: str = "binary_flat",
+) -> dict:
+    """Everything the workflow does for one target, outside Snakemake: harmonise it (``OUT.aligned/``),
+    store its mask in the run's mask store, build the index for that mask unless it exists (it does
+    when the target is typed on the training array), impute. Returns the report."""
+    from .index import build_index
+    from .targets import harmonise_target
+    from .tokens import run_tokenize_stage
+
+    res = Path(results)
+    windows, store = res / "windows" / chrom, res / "masks" / chrom
+    aligned = Path(aligned_dir or f"{out_vcf}.aligned")
+    info = harmonise_target(
+        target_vcf, windows, split_tsv, store, aligned, chrom, max_missing, panel_vcf
+    )
+    index_root = res / "index" / chrom
+    if not (index_root / info["hash"] / "meta.json").exists():
+        tokens = res / "tokens" / chrom / info["hash"] / "train.parquet"
+        run_tokenize_stage(windows, store, info["hash"], "train", tokens)
+        build_index(tokens, index_root / info["hash"], kind=index_kind, threads=threads)
+    return run_impute_stage(
+        method,
+        aligned / "alignment.json",
+        aligned / "target.vcf.gz",
+        windows,
+        store,
+        index_root,
+        out_vcf,
+        report_json or f"{out_vcf}.json",
+        options=options,
+        k=k,
+        batch_haplotypes=batch_haplotypes,
+        panel_vcf=panel_vcf,
+        checkpoint=checkpoint,
+        device=device,
+        threads=threads,
+    )
