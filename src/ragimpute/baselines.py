@@ -140,8 +140,9 @@ class RetrievalPredictor:
                 d = local_distances(mism, split, self.flank, self.decay)  # (B, K, n_hidden)
                 # Shifted by the best candidate's distance (exact after normalisation) so that the
                 # prior keeps its weight relative to the best local match, however long the flank.
-                w = np.exp(-(d - d.min(axis=1, keepdims=True)) / self.tau)
-                num = (w * cand[:, :, hid]).sum(axis=1) + prior
+                d -= d.min(axis=1, keepdims=True)
+                w = np.exp(d * np.float32(-1.0 / self.tau))
+                num = np.einsum("bkh,bkh->bh", w, cand[:, :, hid].astype(np.float32)) + prior
                 den = w.sum(axis=1) + self.prior
                 out[np.ix_(rows, hid)] = num / den
         out[tokens == PAD] = 0.0
