@@ -325,6 +325,15 @@ def test_unphased_target_says_how_to_phase(env, tmp_path):
     assert f"{CHROM}:{vcf_lines(env.target)[1][7][1]}" in msg
 
 
+def test_haploid_target_calls(env, tmp_path):
+    def edit(h, r):
+        r[2][9] = r[2][9].split("|")[0]
+        return h, r
+
+    with pytest.raises(InputError, match="haploid genotype"):
+        run(env, edited_target(env, tmp_path, edit), tmp_path / "out.vcf.gz")
+
+
 def test_unsorted_target(env, tmp_path):
     def edit(h, r):
         r[3], r[4] = r[4], r[3]
@@ -397,6 +406,11 @@ def test_plain_gzip_target_is_refused_with_a_fix(env, tmp_path):
         f.write(gzip.decompress(env.target.read_bytes()))
     with pytest.raises(InputError, match="bgzip"):
         run(env, bad, tmp_path / "out.vcf.gz")
+
+
+def test_more_neighbours_than_reference_haplotypes(env, tmp_path):
+    with pytest.raises(InputError, match="baselines.retrieval.k"):
+        run(env, env.target, tmp_path / "out.vcf.gz", options={"k": 10_000})
 
 
 # -- command line ------------------------------------------------------------------------------------

@@ -144,6 +144,10 @@ def format_records(
     return "".join(lines)
 
 
+def prov_name(predictor: object) -> str:
+    return getattr(predictor, "name", type(predictor).__name__)
+
+
 def file_sha256(path: str | os.PathLike, chars: int = 16) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -210,6 +214,13 @@ def impute(
     if k_query > 0:
         index = HaplotypeIndex(index_dir)
         index.check(mask.hash)
+        if k_query > index.n_haplotypes:
+            raise InputError(
+                "config",
+                f"{prov_name(predictor)} asks for {k_query} neighbours but the reference holds "
+                f"{index.n_haplotypes} haplotypes",
+                "Lower retrieval.k (the model) or baselines.retrieval.k (the retrieval baseline)",
+            )
         if index.samples != reference.samples:
             raise ArtifactError(
                 f"index {index_dir} holds other reference samples than {reference.path}; rebuild it"
@@ -229,7 +240,7 @@ def impute(
         torch.cuda.reset_peak_memory_stats()
     provenance = dict(provenance or {})
     prov = {
-        "method": getattr(predictor, "name", type(predictor).__name__),
+        "method": prov_name(predictor),
         "mask_hash": mask.hash,
         "index_kind": index.kind if index else "none",
         "k": k_query,
