@@ -16,6 +16,8 @@ include: "workflow/rules/windows.smk"
 include: "workflow/rules/masks.smk"
 include: "workflow/rules/index.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/impute.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

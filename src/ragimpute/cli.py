@@ -7,6 +7,11 @@ ragimpute mask --windows windows/20 --strategy array --array array.tsv --store m
 ragimpute tokenize --windows windows/20 --store masks/20 --hash H --split train --out tokens/train.parquet
 ragimpute index --tokens tokens/train.parquet --out index/20/H
 ragimpute retrieve --tokens tokens/val.parquet --index index/20/H -k 8 --out val.parquet
+ragimpute impute --results results --chrom 20 --split results/split/samples.tsv --target my.vcf.gz \
+    --method retrieval --out imputed.vcf.gz
+ragimpute evaluate --imputed imputed.vcf.gz --truth truth.vcf.gz --results results --chrom 20 \
+    --typed imputed.vcf.gz.aligned/target.vcf.gz --method retrieval --out evaluation/20/retrieval
+ragimpute compare --tables evaluation/20/*/sites.tsv.gz --out evaluation
 """
 
 from __future__ import annotations
@@ -111,6 +116,52 @@ def _train(a: argparse.Namespace) -> None:
     )
 
 
+def _impute(a: argparse.Namespace) -> None:
+    import yaml
+
+    from .impute import impute_target
+
+    options = {}
+    for item in a.set or []:
+        key, _, value = item.partition("=")
+        options[key] = yaml.safe_load(value)
+    impute_target(
+        a.results,
+        a.chrom,
+        a.split,
+        a.target,
+        a.method,
+        a.out,
+        report_json=a.report,
+        aligned_dir=a.aligned,
+        options=options,
+        k=a.k,
+        max_missing=a.max_missing,
+        batch_haplotypes=a.batch,
+        panel_vcf=a.panel,
+        checkpoint=a.checkpoint,
+        device=a.device,
+        threads=a.threads,
+        index_kind=a.index_kind,
+    )
+
+
+def _evaluate(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .evaluate import evaluate
+
+    sites = Path(a.results) / "windows" / a.chrom / "sites.parquet"
+    evaluate(a.imputed, a.truth, sites, a.typed, a.method, a.out)
+
+
+def _compare(a: argparse.Namespace) -> None:
+    from .evaluate import compare
+
+    table = compare(a.tables, a.out, a.methods)
+    print(table.to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ragimpute", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=f"ragimpute {__version__}")
@@ -211,6 +262,53 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output directory (default RESULTS/model)")
     s.add_argument("--state", help="resumable state directory (default RESULTS/model_state)")
     s.set_defaults(func=_train)
+    s = sub.add_parser(
+        "impute",
+        help="impute a phased target VCF from a pipeline run's reference (train split): VCF.gz + .tbi",
+    )
+    s.add_argument("--results", required=True, help="results directory of a pipeline run")
+    s.add_argument("--chrom", required=True, help="chromosome, as the reference names it")
+    s.add_argument("--split", required=True, help="the run's split/samples.tsv (reference = train)")
+    s.add_argument("--target", required=True, help="phased target VCF/BCF (array sites)")
+    s.add_argument("--method", default="retrieval", help="af, retrieval or model")
+    s.add_argument("--out", required=True, help="output .vcf.gz (indexed; report beside it)")
+    s.add_argument("--report", help="JSON report (default OUT.json)")
+    s.add_argument("--aligned", help="harmonised target directory (default OUT.aligned)")
+    s.add_argument("--panel", help="panel VCF, for ##contig lengths")
+    s.add_argument("--checkpoint", help="model checkpoint (method model)")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda (method model)")
+    s.add_argument("-k", type=int, default=32, help="neighbours for predictors that do not set K")
+    s.add_argument("--max-missing", type=float, default=0.05)
+    s.add_argument("--batch", type=int, default=1024, help="target haplotypes per predictor call")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument(
+        "--index-kind", choices=("binary_flat", "binary_hnsw", "float_l2"), default="binary_flat"
+    )
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="predictor option, e.g. --set flank=16 (retrieval: k, flank, decay, tau, prior)",
+    )
+    s.set_defaults(func=_impute)
+
+    s = sub.add_parser("evaluate", help="score an imputed VCF (any tool) against true genotypes")
+    s.add_argument("--imputed", required=True)
+    s.add_argument("--truth", required=True)
+    s.add_argument("--results", required=True, help="results directory (reference MAF)")
+    s.add_argument("--chrom", required=True)
+    s.add_argument(
+        "--typed", required=True, help="the (harmonised) target: its sites are not scored"
+    )
+    s.add_argument("--method", required=True, help="name of the method in the tables")
+    s.add_argument("--out", required=True, help="output directory")
+    s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("compare", help="pool evaluations: comparison.tsv, calibration.tsv, plots")
+    s.add_argument("--tables", nargs="+", required=True, help="sites.tsv.gz of each evaluation")
+    s.add_argument("--methods", nargs="+", help="method order (default: as found)")
+    s.add_argument("--out", required=True, help="output directory")
+    s.set_defaults(func=_compare)
     return p
 
 

@@ -30,15 +30,16 @@ def pearson_r2(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1] ** 2)
 
 
-def _r2_from_sums(n: float, sx: float, sy: float, sxx: float, syy: float, sxy: float) -> float:
-    if n < 2:
-        return float("nan")
-    vx = sxx - sx * sx / n
-    vy = syy - sy * sy / n
-    if vx <= 1e-12 * max(n, 1) or vy <= 1e-12 * max(n, 1):
-        return float("nan")
-    cov = sxy - sx * sy / n
-    return float(cov * cov / (vx * vy))
+def r2_from_sums(n, sx, sy, sxx, syy, sxy) -> np.ndarray:
+    """Squared Pearson correlation from running sums (scalars or arrays); NaN where a side is constant."""
+    n, sx, sy, sxx, syy, sxy = (np.asarray(v, dtype=np.float64) for v in (n, sx, sy, sxx, syy, sxy))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vx = sxx - sx * sx / n
+        vy = syy - sy * sy / n
+        cov = sxy - sx * sy / n
+        r2 = cov * cov / (vx * vy)
+    tiny = 1e-9 * np.maximum(n, 1)
+    return np.where((n >= 2) & (vx > tiny) & (vy > tiny), np.clip(r2, 0.0, 1.0), np.nan)
 
 
 class Accumulator:
@@ -94,9 +95,9 @@ class Accumulator:
         out: dict[str, float] = {}
         out[f"{prefix}loss"] = self.loss[0] / self.loss[1] if self.loss[1] else float("nan")
         for b, label in enumerate(BIN_LABELS):
-            out[f"{prefix}r2_{label}"] = _r2_from_sums(*self.r2[b])
+            out[f"{prefix}r2_{label}"] = float(r2_from_sums(*self.r2[b]))
             out[f"{prefix}n_{label}"] = int(self.r2[b, 0])
-        out[f"{prefix}r2"] = _r2_from_sums(*self.r2[-1])
+        out[f"{prefix}r2"] = float(r2_from_sums(*self.r2[-1]))
         for j, name in enumerate(("f1", "f1_maf<5%", "f1_maf<1%")):
             tp, fp, fn = self.f1[j]
             out[f"{prefix}{name}"] = (

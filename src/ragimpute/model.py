@@ -544,6 +544,10 @@ class ModelPredictor:
         self.device = device
         self.batch_rows = batch_rows
         self.site_chunk = site_chunk
+        # Imputation retrieves as many neighbours as the model was trained with.
+        self.k = int(checkpoint.get("train_config", {}).get("k", 0)) or None
+        if not self.model.cfg.use_retrieval:
+            self.k = 0
         self.provenance = {
             "state_hash": checkpoint.get("state_hash"),
             "epoch": checkpoint.get("epoch"),

@@ -1,9 +1,12 @@
 import json
 import os
+import shutil
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from ragimpute.impute import EXTERNAL_METHODS, PREDICTOR_FACTORIES
 from ragimpute.split import SPLITS
 
 validate(config, schema="../../config/schema.yaml")
@@ -15,6 +18,7 @@ wildcard_constraints:
     chrom=r"[^/]+",
     mask_hash=r"[0-9a-f]{16}",
     split="|".join(SPLITS),
+    method="|".join([*PREDICTOR_FACTORIES, *EXTERNAL_METHODS]),
 
 
 def res(path):
@@ -118,4 +122,101 @@ def get_final_output(wildcards):
         out.append(res(f"windows/{chrom}/windows.json"))
         out += index_outputs(chrom)
     out.append(res("model/model.pt"))
+    out += imputation_outputs()
     return out
+
+
+# -- imputation and evaluation -------------------------------------------------------------------
+
+
+def own_target():
+    """The user's target VCF, or None: then the panel's held-out test split is the target."""
+    return config["impute"]["target_vcf"] or None
+
+
+def target_vcf(wildcards):
+    return own_target() or res(f"targets/{wildcards.chrom}/target.vcf.gz")
+
+
+def truth_vcf(wildcards):
+    if own_target():
+        return config["impute"]["truth_vcf"]
+    return res(f"targets/{wildcards.chrom}/truth.vcf.gz")
+
+
+def can_evaluate():
+    return not own_target() or bool(config["impute"]["truth_vcf"])
+
+
+def demo_target_array(wildcards):
+    manifest = array_manifest()
+    if not manifest:
+        raise WorkflowError(
+            "no target to impute: set impute.target_vcf to your phased target VCF, or "
+            "panel.array_manifest so that the panel's held-out test samples are typed at the array "
+            "sites and imputed"
+        )
+    return manifest
+
+
+def target_hash(chrom):
+    """Hash of the target's mask (known once the target_mask checkpoint ran)."""
+    with checkpoints.target_mask.get(chrom=chrom).output.alignment.open() as f:
+        return json.load(f)["hash"]
+
+
+def impute_inputs(wildcards):
+    chrom = wildcards.chrom
+    out = {
+        "alignment": res(f"targets/{chrom}/aligned/alignment.json"),
+        "target": res(f"targets/{chrom}/aligned/target.vcf.gz"),
+        "sites": res(f"windows/{chrom}/sites.parquet"),
+        "windows": res(f"windows/{chrom}/windows.parquet"),
+        "reference": res(f"windows/{chrom}/haplotypes/train.parquet"),
+        "index": res(f"index/{chrom}/{target_hash(chrom)}"),
+        "panel": panel_vcf(),
+    }
+    if wildcards.method == "model":
+        out["model"] = res("model/model.pt")
+    return out
+
+
+def tool_available(tool):
+    """Beagle/Minimac4 run when on PATH, or from their conda env with --sdm conda."""
+    from snakemake.settings.types import DeploymentMethod
+
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return True
+    return shutil.which(tool) is not None
+
+
+def methods():
+    """Methods imputed and scored side by side (evaluate.methods; absent external tools left out)."""
+    out = []
+    for m in config["evaluate"]["methods"]:
+        if m in EXTERNAL_METHODS and not tool_available(m):
+            print(
+                f"ragimpute: {m} is not installed (not on PATH); it is left out of the comparison",
+                file=sys.stderr,
+            )
+            continue
+        out.append(m)
+    return out
+
+
+def imputed_vcfs(chrom):
+    return [res(f"impute/{chrom}/{m}.vcf.gz") for m in methods()]
+
+
+def evaluation_tables(wildcards):
+    return [
+        res(f"evaluation/{chrom}/{m}/sites.tsv.gz")
+        for chrom in chromosomes()
+        for m in methods()
+    ]
+
+
+def imputation_outputs():
+    if can_evaluate():
+        return [res("evaluation/comparison.tsv")]
+    return [vcf for chrom in chromosomes() for vcf in imputed_vcfs(chrom)]

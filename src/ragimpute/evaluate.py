@@ -1,0 +1,475 @@
+"""Evaluation against true genotypes, as the field measures imputation, the same code for every method.
+
+Scored sites: in the reference (the windowed panel sites), in the truth VCF, and NOT typed in the target;
+scored pairs: (site, sample) with a true genotype. Per MAF bin (MAF of the reference panel's train split;
+bins [0, 0.5%], (0.5%, 1%], (1%, 5%], (5%, 50%]):
+- aggregate dosage r²: squared Pearson correlation of all pairs' dosage (DS) and true ALT count, pooled
+  over the bin's sites (not a mean of per-site r²);
+- genotype concordance: best-guess genotype (GT, as an ALT count) equals the true one;
+- non-reference concordance: the same among pairs where the truth or the call is not 0/0
+  (GATK's NRC: 1 - discordant / all but the concordant 0/0);
+- ALT-allele F1 over (site, sample) pairs on ALT counts: TP = min(called, true), FP = excess called,
+  FN = excess true (phase-free, so tools that re-phase are scored alike);
+- INFO R2 (ours, Minimac4's R2, Beagle's DR2) against the true per-site r² (Pearson across sites with
+  a defined true r², and a calibration table by INFO R2 bin).
+Per-site sums are written so that chromosomes and methods pool exactly (``compare``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pysam
+import pysam.bcftools
+
+from . import __version__
+from .atomic import atomic_path, write_json, write_tsv
+from .errors import InputError
+from .logs import log
+from .metrics import BIN_LABELS, MAF_BINS, maf_bin, r2_from_sums  # noqa: F401 (re-exported)
+from .vcf_io import check_readable, normalize_chrom, vcf_records_sites
+
+ALL = "all"
+INFO_R2_EDGES = np.round(np.linspace(0, 1, 11), 2)
+SUMS = ("n", "sx", "sy", "sxx", "syy", "sxy")
+COUNTS = ("n_gt", "n_conc", "n_nonref", "n_nonref_conc", "tp", "fp", "fn")
+
+
+# -- reading imputed and true genotypes ------------------------------------------------------------
+
+
+def _query(path: str, fmt: str, region: list[str]) -> str:
+    try:
+        return pysam.bcftools.query("-f", fmt, *region, path)
+    except pysam.utils.SamtoolsError as e:
+        raise InputError(path, f"bcftools could not read the file: {str(e).strip()[:500]}") from e
+
+
+def _contig_in(path: str, chrom: str) -> list[str]:
+    """``-r``/``-t`` arguments selecting ``chrom`` (either naming) in ``path``."""
+    sites = vcf_records_sites(path)
+    names = [c for c in sites["chrom"].unique() if normalize_chrom(c) == normalize_chrom(chrom)]
+    if not names:
+        raise InputError(
+            path,
+            f"no records on chromosome {chrom}",
+            "Evaluate the imputed file against a truth VCF for the same chromosome",
+        )
+    indexed = any(os.path.exists(path + ext) for ext in (".tbi", ".csi"))
+    return ["-r" if indexed else "-t", names[0]]
+
+
+def alt_counts(gts: list[str], n: int) -> np.ndarray:
+    """GT strings (``0|1``, ``1/1``, ``.|.``) per line, tab-terminated -> (n_lines, n) float ALT counts,
+    NaN where missing. Phase is ignored: scores compare genotypes."""
+    out = np.full((len(gts), n), np.nan)
+    width = 4 * n
+    lengths = np.fromiter((len(g) for g in gts), dtype=np.int64, count=len(gts))
+    fast = np.flatnonzero(lengths == width)
+    if len(fast):
+        buf = np.frombuffer("".join(gts[i] for i in fast).encode("ascii"), dtype=np.uint8)
+        buf = buf.reshape(len(fast), n, 4)
+        a, b = buf[:, :, 0], buf[:, :, 2]
+        ok = np.isin(a, (48, 49)) & np.isin(b, (48, 49))
+        out[fast] = np.where(ok, (a == 49).astype(float) + (b == 49), np.nan)
+    for i in np.flatnonzero(lengths != width):
+        fields = gts[i].rstrip("\t").split("\t")
+        for j, gt in enumerate(fields[:n]):
+            parts = gt.replace("/", "|").split("|")
+            if all(p in ("0", "1") for p in parts) and len(parts) == 2:
+                out[i, j] = float(parts.count("1"))
+    return out
+
+
+def _floats(lines: list[str], n: int, how: str = "plain") -> np.ndarray:
+    """Tab-separated numbers per line -> (n_lines, n); ``hds``/``gp`` fold HDS pairs and GP triples."""
+    text = "\t".join(ln.rstrip("\t") for ln in lines)
+    per = {"plain": 1, "hds": 2, "gp": 3}[how]
+    vals = text.replace(",", "\t").split("\t") if text else []
+    arr = pd.to_numeric(pd.Series(vals, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
+    if arr.size != len(lines) * n * per:
+        raise ValueError("a record has a missing or partial dosage field")
+    arr = arr.reshape(len(lines), n, per)
+    if how == "hds":
+        return arr.sum(axis=2)
+    if how == "gp":
+        return arr[:, :, 1] + 2 * arr[:, :, 2]
+    return arr[:, :, 0]
+
+
+def read_dosages(path: str | os.PathLike, chrom: str) -> dict:
+    """Sites, samples, dosages (DS, else HDS, else GP, else GT), best-guess ALT counts and INFO R2
+    (R2, else Beagle's DR2) of an imputed VCF from any tool; no ##contig lines or index needed."""
+    path = str(path)
+    check_readable(path)
+    with pysam.VariantFile(path) as vf:
+        samples = list(vf.header.samples)
+        formats = set(vf.header.formats)
+        infos = set(vf.header.info)
+    if not samples:
+        raise InputError(path, "no samples in the imputed VCF")
+    n = len(samples)
+    dose = next((f for f in ("DS", "HDS", "GP") if f in formats), None)
+    if dose is None and "GT" not in formats:
+        raise InputError(path, "no DS, HDS, GP or GT field to score", "Impute with dosages")
+    info = next((f for f in ("R2", "DR2") if f in infos), None)
+    fmt = "%CHROM\t%POS\t%REF\t%ALT\t" + (f"%INFO/{info}" if info else ".") + "\t"
+    # "@" separates the GT and dose lists (GT strings hold "|", numbers hold ",").
+    fmt += "[%GT\t]" + (f"@[%{dose}\t]" if dose else "") + "\n"
+    text = _query(path, fmt, _contig_in(path, chrom))
+    fixed, gts, doses = [], [], []
+    for ln in text.split("\n"):
+        if not ln:
+            continue
+        parts = ln.split("\t", 5)
+        fixed.append(parts[:5])
+        g, _, d = parts[5].partition("@")
+        gts.append(g)
+        doses.append(d)
+    sites = pd.DataFrame(fixed, columns=["chrom", "pos", "ref", "alt", "info_r2"])
+    sites["pos"] = sites["pos"].astype(np.int64)
+    sites["info_r2"] = pd.to_numeric(sites["info_r2"], errors="coerce")
+    gt = alt_counts(gts, n)
+    if dose:
+        ds = _floats(doses, n, {"DS": "plain", "HDS": "hds", "GP": "gp"}[dose])
+    else:
+        ds = gt.copy()
+    return {
+        "path": path,
+        "sites": sites,
+        "samples": samples,
+        "ds": ds,
+        "gt": gt,
+        "dose_field": dose or "GT",
+        "info_field": info,
+    }
+
+
+def read_truth(path: str | os.PathLike, chrom: str) -> dict:
+    """True genotypes (ALT counts, NaN where missing) of a VCF/BCF."""
+    path = str(path)
+    check_readable(path)
+    with pysam.VariantFile(path) as vf:
+        samples = list(vf.header.samples)
+    text = _query(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", _contig_in(path, chrom))
+    rows = [ln.split("\t", 4) for ln in text.split("\n") if ln]
+    sites = pd.DataFrame([r[:4] for r in rows], columns=["chrom", "pos", "ref", "alt"])
+    sites["pos"] = sites["pos"].astype(np.int64)
+    keep = (
+        ~sites["alt"].str.contains(",")
+        & (sites["ref"].str.len() == 1)
+        & (sites["alt"].str.len() == 1)
+    )
+    gt = alt_counts([r[4] for r in rows], len(samples))
+    return {
+        "path": path,
+        "sites": sites[keep].reset_index(drop=True),
+        "samples": samples,
+        "gt": gt[keep.to_numpy()],
+    }
+
+
+def match_to(sites: pd.DataFrame, other: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``sites`` (pos, ref, alt): the row of ``other`` with the same SNV (-1: none), and
+    whether ``other`` has it with REF/ALT swapped."""
+    key = {}
+    for i, (p, r, a) in enumerate(zip(other["pos"], other["ref"], other["alt"], strict=True)):
+        key.setdefault((int(p), r, a), (i, False))
+        key.setdefault((int(p), a, r), (i, True))
+    hits = [
+        key.get((int(p), r, a), (-1, False))
+        for p, r, a in zip(sites["pos"], sites["ref"], sites["alt"], strict=True)
+    ]
+    idx = np.fromiter((h[0] for h in hits), dtype=np.int64, count=len(hits))
+    flip = np.fromiter((h[1] for h in hits), dtype=bool, count=len(hits))
+    return idx, flip
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+
+
+def site_scores(ds: np.ndarray, gt: np.ndarray, truth: np.ndarray) -> pd.DataFrame:
+    """Per-site sums and counts over samples: ds, gt (called ALT count), truth (n_sites, n_samples),
+    NaN = missing. Pairs without a true genotype or a dosage are left out."""
+    valid = ~np.isnan(truth) & ~np.isnan(ds)
+    x = np.where(valid, ds, 0.0)
+    y = np.where(valid, truth, 0.0)
+    out = {
+        "n": valid.sum(axis=1).astype(np.float64),
+        "sx": x.sum(axis=1),
+        "sy": y.sum(axis=1),
+        "sxx": (x * x).sum(axis=1),
+        "syy": (y * y).sum(axis=1),
+        "sxy": (x * y).sum(axis=1),
+    }
+    called = valid & ~np.isnan(gt)
+    c = np.where(called, gt, 0.0)
+    t = np.where(called, truth, 0.0)
+    nonref = called & ((c > 0) | (t > 0))
+    out.update(
+        n_gt=called.sum(axis=1),
+        n_conc=(called & (c == t)).sum(axis=1),
+        n_nonref=nonref.sum(axis=1),
+        n_nonref_conc=(nonref & (c == t)).sum(axis=1),
+        tp=np.minimum(c, t).sum(axis=1),
+        fp=np.maximum(c - t, 0).sum(axis=1),
+        fn=np.maximum(t - c, 0).sum(axis=1),
+    )
+    df = pd.DataFrame(out)
+    df["true_r2"] = r2_from_sums(*(df[k] for k in SUMS))
+    return df
+
+
+def summarise(df: pd.DataFrame) -> dict:
+    """Metrics of a set of per-site rows (pooled sums)."""
+    s = {k: float(df[k].sum()) for k in SUMS + COUNTS}
+    both = df[["info_r2", "true_r2"]].dropna() if "info_r2" in df else pd.DataFrame()
+    corr = float("nan")
+    if len(both) >= 3 and both["info_r2"].std() > 0 and both["true_r2"].std() > 0:
+        corr = float(np.corrcoef(both["info_r2"], both["true_r2"])[0, 1])
+    denom_f1 = 2 * s["tp"] + s["fp"] + s["fn"]
+    return {
+        "n_sites": int(len(df)),
+        "n_genotypes": int(s["n"]),
+        "r2": float(r2_from_sums(*(s[k] for k in SUMS))),
+        "concordance": s["n_conc"] / s["n_gt"] if s["n_gt"] else float("nan"),
+        "nonref_concordance": s["n_nonref_conc"] / s["n_nonref"] if s["n_nonref"] else float("nan"),
+        "alt_f1": 2 * s["tp"] / denom_f1 if denom_f1 else float("nan"),
+        "mean_info_r2": float(df["info_r2"].mean()) if "info_r2" in df else float("nan"),
+        "mean_true_r2": float(df["true_r2"].mean()),
+        "info_r2_vs_true_r2": corr,
+    }
+
+
+def bin_table(per_site: pd.DataFrame) -> pd.DataFrame:
+    """One row per MAF bin and one for all scored sites."""
+    rows = []
+    for b, label in enumerate(BIN_LABELS):
+        rows.append({"maf_bin": label, **summarise(per_site[per_site["bin"] == b])})
+    rows.append({"maf_bin": ALL, **summarise(per_site)})
+    return pd.DataFrame(rows)
+
+
+def calibration_table(per_site: pd.DataFrame) -> pd.DataFrame:
+    """Sites binned by INFO R2: mean INFO R2 against mean true per-site r² and pooled r²."""
+    rows = []
+    if per_site["info_r2"].notna().any():
+        b = np.clip(
+            np.digitize(per_site["info_r2"], INFO_R2_EDGES[1:-1]), 0, len(INFO_R2_EDGES) - 2
+        )
+        for i in range(len(INFO_R2_EDGES) - 1):
+            sel = per_site[(b == i) & per_site["info_r2"].notna()]
+            if not len(sel):
+                continue
+            rows.append(
+                {
+                    "info_r2_bin": f"{INFO_R2_EDGES[i]:.1f}-{INFO_R2_EDGES[i + 1]:.1f}",
+                    "n_sites": len(sel),
+                    "n_sites_true_r2": int(sel["true_r2"].notna().sum()),
+                    "mean_info_r2": float(sel["info_r2"].mean()),
+                    "mean_true_r2": float(sel["true_r2"].mean()),
+                    "pooled_true_r2": float(r2_from_sums(*(sel[k].sum() for k in SUMS))),
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "info_r2_bin",
+            "n_sites",
+            "n_sites_true_r2",
+            "mean_info_r2",
+            "mean_true_r2",
+            "pooled_true_r2",
+        ],
+    )
+
+
+def evaluate(
+    imputed_vcf: str | os.PathLike,
+    truth_vcf: str | os.PathLike,
+    sites_parquet: str | os.PathLike,
+    typed_vcf: str | os.PathLike,
+    method: str,
+    out_dir: str | os.PathLike,
+) -> dict:
+    """Score one method's imputed VCF; writes ``sites.tsv.gz`` (per-site sums), ``bins.tsv`` and
+    ``summary.json`` in ``out_dir``. ``typed_vcf``: the (harmonised) target, whose sites are not scored."""
+    ref = pd.read_parquet(sites_parquet, columns=["chrom", "pos", "ref", "alt", "maf"])
+    chrom = str(ref["chrom"].iloc[0])
+    truth = read_truth(truth_vcf, chrom)
+    imp = read_dosages(imputed_vcf, chrom)
+    typed = vcf_records_sites(typed_vcf)
+
+    samples = [s for s in truth["samples"] if s in set(imp["samples"])]
+    if not samples:
+        raise InputError(
+            imputed_vcf,
+            f"none of its {len(imp['samples'])} samples is in the truth VCF {truth_vcf}",
+            "Evaluate against the true genotypes of the same samples",
+        )
+    t_col = [truth["samples"].index(s) for s in samples]
+    i_pos = {s: i for i, s in enumerate(imp["samples"])}
+    i_col = [i_pos[s] for s in samples]
+
+    # Scored: reference sites present in the truth and not typed in the target.
+    t_idx, t_flip = match_to(ref, truth["sites"])
+    typed_idx, _ = match_to(ref, typed)
+    scored = (t_idx >= 0) & (typed_idx < 0)
+    i_idx, i_flip = match_to(ref, imp["sites"])
+    present = scored & (i_idx >= 0)
+    sel = np.flatnonzero(present)
+
+    y = truth["gt"][t_idx[sel]][:, t_col]
+    y = np.where(t_flip[sel, None], 2 - y, y)
+    ds = imp["ds"][i_idx[sel]][:, i_col]
+    gt = imp["gt"][i_idx[sel]][:, i_col]
+    ds = np.where(i_flip[sel, None], 2 - ds, ds)
+    gt = np.where(i_flip[sel, None], 2 - gt, gt)
+
+    per_site = site_scores(ds, gt, y)
+    per_site.insert(0, "pos", ref["pos"].to_numpy()[sel])
+    per_site.insert(1, "maf", ref["maf"].to_numpy()[sel])
+    per_site.insert(2, "bin", maf_bin(per_site["maf"].to_numpy()))
+    per_site.insert(3, "info_r2", imp["sites"]["info_r2"].to_numpy()[i_idx[sel]])
+    per_site.insert(0, "chrom", chrom)
+    per_site.insert(0, "method", method)
+
+    bins = bin_table(per_site)
+    bins.insert(0, "method", method)
+    bins["n_sites_not_in_output"] = [
+        int((scored & (i_idx < 0) & (maf_bin(ref["maf"].to_numpy()) == b)).sum())
+        for b in range(len(BIN_LABELS))
+    ] + [int((scored & (i_idx < 0)).sum())]
+
+    out = Path(out_dir)
+    with atomic_path(out / "sites.tsv.gz", suffix=".tsv.gz") as tmp:
+        per_site.to_csv(tmp, sep="\t", index=False, compression="gzip")
+    write_tsv(out / "bins.tsv", bins)
+    summary = {
+        "method": method,
+        "chrom": chrom,
+        "imputed": str(imputed_vcf),
+        "truth": str(truth_vcf),
+        "samples_scored": len(samples),
+        "reference_sites": len(ref),
+        "typed_sites": int((typed_idx >= 0).sum()),
+        "scored_sites": int(scored.sum()),
+        "scored_sites_not_in_output": int((scored & (i_idx < 0)).sum()),
+        "truth_sites_not_in_reference": int(len(truth["sites"]) - (t_idx >= 0).sum()),
+        "dose_field": imp["dose_field"],
+        "info_field": imp["info_field"],
+        "ragimpute": __version__,
+        "all": bins.iloc[-1].drop(["method", "maf_bin"]).to_dict(),
+    }
+    write_json(out / "summary.json", summary)
+    a = summary["all"]
+    log.info(
+        "%s on %s: %d sites x %d samples scored, r2 %.4f, concordance %.4f, NRC %.4f, F1 %.4f",
+        method,
+        chrom,
+        a["n_sites"],
+        len(samples),
+        a["r2"],
+        a["concordance"],
+        a["nonref_concordance"],
+        a["alt_f1"],
+    )
+    return summary
+
+
+# -- comparison across methods and chromosomes ----------------------------------------------------
+
+
+def compare(
+    site_tables: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    methods: list[str] | None = None,
+    baseline: str = "retrieval",
+) -> pd.DataFrame:
+    """Pool per-site scores over chromosomes; write ``comparison.tsv`` (per method and MAF bin, with
+    the r² difference to the ``baseline`` method), ``calibration.tsv`` and two PNG plots."""
+    per_site = pd.concat([pd.read_csv(p, sep="\t") for p in site_tables], ignore_index=True)
+    order = methods or list(dict.fromkeys(per_site["method"]))
+    rows = []
+    cal = []
+    for m in order:
+        d = per_site[per_site["method"] == m]
+        if d.empty:
+            continue
+        t = bin_table(d)
+        t.insert(0, "method", m)
+        rows.append(t)
+        c = calibration_table(d)
+        c.insert(0, "method", m)
+        cal.append(c)
+    table = pd.concat(rows, ignore_index=True)
+    if baseline in set(table["method"]):
+        base = table[table["method"] == baseline].set_index("maf_bin")["r2"]
+        table[f"r2_minus_{baseline}"] = table["r2"] - table["maf_bin"].map(base)
+        table[f"beats_{baseline}"] = np.where(
+            table[f"r2_minus_{baseline}"].isna(),
+            "",
+            np.where(table[f"r2_minus_{baseline}"] > 0, "yes", "no"),
+        )
+        table.loc[table["method"] == baseline, f"beats_{baseline}"] = ""
+    calibration = pd.concat(cal, ignore_index=True) if cal else pd.DataFrame()
+    out = Path(out_dir)
+    write_tsv(out / "comparison.tsv", table.round(6))
+    write_tsv(out / "calibration.tsv", calibration.round(6))
+    plot_r2_by_maf(table, out / "r2_by_maf.png")
+    plot_calibration(calibration, out / "r2_calibration.png")
+    return table
+
+
+def plot_r2_by_maf(table: pd.DataFrame, out_png: str | os.PathLike) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    x = np.arange(len(BIN_LABELS))
+    for m, d in table[table["maf_bin"] != ALL].groupby("method", sort=False):
+        d = d.set_index("maf_bin").reindex(BIN_LABELS)
+        overall = table[(table["method"] == m) & (table["maf_bin"] == ALL)]["r2"].iloc[0]
+        ax.plot(x, d["r2"], marker="o", label=f"{m} (all: {overall:.3f})")
+    ax.set_xticks(x, BIN_LABELS)
+    ax.set_xlabel("MAF in the reference panel")
+    ax.set_ylabel("aggregate dosage r²")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Imputation accuracy of untyped sites by MAF bin")
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def plot_calibration(calibration: pd.DataFrame, out_png: str | os.PathLike) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
+    if len(calibration):
+        for m, d in calibration.groupby("method", sort=False):
+            # Per-site true r² (mean over the bin): pooling pairs across sites would mix in the
+            # differences in frequency between sites, which say nothing about calibration.
+            ax.plot(d["mean_info_r2"], d["mean_true_r2"], marker="o", label=m)
+    ax.set_xlabel("estimated r² (INFO R2 / DR2), bin mean")
+    ax.set_ylabel("true per-site r², bin mean")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Does the estimated r² track the true r²?")
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)

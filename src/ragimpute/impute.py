@@ -1,0 +1,468 @@
+"""The impute stage: a harmonised target + the reference's index + a predictor -> an imputed VCF.
+
+For each window, the target haplotypes are tokenized with the target's mask, the mask-keyed index gives
+each the K nearest reference haplotypes, and the predictor returns P(ALT) per haplotype and site. A site
+is written from its owner window only (the window where it is most central, ``sites.parquet`` column
+``window``), so overlapping windows never disagree, and records come out in position order as windows
+are processed: the VCF is streamed, never held whole.
+
+Per target haplotype h, p_h = P(ALT). DS = p0 + p1; GP = ((1-p0)(1-p1), p0(1-p1) + p1(1-p0), p0 p1);
+GT = argmax GP, a heterozygote phased with ALT on the haplotype of larger p. At typed sites the observed
+genotype is written as it is (DS exactly 0, 1 or 2), except that a missing allele there is imputed.
+INFO AF = mean DS / 2; INFO R2 = variance of the haplotype dosages / (AF (1 - AF)), Minimac's Rsq
+(0 where AF is 0 or 1); IMP flags imputed sites, TYPED typed ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .atomic import read_json, write_json
+from .baselines import AFPredictor, RetrievalPredictor
+from .errors import ArtifactError, InputError
+from .index import HaplotypeIndex, QueryBlock
+from .logs import Progress, log
+from .masks import load_mask
+from .predictors import Predictor, WindowBatch
+from .targets import read_target
+from .tokens import MASK, tokenize_block
+from .vcf_write import (
+    PHASED_GT,
+    bgzip_vcf_writer,
+    contig_lengths,
+    header_lines,
+    number_strings,
+    thousandths,
+)
+from .windows import WindowedTable, load_windows, sites_with_hash
+
+
+def _model_predictor(opts: dict) -> Predictor:
+    from .model import load_predictor  # the trained model (ragimpute.model), loaded only when asked
+
+    return load_predictor(opts["checkpoint"], opts.get("device", "auto"))
+
+
+def _copying_predictor(opts: dict) -> Predictor:
+    from .model import CopyingModelPredictor  # the model's copying model without the network
+
+    return CopyingModelPredictor(**{k: opts[k] for k in ("switch_rate", "error") if k in opts})
+
+
+# The one place where a method name becomes a predictor. Options come from the config
+# (``baselines.<method>`` for the baselines; ``checkpoint`` and ``device`` for the model).
+PREDICTOR_FACTORIES: dict[str, Callable[[dict], Predictor]] = {
+    "af": lambda opts: AFPredictor(),
+    "retrieval": lambda opts: RetrievalPredictor(
+        **{k: opts[k] for k in ("k", "flank", "decay", "tau", "prior") if k in opts}
+    ),
+    "model": _model_predictor,
+    "copying": lambda opts: _copying_predictor(opts),
+}
+# Methods run by other tools on the same reference and harmonised target (workflow rules of their own).
+EXTERNAL_METHODS = ("beagle", "minimac4")
+
+INFO_LINES = [
+    '##INFO=<ID=AF,Number=A,Type=Float,Description="Estimated ALT allele frequency: mean DS / 2 over '
+    'the targets">',
+    '##INFO=<ID=R2,Number=1,Type=Float,Description="Estimated imputation r-squared: variance of the '
+    'haplotype ALT dosages / (AF * (1 - AF)), as Minimac Rsq; 0 where AF is 0 or 1">',
+    '##INFO=<ID=IMP,Number=0,Type=Flag,Description="Imputed: not typed in the target">',
+    '##INFO=<ID=TYPED,Number=0,Type=Flag,Description="Typed in the target (missing calls imputed)">',
+    '##FORMAT=<ID=GT,Number=1,Type=String,Description="Phased best-guess genotype (argmax GP)">',
+    '##FORMAT=<ID=DS,Number=A,Type=Float,Description="ALT dosage: P(ALT) of haplotype 1 + haplotype 2">',
+    '##FORMAT=<ID=GP,Number=G,Type=Float,Description="Genotype probabilities of 0/0, 0/1, 1/1">',
+]
+
+
+def genotype_arrays(p: np.ndarray) -> dict[str, np.ndarray]:
+    """Haplotype ALT probabilities (n_sites, 2n) -> DS, GP, GT alleles, INFO AF and R2.
+
+    ``gt`` is (n_sites, 2n) alleles consistent with GP: argmax GP, a heterozygote phased with ALT on the
+    haplotype with the larger probability (haplotype 1 on ties).
+    """
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    p0, p1 = p[:, 0::2], p[:, 1::2]
+    gp = np.stack([(1 - p0) * (1 - p1), p0 * (1 - p1) + p1 * (1 - p0), p0 * p1], axis=-1)
+    g = gp.argmax(axis=-1)
+    gt = np.empty(p.shape, dtype=np.int8)
+    gt[:, 0::2] = (g == 2) | ((g == 1) & (p0 > p1))
+    gt[:, 1::2] = (g == 2) | ((g == 1) & (p0 <= p1))
+    af = p.mean(axis=1) if p.shape[1] else np.zeros(len(p))
+    var = (p * p).mean(axis=1) - af * af if p.shape[1] else np.zeros(len(p))
+    denom = af * (1 - af)
+    ok = denom > 1e-12
+    r2 = np.zeros(len(p))
+    r2[ok] = np.clip(var[ok] / denom[ok], 0.0, 1.0)
+    return {"ds": p0 + p1, "gp": gp, "gt": gt, "af": af, "r2": r2}
+
+
+def format_records(
+    chrom: str,
+    sites: pd.DataFrame,
+    p: np.ndarray,
+    typed: np.ndarray,
+) -> str:
+    """VCF record lines of ``sites`` from haplotype probabilities ``p`` (n_sites, 2n)."""
+    g = genotype_arrays(p)
+    n = p.shape[1] // 2
+    gt = PHASED_GT[2 * g["gt"][:, 0::2] + g["gt"][:, 1::2]]
+    ds = number_strings(thousandths(g["ds"], top=2000))
+    # GP printed in thousandths that sum to exactly 1: the heterozygote takes the rounding remainder.
+    g0 = thousandths(g["gp"][..., 0])
+    g2 = thousandths(g["gp"][..., 2])
+    over = np.maximum(g0 + g2 - 1000, 0)
+    take0 = g0 >= g2
+    g0, g2 = g0 - over * take0, g2 - over * ~take0
+    g1 = 1000 - g0 - g2
+    fields = (
+        gt
+        + ":"
+        + ds
+        + ":"
+        + number_strings(g0)
+        + ","
+        + number_strings(g1)
+        + ","
+        + number_strings(g2)
+        if n
+        else np.empty((len(p), 0), dtype=object)
+    )
+    pos = sites["pos"].to_numpy()
+    ids = sites["id"].to_numpy() if "id" in sites else np.full(len(sites), ".", dtype=object)
+    ref, alt = sites["ref"].to_numpy(), sites["alt"].to_numpy()
+    af, r2 = g["af"], g["r2"]
+    lines = []
+    for i in range(len(sites)):
+        flag = "TYPED" if typed[i] else "IMP"
+        lines.append(
+            f"{chrom}\t{pos[i]}\t{ids[i] or '.'}\t{ref[i]}\t{alt[i]}\t.\tPASS\t"
+            f"AF={af[i]:.4g};R2={r2[i]:.3f};{flag}\tGT:DS:GP\t" + "\t".join(fields[i]) + "\n"
+        )
+    return "".join(lines)
+
+
+def prov_name(predictor: object) -> str:
+    return getattr(predictor, "name", type(predictor).__name__)
+
+
+def file_sha256(path: str | os.PathLike, chars: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:chars]
+
+
+def _peak_memory(device: object) -> dict:
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if str(device).startswith("cuda"):
+        import torch
+
+        out["cuda_max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def impute(
+    target_vcf: str | os.PathLike,
+    windows_dir: str | os.PathLike,
+    mask_store: str | os.PathLike,
+    mask_hash: str,
+    index_dir: str | os.PathLike,
+    predictor: Predictor,
+    out_vcf: str | os.PathLike,
+    k: int = 32,
+    batch_haplotypes: int = 1024,
+    contig_length: int | None = None,
+    provenance: dict | None = None,
+    threads: int = 1,
+) -> dict:
+    """Impute every reference site for the samples of a harmonised target; returns the run report.
+
+    ``target_vcf`` must type exactly the sites the mask ``mask_hash`` leaves observed (the
+    ``target_mask`` stage writes both). ``k`` neighbours are retrieved per haplotype window unless the
+    predictor says how many it needs (``predictor.k``; 0 = none).
+    """
+    import faiss
+
+    t0 = time.perf_counter()
+    faiss.omp_set_num_threads(max(1, threads))
+    sites, slh = sites_with_hash(windows_dir)
+    windows = load_windows(windows_dir)
+    mask = load_mask(mask_store, mask_hash)
+    if mask.site_list_hash != slh:
+        raise ArtifactError(
+            f"mask {mask_hash} was made for site list {mask.site_list_hash}, the windows are {slh}; "
+            "re-run the target_mask stage"
+        )
+    reference = WindowedTable(Path(windows_dir) / "haplotypes" / "train.parquet", "alleles")
+    target = read_target(target_vcf, str(sites["chrom"].iloc[0]), sites)
+    typed = np.zeros(len(sites), dtype=bool)
+    typed[target.site] = True
+    if not np.array_equal(typed, mask.observed):
+        raise InputError(
+            target_vcf,
+            f"types {int(typed.sum())} sites, but mask {mask_hash} observes {int(mask.observed.sum())} "
+            "(other sites)",
+            "Give the harmonised target the target_mask stage wrote with this mask",
+        )
+    k_query = getattr(predictor, "k", k)
+    k_query = k if k_query is None else int(k_query)
+    index = None
+    if k_query > 0:
+        index = HaplotypeIndex(index_dir)
+        index.check(mask.hash)
+        if k_query > index.n_haplotypes:
+            raise InputError(
+                "config",
+                f"{prov_name(predictor)} asks for {k_query} neighbours but the reference holds "
+                f"{index.n_haplotypes} haplotypes",
+                "Lower retrieval.k (the model) or baselines.retrieval.k (the retrieval baseline)",
+            )
+        if index.samples != reference.samples:
+            raise ArtifactError(
+                f"index {index_dir} holds other reference samples than {reference.path}; rebuild it"
+            )
+    n_hap = 2 * len(target.samples)
+    hap_samples = list(np.repeat(np.asarray(target.samples, dtype=object), 2))
+    # Row of each typed site in the target's allele matrix (-1: untyped).
+    trow = np.full(len(sites), -1, dtype=np.int64)
+    trow[target.site] = np.arange(len(target.site))
+    af = sites["af"].to_numpy()
+    owner = sites["window"].to_numpy()
+    chrom = str(sites["chrom"].iloc[0])
+    device = getattr(predictor, "device", "cpu")
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    provenance = dict(provenance or {})
+    prov = {
+        "method": prov_name(predictor),
+        "mask_hash": mask.hash,
+        "index_kind": index.kind if index else "none",
+        "k": k_query,
+        **provenance,
+    }
+    meta = [
+        *INFO_LINES,
+        "##ragimpute_impute=<" + ",".join(f"{key}={v}" for key, v in prov.items()) + ">",
+    ]
+    filled = 0
+    progress = Progress(len(windows), f"impute {prov['method']}", "windows")
+    with bgzip_vcf_writer(out_vcf) as write:
+        write(header_lines(chrom, contig_length, target.samples, meta))
+        for w, (a, b) in enumerate(windows[["first_site", "last_site"]].to_numpy()):
+            b = b + 1
+            own = np.flatnonzero(owner[a:b] == w)
+            if not len(own):
+                progress.update()
+                continue
+            cols = trow[a:b]
+            alleles = np.zeros((n_hap, b - a), dtype=np.int8)
+            t_cols = np.flatnonzero(cols >= 0)
+            alleles[:, t_cols] = target.alleles[cols[t_cols]].T
+            missing = alleles < 0
+            # Retrieval needs one mask for all rows: a missing call is filled with the reference's more
+            # frequent allele for the search, and hidden (MASK) for the predictor, which imputes it.
+            alleles = np.where(missing, (af[a:b] > 0.5).astype(np.int8)[None, :], alleles)
+            search_tokens = tokenize_block(alleles, mask.masked[a:b])
+            tokens = search_tokens.copy()
+            tokens[missing] = MASK
+            filled += int(missing[:, own].sum())
+            ref_block = reference.read(w) if k_query > 0 else np.zeros((0, b - a), np.uint8)
+            p = np.empty((n_hap, len(own)), dtype=np.float32)
+            for r0 in range(0, n_hap, batch_haplotypes):
+                rows = slice(r0, min(r0 + batch_haplotypes, n_hap))
+                if index is not None:
+                    q = QueryBlock(w, search_tokens[rows], hap_samples[rows], mask.hash)
+                    ids, dist = index.search(q, k_query)
+                else:
+                    ids = np.zeros((len(search_tokens[rows]), 0), dtype=np.int64)
+                    dist = np.zeros(ids.shape, dtype=np.float32)
+                batch = WindowBatch(
+                    window=w,
+                    tokens=tokens[rows],
+                    neighbours=ids,
+                    distances=dist,
+                    reference=ref_block,
+                    af=af[a:b],
+                    pos=sites["pos"].to_numpy()[a:b],
+                    mask_hash=mask.hash,
+                )
+                pw = np.asarray(predictor.predict(batch), dtype=np.float32)
+                if pw.shape != batch.tokens.shape:
+                    raise RuntimeError(
+                        f"predictor {prov['method']} returned shape {pw.shape} for {batch.tokens.shape}"
+                    )
+                p[rows] = pw[:, own]
+            # Observed calls are written as observed, whatever the predictor returned there.
+            obs = ~missing[:, own] & ~mask.masked[a:b][own][None, :]
+            p[obs] = alleles[:, own][obs]
+            write(format_records(chrom, sites.iloc[a + own], p.T, typed[a + own]))
+            progress.update()
+    seconds = progress.close()
+    report = {
+        "ragimpute": __version__,
+        **prov,
+        "output": str(out_vcf),
+        "target": str(target_vcf),
+        "samples": len(target.samples),
+        "sites": len(sites),
+        "typed_sites": int(typed.sum()),
+        "imputed_sites": int((~typed).sum()),
+        "missing_alleles_imputed_at_typed_sites": filled,
+        "windows": len(windows),
+        "batch_haplotypes": batch_haplotypes,
+        "device": str(device),
+        "impute_seconds": round(seconds, 3),
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        **_peak_memory(device),
+    }
+    log.info(
+        "imputed %d sites (%d typed) for %d samples in %.1f s, peak RSS %.0f MB",
+        len(sites),
+        int(typed.sum()),
+        len(target.samples),
+        report["wall_seconds"],
+        report["peak_rss_mb"],
+    )
+    return report
+
+
+def run_impute_stage(
+    method: str,
+    alignment_json: str | os.PathLike,
+    target_vcf: str | os.PathLike,
+    windows_dir: str | os.PathLike,
+    mask_store: str | os.PathLike,
+    index_root: str | os.PathLike,
+    out_vcf: str | os.PathLike,
+    report_json: str | os.PathLike,
+    options: dict | None = None,
+    k: int = 32,
+    batch_haplotypes: int = 1024,
+    panel_vcf: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "auto",
+    threads: int = 1,
+) -> dict:
+    """Build the predictor for ``method``, impute, and write the VCF and its JSON report (with the
+    target alignment counts from ``alignment_json``)."""
+    t0 = time.perf_counter()
+    if method not in PREDICTOR_FACTORIES:
+        raise InputError(
+            "config",
+            f"unknown imputation method {method!r}",
+            f"Use one of {', '.join(PREDICTOR_FACTORIES)} (or {', '.join(EXTERNAL_METHODS)} in the "
+            "workflow)",
+        )
+    alignment = read_json(alignment_json)
+    mask_hash = alignment["hash"]
+    opts = dict(options or {})
+    provenance: dict = {}
+    if checkpoint:
+        opts.update(checkpoint=str(checkpoint), device=device)
+        provenance["model_sha256"] = file_sha256(checkpoint)
+    predictor = PREDICTOR_FACTORIES[method](opts)
+    if hasattr(predictor, "params"):
+        provenance.update(predictor.params())
+    length = None
+    if panel_vcf:
+        length = contig_lengths(panel_vcf).get(str(alignment["chrom"]))
+    report = impute(
+        target_vcf,
+        windows_dir,
+        mask_store,
+        mask_hash,
+        Path(index_root) / mask_hash,
+        predictor,
+        out_vcf,
+        k=k,
+        batch_haplotypes=batch_haplotypes,
+        contig_length=length,
+        provenance=provenance,
+        threads=threads,
+    )
+    report["alignment"] = {
+        key: alignment.get(key)
+        for key in (
+            "target",
+            "target_chrom",
+            "chrom_renamed",
+            "records",
+            "skipped",
+            "matched",
+            "flipped",
+            "unmatched",
+            "missing",
+        )
+    }
+    report["stage_seconds"] = round(time.perf_counter() - t0, 3)
+    write_json(report_json, report)
+    return report
+
+
+def impute_target(
+    results: str | os.PathLike,
+    chrom: str,
+    split_tsv: str | os.PathLike,
+    target_vcf: str | os.PathLike,
+    method: str,
+    out_vcf: str | os.PathLike,
+    report_json: str | os.PathLike | None = None,
+    aligned_dir: str | os.PathLike | None = None,
+    options: dict | None = None,
+    k: int = 32,
+    max_missing: float = 0.05,
+    batch_haplotypes: int = 1024,
+    panel_vcf: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "auto",
+    threads: int = 1,
+    index_kind: str = "binary_flat",
+) -> dict:
+    """Everything the workflow does for one target, outside Snakemake: harmonise it (``OUT.aligned/``),
+    store its mask in the run's mask store, build the index for that mask unless it exists (it does
+    when the target is typed on the training array), impute. Returns the report."""
+    from .index import build_index
+    from .targets import harmonise_target
+    from .tokens import run_tokenize_stage
+
+    res = Path(results)
+    windows, store = res / "windows" / chrom, res / "masks" / chrom
+    aligned = Path(aligned_dir or f"{out_vcf}.aligned")
+    info = harmonise_target(
+        target_vcf, windows, split_tsv, store, aligned, chrom, max_missing, panel_vcf
+    )
+    index_root = res / "index" / chrom
+    if not (index_root / info["hash"] / "meta.json").exists():
+        tokens = res / "tokens" / chrom / info["hash"] / "train.parquet"
+        run_tokenize_stage(windows, store, info["hash"], "train", tokens)
+        build_index(tokens, index_root / info["hash"], kind=index_kind, threads=threads)
+    return run_impute_stage(
+        method,
+        aligned / "alignment.json",
+        aligned / "target.vcf.gz",
+        windows,
+        store,
+        index_root,
+        out_vcf,
+        report_json or f"{out_vcf}.json",
+        options=options,
+        k=k,
+        batch_haplotypes=batch_haplotypes,
+        panel_vcf=panel_vcf,
+        checkpoint=checkpoint,
+        device=device,
+        threads=threads,
+    )

@@ -1,0 +1,451 @@
+"""Imputation targets: reading a target VCF, aligning it to the reference sites, and its mask.
+
+Alignment is by chromosome, position, REF and ALT, as Beagle and Minimac4 match markers:
+- ``chr20`` and ``20`` are the same chromosome (the output uses the reference's name, as imputation
+  servers do);
+- a record whose REF/ALT are the reference's ALT/REF is the same SNV in the other orientation: its
+  alleles are flipped (counted as ``flipped``);
+- records at positions the reference does not have, or with other alleles (strand flips such as A/G
+  against T/C included), are not used and are counted and listed (``unmatched.tsv``);
+- multi-allelic, non-SNV and ALT-less records are skipped and counted, as the reference's are.
+Unphased heterozygous genotypes are an error (phase the targets first); unsorted records, two SNV records
+at one position, a target that shares samples with the reference or does not overlap it are errors.
+
+Missing genotypes: the mask is per site (every haplotype observes the same sites, so that the index can
+answer it), so a typed site missing in more than ``max_missing`` of the target haplotypes is treated as
+untyped (imputed for everyone). The remaining missing alleles stay missing in the harmonised target
+(Beagle and Minimac4 see them as they are); ours fills them with the reference's more frequent allele
+for retrieval only and then imputes them like any hidden allele (see ``impute``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pysam
+import pysam.bcftools
+
+from . import __version__
+from .atomic import write_json, write_tsv
+from .errors import InputError
+from .logs import log
+from .masks import store_mask
+from .split import check_disjoint
+from .vcf_io import _is_indexed, check_readable, resolve_contig, vcf_records_contigs, vcf_samples
+from .vcf_write import contig_lengths, write_phased_vcf
+
+# The target mask: hide every reference site the target does not type. The same canonical spec as
+# ``masks.expand_specs`` gives an array mask without dropout, so that a target typed exactly on the
+# training array gets the training mask's hash (and re-uses its index).
+TARGET_MASK_SPEC = {"strategy": "array", "array_dropout": 0.0}
+TARGET_SKIP_REASONS = ("multiallelic", "non_snv", "no_alt")
+UNMATCHED_REASONS = ("not_in_reference", "allele_mismatch")
+_BASES = frozenset("ACGT")
+PHASING_HINT = (
+    "Phase the targets first, with the reference panel if you have it: Beagle 5.4 "
+    "(`beagle gt=target.vcf.gz ref=reference.vcf.gz out=phased impute=false`), SHAPEIT5 "
+    "(`phase_common --input target.bcf --reference reference.bcf --region CHR --output phased.bcf`) "
+    "or Eagle2 (`eagle --vcfTarget target.vcf.gz --vcfRef reference.bcf --outPrefix phased`)"
+)
+
+
+@dataclass
+class AlignedTarget:
+    """Target genotypes at the reference sites they type, in the reference's orientation.
+
+    ``alleles[i, 2*j + p]`` is the allele (0 = REF, 1 = ALT, -1 = missing) of sample ``j``, phase ``p``,
+    at reference site ``site[i]``.
+    """
+
+    path: str
+    contig: str  # the chromosome's name in the target file
+    samples: list[str]
+    site: np.ndarray  # (n_matched,) int64 index into the reference sites, increasing
+    alleles: np.ndarray  # (n_matched, 2 * n_samples) int8
+    report: dict = field(default_factory=dict)
+    unmatched: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def decode_target_gt(gts: list[str], path: str, where: list[str], samples: list[str]) -> np.ndarray:
+    """``0|1\\t.|.\\t...`` lines -> (n, 2m) int8 (-1 missing). Homozygous unphased calls are accepted
+    (their phase is not in question); an unphased heterozygote is an error naming the record."""
+    m = len(samples)
+    out = np.empty((len(gts), 2 * m), dtype=np.int8)
+    width = 4 * m
+    lengths = np.fromiter((len(g) for g in gts), dtype=np.int64, count=len(gts))
+    fast = np.flatnonzero(lengths == width)
+    if len(fast):
+        buf = np.frombuffer("".join(gts[i] for i in fast).encode("ascii"), dtype=np.uint8)
+        buf = buf.reshape(len(fast), m, 4)
+        a, sep, b, tab = buf[:, :, 0], buf[:, :, 1], buf[:, :, 2], buf[:, :, 3]
+        ok_allele = lambda x: (x == ord("0")) | (x == ord("1")) | (x == ord("."))  # noqa: E731
+        ok = ok_allele(a) & ok_allele(b) & ((sep == ord("|")) | (sep == ord("/"))) & (tab == 9)
+        bad_rows = np.flatnonzero(~ok.all(axis=1))
+        good = np.setdiff1d(np.arange(len(fast)), bad_rows)
+        a0 = np.where(a == ord("."), -1, a.astype(np.int16) - ord("0")).astype(np.int8)
+        a1 = np.where(b == ord("."), -1, b.astype(np.int16) - ord("0")).astype(np.int8)
+        unphased = sep == ord("/")
+        het = unphased & (a0 >= 0) & (a1 >= 0) & (a0 != a1)
+        if het[good].any():
+            r, j = np.argwhere(het[good])[0]
+            i = int(fast[good[r]])
+            raise InputError(
+                path,
+                f"genotypes are unphased (sample {samples[j]} has {gts[i].split(chr(9))[j]!r})",
+                PHASING_HINT,
+                record=where[i],
+            )
+        # An unphased call with one missing allele has no phase to keep: treat it as missing.
+        half = unphased & ((a0 < 0) != (a1 < 0))
+        a0[half] = -1
+        a1[half] = -1
+        rows = fast[good]
+        out[rows, 0::2] = a0[good]
+        out[rows, 1::2] = a1[good]
+        slow = np.sort(np.concatenate([np.flatnonzero(lengths != width), fast[bad_rows]]))
+    else:
+        slow = np.arange(len(gts))
+    for i in slow:
+        out[i] = _decode_slow(gts[i], path, where[i], samples)
+    return out
+
+
+def _decode_slow(line: str, path: str, where: str, samples: list[str]) -> np.ndarray:
+    fields = line.rstrip("\t").split("\t")
+    if len(fields) != len(samples):
+        raise InputError(path, f"{len(fields)} genotypes for {len(samples)} samples", record=where)
+    row = np.empty(2 * len(samples), dtype=np.int8)
+    for j, (sample, gt) in enumerate(zip(samples, fields, strict=True)):
+        if gt in (".", "./.", ".|."):
+            row[2 * j : 2 * j + 2] = -1
+            continue
+        sep = "|" if "|" in gt else "/"
+        parts = gt.split(sep)
+        if len(parts) == 1:
+            raise InputError(
+                path,
+                f"haploid genotype {gt!r} for sample {sample}",
+                "Only diploid chromosomes are supported (leave out chrX/chrY/chrM)",
+                record=where,
+            )
+        if len(parts) != 2 or any(p not in ("0", "1", ".") for p in parts):
+            raise InputError(
+                path,
+                f"genotype {gt!r} for sample {sample} is not a diploid 0/1 call",
+                "Split multi-allelic records (`bcftools norm -m-any`) or check the file",
+                record=where,
+            )
+        a = [-1 if p == "." else int(p) for p in parts]
+        if sep == "/" and a[0] >= 0 and a[1] >= 0 and a[0] != a[1]:
+            raise InputError(
+                path, f"genotypes are unphased (sample {sample} has {gt!r})", PHASING_HINT, where
+            )
+        if sep == "/" and (a[0] < 0) != (a[1] < 0):
+            a = [-1, -1]
+        row[2 * j], row[2 * j + 1] = a
+    return row
+
+
+def read_target(path: str | os.PathLike, chrom: str, sites: pd.DataFrame) -> AlignedTarget:
+    """Read ``chrom`` of a phased target VCF/BCF and align it to the reference ``sites``
+    (columns pos, ref, alt; positions increasing)."""
+    path = str(path)
+    check_readable(path)
+    samples = vcf_samples(path)
+    held = vcf_records_contigs(path)
+    try:
+        contig = resolve_contig(path, chrom, available=held)
+    except InputError as e:
+        raise InputError(
+            path,
+            f"no records on chromosome {chrom} (the target has records on: "
+            f"{', '.join(held[:10]) or 'none'})",
+            "The target does not overlap the reference on this chromosome; check `chromosomes:` "
+            "and that target and reference use the same genome build",
+        ) from e
+    region = ["-r", contig] if _is_indexed(path) else ["-t", contig]
+    try:
+        text = pysam.bcftools.query("-f", "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", *region, path)
+    except pysam.utils.SamtoolsError as e:
+        raise InputError(
+            path,
+            f"bcftools could not read the file: {str(e).strip()[:500]}",
+            "Check that it is a valid, intact VCF/BCF",
+        ) from e
+
+    skipped = dict.fromkeys(TARGET_SKIP_REASONS, 0)
+    recs: list[tuple[str, int, str, str]] = []
+    gts: list[str] = []
+    last_pos = 0
+    last_kept = -1
+    for line in text.split("\n"):
+        if not line:
+            continue
+        c, pos_s, ref, alt, gt = line.split("\t", 4)
+        pos = int(pos_s)
+        if pos < last_pos:
+            raise InputError(
+                path,
+                f"records are not sorted: position {pos} comes after {last_pos}",
+                "Sort the file: `bcftools sort -Oz -o sorted.vcf.gz` and index it",
+                record=f"{c}:{pos}",
+            )
+        last_pos = pos
+        if "," in alt:
+            skipped["multiallelic"] += 1
+            continue
+        if alt in (".", "*", ""):
+            skipped["no_alt"] += 1
+            continue
+        if len(ref) != 1 or len(alt) != 1 or ref not in _BASES or alt not in _BASES:
+            skipped["non_snv"] += 1
+            continue
+        if pos == last_kept:
+            raise InputError(
+                path,
+                f"two biallelic SNV records at position {pos}",
+                "Join split multi-allelics (`bcftools norm -m+any`) or drop duplicates "
+                "(`bcftools norm -d all`)",
+                record=f"{c}:{pos}",
+            )
+        last_kept = pos
+        recs.append((c, pos, ref, alt))
+        gts.append(gt)
+
+    n_records = len(recs) + sum(skipped.values())
+    where = [f"{r[0]}:{r[1]}" for r in recs]
+    ref_pos = sites["pos"].to_numpy(dtype=np.int64)
+    ref_ref = sites["ref"].to_numpy().astype(str)
+    ref_alt = sites["alt"].to_numpy().astype(str)
+    t_pos = np.fromiter((r[1] for r in recs), dtype=np.int64, count=len(recs))
+    t_ref = np.array([r[2] for r in recs], dtype=str)
+    t_alt = np.array([r[3] for r in recs], dtype=str)
+    idx = np.searchsorted(ref_pos, t_pos)
+    idx_c = np.minimum(idx, max(len(ref_pos) - 1, 0))
+    at_pos = (idx < len(ref_pos)) & (ref_pos[idx_c] == t_pos)
+    same = at_pos & (ref_ref[idx_c] == t_ref) & (ref_alt[idx_c] == t_alt)
+    swapped = at_pos & (ref_ref[idx_c] == t_alt) & (ref_alt[idx_c] == t_ref)
+    matched = same | swapped
+    reason = np.where(at_pos, "allele_mismatch", "not_in_reference")
+    unmatched = pd.DataFrame(
+        {
+            "chrom": [recs[i][0] for i in np.flatnonzero(~matched)],
+            "pos": t_pos[~matched],
+            "ref": t_ref[~matched],
+            "alt": t_alt[~matched],
+            "reason": reason[~matched],
+        }
+    )
+    if not matched.any():
+        raise InputError(
+            path,
+            f"none of its {len(recs)} SNV records on chromosome {contig} matches a reference site by "
+            f"position and alleles ({int(at_pos.sum())} share a position)",
+            "The target does not overlap the reference: check that both use the same genome build "
+            "(liftover with `bcftools +liftover` or CrossMap) and the same strand",
+        )
+    keep = np.flatnonzero(matched)
+    alleles = decode_target_gt([gts[i] for i in keep], path, [where[i] for i in keep], samples)
+    flip = swapped[keep]
+    alleles[flip] = np.where(alleles[flip] >= 0, 1 - alleles[flip], -1)
+    ref_chrom = str(sites["chrom"].iloc[0]) if "chrom" in sites else contig
+    report = {
+        "target": path,
+        "target_chrom": contig,
+        "reference_chrom": ref_chrom,
+        "chrom_renamed": contig != ref_chrom,
+        "samples": len(samples),
+        "records": n_records,
+        "skipped": skipped,
+        "snv_records": len(recs),
+        "matched": int(matched.sum()),
+        "flipped": int(swapped.sum()),
+        "unmatched": {r: int((unmatched["reason"] == r).sum()) for r in UNMATCHED_REASONS},
+        "reference_sites": len(sites),
+    }
+    log.info(
+        "%s: %d records on %s, %d matched (%d flipped), %d unmatched, skipped %s",
+        path,
+        n_records,
+        contig,
+        report["matched"],
+        report["flipped"],
+        len(unmatched),
+        ", ".join(f"{k}={v}" for k, v in skipped.items() if v) or "none",
+    )
+    return AlignedTarget(
+        path, contig, samples, idx[keep].astype(np.int64), alleles, report, unmatched
+    )
+
+
+def apply_missing_rule(target: AlignedTarget, max_missing: float) -> AlignedTarget:
+    """Drop typed sites missing in more than ``max_missing`` of the haplotypes (they become untyped)."""
+    miss = target.alleles < 0
+    frac = miss.mean(axis=1) if target.alleles.shape[1] else np.zeros(len(target.site))
+    drop = frac > max_missing
+    kept = target.alleles[~drop]
+    target.report["missing"] = {
+        "max_missing": max_missing,
+        "alleles_missing": int(miss.sum()),
+        "sites_with_missing": int(miss.any(axis=1).sum()),
+        "sites_untyped_for_missingness": int(drop.sum()),
+        "alleles_missing_at_typed_sites": int((kept < 0).sum()),
+    }
+    if drop.any():
+        log.warning(
+            "%s: %d typed sites miss more than %.0f%% of their genotypes; they are imputed instead",
+            target.path,
+            int(drop.sum()),
+            100 * max_missing,
+        )
+    if (kept < 0).any():
+        log.info(
+            "%s: %d missing alleles at typed sites will be imputed",
+            target.path,
+            int((kept < 0).sum()),
+        )
+    target.site = target.site[~drop]
+    target.alleles = kept
+    target.report["typed"] = len(target.site)
+    if not len(target.site):
+        raise InputError(
+            target.path,
+            "no typed site is left: every matched site misses too many genotypes",
+            f"Raise impute.max_missing (now {max_missing}) or check the file",
+        )
+    return target
+
+
+def harmonise_target(
+    target_vcf: str | os.PathLike,
+    windows_dir: str | os.PathLike,
+    split_tsv: str | os.PathLike,
+    mask_store: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    chrom: str,
+    max_missing: float = 0.05,
+    panel_vcf: str | os.PathLike | None = None,
+) -> dict:
+    """The ``target_mask`` stage: align the target, write it harmonised to the reference (reference
+    naming and orientation, typed sites only: what Beagle, Minimac4 and our imputation all read),
+    store the mask it implies by hash, and write ``alignment.json`` (the hash and the counts)."""
+    from .split import load_split
+    from .windows import sites_with_hash
+
+    sites, slh = sites_with_hash(windows_dir)
+    reference_samples = load_split(split_tsv)["train"]
+    target = read_target(target_vcf, chrom, sites)
+    check_disjoint(reference_samples, target.samples, target_vcf)
+    target = apply_missing_rule(target, max_missing)
+
+    masked = np.ones(len(sites), dtype=bool)
+    masked[target.site] = False
+    h = store_mask(
+        mask_store,
+        masked,
+        dict(TARGET_MASK_SPEC),
+        sites,
+        slh,
+        provenance={"target_vcf": str(target_vcf), "typed_sites": int((~masked).sum())},
+    )
+    out = Path(out_dir)
+    ref_chrom = str(sites["chrom"].iloc[0])
+    length = None
+    if panel_vcf:
+        length = contig_lengths(panel_vcf).get(ref_chrom)
+    write_phased_vcf(
+        out / "target.vcf.gz",
+        ref_chrom,
+        sites.iloc[target.site],
+        target.samples,
+        target.alleles,
+        length,
+        meta=[
+            f"##ragimpute_harmonised=<source={target_vcf},mask_hash={h},"
+            f"flipped={target.report['flipped']},max_missing={max_missing}>"
+        ],
+    )
+    write_tsv(out / "unmatched.tsv", target.unmatched)
+    info = {
+        "chrom": ref_chrom,
+        "hash": h,
+        "mask_spec": TARGET_MASK_SPEC,
+        "ragimpute": __version__,
+        **target.report,
+    }
+    write_json(out / "alignment.json", info)
+    log.info(
+        "target mask %s: %d of %d reference sites typed, %d to impute",
+        h,
+        len(target.site),
+        len(sites),
+        len(sites) - len(target.site),
+    )
+    return info
+
+
+def _panel_at_sites(panel_vcf, windows_dir, chrom, samples, pass_only):
+    from .vcf_io import read_panel
+    from .windows import sites_with_hash
+
+    sites, _ = sites_with_hash(windows_dir)
+    panel = read_panel(panel_vcf, chrom, samples=samples, pass_only=pass_only)
+    if not np.array_equal(panel.sites["pos"].to_numpy(), sites["pos"].to_numpy()):
+        raise InputError(
+            windows_dir,
+            "the windowed sites differ from the panel's; the window stage is stale",
+            "Re-run the workflow (snakemake re-runs windowing)",
+        )
+    return panel, sites, contig_lengths(panel_vcf).get(panel.chrom)
+
+
+def write_reference_vcf(
+    panel_vcf: str | os.PathLike,
+    split_tsv: str | os.PathLike,
+    windows_dir: str | os.PathLike,
+    chrom: str,
+    out_vcf: str | os.PathLike,
+    pass_only: bool = True,
+) -> dict:
+    """The reference panel as Beagle and Minimac4 get it: the train split at every windowed site
+    (the biallelic SNVs our own index holds), phased, with the panel's contig length."""
+    from .split import load_split
+
+    train = load_split(split_tsv)["train"]
+    panel, sites, length = _panel_at_sites(panel_vcf, windows_dir, chrom, train, pass_only)
+    meta = [f"##ragimpute_source=<panel={panel_vcf},split={split_tsv},samples=train>"]
+    write_phased_vcf(
+        out_vcf, panel.chrom, sites, train, panel.haplotypes.astype(np.int8), length, meta
+    )
+    return {"chrom": panel.chrom, "samples": len(train), "sites": len(sites)}
+
+
+def make_demo_targets(
+    panel_vcf: str | os.PathLike,
+    split_tsv: str | os.PathLike,
+    windows_dir: str | os.PathLike,
+    array_manifest: str | os.PathLike,
+    chrom: str,
+    target_vcf: str | os.PathLike,
+    truth_vcf: str | os.PathLike,
+    pass_only: bool = True,
+) -> dict:
+    """Targets from the held-out test split: ``target_vcf`` at the array sites only (what an array
+    would have typed) and ``truth_vcf`` at every site (what evaluation scores against)."""
+    from .masks import match_sites, read_site_list
+    from .split import load_split
+
+    test = load_split(split_tsv)["test"]
+    panel, sites, length = _panel_at_sites(panel_vcf, windows_dir, chrom, test, pass_only)
+    on_array = match_sites(sites, read_site_list(array_manifest), array_manifest)
+    truth = panel.haplotypes.astype(np.int8)
+    meta = [f"##ragimpute_source=<panel={panel_vcf},split={split_tsv},samples=test>"]
+    write_phased_vcf(truth_vcf, panel.chrom, sites, test, truth, length, meta)
+    write_phased_vcf(
+        target_vcf, panel.chrom, sites.loc[on_array], test, truth[on_array], length, meta
+    )
+    return {"chrom": panel.chrom, "samples": len(test), "target_sites": int(on_array.sum())}

@@ -1,0 +1,299 @@
+"""Evaluation: metrics against an independent numpy computation, readers for every tool's VCF, the
+comparison across methods and chromosomes, and the workflow end to end (slow)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from impute_data import CHROM, shared_env, vcf_lines, write_bgzip
+
+from ragimpute.errors import InputError
+from ragimpute.evaluate import (
+    BIN_LABELS,
+    bin_table,
+    compare,
+    evaluate,
+    maf_bin,
+    read_dosages,
+    site_scores,
+)
+from ragimpute.impute import impute_target
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return shared_env(tmp_path_factory)
+
+
+def numpy_metrics(ds, gt, truth):
+    """The field's definitions, written directly over the flattened pairs."""
+    ok = ~np.isnan(truth) & ~np.isnan(ds)
+    x, y = ds[ok], truth[ok]
+    r2 = np.corrcoef(x, y)[0, 1] ** 2
+    okg = ok & ~np.isnan(gt)
+    c, t = gt[okg], truth[okg]
+    conc = np.mean(c == t)
+    nonref = (c > 0) | (t > 0)
+    nrc = np.mean(c[nonref] == t[nonref])
+    tp = np.minimum(c, t).sum()
+    fp = np.clip(c - t, 0, None).sum()
+    fn = np.clip(t - c, 0, None).sum()
+    return r2, conc, nrc, 2 * tp / (2 * tp + fp + fn), ok.sum()
+
+
+def test_metrics_match_numpy():
+    rng = np.random.default_rng(5)
+    n_sites, n = 400, 25
+    maf = rng.choice([0.001, 0.004, 0.007, 0.02, 0.04, 0.1, 0.3, 0.5], n_sites)
+    truth = rng.binomial(2, maf[:, None], (n_sites, n)).astype(float)
+    ds = np.clip(truth + rng.normal(0, 0.4, truth.shape), 0, 2)
+    gt = np.rint(ds)
+    truth[rng.random(truth.shape) < 0.02] = np.nan  # missing true genotypes are left out
+    ds[rng.random(ds.shape) < 0.01] = np.nan
+    per = site_scores(ds, gt, truth)
+    per["bin"] = maf_bin(maf)
+    per["info_r2"] = rng.random(n_sites)
+    table = bin_table(per).set_index("maf_bin")
+    for b, label in enumerate([*BIN_LABELS, "all"]):
+        sel = slice(None) if label == "all" else maf_bin(maf) == b
+        r2, conc, nrc, f1, n_pairs = numpy_metrics(ds[sel], gt[sel], truth[sel])
+        row = table.loc[label]
+        assert row["r2"] == pytest.approx(r2, rel=1e-9)
+        assert row["concordance"] == pytest.approx(conc)
+        assert row["nonref_concordance"] == pytest.approx(nrc)
+        assert row["alt_f1"] == pytest.approx(f1)
+        assert row["n_genotypes"] == n_pairs
+    # Per-site true r² (NaN where the truth or the dosage is constant) and its correlation with INFO R2.
+    n_defined = 0
+    for i in range(n_sites):
+        ok = ~np.isnan(truth[i]) & ~np.isnan(ds[i])
+        if ds[i][ok].std() == 0 or truth[i][ok].std() == 0:
+            assert np.isnan(per["true_r2"][i])
+            continue
+        n_defined += 1
+        assert per["true_r2"][i] == pytest.approx(np.corrcoef(ds[i][ok], truth[i][ok])[0, 1] ** 2)
+    assert n_defined > 100
+    both = per[["info_r2", "true_r2"]].dropna()
+    corr = np.corrcoef(both["info_r2"], both["true_r2"])[0, 1]
+    assert table.loc["all", "info_r2_vs_true_r2"] == pytest.approx(corr)
+
+
+def test_maf_bins_are_closed_above():
+    assert list(maf_bin([0, 0.005, 0.0051, 0.01, 0.05, 0.0501, 0.5])) == [0, 0, 1, 1, 2, 3, 3]
+
+
+def test_perfect_imputation_scores_one(env, tmp_path):
+    summary = evaluate(
+        env.truth, env.truth, env.windows / "sites.parquet", env.target, "truth", tmp_path
+    )
+    bins = pd.read_csv(tmp_path / "bins.tsv", sep="\t").set_index("maf_bin")
+    defined = bins["r2"].dropna()
+    assert len(defined) >= 3 and np.allclose(defined, 1.0)
+    assert np.allclose(bins[["concordance", "nonref_concordance", "alt_f1"]].dropna(), 1.0)
+    n_typed = len(vcf_lines(env.target)[1])
+    assert summary["typed_sites"] == n_typed
+    assert summary["scored_sites"] == len(env.sites) - n_typed  # only untyped sites are scored
+    assert summary["dose_field"] == "GT"
+
+
+@pytest.fixture(scope="module")
+def imputed(env, tmp_path_factory):
+    d = tmp_path_factory.mktemp("imputed")
+    out = {}
+    for m in ("af", "retrieval"):
+        out[m] = d / f"{m}.vcf.gz"
+        impute_target(env.results, CHROM, env.split, env.target, m, out[m], options={"k": 16})
+    return out
+
+
+def test_retrieval_beats_allele_frequencies(env, imputed, tmp_path):
+    scores = {}
+    for m, path in imputed.items():
+        s = evaluate(path, env.truth, env.windows / "sites.parquet", env.target, m, tmp_path / m)
+        scores[m] = s["all"]
+        assert s["info_field"] == "R2" and s["dose_field"] == "DS"
+        assert s["scored_sites_not_in_output"] == 0
+    assert scores["retrieval"]["r2"] > scores["af"]["r2"] + 0.1
+    assert scores["retrieval"]["concordance"] > scores["af"]["concordance"]
+    assert scores["af"]["mean_info_r2"] == 0  # one dosage for every target: no information
+    table = compare([tmp_path / m / "sites.tsv.gz" for m in ("af", "retrieval")], tmp_path / "cmp")
+    allrow = table[table["maf_bin"] == "all"].set_index("method")
+    assert allrow.loc["af", "beats_retrieval"] == "no"
+    assert allrow.loc["af", "r2_minus_retrieval"] == pytest.approx(
+        scores["af"]["r2"] - scores["retrieval"]["r2"]
+    )
+    for png in ("r2_by_maf.png", "r2_calibration.png"):
+        assert (tmp_path / "cmp" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cal = pd.read_csv(tmp_path / "cmp" / "calibration.tsv", sep="\t")
+    assert set(cal["method"]) >= {"retrieval"}
+    assert cal.groupby("method")["n_sites"].sum()["retrieval"] == len(env.sites) - len(
+        vcf_lines(env.target)[1]
+    )
+
+
+def test_compare_pools_chromosomes_exactly(env, imputed, tmp_path):
+    evaluate(
+        imputed["retrieval"],
+        env.truth,
+        env.windows / "sites.parquet",
+        env.target,
+        "retrieval",
+        tmp_path,
+    )
+    per = pd.read_csv(tmp_path / "sites.tsv.gz", sep="\t")
+    half = len(per) // 2
+    a, b = per.iloc[:half].copy(), per.iloc[half:].copy()
+    b["chrom"] = "21"
+    a.to_csv(tmp_path / "a.tsv.gz", sep="\t", index=False)
+    b.to_csv(tmp_path / "b.tsv.gz", sep="\t", index=False)
+    pooled = compare([tmp_path / "a.tsv.gz", tmp_path / "b.tsv.gz"], tmp_path / "pooled")
+    whole = pd.read_csv(tmp_path / "bins.tsv", sep="\t")
+    assert np.allclose(pooled["r2"], whole["r2"], equal_nan=True)
+    assert (pooled["n_genotypes"] == whole["n_genotypes"]).all()
+
+
+def rewrite_dosages(src: Path, dst: Path, how: str) -> Path:
+    """The same genotypes as another tool writes them: Beagle (no ##contig, DR2) or Minimac4 (HDS only),
+    or with REF/ALT swapped."""
+    header, records = vcf_lines(src)
+    new_header = [h for h in header if not h.startswith(("##contig", "##INFO", "##FORMAT"))]
+    fmt_lines = {
+        "beagle": ['##INFO=<ID=DR2,Number=A,Type=Float,Description="Dosage R-Squared">',
+                   '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+                   '##FORMAT=<ID=DS,Number=A,Type=Float,Description="ALT dose">'],
+        "hds": ['##INFO=<ID=R2,Number=1,Type=Float,Description="R2">',
+                '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+                '##FORMAT=<ID=HDS,Number=2,Type=Float,Description="Haplotype dosages">'],
+        "swapped": ['##INFO=<ID=R2,Number=1,Type=Float,Description="R2">',
+                    '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+                    '##FORMAT=<ID=DS,Number=A,Type=Float,Description="ALT dose">'],
+    }[how]  # fmt: skip
+    if how != "beagle":
+        new_header.insert(1, f"##contig=<ID={CHROM}>")
+    new_header[-1:-1] = fmt_lines
+    out = []
+    for r in records:
+        r2 = r[7].split("R2=")[1].split(";")[0]
+        fields = [f.split(":") for f in r[9:]]
+        if how == "beagle":
+            out.append(r[:7] + [f"DR2={r2}", "GT:DS"] + [f"{f[0]}:{f[1]}" for f in fields])
+        elif how == "hds":
+            hds = []
+            for f in fields:
+                ds = float(f[1])
+                hds.append(f"{f[0]}:{ds / 2:.4f},{ds / 2:.4f}")
+            out.append(r[:7] + [f"R2={r2}", "GT:HDS"] + hds)
+        else:
+            flip = {"0": "1", "1": "0"}
+            sw = [
+                "|".join(flip[a] for a in f[0].split("|")) + f":{2 - float(f[1]):.3f}"
+                for f in fields
+            ]
+            out.append(r[:3] + [r[4], r[3]] + r[5:7] + [f"R2={r2}", "GT:DS"] + sw)
+    return write_bgzip(dst, new_header, out)
+
+
+@pytest.mark.parametrize("how", ["beagle", "hds", "swapped"])
+def test_other_tools_outputs_score_the_same(env, imputed, tmp_path, how):
+    sites = env.windows / "sites.parquet"
+    ref = evaluate(imputed["retrieval"], env.truth, sites, env.target, "ours", tmp_path / "ours")
+    other = rewrite_dosages(imputed["retrieval"], tmp_path / f"{how}.vcf.gz", how)
+    got = evaluate(other, env.truth, sites, env.target, how, tmp_path / how)
+    assert got["all"]["r2"] == pytest.approx(ref["all"]["r2"], abs=1e-6)
+    assert got["all"]["concordance"] == pytest.approx(ref["all"]["concordance"])
+    assert got["all"]["info_r2_vs_true_r2"] == pytest.approx(
+        ref["all"]["info_r2_vs_true_r2"], abs=1e-6
+    )
+    assert got["info_field"] == ("DR2" if how == "beagle" else "R2")
+    assert got["dose_field"] == ("HDS" if how == "hds" else "DS")
+
+
+def test_imputed_samples_not_in_truth(env, imputed, tmp_path):
+    header, records = vcf_lines(env.truth)
+    cols = header[-1].split("\t")
+    header[-1] = "\t".join(cols[:9] + [f"OTHER{i}" for i in range(len(cols) - 9)])
+    other = write_bgzip(tmp_path / "other_truth.vcf.gz", header, records)
+    with pytest.raises(InputError, match="none of its .* samples is in the truth VCF"):
+        evaluate(imputed["af"], other, env.windows / "sites.parquet", env.target, "af", tmp_path)
+
+
+def test_read_dosages_of_a_real_beagle_run(env, tmp_path):
+    if shutil.which("beagle") is None:
+        pytest.skip("beagle is not installed")
+    aligned = tmp_path / "aligned.vcf.gz"
+    impute_target(env.results, CHROM, env.split, env.target, "af", tmp_path / "af.vcf.gz",
+                  aligned_dir=tmp_path / "al")  # fmt: skip
+    aligned = tmp_path / "al" / "target.vcf.gz"
+    run = subprocess.run(
+        ["beagle", f"ref={env.reference}", f"gt={aligned}", f"out={tmp_path / 'bg'}", "nthreads=1",
+         "seed=1", "gp=true"], capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    d = read_dosages(tmp_path / "bg.vcf.gz", CHROM)
+    assert d["info_field"] == "DR2" and d["dose_field"] == "DS"
+    assert len(d["sites"]) == len(env.sites)
+    s = evaluate(
+        tmp_path / "bg.vcf.gz",
+        env.truth,
+        env.windows / "sites.parquet",
+        aligned,
+        "beagle",
+        tmp_path / "ev",
+    )
+    assert s["scored_sites_not_in_output"] == 0 and s["all"]["r2"] > 0.5
+
+
+# -- the workflow ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("beagle") is None, reason="beagle is not installed")
+def test_workflow_tiny_config_through_evaluation(tmp_path):
+    """The tiny config: demo -> ... -> train -> impute (af, retrieval, copying model, trained model,
+    Beagle, Minimac4 if installed) -> evaluate -> comparison table, plots and a self-contained report."""
+    results = tmp_path / "results"
+    override = tmp_path / "override.yaml"
+    override.write_text(f"results: {results}\n")
+    smk = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", ".test/tiny/config.yaml",
+           str(override)]  # fmt: skip
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run = subprocess.run(
+        smk + ["--quiet", "rules"], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    table = pd.read_csv(results / "evaluation" / "comparison.tsv", sep="\t")
+    want = {"af", "retrieval", "copying", "model", "beagle"} | (
+        {"minimac4"} if shutil.which("minimac4") else set()
+    )
+    assert set(table["method"]) == want
+    assert (table.groupby("method").size() == len(BIN_LABELS) + 1).all()
+    overall = table[table["maf_bin"] == "all"].set_index("method")["r2"]
+    assert overall["retrieval"] > overall["af"] and overall["beagle"] > overall["af"]
+    assert overall["model"] > overall["af"] and overall["copying"] > overall["af"]
+    # The model's VCF records which checkpoint made it.
+    assert "model_sha256" in (results / "impute" / "20" / "model.json").read_text()
+    assert "beats_retrieval" in table.columns
+    # The demo target is typed on the training array: one mask, one index, shared.
+    assert len(list((results / "index" / "20").iterdir())) == 1
+    # Beagle's output is indexed; every imputed VCF has its report or Snakemake benchmark.
+    assert (results / "impute" / "20" / "beagle.vcf.gz.tbi").exists()
+    assert (results / "benchmarks" / "impute" / "20" / "beagle.tsv").exists()
+    assert (results / "impute" / "20" / "retrieval.json").exists()
+    again = subprocess.run(smk + ["-n"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    report = tmp_path / "report.html"
+    rep = subprocess.run(
+        smk + ["--report", str(report)], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    html = report.read_text(errors="replace")
+    assert "comparison.tsv" in html and "r2_by_maf.png" in html

@@ -1,0 +1,435 @@
+"""The impute stage: a valid, indexed VCF with consistent GT/DS/GP and INFO, aligned targets, bad inputs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from impute_data import (
+    CHROM,
+    imputed_records,
+    shared_env,
+    vcf_lines,
+    write_bgzip,
+    write_vcf,
+)
+
+from ragimpute.cli import main as cli_main
+from ragimpute.errors import InputError
+from ragimpute.impute import PREDICTOR_FACTORIES, genotype_arrays, impute_target
+from ragimpute.tokens import MASK
+
+HAS_BCFTOOLS = shutil.which("bcftools") is not None
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return shared_env(tmp_path_factory)
+
+
+def run(env, target, out, method="retrieval", **kw):
+    kw.setdefault("options", {"k": 16})
+    kw.setdefault("panel_vcf", env.panel)
+    return impute_target(env.results, CHROM, env.split, target, method, out, **kw)
+
+
+@pytest.fixture(scope="module")
+def clean(env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "retrieval.vcf.gz"
+    report = run(env, env.target, out)
+    return out, report
+
+
+def body(path):
+    return vcf_lines(path)[1]
+
+
+# -- the output VCF --------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not HAS_BCFTOOLS, reason="bcftools is not installed")
+def test_output_passes_bcftools_view_and_stats(env, clean):
+    out, _ = clean
+    view = subprocess.run(["bcftools", "view", "-H", str(out)], capture_output=True, text=True)
+    assert view.returncode == 0, view.stderr
+    assert len(view.stdout.splitlines()) == len(env.sites)
+    assert "[W::" not in view.stderr and "[E::" not in view.stderr, view.stderr
+    stats = subprocess.run(["bcftools", "stats", str(out)], capture_output=True, text=True)
+    assert stats.returncode == 0, stats.stderr
+    sn = {
+        ln.split("\t")[2]: ln.split("\t")[3]
+        for ln in stats.stdout.splitlines()
+        if ln.startswith("SN")
+    }
+    assert int(sn["number of records:"]) == len(env.sites)
+    assert int(sn["number of SNPs:"]) == len(env.sites)
+    assert int(sn["number of samples:"]) == len(env.split_samples["test"])
+    # Region queries use the index: the file is sorted and the .tbi is current.
+    sites = env.sites
+    a, b = int(sites["pos"].iloc[100]), int(sites["pos"].iloc[199])
+    region = subprocess.run(
+        ["bcftools", "view", "-H", "-r", f"{CHROM}:{a}-{b}", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert region.returncode == 0 and len(region.stdout.splitlines()) == 100
+
+
+def test_every_reference_site_with_reference_alleles_in_order(env, clean):
+    rec = imputed_records(clean[0])
+    sites = env.sites
+    assert np.array_equal(rec["pos"], sites["pos"].to_numpy())
+    assert rec["ref"] == list(sites["ref"]) and rec["alt"] == list(sites["alt"])
+    assert rec["samples"] == env.split_samples["test"]
+
+
+def test_ds_gp_gt_consistent(clean):
+    rec = imputed_records(clean[0])
+    ds, gp, gt = rec["ds"], rec["gp"], rec["gt"]
+    assert ds.min() >= 0 and ds.max() <= 2
+    assert np.allclose(gp.sum(axis=-1), 1.0, atol=1e-9)
+    assert np.allclose(ds, gp[..., 1] + 2 * gp[..., 2], atol=0.0025)
+    count = gt.sum(axis=-1)
+    # The called genotype is the most probable one (up to the printed rounding).
+    chosen = np.take_along_axis(gp, count[..., None], axis=-1)[..., 0]
+    assert (chosen >= gp.max(axis=-1) - 0.0015).all()
+    assert (ds[count == 1] > 0).all()  # a heterozygote call is never at DS 0
+
+
+def test_typed_sites_keep_observed_genotypes(env, clean):
+    rec = imputed_records(clean[0])
+    _, target = vcf_lines(env.target)
+    pos_index = {int(p): i for i, p in enumerate(rec["pos"])}
+    for r in target:
+        i = pos_index[int(r[1])]
+        observed = [tuple(int(x) for x in g.split("|")) for g in r[9:]]
+        assert [tuple(g) for g in rec["gt"][i]] == observed  # phase kept
+        assert np.array_equal(rec["ds"][i], [sum(g) for g in observed])
+        assert "TYPED" in rec["info"][i] and "IMP" not in rec["info"][i]
+        assert rec["info"][i]["R2"] == pytest.approx(1.0) or len(set(observed)) == 1
+    n_imp = sum("IMP" in info for info in rec["info"])
+    assert n_imp == len(env.sites) - len(target)
+
+
+def test_info_af_and_r2_match_the_dosages(clean):
+    rec = imputed_records(clean[0])
+    af = np.array([info["AF"][0] for info in rec["info"]])
+    assert np.allclose(af, rec["ds"].mean(axis=1) / 2, atol=2e-3)
+    r2 = np.array([info["R2"] for info in rec["info"]])
+    assert ((r2 >= 0) & (r2 <= 1)).all()
+    assert (r2[(af == 0) | (af == 1)] == 0).all()
+
+
+def test_header_contig_provenance(env, clean):
+    out, report = clean
+    header, _ = vcf_lines(out)
+    text = "\n".join(header)
+    assert header[0] == "##fileformat=VCFv4.2"
+    assert any(h.startswith("##source=ragimpute ") for h in header)
+    with __import__("pysam").VariantFile(str(env.panel)) as vf:
+        length = vf.header.contigs[CHROM].length
+    assert f"##contig=<ID={CHROM},length={length}>" in header
+    for tag in ("INFO=<ID=AF", "INFO=<ID=R2", "INFO=<ID=IMP", "INFO=<ID=TYPED"):
+        assert tag in text
+    for tag in ("FORMAT=<ID=GT", "FORMAT=<ID=DS", "FORMAT=<ID=GP"):
+        assert tag in text
+    prov = next(h for h in header if h.startswith("##ragimpute_impute="))
+    assert f"mask_hash={env.train_hash}" in prov and "method=retrieval" in prov
+    assert "index_kind=binary_flat" in prov and "k=16" in prov
+    assert report["mask_hash"] == env.train_hash
+    assert report["peak_rss_mb"] > 0 and report["wall_seconds"] > 0
+    assert report["typed_sites"] + report["imputed_sites"] == len(env.sites)
+    assert json.loads(out.with_name(out.name + ".json").read_text())["method"] == "retrieval"
+
+
+def test_demo_target_reuses_the_training_index(env, clean):
+    """Typed on the training array: same mask hash, so the index built for training answers it."""
+    _, report = clean
+    assert report["mask_hash"] == env.train_hash
+    assert [p.name for p in (env.results / "index" / CHROM).iterdir()] == [env.train_hash]
+
+
+# -- genotype arithmetic ---------------------------------------------------------------------------
+
+
+def test_genotype_arrays_against_the_formulas():
+    rng = np.random.default_rng(0)
+    p = rng.random((50, 8))
+    p[:5] = 0.0
+    p[5:8] = np.round(p[5:8])
+    g = genotype_arrays(p)
+    for i in range(p.shape[0]):
+        for j in range(4):
+            p0, p1 = p[i, 2 * j], p[i, 2 * j + 1]
+            gp = [(1 - p0) * (1 - p1), p0 * (1 - p1) + p1 * (1 - p0), p0 * p1]
+            assert np.allclose(g["gp"][i, j], gp)
+            assert g["ds"][i, j] == pytest.approx(p0 + p1)
+            call = int(np.argmax(gp))
+            a0, a1 = g["gt"][i, 2 * j], g["gt"][i, 2 * j + 1]
+            assert a0 + a1 == call
+            if call == 1:
+                assert (a0 == 1) == (p0 > p1)
+        af = p[i].mean()
+        r2 = np.var(p[i]) / (af * (1 - af)) if 0 < af < 1 else 0.0
+        assert g["af"][i] == pytest.approx(af)
+        assert g["r2"][i] == pytest.approx(r2)
+
+
+# -- stitching ---------------------------------------------------------------------------------------
+
+
+class WindowIdPredictor:
+    """P(ALT) = (window + 1) / 100 at hidden sites: shows which window wrote each site."""
+
+    name = "window_id"
+    k = 0
+
+    def predict(self, batch):
+        out = np.where(batch.tokens == MASK, (batch.window + 1) / 100, 0.0).astype(np.float32)
+        return out
+
+
+def test_each_site_comes_from_its_owner_window(env, tmp_path, monkeypatch):
+    monkeypatch.setitem(PREDICTOR_FACTORIES, "window_id", lambda opts: WindowIdPredictor())
+    out = tmp_path / "w.vcf.gz"
+    run(env, env.target, out, method="window_id", options={})
+    rec = imputed_records(out)
+    sites = env.sites
+    imp = np.array(["IMP" in info for info in rec["info"]])
+    expected = 2 * (sites["window"].to_numpy() + 1) / 100
+    assert sites["window"].nunique() > 3  # several overlapping windows were stitched
+    assert np.allclose(rec["ds"][imp], expected[imp][:, None], atol=1e-3)
+
+
+# -- target alignment --------------------------------------------------------------------------------
+
+
+def swap(record: list[str]) -> list[str]:
+    flip = {"0": "1", "1": "0", ".": "."}
+    gts = ["|".join(flip[a] for a in g.split("|")) for g in record[9:]]
+    return record[:3] + [record[4], record[3]] + record[5:9] + gts
+
+
+def test_swapped_alleles_and_chr_names_impute_the_same(env, clean, tmp_path):
+    header, records = vcf_lines(env.target)
+    header = [h.replace(f"##contig=<ID={CHROM},", f"##contig=<ID=chr{CHROM},") for h in header]
+    edited = [
+        (swap(r) if i % 2 else r[:]) for i, r in enumerate(records)
+    ]  # every other record in the other orientation
+    for r in edited:
+        r[0] = f"chr{CHROM}"
+    target = write_bgzip(tmp_path / "chr_swapped.vcf.gz", header, edited)
+    out = tmp_path / "out.vcf.gz"
+    report = run(env, target, out)
+    assert body(out) == body(clean[0])
+    a = report["alignment"]
+    assert a["flipped"] == len(records) // 2 and a["chrom_renamed"] and a["target_chrom"] == "chr20"
+    assert report["mask_hash"] == env.train_hash
+
+
+def test_multiallelic_and_non_snv_records_are_skipped_and_counted(env, clean, tmp_path):
+    header, records = vcf_lines(env.target)
+    r0 = records[3]
+    multi = r0[:1] + [str(int(r0[1]) + 1), ".", "A", "C,G"] + r0[5:]
+    indel = r0[:1] + [str(int(r0[1]) + 2), ".", "AT", "A"] + r0[5:]
+    target = write_vcf(tmp_path / "t.vcf", header, records[:4] + [multi, indel] + records[4:])
+    out = tmp_path / "out.vcf.gz"
+    report = run(env, target, out)
+    assert report["alignment"]["skipped"] == {"multiallelic": 1, "non_snv": 1, "no_alt": 0}
+    assert body(out) == body(clean[0])
+
+
+def test_unmatched_sites_are_counted_and_listed(env, clean, tmp_path):
+    header, records = vcf_lines(env.target)
+    taken = set(env.sites["pos"])
+    free = next(p for p in range(int(records[5][1]) + 1, 10**7) if p not in taken)
+    absent = records[5][:1] + [str(free)] + records[5][2:]
+    other = [b for b in "ACGT" if b not in records[6][3:5]]  # neither orientation matches
+    wrong = records[6][:3] + other + records[6][5:]
+    target = write_vcf(tmp_path / "t.vcf", header, records[:5] + [absent, wrong] + records[7:])
+    report = run(env, target, tmp_path / "out.vcf.gz")
+    assert report["alignment"]["unmatched"] == {"not_in_reference": 1, "allele_mismatch": 1}
+    listed = (tmp_path / "out.vcf.gz.aligned" / "unmatched.tsv").read_text()
+    assert str(free) in listed and "allele_mismatch" in listed
+    # Dropping a typed site changes the mask: a new hash, and its own index.
+    assert report["mask_hash"] != env.train_hash
+    assert (env.results / "index" / CHROM / report["mask_hash"] / "meta.json").exists()
+
+
+def test_missing_calls_are_imputed_and_very_missing_sites_untyped(env, clean, tmp_path):
+    header, records = vcf_lines(env.target)
+    records = [r[:] for r in records]
+    n = len(records[0]) - 9
+    records[10][9] = (
+        ".|" + records[10][9].split("|")[1]
+    )  # one allele of one sample: imputed in place
+    records[20][9:] = [".|."] * n  # missing everywhere: untyped, imputed for everyone
+    target = write_vcf(tmp_path / "t.vcf", header, records)
+    out = tmp_path / "out.vcf.gz"
+    # 1 of 12 haplotypes missing (8%) stays typed at max_missing 0.1; 100% is untyped.
+    report = run(env, target, out, max_missing=0.1)
+    m = report["alignment"]["missing"]
+    assert m["sites_untyped_for_missingness"] == 1
+    assert m["alleles_missing_at_typed_sites"] == 1
+    assert report["missing_alleles_imputed_at_typed_sites"] == 1
+    rec = imputed_records(out)
+    i10 = int(np.flatnonzero(rec["pos"] == int(records[10][1]))[0])
+    i20 = int(np.flatnonzero(rec["pos"] == int(records[20][1]))[0])
+    assert "TYPED" in rec["info"][i10] and "IMP" in rec["info"][i20]
+    kept = int(records[10][9].split("|")[1])
+    assert rec["gt"][i10][0][1] == kept  # the observed allele of that sample is kept
+    other = [tuple(int(x) for x in g.split("|")) for g in records[10][10:]]
+    assert [tuple(g) for g in rec["gt"][i10][1:]] == other
+    # The harmonised target (what Beagle and Minimac4 read) keeps the missing call as missing.
+    _, aligned = vcf_lines(tmp_path / "out.vcf.gz.aligned" / "target.vcf.gz")
+    row = next(r for r in aligned if r[1] == records[10][1])
+    assert row[9].startswith(".|")
+    assert not any(r[1] == records[20][1] for r in aligned)
+
+
+def test_homozygous_unphased_calls_are_accepted(env, clean, tmp_path):
+    header, records = vcf_lines(env.target)
+    records = [r[:] for r in records]
+    for r in records:
+        r[9:] = [g.replace("|", "/") if g in ("0|0", "1|1") else g for g in r[9:]]
+    out = tmp_path / "out.vcf.gz"
+    run(env, write_vcf(tmp_path / "t.vcf", header, records), out)
+    assert body(out) == body(clean[0])
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+
+
+def edited_target(env, tmp_path, edit, name="bad.vcf"):
+    header, records = vcf_lines(env.target)
+    header, records = edit([h for h in header], [r[:] for r in records])
+    return write_vcf(tmp_path / name, header, records)
+
+
+def test_unphased_target_says_how_to_phase(env, tmp_path):
+    def edit(h, r):
+        j = next(j for j, g in enumerate(r[7][9:]) if g in ("0|1", "1|0"))
+        r[7][9 + j] = "0/1"
+        return h, r
+
+    target = edited_target(env, tmp_path, edit)
+    with pytest.raises(InputError) as e:
+        run(env, target, tmp_path / "out.vcf.gz")
+    msg = str(e.value)
+    assert "unphased" in msg and str(target) in msg
+    assert "Beagle" in msg and "SHAPEIT5" in msg and "Eagle" in msg
+    assert f"{CHROM}:{vcf_lines(env.target)[1][7][1]}" in msg
+
+
+def test_haploid_target_calls(env, tmp_path):
+    def edit(h, r):
+        r[2][9] = r[2][9].split("|")[0]
+        return h, r
+
+    with pytest.raises(InputError, match="haploid genotype"):
+        run(env, edited_target(env, tmp_path, edit), tmp_path / "out.vcf.gz")
+
+
+def test_unsorted_target(env, tmp_path):
+    def edit(h, r):
+        r[3], r[4] = r[4], r[3]
+        return h, r
+
+    with pytest.raises(InputError, match="not sorted.*bcftools sort"):
+        run(env, edited_target(env, tmp_path, edit), tmp_path / "out.vcf.gz")
+
+
+def test_duplicate_positions_in_target(env, tmp_path):
+    def edit(h, r):
+        return h, r[:5] + [r[4][:]] + r[5:]
+
+    with pytest.raises(InputError, match="two biallelic SNV records at position"):
+        run(env, edited_target(env, tmp_path, edit), tmp_path / "out.vcf.gz")
+
+
+def test_target_on_another_chromosome(env, tmp_path):
+    def edit(h, r):
+        h = [x.replace(f"##contig=<ID={CHROM},", "##contig=<ID=21,") for x in h]
+        for x in r:
+            x[0] = "21"
+        return h, r
+
+    with pytest.raises(InputError, match="no records on chromosome 20.*21"):
+        run(env, edited_target(env, tmp_path, edit), tmp_path / "out.vcf.gz")
+
+
+def test_target_without_overlap(env, tmp_path):
+    taken = set(env.sites["pos"])
+
+    def edit(h, r):
+        for x in r:
+            p = int(x[1]) + 1
+            while p in taken:
+                p += 1
+            x[1] = str(p)
+        r.sort(key=lambda x: int(x[1]))
+        return h, r
+
+    with pytest.raises(InputError, match="does not overlap the reference"):
+        run(env, edited_target(env, tmp_path, edit), tmp_path / "out.vcf.gz")
+
+
+def test_target_sharing_samples_with_the_reference(env, tmp_path):
+    ref_sample = env.split_samples["train"][0]
+
+    def edit(h, r):
+        cols = h[-1].split("\t")
+        cols[9] = ref_sample
+        h[-1] = "\t".join(cols)
+        return h, r
+
+    with pytest.raises(InputError, match=f"also in the reference panel: {ref_sample}"):
+        run(env, edited_target(env, tmp_path, edit), tmp_path / "out.vcf.gz")
+
+
+def test_truncated_target(env, tmp_path):
+    data = env.target.read_bytes()
+    bad = tmp_path / "truncated.vcf.gz"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated"):
+        run(env, bad, tmp_path / "out.vcf.gz")
+    assert not (tmp_path / "out.vcf.gz").exists()
+
+
+def test_plain_gzip_target_is_refused_with_a_fix(env, tmp_path):
+    bad = tmp_path / "gzip.vcf.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(gzip.decompress(env.target.read_bytes()))
+    with pytest.raises(InputError, match="bgzip"):
+        run(env, bad, tmp_path / "out.vcf.gz")
+
+
+def test_more_neighbours_than_reference_haplotypes(env, tmp_path):
+    with pytest.raises(InputError, match="baselines.retrieval.k"):
+        run(env, env.target, tmp_path / "out.vcf.gz", options={"k": 10_000})
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+
+def test_cli_impute_then_evaluate(env, tmp_path, capsys):
+    out = tmp_path / "af.vcf.gz"
+    args = ["impute", "--results", str(env.results), "--chrom", CHROM, "--split", str(env.split)]
+    args += ["--target", str(env.target), "--method", "af", "--out", str(out)]
+    assert cli_main(args) == 0
+    assert out.exists() and (tmp_path / "af.vcf.gz.tbi").exists()
+    report = json.loads((tmp_path / "af.vcf.gz.json").read_text())
+    assert report["method"] == "af" and report["k"] == 0
+    ev = tmp_path / "ev"
+    args = ["evaluate", "--imputed", str(out), "--truth", str(env.truth), "--results"]
+    args += [str(env.results), "--chrom", CHROM, "--typed", str(env.target), "--method", "af"]
+    assert cli_main(args + ["--out", str(ev)]) == 0
+    assert (ev / "bins.tsv").exists()
+    # A user error is one clear line and exit status 1, not a traceback.
+    bad = ["impute", "--results", str(env.results), "--chrom", CHROM, "--split", str(env.split)]
+    bad += ["--target", str(tmp_path / "missing.vcf.gz"), "--out", str(tmp_path / "x.vcf.gz")]
+    assert cli_main(bad) == 1

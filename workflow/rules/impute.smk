@@ -1,0 +1,177 @@
+# Imputation of targets typed at array sites, by our predictors and by Beagle / Minimac4, all from the
+# same reference (the panel's train split) and the same harmonised target.
+
+
+rule reference_vcf:
+    input:
+        panel=panel_vcf(),
+        split=res("split/samples.tsv"),
+        sites=res("windows/{chrom}/sites.parquet"),
+    output:
+        vcf=res("targets/{chrom}/reference.vcf.gz"),
+        tbi=res("targets/{chrom}/reference.vcf.gz.tbi"),
+    log:
+        logs("reference_vcf/{chrom}.log"),
+    benchmark:
+        bench("reference_vcf/{chrom}.tsv")
+    conda:
+        "../../envs/ragimpute.yaml"
+    params:
+        pass_only=config["panel"]["pass_only"],
+    script:
+        "../scripts/reference_vcf.py"
+
+
+# The held-out test split as targets: typed at the array sites, with the truth at every site.
+rule demo_targets:
+    input:
+        panel=panel_vcf(),
+        split=res("split/samples.tsv"),
+        sites=res("windows/{chrom}/sites.parquet"),
+        array=demo_target_array,
+    output:
+        target=res("targets/{chrom}/target.vcf.gz"),
+        target_tbi=res("targets/{chrom}/target.vcf.gz.tbi"),
+        truth=res("targets/{chrom}/truth.vcf.gz"),
+        truth_tbi=res("targets/{chrom}/truth.vcf.gz.tbi"),
+    log:
+        logs("demo_targets/{chrom}.log"),
+    benchmark:
+        bench("demo_targets/{chrom}.tsv")
+    conda:
+        "../../envs/ragimpute.yaml"
+    params:
+        pass_only=config["panel"]["pass_only"],
+    script:
+        "../scripts/demo_targets.py"
+
+
+# A checkpoint: the target's typed sites make a mask, stored by hash beside the training masks; its
+# index is built (or re-used, when the target is typed on the training array) by the `index` rule.
+checkpoint target_mask:
+    input:
+        target=target_vcf,
+        split=res("split/samples.tsv"),
+        sites=res("windows/{chrom}/sites.parquet"),
+        # after the training masks: both write into the same store
+        masks=res("masks/{chrom}/current.json"),
+        panel=panel_vcf(),
+    output:
+        alignment=res("targets/{chrom}/aligned/alignment.json"),
+        vcf=res("targets/{chrom}/aligned/target.vcf.gz"),
+        tbi=res("targets/{chrom}/aligned/target.vcf.gz.tbi"),
+        unmatched=res("targets/{chrom}/aligned/unmatched.tsv"),
+    log:
+        logs("target_mask/{chrom}.log"),
+    benchmark:
+        bench("target_mask/{chrom}.tsv")
+    conda:
+        "../../envs/ragimpute.yaml"
+    params:
+        store=lambda wildcards: res(f"masks/{wildcards.chrom}"),
+        max_missing=config["impute"]["max_missing"],
+    script:
+        "../scripts/target_mask.py"
+
+
+rule impute:
+    input:
+        unpack(impute_inputs),
+    output:
+        vcf=res("impute/{chrom}/{method}.vcf.gz"),
+        tbi=res("impute/{chrom}/{method}.vcf.gz.tbi"),
+        report=res("impute/{chrom}/{method}.json"),
+    log:
+        logs("impute/{chrom}/{method}.log"),
+    benchmark:
+        bench("impute/{chrom}/{method}.tsv")
+    wildcard_constraints:
+        method="|".join(PREDICTOR_FACTORIES),
+    conda:
+        "../../envs/ragimpute.yaml"
+    threads: config["impute"]["threads"]
+    resources:
+        mem_mb=8000,
+    params:
+        options=lambda wildcards: config["baselines"].get(wildcards.method, {}),
+        k=config["retrieval"]["k"],
+        batch_haplotypes=config["impute"]["batch_haplotypes"],
+        device=config["impute"]["device"],
+        store=lambda wildcards: res(f"masks/{wildcards.chrom}"),
+        index_root=lambda wildcards: res(f"index/{wildcards.chrom}"),
+    script:
+        "../scripts/impute.py"
+
+
+# Beagle 5.4 on the same reference and harmonised target; its own log is appended to ours.
+rule beagle:
+    input:
+        ref=res("targets/{chrom}/reference.vcf.gz"),
+        target=res("targets/{chrom}/aligned/target.vcf.gz"),
+    output:
+        vcf=res("impute/{chrom}/beagle.vcf.gz"),
+        tbi=res("impute/{chrom}/beagle.vcf.gz.tbi"),
+    log:
+        logs("impute/{chrom}/beagle.log"),
+    benchmark:
+        bench("impute/{chrom}/beagle.tsv")
+    conda:
+        "../../envs/beagle.yaml"
+    threads: config["impute"]["threads"]
+    resources:
+        mem_mb=config["baselines"]["beagle"]["mem_mb"],
+    params:
+        tmp=lambda wildcards: res(f"impute/{wildcards.chrom}/.beagle.tmp"),
+        seed=config["baselines"]["beagle"]["seed"],
+        args=config["baselines"]["beagle"]["args"],
+        java_mb=lambda wildcards, resources: int(0.85 * resources.mem_mb),
+    shell:
+        """
+        export JAVA_TOOL_OPTIONS="-Xmx{params.java_mb}m"
+        beagle ref={input.ref} gt={input.target} out={params.tmp} nthreads={threads} \
+            seed={params.seed} gp=true {params.args} >{log} 2>&1
+        cat {params.tmp}.log >>{log} && rm -f {params.tmp}.log
+        tabix -f -p vcf {params.tmp}.vcf.gz
+        mv {params.tmp}.vcf.gz {output.vcf} && mv {params.tmp}.vcf.gz.tbi {output.tbi}
+        """
+
+
+rule minimac4_reference:
+    input:
+        res("targets/{chrom}/reference.vcf.gz"),
+    output:
+        res("targets/{chrom}/reference.msav"),
+    log:
+        logs("minimac4_reference/{chrom}.log"),
+    benchmark:
+        bench("minimac4_reference/{chrom}.tsv")
+    conda:
+        "../../envs/minimac4.yaml"
+    shell:
+        "minimac4 --compress-reference {input} > {output}.tmp 2> {log} && mv {output}.tmp {output}"
+
+
+rule minimac4:
+    input:
+        ref=res("targets/{chrom}/reference.msav"),
+        target=res("targets/{chrom}/aligned/target.vcf.gz"),
+    output:
+        vcf=res("impute/{chrom}/minimac4.vcf.gz"),
+        tbi=res("impute/{chrom}/minimac4.vcf.gz.tbi"),
+    log:
+        logs("impute/{chrom}/minimac4.log"),
+    benchmark:
+        bench("impute/{chrom}/minimac4.tsv")
+    conda:
+        "../../envs/minimac4.yaml"
+    threads: config["impute"]["threads"]
+    params:
+        tmp=lambda wildcards: res(f"impute/{wildcards.chrom}/.minimac4.tmp.vcf.gz"),
+        args=config["baselines"]["minimac4"]["args"],
+    shell:
+        """
+        minimac4 -t {threads} -f GT,DS,GP,HDS -O vcf.gz -o {params.tmp} {params.args} \
+            {input.ref} {input.target} >{log} 2>&1
+        tabix -f -p vcf {params.tmp}
+        mv {params.tmp} {output.vcf} && mv {params.tmp}.tbi {output.tbi}
+        """

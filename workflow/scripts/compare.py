@@ -1,0 +1,12 @@
+from pathlib import Path
+
+from ragimpute.evaluate import compare
+from ragimpute.smk import run
+
+run(
+    snakemake,
+    compare,
+    site_tables=list(snakemake.input),
+    out_dir=Path(snakemake.output.table).parent,
+    methods=list(snakemake.params.methods),
+)

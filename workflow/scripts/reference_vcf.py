@@ -1,0 +1,15 @@
+from pathlib import Path
+
+from ragimpute.smk import run
+from ragimpute.targets import write_reference_vcf
+
+run(
+    snakemake,
+    write_reference_vcf,
+    panel_vcf=snakemake.input.panel,
+    split_tsv=snakemake.input.split,
+    windows_dir=Path(snakemake.input.sites).parent,
+    chrom=snakemake.wildcards.chrom,
+    out_vcf=snakemake.output.vcf,
+    pass_only=snakemake.params.pass_only,
+)
