@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tokens import ALT, MASK, PAD, REF
+from .tokens import ALT, MASK, REF
 
 # Half-widths (in sites) of the windows in which mismatches with each neighbour are counted.
 MATCH_SCALES = (4, 16, 64, 256, 1024)
@@ -530,6 +530,25 @@ def model_args(cfg: ModelConfig) -> dict:
     return asdict(cfg)
 
 
+def rows_by_mask(tokens: np.ndarray):
+    """Groups of rows that observe the same sites, with those observed and hidden sites.
+
+    Masks are per site, but a target with a missing call at a typed site observes one site fewer on that
+    haplotype: each group gets its own forward pass (the model and the copying model need one mask).
+    """
+    _, group = np.unique(np.packbits(tokens == MASK, axis=1), axis=0, return_inverse=True)
+    group = group.ravel()
+    for g in np.unique(group):
+        rows = np.flatnonzero(group == g)
+        first = tokens[rows[0]]
+        yield rows, np.flatnonzero((first == REF) | (first == ALT)), np.flatnonzero(first == MASK)
+
+
+def observed_probabilities(tokens: np.ndarray) -> np.ndarray:
+    """P(ALT) where the query says: 1 at ALT, 0 at REF (and, until predicted, at hidden and padded sites)."""
+    return (tokens == ALT).astype(np.float32)
+
+
 class ModelPredictor:
     """The trained model behind the ``Predictor`` protocol used by imputation and evaluation."""
 
@@ -558,18 +577,11 @@ class ModelPredictor:
     @torch.no_grad()
     def predict(self, batch) -> np.ndarray:
         tokens = batch.tokens
-        out = np.zeros(tokens.shape, dtype=np.float32)
-        out[tokens == ALT] = 1.0
+        out = observed_probabilities(tokens)
         af = torch.from_numpy(np.array(batch.af, dtype=np.float32)).to(self.device)
         pos = torch.from_numpy(np.array(batch.pos, dtype=np.int64)).to(self.device)
         use_nb = self.model.cfg.use_retrieval
-        # Rows that observe the same sites share one forward pass (masks are per site; a target with a
-        # missing call at a typed site observes one site fewer on that haplotype).
-        _, group = np.unique(np.packbits(tokens == MASK, axis=1), axis=0, return_inverse=True)
-        group = group.ravel()
-        for g in np.unique(group):
-            rows_all = np.flatnonzero(group == g)
-            hidden = np.flatnonzero(tokens[rows_all[0]] == MASK)
+        for rows_all, _, hidden in rows_by_mask(tokens):
             if len(hidden) == 0:
                 continue
             sites = torch.from_numpy(hidden).to(self.device)
@@ -584,7 +596,6 @@ class ModelPredictor:
                     )
                 p = self.model.predict_sites(t, af, pos, nb, dist, sites, self.site_chunk)
                 out[np.ix_(rows, hidden)] = p.cpu().numpy()
-        out[tokens == PAD] = 0.0
         return out
 
 
@@ -614,15 +625,9 @@ class CopyingModelPredictor:
     @torch.no_grad()
     def predict(self, batch) -> np.ndarray:
         tokens = batch.tokens
-        out = np.zeros(tokens.shape, dtype=np.float32)
-        out[tokens == ALT] = 1.0
+        out = observed_probabilities(tokens)
         pos = torch.from_numpy(np.array(batch.pos, dtype=np.int64)).to(self.device)
-        _, group = np.unique(np.packbits(tokens == MASK, axis=1), axis=0, return_inverse=True)
-        group = group.ravel()
-        for g in np.unique(group):
-            rows_all = np.flatnonzero(group == g)
-            obs = np.flatnonzero((tokens[rows_all[0]] == REF) | (tokens[rows_all[0]] == ALT))
-            hidden = np.flatnonzero(tokens[rows_all[0]] == MASK)
+        for rows_all, obs, hidden in rows_by_mask(tokens):
             for a in range(0, len(rows_all), self.batch_rows):
                 rows = rows_all[a : a + self.batch_rows]
                 nb = torch.from_numpy(batch.reference[batch.neighbours[rows]]).to(
@@ -632,7 +637,6 @@ class CopyingModelPredictor:
                 mism = nb[:, :, obs] != q[:, None, :]
                 post = li_stephens_posterior(mism, pos[obs], pos[hidden], self.rate, self.error)
                 out[np.ix_(rows, hidden)] = (post * nb[:, :, hidden]).sum(1).cpu().numpy()
-        out[tokens == PAD] = 0.0
         return out
 
 

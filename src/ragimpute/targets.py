@@ -35,7 +35,14 @@ from .errors import InputError
 from .logs import log
 from .masks import store_mask
 from .split import check_disjoint
-from .vcf_io import _is_indexed, check_readable, resolve_contig, vcf_records_contigs, vcf_samples
+from .vcf_io import (
+    RecordFilter,
+    _is_indexed,
+    check_readable,
+    resolve_contig,
+    vcf_records_contigs,
+    vcf_samples,
+)
 from .vcf_write import contig_lengths, write_phased_vcf
 
 # The target mask: hide every reference site the target does not type. The same canonical spec as
@@ -44,7 +51,6 @@ from .vcf_write import contig_lengths, write_phased_vcf
 TARGET_MASK_SPEC = {"strategy": "array", "array_dropout": 0.0}
 TARGET_SKIP_REASONS = ("multiallelic", "non_snv", "no_alt")
 UNMATCHED_REASONS = ("not_in_reference", "allele_mismatch")
-_BASES = frozenset("ACGT")
 PHASING_HINT = (
     "Phase the targets first, with the reference panel if you have it: Beagle 5.4 "
     "(`beagle gt=target.vcf.gz ref=reference.vcf.gz out=phased impute=false`), SHAPEIT5 "
@@ -180,39 +186,14 @@ def read_target(path: str | os.PathLike, chrom: str, sites: pd.DataFrame) -> Ali
     skipped = dict.fromkeys(TARGET_SKIP_REASONS, 0)
     recs: list[tuple[str, int, str, str]] = []
     gts: list[str] = []
-    last_pos = 0
-    last_kept = -1
+    records = RecordFilter(path, False, skipped)
     for line in text.split("\n"):
         if not line:
             continue
         c, pos_s, ref, alt, gt = line.split("\t", 4)
         pos = int(pos_s)
-        if pos < last_pos:
-            raise InputError(
-                path,
-                f"records are not sorted: position {pos} comes after {last_pos}",
-                "Sort the file: `bcftools sort -Oz -o sorted.vcf.gz` and index it",
-                record=f"{c}:{pos}",
-            )
-        last_pos = pos
-        if "," in alt:
-            skipped["multiallelic"] += 1
+        if not records.keep(c, pos, ref, alt):
             continue
-        if alt in (".", "*", ""):
-            skipped["no_alt"] += 1
-            continue
-        if len(ref) != 1 or len(alt) != 1 or ref not in _BASES or alt not in _BASES:
-            skipped["non_snv"] += 1
-            continue
-        if pos == last_kept:
-            raise InputError(
-                path,
-                f"two biallelic SNV records at position {pos}",
-                "Join split multi-allelics (`bcftools norm -m+any`) or drop duplicates "
-                "(`bcftools norm -d all`)",
-                record=f"{c}:{pos}",
-            )
-        last_kept = pos
         recs.append((c, pos, ref, alt))
         gts.append(gt)
 

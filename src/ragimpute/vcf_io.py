@@ -327,6 +327,55 @@ def _short_record(path: str, where: str, n_columns: int, n_samples: int) -> Inpu
     )
 
 
+class RecordFilter:
+    """Which records are biallelic SNVs, in order: the rest is counted by reason, disorder is an error.
+
+    Multi-allelic, ALT-less, non-SNV and (with ``pass_only``) filtered records are skipped and counted in
+    ``skipped``, as Beagle and Minimac4 skip them; unsorted records and two SNVs at one position are errors
+    naming the record, since the order of the file would otherwise decide the answer.
+    """
+
+    def __init__(self, path: str, pass_only: bool, skipped: dict[str, int]):
+        self.path = path
+        self.pass_only = pass_only
+        self.skipped = skipped
+        self.last_pos = 0
+        self.last_kept = -1
+
+    def keep(self, chrom: str, pos: int, ref: str, alt: str, filt: str = ".") -> bool:
+        if pos < self.last_pos:
+            raise InputError(
+                self.path,
+                f"records are not sorted: position {pos} comes after {self.last_pos}",
+                "Sort the file: `bcftools sort -Oz -o sorted.vcf.gz` and index it",
+                record=f"{chrom}:{pos}",
+            )
+        self.last_pos = pos
+        if "," in alt:
+            reason = "multiallelic"
+        elif alt in (".", "*", ""):
+            reason = "no_alt"
+        elif len(ref) != 1 or len(alt) != 1 or ref not in _BASES or alt not in _BASES:
+            reason = "non_snv"
+        elif self.pass_only and filt not in ("PASS", "."):
+            reason = "filtered"
+        else:
+            reason = None
+        if reason:
+            self.skipped[reason] += 1
+            return False
+        if pos == self.last_kept:
+            raise InputError(
+                self.path,
+                f"two biallelic SNV records at position {pos}",
+                "Join split multi-allelics (`bcftools norm -m+any`) or drop duplicates "
+                "(`bcftools norm -d all`)",
+                record=f"{chrom}:{pos}",
+            )
+        self.last_kept = pos
+        return True
+
+
 # Records whose genotype text is decoded at a time: the text is ~4 bytes per sample and record, the
 # haplotypes 2, so decoding as we go keeps peak memory near the size of the haplotype matrix.
 _CHUNK_RECORDS = 2048
@@ -349,39 +398,11 @@ def _parse_rows(
         chunks.append(_decode_gt(gts, path, kept[-len(gts) :], all_samples, columns))
         gts.clear()
 
-    last_pos = 0
-    last_kept_pos = -1
+    records = RecordFilter(path, pass_only, skipped)
     for chrom, pos_s, vid, ref, alt, filt, gt in rows:
         pos = int(pos_s)
-        if pos < last_pos:
-            raise InputError(
-                path,
-                f"records are not sorted: position {pos} comes after {last_pos}",
-                "Sort the file: `bcftools sort -Oz -o sorted.vcf.gz` and index it",
-                record=f"{chrom}:{pos}",
-            )
-        last_pos = pos
-        if "," in alt:
-            skipped["multiallelic"] += 1
+        if not records.keep(chrom, pos, ref, alt, filt):
             continue
-        if alt in (".", "*", ""):
-            skipped["no_alt"] += 1
-            continue
-        if len(ref) != 1 or len(alt) != 1 or ref not in _BASES or alt not in _BASES:
-            skipped["non_snv"] += 1
-            continue
-        if pass_only and filt not in ("PASS", "."):
-            skipped["filtered"] += 1
-            continue
-        if pos == last_kept_pos:
-            raise InputError(
-                path,
-                f"two biallelic SNV records at position {pos}",
-                "Join split multi-allelics (`bcftools norm -m+any`) or drop duplicates "
-                "(`bcftools norm -d all`)",
-                record=f"{chrom}:{pos}",
-            )
-        last_kept_pos = pos
         kept.append((chrom, pos, vid, ref, alt))
         gts.append(gt)
         if len(gts) == _CHUNK_RECORDS:
