@@ -50,7 +50,7 @@ class ModelConfig:
     hmm_error: float = 1e-4
     # The network attends, at each site, to this many candidates with the highest copying posterior
     # (0 = all K); the copying model itself always uses all K.
-    attend_k: int = 32
+    attend_k: int = 16
 
     def __post_init__(self) -> None:
         self.hmm_switch_rates = tuple(float(r) for r in self.hmm_switch_rates)
