@@ -12,6 +12,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/windows.smk"
 include: "workflow/rules/masks.smk"
 include: "workflow/rules/index.smk"
+include: "workflow/rules/targets.smk"
 
 
 rule all:

@@ -1,7 +1,7 @@
 import json
 import os
 
-from snakemake.exceptions import WorkflowError
+from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 from snakemake.utils import validate
 
 from ragimpute.split import SPLITS
@@ -96,9 +96,24 @@ def index_outputs(chrom):
     return out
 
 
-def get_final_output(wildcards):
+def for_each_chromosome(paths_of):
+    """``paths_of(chrom)`` gathered over all chromosomes, for input functions.
+
+    A chromosome whose checkpoint (e.g. ``mask``) has not run yet contributes that checkpoint's
+    output instead; Snakemake re-evaluates the function when it is done. Letting the first
+    IncompleteCheckpointException escape would hide the other chromosomes from the DAG until that
+    checkpoint finished, and the chromosomes would run one after the other instead of in parallel.
+    """
     out = []
     for chrom in chromosomes():
-        out.append(res(f"windows/{chrom}/windows.json"))
-        out += index_outputs(chrom)
+        try:
+            out += paths_of(chrom)
+        except IncompleteCheckpointException as e:
+            out.append(e.targetfile)
     return out
+
+
+def get_final_output(wildcards):
+    return for_each_chromosome(
+        lambda chrom: [res(f"windows/{chrom}/windows.json"), *index_outputs(chrom)]
+    )
