@@ -95,6 +95,15 @@ def test_rerun_recipes(finished_copy):
         ("mask", f"chrom={c}") for c in CHROMS
     }
 
+    # -R index: that stage on every chromosome, and what depends on it
+    h20 = next((res / "index" / "20").iterdir()).name
+    hashes = {"20": h20, "21": h21}
+    assert ran(snakemake(wd, "--cores", "2", "-R", "index")) == {
+        ("index", f"chrom={c}, mask_hash={hashes[c]}") for c in CHROMS
+    } | {
+        ("retrieve", f"chrom={c}, mask_hash={hashes[c]}, split={s}") for c in CHROMS for s in SPLITS
+    }
+
     # a target file: only the job that makes it ...
     index21 = f"{TWO_CHROM_RESULTS}/index/21/{h21}"
     shutil.rmtree(wd / index21)
