@@ -148,10 +148,10 @@ class _Wildcards(dict):
 
 
 def expected_resources(rule: str, wildcards: str = "", attempt: int = 1) -> dict:
-    """The resources profiles/slurm asks for a job of ``rule``: default-resources, then the rule's
-    set-resources, expressions evaluated as Snakemake does (with ``attempt`` and ``wildcards``)."""
-    profile = load_profile("slurm")
-    raw = {**profile.get("default-resources", {}), **profile.get("set-resources", {}).get(rule, {})}
+    """What profiles/slurm sets for a job of ``rule`` itself: its set-resources, expressions evaluated
+    as Snakemake does (with ``attempt`` and ``wildcards``). These win over the rule's own resources;
+    default-resources (see default_resources) only fill in what neither sets."""
+    raw = load_profile("slurm").get("set-resources", {}).get(rule, {})
     namespace = {"attempt": attempt, "wildcards": _Wildcards(wildcard_dict(wildcards))}
     return {k: eval(v, namespace) if isinstance(v, str) else v for k, v in raw.items()}
 
