@@ -18,6 +18,7 @@ include: "workflow/rules/index.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/impute.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/targets.smk"
 
 
 rule all:

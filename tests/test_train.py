@@ -270,14 +270,17 @@ def test_training_queries_never_see_their_own_sample(tiny):
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test written for Linux")
 def test_distributed_training_with_two_cpu_processes(tiny, tmp_path):
     summary = train(
-        TrainConfig(**{**FAST, "epochs": 1, "processes": 2}),
+        TrainConfig(**{**FAST, "epochs": 1, "processes": 2, "device": "cpu"}),
         inputs(tiny),
         tmp_path / "m",
         tmp_path / "s",
     )
     assert summary["processes"] == 2
     single = train(
-        TrainConfig(**{**FAST, "epochs": 1}), inputs(tiny), tmp_path / "m1", tmp_path / "s1"
+        TrainConfig(**{**FAST, "epochs": 1, "device": "cpu"}),
+        inputs(tiny),
+        tmp_path / "m1",
+        tmp_path / "s1",
     )
     m2 = pd.read_csv(tmp_path / "m/metrics.csv")
     assert np.isfinite(m2["val_r2"]).all()

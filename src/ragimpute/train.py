@@ -374,6 +374,14 @@ def train(
     """
     world = cfg.processes or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
     world = max(1, world)
+    on_cuda = pick_device(cfg.device).type == "cuda"
+    if on_cuda and world > torch.cuda.device_count():
+        # NCCL cannot run two processes on one GPU; each process takes a GPU of its own
+        raise ValueError(
+            f"train.processes is {world} but only {torch.cuda.device_count()} GPU(s) are visible: "
+            "set train.processes to at most the number of GPUs (0 = one per GPU), or train.device "
+            "to cpu for several CPU processes"
+        )
     if world == 1:
         return _run(0, 1, cfg, inputs, out_dir, state_dir, retrieval_factory)
     import torch.multiprocessing as mp
@@ -452,8 +460,11 @@ def _run(
     else:
         provider = NoRetrieval()
 
-    # Model, optimiser, schedule
+    # Model, optimiser, schedule. The global Python and numpy generators are not used by our code
+    # (it draws from generators seeded per epoch) but are seeded too, for any library that does.
     torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)  # noqa: NPY002
     mcfg = cfg.model_config()
     model = ImputationModel(mcfg).to(device)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
@@ -742,6 +753,17 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def _torch_save(state: dict, path: Path) -> None:
+    """Atomic ``torch.save`` whose bytes depend on ``state`` only.
+
+    Given a path, torch.save names the zip archive inside after the file, here a random temporary
+    name, so two identical models would hash differently (the imputed VCF records the model's
+    SHA-256). A file object gets the fixed name "archive".
+    """
+    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+
+
 def _save_checkpoint(
     path: Path, model, opt, sched, epoch, history, best, bad_epochs, refreshes, fp
 ) -> None:
@@ -758,8 +780,7 @@ def _save_checkpoint(
         "fingerprint": fp,
         "ragimpute": __version__,
     }
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+    _torch_save(state, path)
 
 
 def _save_model(
@@ -783,8 +804,7 @@ def _save_model(
         "ragimpute": __version__,
         "state_hash": state_hash(model),
     }
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+    _torch_save(state, path)
 
 
 def _write_outputs(

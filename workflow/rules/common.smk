@@ -3,7 +3,7 @@ import os
 import shutil
 import sys
 
-from snakemake.exceptions import WorkflowError
+from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 from snakemake.utils import validate
 
 from ragimpute.impute import EXTERNAL_METHODS, PREDICTOR_FACTORIES
@@ -100,6 +100,23 @@ def index_outputs(chrom):
     return out
 
 
+def for_each_chromosome(paths_of):
+    """``paths_of(chrom)`` gathered over all chromosomes, for input functions.
+
+    A chromosome whose checkpoint (e.g. ``mask``) has not run yet contributes that checkpoint's
+    output instead; Snakemake re-evaluates the function when it is done. Letting the first
+    IncompleteCheckpointException escape would hide the other chromosomes from the DAG until that
+    checkpoint finished, and the chromosomes would run one after the other instead of in parallel.
+    """
+    out = []
+    for chrom in chromosomes():
+        try:
+            out += paths_of(chrom)
+        except IncompleteCheckpointException as e:
+            out.append(e.targetfile)
+    return out
+
+
 def train_inputs(wildcards):
     """Windows of every chromosome, and the train/val tokens (and retrieval tables) of every mask."""
     out = {"sites": [], "truth": [], "tokens": [], "retrieval": []}
@@ -117,10 +134,9 @@ def train_inputs(wildcards):
 
 
 def get_final_output(wildcards):
-    out = []
-    for chrom in chromosomes():
-        out.append(res(f"windows/{chrom}/windows.json"))
-        out += index_outputs(chrom)
+    out = for_each_chromosome(
+        lambda chrom: [res(f"windows/{chrom}/windows.json"), *index_outputs(chrom)]
+    )
     out.append(res("model/model.pt"))
     out += imputation_outputs()
     return out

@@ -1,0 +1,134 @@
+"""The CUDA paths: training with bf16 autocast, and imputation with the trained model on a GPU.
+
+Skipped where torch sees no CUDA device (CI has none); on a GPU machine: ``pytest -m gpu``.
+The GPU must give what the CPU gives, within what bf16 arithmetic allows.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from impute_data import imputed_records
+from pipeline_data import build_tiny_results
+from test_train import FAST, af_only_val_r2, inputs
+
+from ragimpute.impute import impute_target
+from ragimpute.model import load_predictor
+from ragimpute.predictors import WindowBatch
+from ragimpute.targets import make_demo_targets
+from ragimpute.tokens import MASK, TokenTable
+from ragimpute.train import TrainConfig, read_retrieval, train
+from ragimpute.windows import WindowedTable, load_sites, load_windows
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.slow,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_results(tmp_path_factory.mktemp("tiny_gpu"))
+
+
+@pytest.fixture(scope="module")
+def cuda_model(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cuda_model")
+    summary = train(
+        TrainConfig(**{**FAST, "device": "cuda"}), inputs(tiny), out / "model", out / "state"
+    )
+    return {"dir": out / "model", "summary": summary}
+
+
+def test_cuda_training_learns(tiny, cuda_model):
+    summary = cuda_model["summary"]
+    assert summary["device"].startswith("cuda"), summary
+    metrics = pd.read_csv(cuda_model["dir"] / "metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1]
+    assert metrics["val_r2"].max() > af_only_val_r2(tiny) + 0.1, metrics["val_r2"].tolist()
+    # the checkpoint is device-free: it loads on a machine without a GPU
+    ck = torch.load(cuda_model["dir"] / "model.pt", map_location="cpu", weights_only=False)
+    assert all(t.device.type == "cpu" for t in ck["model"].values())
+
+
+def test_cuda_and_cpu_predictions_agree(tiny, cuda_model):
+    r = Path(tiny["results"])
+    h = tiny["hashes"][0]
+    tokens = TokenTable(r / f"tokens/20/{h}/test.parquet")
+    nb = read_retrieval(r / f"retrieval/20/{h}/test.parquet", tokens)
+    sites, wins = load_sites(r / "windows/20"), load_windows(r / "windows/20")
+    ref = WindowedTable(r / "windows/20/haplotypes/train.parquet", "alleles")
+    w = 1
+    a, b = wins.first_site[w], wins.last_site[w] + 1
+    batch = WindowBatch(
+        w,
+        tokens.read(w),
+        nb[w].ids,
+        nb[w].distances,
+        ref.read(w),
+        sites.af.to_numpy()[a:b],
+        sites.pos.to_numpy()[a:b],
+        h,
+    )
+    ckpt = str(cuda_model["dir"] / "model.pt")
+    p_gpu = load_predictor(ckpt, "cuda").predict(batch)
+    p_cpu = load_predictor(ckpt, "cpu").predict(batch)
+    hidden = batch.tokens == MASK
+    diff = np.abs(p_gpu[hidden] - p_cpu[hidden])
+    # bf16 autocast on the GPU, fp32 on the CPU: close, not equal
+    assert diff.max() < 0.05 and diff.mean() < 0.005, (diff.max(), diff.mean())
+    np.testing.assert_array_equal(p_gpu[~hidden], p_cpu[~hidden])
+
+
+def test_cuda_imputation_matches_cpu(tiny, cuda_model, tmp_path):
+    r = Path(tiny["results"])
+    t = tmp_path / "targets"
+    t.mkdir()
+    make_demo_targets(
+        r / "demo/panel.vcf.gz",
+        r / "split/samples.tsv",
+        r / "windows/20",
+        r / "demo/array_sites.tsv",
+        "20",
+        t / "target.vcf.gz",
+        t / "truth.vcf.gz",
+    )
+    reports, records = {}, {}
+    for device in ("cuda", "cpu"):
+        out = tmp_path / f"{device}.vcf.gz"
+        reports[device] = impute_target(
+            r,
+            "20",
+            r / "split/samples.tsv",
+            t / "target.vcf.gz",
+            "model",
+            out,
+            aligned_dir=tmp_path / f"aligned_{device}",
+            k=8,
+            panel_vcf=r / "demo/panel.vcf.gz",
+            checkpoint=cuda_model["dir"] / "model.pt",
+            device=device,
+        )
+        records[device] = imputed_records(out)
+    assert reports["cuda"]["device"].startswith("cuda")
+    assert reports["cuda"]["cuda_max_memory_allocated_mb"] > 0
+    g, c = records["cuda"], records["cpu"]
+    np.testing.assert_array_equal(g["pos"], c["pos"])
+    ds_diff = np.abs(g["ds"] - c["ds"])
+    assert ds_diff.max() < 0.1 and ds_diff.mean() < 0.005, (ds_diff.max(), ds_diff.mean())
+    # best-guess genotypes: the same almost everywhere (a DS near a boundary may round either way)
+    assert (g["gt"].sum(-1) == c["gt"].sum(-1)).mean() > 0.995
+
+
+def test_more_processes_than_gpus_is_a_clear_error(tiny, tmp_path):
+    n = torch.cuda.device_count()
+    with pytest.raises(ValueError, match="GPU"):
+        train(
+            TrainConfig(**{**FAST, "device": "cuda", "processes": n + 1}),
+            inputs(tiny),
+            tmp_path / "m",
+            tmp_path / "s",
+        )

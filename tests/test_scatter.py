@@ -1,0 +1,134 @@
+"""Scatter by chromosome: with two chromosomes, each runs as its own chain of jobs (window, mask,
+tokens, index, retrieval), in parallel, none reading the other's files; and the README's recipes
+for re-running one stage or one file do what it says."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from workflow_runs import (
+    CHROMS,
+    TWO_CHROM_RESULTS,
+    chromosomes_of,
+    job_blocks,
+    job_stats,
+    jobs_in_log,
+    local_two_chrom_run,
+    output,
+    snakemake,
+)
+
+SPLITS = ("train", "val", "test")
+
+
+def test_every_chromosome_is_scheduled_at_once(tmp_path):
+    # Before anything ran, the DAG must already hold the window and mask (checkpoint) jobs of both
+    # chromosomes. An input function that let the first chromosome's IncompleteCheckpointException
+    # escape would show one of each, and run the chromosomes one after the other.
+    r = snakemake(tmp_path, "-n")
+    assert r.returncode == 0, output(r)[-3000:]
+    stats = job_stats(output(r))
+    assert stats["window"] == 2 and stats["mask"] == 2, stats
+    assert {w for rule, w in jobs_in_log(output(r)) if rule == "mask"} == {
+        f"chrom={c}" for c in CHROMS
+    }
+
+
+@pytest.mark.slow
+def test_two_chromosomes_run_as_independent_chains(tmp_path_factory):
+    run = local_two_chrom_run(tmp_path_factory)
+    res = run.workdir / TWO_CHROM_RESULTS
+    jobs = [b for b in job_blocks(run.log) if b["output"]]
+
+    per_chrom: dict[str, dict[str, int]] = {c: {} for c in CHROMS}
+    for job in jobs:
+        chrom = dict(kv.split("=") for kv in job["wildcards"].split(", ") if kv).get("chrom")
+        if chrom is None:
+            # stages before the scatter (demo, split) and gathers after it (training, comparison):
+            # they may read every chromosome's files but write none
+            assert all(not chromosomes_of(p) for p in job["output"]), job
+            continue
+        per_chrom[chrom][job["rule"]] = per_chrom[chrom].get(job["rule"], 0) + 1
+        # a chromosome's job reads and writes only its own chromosome's files (and shared ones)
+        for path in job["input"] + job["output"]:
+            assert chromosomes_of(path) <= {chrom}, (job["rule"], chrom, path)
+        assert all(chromosomes_of(p) == {chrom} for p in job["output"]), job
+
+    # one chain per chromosome: one window, mask and index job each (one mask), 3 tokens, 3 retrievals
+    # (and, where the workflow has them, the per-chromosome imputation and evaluation jobs)
+    want = {"window": 1, "mask": 1, "tokenize": 3, "index": 1, "retrieve": 3}
+    for c in CHROMS:
+        assert {rule: n for rule, n in per_chrom[c].items() if rule in want} == want, per_chrom
+    assert per_chrom["20"] == per_chrom["21"]
+
+    for c in CHROMS:
+        assert (res / "windows" / c / "windows.json").is_file()
+        (h,) = [p.name for p in (res / "index" / c).iterdir()]
+        assert (res / "index" / c / h / "meta.json").is_file()
+        for s in SPLITS:
+            assert (res / "retrieval" / c / h / f"{s}.parquet").is_file()
+    # the demo simulates the chromosomes independently: different sites, different masks
+    assert len({p.name for c in CHROMS for p in (res / "index" / c).iterdir()}) == 2
+
+
+@pytest.fixture
+def finished_copy(tmp_path_factory, tmp_path):
+    """A private copy of the finished two-chromosome run (with its .snakemake metadata)."""
+    run = local_two_chrom_run(tmp_path_factory)
+    dest = tmp_path / "run"
+    shutil.copytree(run.workdir, dest, symlinks=True)
+    return dest
+
+
+def ran(r) -> set[tuple[str, str]]:
+    assert r.returncode == 0, output(r)[-3000:]
+    return jobs_in_log(output(r))
+
+
+@pytest.mark.slow
+def test_rerun_recipes(finished_copy):
+    wd = finished_copy
+    res = wd / TWO_CHROM_RESULTS
+    assert ran(snakemake(wd, "--cores", "2")) == set()  # a finished run has nothing to do
+    h21 = next((res / "index" / "21").iterdir()).name
+
+    # -R mask: the mask checkpoint again on every chromosome; same settings, same masks (content
+    # hash), so the tokens, indexes, retrieval tables and the model are kept. (Stages that read the
+    # list of current masks, masks/<chrom>/current.json, may run again.)
+    reran = ran(snakemake(wd, "--cores", "2", "-R", "mask"))
+    assert {("mask", f"chrom={c}") for c in CHROMS} <= reran
+    assert not {rule for rule, _ in reran} & {"window", "tokenize", "index", "retrieve", "train"}
+
+    # -R index: that stage on every chromosome, then what depends on it; nothing upstream
+    h20 = next((res / "index" / "20").iterdir()).name
+    hashes = {"20": h20, "21": h21}
+    reran = ran(snakemake(wd, "--cores", "2", "-R", "index"))
+    assert {("index", f"chrom={c}, mask_hash={hashes[c]}") for c in CHROMS} | {
+        ("retrieve", f"chrom={c}, mask_hash={hashes[c]}, split={s}") for c in CHROMS for s in SPLITS
+    } <= reran
+    assert not {rule for rule, _ in reran} & {"window", "mask", "tokenize"}
+
+    # a target file: only the job that makes it ...
+    index21 = f"{TWO_CHROM_RESULTS}/index/21/{h21}"
+    shutil.rmtree(wd / index21)
+    assert ran(snakemake(wd, "--cores", "2", targets=(index21,))) == {
+        ("index", f"chrom=21, mask_hash={h21}")
+    }
+    # ... and the next full run re-does what depends on it (newer input): chromosome 21's retrieval,
+    # not chromosome 20's, nor anything upstream
+    reran = ran(snakemake(wd, "--cores", "2"))
+    assert {("retrieve", f"chrom=21, mask_hash={h21}, split={s}") for s in SPLITS} <= reran
+    assert not {
+        (r_, w) for r_, w in reran if r_ in ("window", "mask", "tokenize", "index", "retrieve")
+    } - {("retrieve", f"chrom=21, mask_hash={h21}, split={s}") for s in SPLITS}
+
+    # a stage target (instead of --until, which cannot see past the mask checkpoint): up to the
+    # indexes, and nothing downstream of them
+    for stage in ("tokens", "index", "retrieval"):
+        shutil.rmtree(res / stage / "21")
+    assert ran(snakemake(wd, "--cores", "2", targets=("index_all",))) == {
+        ("tokenize", f"chrom=21, mask_hash={h21}, split=train"),
+        ("index", f"chrom=21, mask_hash={h21}"),
+    }
+    assert not (res / "retrieval" / "21").exists()
