@@ -256,6 +256,7 @@ def main() -> int:
         "--quick", action="store_true", help="tiny panel and model: a smoke run of the benchmark"
     )
     ap.add_argument("--work", default=str(HERE / "results/train_work"))
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (train.threads)")
     ap.add_argument(
         "--modes",
         nargs="+",
@@ -267,7 +268,7 @@ def main() -> int:
     k = 16 if a.quick else 256
     masks = build(root, a.quick, k)
     static, schedule, foreign = masks["static"][0], masks["schedule"], masks["foreign"][0]
-    base = dict(epochs=a.epochs, k=k, threads=2, log_every=0, seed=1)
+    base = dict(epochs=a.epochs, k=k, threads=a.threads, log_every=0, seed=1)
     if a.quick:
         base.update(preset="tiny", batch_size=8, sites_per_example=64)
     mismatch = mismatched_factory(root, foreign, k)
@@ -318,7 +319,8 @@ def main() -> int:
     cols = ["r2"] + [f"r2_{b}" for b in BIN_LABELS] + ["f1_maf<5%", "f1_maf<1%"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(
-        f"\nValidation samples, array sites observed; device {device}, torch threads 2, {a.epochs} epochs"
+        f"\nValidation samples, array sites observed; device {device}, torch threads {a.threads}, "
+        f"{a.epochs} epochs"
     )
     print(f"{'method':<17}" + "".join(f"{c:>11}" for c in cols) + f"{'s/epoch':>9}{'hw/s':>8}")
     for r in rows:
@@ -333,6 +335,8 @@ def main() -> int:
         "quick": a.quick,
         "torch": torch.__version__,
         "device": device,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "threads": a.threads,
     }
     out.write_text(json.dumps(payload, indent=2, default=float))
     print(f"\nwrote {out}")

@@ -478,7 +478,9 @@ def _run(
     )
     start_epoch, history, best, bad_epochs, refreshes = 0, [], {"val_r2": -1.0, "epoch": -1}, 0, []
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # on the CPU: the RNG states must stay CPU tensors (load_state_dict moves the weights and
+        # the optimizer state to the model's device)
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ck.get("fingerprint") == fp:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
