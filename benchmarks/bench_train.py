@@ -34,6 +34,7 @@ import faiss
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from ragimpute.demo import DemoSpec, make_demo
 from ragimpute.index import build_index, search_excluding
@@ -135,7 +136,9 @@ def mismatched_factory(root: Path, foreign_hash: str, k: int):
     return Mismatched
 
 
-def honest_val(model_path, predictor, root: Path, static_hash: str, provider_factory=None) -> dict:
+def honest_val(
+    model_path, predictor, root: Path, static_hash: str, provider_factory=None, device="cpu"
+) -> dict:
     """Score on val with the array mask, every hidden site in the window that owns it. Neighbours come
     from the array-mask index, or from ``provider_factory`` (the mismatched run, as the prototype did)."""
     windows, extra = load_chromosome(next(iter_inputs(root, {CHROM: [static_hash]}, "token")))
@@ -150,11 +153,12 @@ def honest_val(model_path, predictor, root: Path, static_hash: str, provider_fac
         provider_factory({"samples": {CHROM: extra["samples"]}}) if provider_factory else Static()
     )
     if model_path is not None:
-        ck = torch.load(model_path, weights_only=False)
+        ck = torch.load(model_path, map_location="cpu", weights_only=False)
         model = ImputationModel(ModelConfig(**ck["model_args"]))
         model.load_state_dict(ck["model"])
+        model.to(device)
         acc = evaluate(
-            model, windows, {CHROM: static_hash}, provider, refs, torch.device("cpu"), "val"
+            model, windows, {CHROM: static_hash}, provider, refs, torch.device(device), "val"
         )
         return acc.result()
     acc = Accumulator()
@@ -258,6 +262,23 @@ def main() -> int:
     ap.add_argument("--work", default=str(HERE / "results/train_work"))
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (train.threads)")
     ap.add_argument(
+        "--score-device",
+        default="cpu",
+        help="device that scores the trained models on val (cpu: fp32, the reference; cuda: bf16)",
+    )
+    ap.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="score only the trained models (not AF, copying model, Beagle)",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a train option in every run, e.g. --set rare_weight=4 --set preset=large",
+    )
+    ap.add_argument(
         "--modes",
         nargs="+",
         default=["none", "token-static", "token-schedule", "embedding", "mismatch"],
@@ -271,6 +292,9 @@ def main() -> int:
     base = dict(epochs=a.epochs, k=k, threads=a.threads, log_every=0, seed=1)
     if a.quick:
         base.update(preset="tiny", batch_size=8, sites_per_example=64)
+    for kv in a.set:
+        key, _, value = kv.partition("=")
+        base[key] = yaml.safe_load(value)
     mismatch = mismatched_factory(root, foreign, k)
     runs = {  # name: (config, masks per epoch, retrieval tables to read, provider factory)
         "none": (TrainConfig(**base, mode="none"), [static], "none", None),
@@ -290,7 +314,7 @@ def main() -> int:
         summary = train(cfg, inputs, out, str(out) + "_state", retrieval_factory=factory)
         wall = time.perf_counter() - t0
         m = pd.read_csv(out / "metrics.csv")
-        score = honest_val(out / "model.pt", None, root, static, factory)
+        score = honest_val(out / "model.pt", None, root, static, factory, a.score_device)
         rows.append(
             {
                 "method": name,
@@ -302,20 +326,20 @@ def main() -> int:
                 "train_wall_s": wall,
             }
         )
-    rows.append({"method": "af-only", **honest_val(None, "af", root, static)})
-    rows.append(
-        {"method": "copying-model", **honest_val(None, CopyingModelPredictor(), root, static)}
-    )
-    rows.append(
-        {
-            "method": "copying-mismatch",
-            **honest_val(None, CopyingModelPredictor(), root, static, mismatch),
-        }
-    )
-    b = beagle_val(root, static)
-    if b:
-        rows.append({"method": "beagle-5.4", **b})
-
+    if not a.no_baselines:
+        rows.append({"method": "af-only", **honest_val(None, "af", root, static)})
+        rows.append(
+            {"method": "copying-model", **honest_val(None, CopyingModelPredictor(), root, static)}
+        )
+        rows.append(
+            {
+                "method": "copying-mismatch",
+                **honest_val(None, CopyingModelPredictor(), root, static, mismatch),
+            }
+        )
+        b = beagle_val(root, static)
+        if b:
+            rows.append({"method": "beagle-5.4", **b})
     cols = ["r2"] + [f"r2_{b}" for b in BIN_LABELS] + ["f1_maf<5%", "f1_maf<1%"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(
@@ -337,6 +361,8 @@ def main() -> int:
         "device": device,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "threads": a.threads,
+        "overrides": a.set,
+        "score_device": a.score_device,
     }
     out.write_text(json.dumps(payload, indent=2, default=float))
     print(f"\nwrote {out}")
