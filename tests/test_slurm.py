@@ -35,6 +35,7 @@ from workflow_runs import (
     load_profile,
     local_two_chrom_run,
     wildcard_dict,
+    workflow_rules,
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -53,24 +54,6 @@ def _run(*cmd: str) -> subprocess.CompletedProcess:
 
 def scontrol_fields(text: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", text))
-
-
-def workflow_rules() -> set[str]:
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--list-rules",
-            "--configfile",
-            ".test/tiny/config.yaml",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return {line.strip() for line in r.stdout.splitlines() if line.strip()}
 
 
 def why_no_cluster() -> str | None:

@@ -151,6 +151,26 @@ class _Wildcards(dict):
     __getattr__ = dict.__getitem__
 
 
+def workflow_rules() -> set[str]:
+    """The rule names of the workflow (``snakemake --list-rules`` on the tiny config)."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--list-rules",
+            "--configfile",
+            ".test/tiny/config.yaml",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    return {line.strip() for line in r.stdout.splitlines() if line.strip()}
+
+
 def expected_resources(rule: str, wildcards: str = "", attempt: int = 1) -> dict:
     """What profiles/slurm sets for a job of ``rule`` itself: its set-resources, expressions evaluated
     as Snakemake does (with ``attempt`` and ``wildcards``). These win over the rule's own resources;
