@@ -29,6 +29,27 @@ HERE = Path(__file__).resolve().parent
 CHROM = "20"
 
 
+def replicate_samples(vcf: Path, copies: int) -> None:
+    """Rewrite ``vcf`` with every sample repeated ``copies`` times as ``<name>_c<i>``."""
+    import gzip
+
+    import pysam
+
+    plain = vcf.with_suffix("")
+    with gzip.open(vcf, "rt") as f, open(plain, "w") as g:
+        for line in f:
+            if line.startswith("##"):
+                g.write(line)
+                continue
+            p = line.rstrip("\n").split("\t")
+            if line.startswith("#CHROM"):
+                names = [f"{s}_c{i}" for i in range(copies) for s in p[9:]]
+                g.write("\t".join(p[:9] + names) + "\n")
+            else:
+                g.write("\t".join(p[:9] + p[9:] * copies) + "\n")
+    pysam.tabix_index(str(plain), preset="vcf", force=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default=str(HERE / "results/train_work"))
@@ -36,6 +57,12 @@ def main() -> int:
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--batch-haplotypes", type=int, default=1024)
+    ap.add_argument(
+        "--copies",
+        type=int,
+        default=1,
+        help="repeat every target sample this many times (renamed), to see how time scales with targets",
+    )
     a = ap.parse_args()
     root = Path(a.work)
     model = Path(a.model or root / "runs/token-static/model.pt")
@@ -53,6 +80,9 @@ def main() -> int:
         tdir / "target.vcf.gz",
         tdir / "truth.vcf.gz",
     )
+    if a.copies > 1:
+        for name in ("target", "truth"):
+            replicate_samples(tdir / f"{name}.vcf.gz", a.copies)
     rows = []
     for device in a.devices:
         if device == "cuda" and not torch.cuda.is_available():
@@ -90,6 +120,7 @@ def main() -> int:
         rows.append(
             {
                 "device": rep["device"],
+                "targets": rep.get("samples", None),
                 "wall_s": round(wall, 2),
                 "impute_s": rep.get("impute_seconds"),
                 "peak_rss_mb": rep.get("peak_rss_mb"),
@@ -112,7 +143,13 @@ def main() -> int:
         )
     out = HERE / "results/device.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"rows": rows, "gpu": name, "torch": torch.__version__, "cpus": os.cpu_count()}
+    payload = {
+        "rows": rows,
+        "gpu": name,
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "copies": a.copies,
+    }
     out.write_text(json.dumps(payload, indent=2, default=str))
     print(f"\nwrote {out}")
     return 0
