@@ -117,19 +117,25 @@ def vcf_samples(path: str | os.PathLike) -> list[str]:
     return samples
 
 
-def _header_line_samples(path: str | os.PathLike) -> list[str] | None:
-    """Sample names from the ``#CHROM`` line of a text VCF (plain or (b)gzipped); None for others."""
+def _text_lines(path: str | os.PathLike) -> Iterator[str]:
+    """Lines of a text VCF, plain or (b)gzipped; ends early, quietly, where it cannot be read on
+    (binary, truncated): the scanners below only add detail to an error already found."""
     with open(path, "rb") as f:
         opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
     try:
         with opener(path, "rt", errors="replace") as f:
-            for line in f:
-                if line.startswith("#CHROM"):
-                    return line.rstrip("\r\n").split("\t")[9:]
-                if not line.startswith("##"):
-                    return None
+            yield from f
     except (OSError, EOFError):
-        return None
+        return
+
+
+def _header_line_samples(path: str | os.PathLike) -> list[str] | None:
+    """Sample names from the ``#CHROM`` line of a text VCF (plain or (b)gzipped); None for others."""
+    for line in _text_lines(path):
+        if line.startswith("#CHROM"):
+            return line.rstrip("\r\n").split("\t")[9:]
+        if not line.startswith("##"):
+            return None
     return None
 
 
@@ -186,18 +192,12 @@ def _first_short_record(path: str | os.PathLike, n_samples: int) -> tuple[str, i
     htslib names such a record only on stderr, which pysam does not capture; this slow scan runs
     only after a failed read, to tell the user where the file is broken.
     """
-    with open(path, "rb") as f:
-        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
-    try:
-        with opener(path, "rt", errors="replace") as f:
-            for line in f:
-                if line.startswith("#"):
-                    continue
-                fields = line.rstrip("\r\n").split("\t")
-                if len(fields) != 9 + n_samples:
-                    return f"{fields[0]}:{fields[1] if len(fields) > 1 else '?'}", len(fields)
-    except (OSError, EOFError):
-        return None
+    for line in _text_lines(path):
+        if line.startswith("#"):
+            continue
+        fields = line.rstrip("\r\n").split("\t")
+        if len(fields) != 9 + n_samples:
+            return f"{fields[0]}:{fields[1] if len(fields) > 1 else '?'}", len(fields)
     return None
 
 
