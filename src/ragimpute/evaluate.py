@@ -30,6 +30,7 @@ from .atomic import atomic_path, write_json, write_tsv
 from .errors import InputError
 from .logs import log
 from .metrics import BIN_LABELS, MAF_BINS, maf_bin, r2_from_sums  # noqa: F401 (re-exported)
+from .plots import pyplot, save_png
 from .vcf_io import check_readable, normalize_chrom, vcf_records_sites
 
 ALL = "all"
@@ -425,11 +426,7 @@ def compare(
 
 
 def plot_r2_by_maf(table: pd.DataFrame, out_png: str | os.PathLike) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     x = np.arange(len(BIN_LABELS))
     for m, d in table[table["maf_bin"] != ALL].groupby("method", sort=False):
@@ -444,17 +441,11 @@ def plot_r2_by_maf(table: pd.DataFrame, out_png: str | os.PathLike) -> None:
     ax.legend(fontsize=8)
     ax.set_title("Imputation accuracy of untyped sites by MAF bin")
     fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, out_png)
 
 
 def plot_calibration(calibration: pd.DataFrame, out_png: str | os.PathLike) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
     if len(calibration):
@@ -470,6 +461,4 @@ def plot_calibration(calibration: pd.DataFrame, out_png: str | os.PathLike) -> N
     ax.legend(fontsize=8)
     ax.set_title("Does the estimated r² track the true r²?")
     fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, out_png)

@@ -40,8 +40,9 @@ from .atomic import atomic_path, parquet_metadata, write_json, write_tsv
 from .errors import ArtifactError, MaskMismatchError
 from .index import EmbeddingIndex
 from .logs import log
-from .metrics import Accumulator
+from .metrics import BIN_LABELS, Accumulator
 from .model import ImputationModel, ModelConfig, masked_loss
+from .plots import pyplot, save_png
 from .tokens import MASK, VOCAB, TokenTable
 from .windows import WindowedTable, load_windows, sites_with_hash
 
@@ -642,9 +643,7 @@ def _run(
                 row["train_r2"],
                 row["val_loss"],
                 row["val_r2"],
-                " ".join(
-                    f"{row[f'val_r2_{b}']:.3f}" for b in ("0-0.5%", "0.5-1%", "1-5%", "5-50%")
-                ),
+                " ".join(f"{row[f'val_r2_{b}']:.3f}" for b in BIN_LABELS),
                 row["val_f1"],
                 row["seconds"],
                 " *best*" if improved else "",
@@ -857,17 +856,13 @@ def _write_outputs(
 
 
 def plot_curves(metrics: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     ep = metrics["epoch"]
     axes[0].plot(ep, metrics["train_loss"], "o-", label="train")
     axes[0].plot(ep, metrics["val_loss"], "o-", label="val")
     axes[0].set_title("masked-site loss")
-    for b in ("0-0.5%", "0.5-1%", "1-5%", "5-50%"):
+    for b in BIN_LABELS:
         axes[1].plot(ep, metrics[f"val_r2_{b}"], "o-", label=f"MAF {b}")
     axes[1].plot(ep, metrics["val_r2"], "k--", label="all")
     axes[1].set_title("validation dosage r² by MAF bin")
@@ -879,9 +874,7 @@ def plot_curves(metrics: pd.DataFrame, path: Path) -> None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 def iter_inputs(
