@@ -62,3 +62,28 @@ def build_tiny_results(
             )
     assert json.loads((store / "current.json").read_text())["hashes"] == hashes
     return {"results": root, "chrom": chrom, "hashes": hashes}
+
+
+def window_batch(d: dict, w: int = 1, split: str = "test"):
+    """The ``WindowBatch`` a predictor sees for window ``w`` of ``split``, from ``build_tiny_results``."""
+    from ragimpute.predictors import WindowBatch
+    from ragimpute.tokens import TokenTable
+    from ragimpute.train import read_retrieval
+    from ragimpute.windows import WindowedTable, load_sites, load_windows
+
+    r, h = Path(d["results"]), d["hashes"][0]
+    tokens = TokenTable(r / f"tokens/20/{h}/{split}.parquet")
+    nb = read_retrieval(r / f"retrieval/20/{h}/{split}.parquet", tokens)
+    sites, wins = load_sites(r / "windows/20"), load_windows(r / "windows/20")
+    ref = WindowedTable(r / "windows/20/haplotypes/train.parquet", "alleles")
+    a, b = wins.first_site[w], wins.last_site[w] + 1
+    return WindowBatch(
+        w,
+        tokens.read(w),
+        nb[w].ids,
+        nb[w].distances,
+        ref.read(w),
+        sites.af.to_numpy()[a:b],
+        sites.pos.to_numpy()[a:b],
+        h,
+    )

@@ -11,16 +11,14 @@ import pandas as pd
 import pytest
 import torch
 from impute_data import imputed_records
-from pipeline_data import build_tiny_results
+from pipeline_data import build_tiny_results, window_batch
 from test_train import FAST, af_only_val_r2, inputs
 
 from ragimpute.impute import impute_target
 from ragimpute.model import load_predictor
-from ragimpute.predictors import WindowBatch
 from ragimpute.targets import make_demo_targets
-from ragimpute.tokens import MASK, TokenTable
-from ragimpute.train import TrainConfig, read_retrieval, train
-from ragimpute.windows import WindowedTable, load_sites, load_windows
+from ragimpute.tokens import MASK
+from ragimpute.train import TrainConfig, train
 
 pytestmark = [
     pytest.mark.gpu,
@@ -55,24 +53,7 @@ def test_cuda_training_learns(tiny, cuda_model):
 
 
 def test_cuda_and_cpu_predictions_agree(tiny, cuda_model):
-    r = Path(tiny["results"])
-    h = tiny["hashes"][0]
-    tokens = TokenTable(r / f"tokens/20/{h}/test.parquet")
-    nb = read_retrieval(r / f"retrieval/20/{h}/test.parquet", tokens)
-    sites, wins = load_sites(r / "windows/20"), load_windows(r / "windows/20")
-    ref = WindowedTable(r / "windows/20/haplotypes/train.parquet", "alleles")
-    w = 1
-    a, b = wins.first_site[w], wins.last_site[w] + 1
-    batch = WindowBatch(
-        w,
-        tokens.read(w),
-        nb[w].ids,
-        nb[w].distances,
-        ref.read(w),
-        sites.af.to_numpy()[a:b],
-        sites.pos.to_numpy()[a:b],
-        h,
-    )
+    batch = window_batch(tiny, 1)
     ckpt = str(cuda_model["dir"] / "model.pt")
     p_gpu = load_predictor(ckpt, "cuda").predict(batch)
     p_cpu = load_predictor(ckpt, "cpu").predict(batch)

@@ -11,6 +11,7 @@ from ragimpute.atomic import read_json
 from ragimpute.errors import ArtifactError, MaskMismatchError
 from ragimpute.index import KINDS, HaplotypeIndex, QueryBlock, build_index, query_block
 from ragimpute.tokens import MASK, TokenTable, alleles_from_tokens
+from ragimpute.windows import write_windowed
 
 K = 6
 HNSW_RECALL_MIN = 0.95  # distance-based recall@K of binary_hnsw against exact search, every split
@@ -24,6 +25,18 @@ def indexes(demo_tokens, tmp_path_factory) -> dict[str, HaplotypeIndex]:
         build_index(demo_tokens["paths"]["train"], base / kind, kind=kind, hnsw_m=8, threads=1)
         out[kind] = HaplotypeIndex(base / kind)
     return out
+
+
+def one_window_tokens(path, tokens: np.ndarray, samples: list[str], mask_hash: str):
+    """A hand-made train token table of one window (rows: both haplotypes of each sample)."""
+    meta = {
+        "mask_hash": mask_hash,
+        "site_list_hash": "d" * 16,
+        "split": "train",
+        "format_version": 1,
+    }
+    write_windowed(path, iter([tokens]), "tokens", samples, meta, {"mask_hash": mask_hash})
+    return path
 
 
 def brute_force(query_tokens: np.ndarray, ref_tokens: np.ndarray) -> np.ndarray:
@@ -126,20 +139,11 @@ def test_binary_hnsw_recall(demo_tokens, indexes):
 
 def test_own_sample_never_returned_even_when_identical(tmp_path):
     """A training query's two haplotypes are its nearest (distance 0): both must be skipped."""
-    from ragimpute.windows import write_windowed
-
     rng = np.random.default_rng(0)
     samples = ["A", "B", "C", "D", "E"]
     tokens = (rng.integers(0, 2, size=(10, 40)) + 2).astype(np.uint8)
     tokens[:, ::3] = MASK
-    meta = {
-        "mask_hash": "a" * 16,
-        "site_list_hash": "b" * 16,
-        "split": "train",
-        "format_version": 1,
-    }
-    path = tmp_path / "train.parquet"
-    write_windowed(path, iter([tokens]), "tokens", samples, meta, {"mask_hash": "a" * 16})
+    path = one_window_tokens(tmp_path / "train.parquet", tokens, samples, "a" * 16)
     build_index(path, tmp_path / "idx")
     index = HaplotypeIndex(tmp_path / "idx")
     ids, dist = index.search(query_block(TokenTable(path), 0), 8)  # all 8 others
@@ -200,18 +204,9 @@ def test_index_errors(tmp_path, demo_tokens):
 
 def test_window_without_observed_sites(tmp_path):
     """A window the mask hides entirely still answers (every reference at distance 0)."""
-    from ragimpute.windows import write_windowed
-
     samples = ["A", "B", "C", "D"]
     tokens = np.full((8, 12), MASK, dtype=np.uint8)
-    meta = {
-        "mask_hash": "c" * 16,
-        "site_list_hash": "d" * 16,
-        "split": "train",
-        "format_version": 1,
-    }
-    path = tmp_path / "t.parquet"
-    write_windowed(path, iter([tokens]), "tokens", samples, meta, {"mask_hash": "c" * 16})
+    path = one_window_tokens(tmp_path / "t.parquet", tokens, samples, "c" * 16)
     for kind in KINDS:
         build_index(path, tmp_path / kind, kind=kind, hnsw_m=4)
         q = QueryBlock(0, tokens[:2], ["Z", "Z"], "c" * 16)

@@ -12,13 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pipeline_data import build_tiny_results
+from pipeline_data import build_tiny_results, window_batch
 
 from ragimpute.errors import MaskMismatchError
 from ragimpute.index import EmbeddingIndex
 from ragimpute.metrics import pearson_r2
 from ragimpute.model import load_predictor
-from ragimpute.predictors import WindowBatch
 from ragimpute.tokens import ALT, MASK, TokenTable
 from ragimpute.train import TrainConfig, iter_inputs, read_retrieval, train
 from ragimpute.windows import WindowedTable, load_sites, load_windows
@@ -104,24 +103,7 @@ def test_predictor_keeps_observed_alleles_and_returns_probabilities(tiny, tmp_pa
     out = tmp_path / "model"
     train(TrainConfig(**{**FAST, "epochs": 1}), inputs(tiny), out, tmp_path / "state")
     pred = load_predictor(str(out / "model.pt"), "cpu")
-    r = Path(tiny["results"])
-    h = tiny["hashes"][0]
-    tokens = TokenTable(r / f"tokens/20/{h}/test.parquet")
-    nb = read_retrieval(r / f"retrieval/20/{h}/test.parquet", tokens)
-    sites = load_sites(r / "windows/20")
-    wins = load_windows(r / "windows/20")
-    ref = WindowedTable(r / "windows/20/haplotypes/train.parquet", "alleles")
-    a, b = wins.first_site[1], wins.last_site[1] + 1
-    batch = WindowBatch(
-        1,
-        tokens.read(1),
-        nb[1].ids,
-        nb[1].distances,
-        ref.read(1),
-        sites.af.to_numpy()[a:b],
-        sites.pos.to_numpy()[a:b],
-        h,
-    )
+    batch = window_batch(tiny, 1)
     p = pred.predict(batch)
     assert p.shape == batch.tokens.shape and ((p >= 0) & (p <= 1)).all()
     observed = batch.tokens != MASK
