@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import shutil
@@ -208,6 +209,13 @@ def tool_available(tool):
 
 def methods():
     """Methods imputed and scored side by side (evaluate.methods; absent external tools left out)."""
+    return list(_methods())
+
+
+@functools.cache
+def _methods():
+    # Cached: the input functions ask many times per run, and the PATH does not change meanwhile;
+    # the message about a missing tool is printed once.
     out = []
     for m in config["evaluate"]["methods"]:
         if m in EXTERNAL_METHODS and not tool_available(m):
@@ -217,7 +225,7 @@ def methods():
             )
             continue
         out.append(m)
-    return out
+    return tuple(out)
 
 
 def imputed_vcfs(chrom):
