@@ -1,0 +1,739 @@
+"""The imputation engine: Li and Stephens' copying model on composite states, run over the typed sites
+of a whole chunk, with untyped sites interpolated in centimorgans.
+
+What it does for each target haplotype, and why:
+
+1. **Local state selection** (``StateIndex``). The typed sites are cut into steps of ``step_cm``; for
+   each step a FAISS binary index over the reference haplotypes' alleles at the typed sites of
+   ``span_steps`` consecutive steps centred on it answers which ``candidates`` reference haplotypes are
+   nearest (Hamming) to the target there. This is the retrieval analogue of Beagle's IBS steps.
+2. **Composite states**. ``states`` slots each hold one reference haplotype at a time. Along the chunk,
+   a candidate already in a slot refreshes it; a new one takes the least recently refreshed slot, from
+   halfway between that slot's last refresh and now. A slot is thus a mosaic of reference haplotypes
+   that matched the target where they are used, and the copying model needs far fewer states than the
+   panel has haplotypes (a panel no larger than ``states`` is used whole, without selection).
+3. **The copying model on typed sites only**, across the whole chunk (no window seams): switch
+   probability ``1 - exp(-0.04 ne d / n_states)`` between typed sites ``d`` cM apart (Beagle's), a
+   copied allele differing with probability ``error``; a missing allele emits nothing. Forward values
+   are stored every ``block_sites`` typed sites and recomputed block by block in the backward pass, so
+   memory is ``states x (typed sites / block + block)`` per haplotype, not ``states x typed sites``.
+4. **Untyped sites by interpolation**: between typed sites m and m+1 the state posterior is linearly
+   interpolated in cM (as Beagle does), and P(ALT) is read off the reference haplotypes the states
+   copy there. States with posterior below ``min_posterior`` are dropped from that sum and their mass
+   is given the reference allele frequency (0: exact).
+
+No tensor spans all sites x all states x all haplotypes: a haplotype's work is ``typed sites x states``
+for the HMM and ``sites x kept states`` for the interpolation, and haplotypes run in parallel (numba
+threads). ``copying`` is this engine; the trained model reads its output as its prior.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+ENGINE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    states: int = 600  # composite states per target haplotype (the whole panel when it is smaller)
+    step_cm: float = 0.1  # length of a state-selection step
+    span_steps: int = 7  # a step's candidates match the target over this many steps around it (odd)
+    candidates: int = 16  # nearest reference haplotypes taken per step
+    ne: float = 1e5  # effective population size in the switch probability (Beagle's default)
+    error: float | None = None  # allele mismatch probability; None: estimated from the targets
+    min_posterior: float = 1e-3  # states below this posterior are left out of the interpolation
+    block_sites: int = 256  # typed sites per block of stored forward values
+    seed: int = 1  # order in which equally near candidates are taken (ties)
+
+    def __post_init__(self) -> None:
+        if self.states < 2:
+            raise ValueError("engine.states must be at least 2")
+        if not 0 < self.candidates < self.states:
+            raise ValueError("engine.candidates must be at least 1 and less than engine.states")
+        if self.span_steps < 1 or self.span_steps % 2 == 0:
+            raise ValueError("engine.span_steps must be odd and positive")
+        if self.step_cm <= 0 or self.ne <= 0:
+            raise ValueError("engine: step_cm and ne must be positive")
+        if self.error is not None and not 0 < self.error < 0.5:
+            raise ValueError("engine.error must be in (0, 0.5), or auto")
+        if not 0 <= self.min_posterior < 1 or self.block_sites < 1:
+            raise ValueError("engine: min_posterior in [0, 1), block_sites >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- layout ----------------------------------------------------------------------------------------
+
+
+def step_bounds(cm_typed: np.ndarray, step_cm: float) -> np.ndarray:
+    """(S + 1,) typed-site boundaries of the steps: a step starts at the first typed site at least
+    ``step_cm`` beyond the start of the previous one, so every step holds at least one typed site."""
+    starts = [0]
+    start_cm = cm_typed[0] if len(cm_typed) else 0.0
+    for m in range(1, len(cm_typed)):
+        if cm_typed[m] >= start_cm + step_cm:
+            starts.append(m)
+            start_cm = cm_typed[m]
+    return np.asarray(starts + [len(cm_typed)], dtype=np.int64)
+
+
+def interpolation_weights(cm: np.ndarray, pos: np.ndarray, typed_site: np.ndarray) -> np.ndarray:
+    """(N,) weight of the right typed site at each site between two typed sites (linear in cM; in bp
+    where the map is flat); 0 elsewhere."""
+    n = len(cm)
+    lam = np.zeros(n, dtype=np.float32)
+    if len(typed_site) < 2:
+        return lam
+    right = np.searchsorted(typed_site, np.arange(n), side="right")  # first typed site after each
+    inside = (right > 0) & (right < len(typed_site))
+    u = np.flatnonzero(inside)
+    lo, hi = typed_site[right[u] - 1], typed_site[right[u]]
+    span = cm[hi] - cm[lo]
+    span_bp = (pos[hi] - pos[lo]).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(span > 0, (cm[u] - cm[lo]) / span, (pos[u] - pos[lo]) / np.maximum(span_bp, 1))
+    lam[u] = np.clip(w, 0.0, 1.0)
+    return lam
+
+
+def pack_reference(alleles: np.ndarray) -> np.ndarray:
+    """(sites, haplotypes) 0/1 -> (sites, ceil(haplotypes / 8)) bits, little bit order: one byte holds
+    haplotypes 8j..8j+7 of a site."""
+    return np.packbits(np.asarray(alleles, dtype=np.uint8), axis=1, bitorder="little")
+
+
+# -- state selection ---------------------------------------------------------------------------------
+
+
+class StateIndex:
+    """One FAISS binary index per step over the reference haplotypes at the typed sites of its span.
+
+    Reference haplotypes are added in a seeded random order, so that among equally near candidates
+    none is preferred for its position in the panel; ids returned are panel haplotype indices.
+    """
+
+    def __init__(
+        self,
+        ref_typed: np.ndarray,
+        cm_typed: np.ndarray,
+        step_cm: float,
+        span_steps: int,
+        seed: int = 1,
+    ):
+        import faiss
+
+        ref_typed = np.asarray(ref_typed, dtype=np.uint8)  # (M, R)
+        self.n_typed, self.n_ref = ref_typed.shape
+        self.bounds = step_bounds(np.asarray(cm_typed, dtype=np.float64), step_cm)
+        self.n_steps = len(self.bounds) - 1
+        half = span_steps // 2
+        s = np.arange(self.n_steps)
+        self.span = np.stack(
+            [
+                self.bounds[np.maximum(s - half, 0)],
+                self.bounds[np.minimum(s + half + 1, self.n_steps)],
+            ],
+            axis=1,
+        )
+        self.order = np.random.default_rng(seed).permutation(self.n_ref)
+        self.indexes = []
+        hap_major = np.ascontiguousarray(ref_typed[:, self.order].T)  # (R, M)
+        for a, b in self.span:
+            codes = _codes(hap_major[:, a:b])
+            index = faiss.IndexBinaryFlat(8 * codes.shape[1])
+            index.add(codes)
+            self.indexes.append(index)
+
+    def step_of(self) -> np.ndarray:
+        """(M,) step of every typed site."""
+        return np.repeat(np.arange(self.n_steps, dtype=np.int32), np.diff(self.bounds))
+
+    def candidates(
+        self, query: np.ndarray, k: int, exclude: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(Q, S, k) nearest reference haplotypes of each query (Q, M) at each step, nearest first.
+
+        ``exclude`` (Q, E): panel haplotypes a query must not get (a training query's own sample).
+        """
+        query = np.asarray(query, dtype=np.uint8)
+        n_ex = 0 if exclude is None else exclude.shape[1]
+        k_ask = min(k + n_ex, self.n_ref)
+        out = np.full((len(query), self.n_steps, k), -1, dtype=np.int32)
+        for s, (a, b) in enumerate(self.span):
+            _, ids = self.indexes[s].search(_codes(query[:, a:b]), k_ask)
+            ids = np.where(ids >= 0, self.order[np.maximum(ids, 0)], -1)
+            if n_ex:
+                ids = np.where((ids[:, :, None] == exclude[:, None, :]).any(-1), -1, ids)
+                # survivors first, in their order
+                ids = np.take_along_axis(ids, np.argsort(ids < 0, axis=1, kind="stable"), 1)
+            ids = ids[:, :k]
+            out[:, s, : ids.shape[1]] = ids
+        return out
+
+
+def _codes(bits: np.ndarray) -> np.ndarray:
+    """Rows of 0/1 -> packed bytes, padded to at least one byte."""
+    if bits.shape[1] == 0:
+        return np.zeros((bits.shape[0], 1), dtype=np.uint8)
+    return np.ascontiguousarray(np.packbits(bits, axis=1))
+
+
+# -- the copying model (numba) -------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _composite(cand, n_slots, slot_of, stretch_hap):
+    """Fill ``stretch_hap`` (S, n_slots): the reference haplotype each slot copies at each step.
+
+    cand (S, L) candidates per step (-1 = none). Returns the number of filled slots; they are
+    0..n-1. ``slot_of`` (R,) must be all -1 and is left so.
+    """
+    n_steps, n_cand = cand.shape
+    slot_hap = np.full(n_slots, -1, np.int32)
+    slot_start = np.zeros(n_slots, np.int32)
+    slot_last = np.full(n_slots, -1, np.int32)
+    prev = np.arange(-1, n_slots - 1).astype(np.int32)  # least recently refreshed slot at the head
+    nxt = np.arange(1, n_slots + 1).astype(np.int32)
+    nxt[n_slots - 1] = -1
+    head, tail = 0, n_slots - 1
+    filled = 0
+    for s in range(n_steps):
+        for j in range(n_cand):
+            c = cand[s, j]
+            if c < 0:
+                continue
+            k = slot_of[c]
+            if k < 0:
+                k = head
+                old = slot_hap[k]
+                if old >= 0:
+                    slot_of[old] = -1
+                    switch = (slot_last[k] + 1 + s) // 2
+                    for t in range(slot_start[k], switch):
+                        stretch_hap[t, k] = old
+                    slot_start[k] = switch
+                else:
+                    slot_start[k] = 0
+                    filled += 1
+                slot_hap[k] = c
+                slot_of[c] = k
+            slot_last[k] = s
+            if k != tail:  # move k to the tail: most recently refreshed
+                p, n = prev[k], nxt[k]
+                if p >= 0:
+                    nxt[p] = n
+                else:
+                    head = n
+                prev[n] = p
+                prev[k] = tail
+                nxt[k] = -1
+                nxt[tail] = k
+                tail = k
+    for k in range(n_slots):
+        h = slot_hap[k]
+        if h >= 0:
+            for t in range(slot_start[k], n_steps):
+                stretch_hap[t, k] = h
+            slot_of[h] = -1
+    return filled
+
+
+@njit(cache=True, fastmath=True)
+def _alpha_step(prev, out, m, q, step_of, stretch_hap, ref_typed, n, rho, err):
+    """Forward values at typed site m from those at m - 1 (normalised to sum 1)."""
+    s = step_of[m]
+    a = q[m]
+    stay = 1.0 - rho[m]
+    add = rho[m] / n
+    total = 0.0
+    for k in range(n):
+        x = stay * prev[k] + add
+        if a >= 0:
+            x *= (1.0 - err) if ref_typed[m, stretch_hap[s, k]] == a else err
+        out[k] = x
+        total += x
+    inv = 1.0 / total
+    for k in range(n):
+        out[k] *= inv
+
+
+@njit(cache=True, fastmath=True)
+def _alpha_first(out, q, step_of, stretch_hap, ref_typed, n, err):
+    s = step_of[0]
+    a = q[0]
+    total = 0.0
+    for k in range(n):
+        x = 1.0
+        if a >= 0:
+            x = (1.0 - err) if ref_typed[0, stretch_hap[s, k]] == a else err
+        out[k] = x
+        total += x
+    inv = 1.0 / total
+    for k in range(n):
+        out[k] *= inv
+
+
+@njit(cache=True, fastmath=True)
+def _beta_step(b, m1, q, step_of, stretch_hap, ref_typed, n, rho, err, tmp):
+    """Backward values at typed site m1 - 1 from those at m1, in place (normalised)."""
+    s = step_of[m1]
+    a = q[m1]
+    total = 0.0
+    for k in range(n):
+        e = 1.0
+        if a >= 0:
+            e = (1.0 - err) if ref_typed[m1, stretch_hap[s, k]] == a else err
+        tmp[k] = e * b[k]
+        total += tmp[k]
+    stay = 1.0 - rho[m1]
+    add = rho[m1] * total / n
+    norm = 0.0
+    for k in range(n):
+        x = stay * tmp[k] + add
+        b[k] = x
+        norm += x
+    inv = 1.0 / norm
+    for k in range(n):
+        b[k] *= inv
+
+
+@njit(cache=True, fastmath=True)
+def _interval(
+    out_col,
+    u0,
+    u1,
+    lam,
+    af,
+    ref_packed,
+    cur_h,
+    cur_p,
+    n_cur,
+    cur_res,
+    nx_h,
+    nx_p,
+    n_nx,
+    nx_res,
+    left_only,
+):
+    """P(ALT) at sites u0..u1-1: posterior of the left typed site (cur) and, unless ``left_only``,
+    the right one (nx), mixed by ``lam``; dropped states' mass takes the allele frequency."""
+    for u in range(u0, u1):
+        x = cur_res * af[u]
+        for j in range(n_cur):
+            h = cur_h[j]
+            x += cur_p[j] * ((ref_packed[u, h >> 3] >> (h & 7)) & 1)
+        if left_only:
+            out_col[u] = x
+            continue
+        y = nx_res * af[u]
+        for j in range(n_nx):
+            h = nx_h[j]
+            y += nx_p[j] * ((ref_packed[u, h >> 3] >> (h & 7)) & 1)
+        w = lam[u]
+        out_col[u] = (1.0 - w) * x + w * y
+
+
+@njit(cache=True, fastmath=True)
+def _impute_one(
+    q,
+    stretch_hap,
+    n,
+    step_of,
+    ref_typed,
+    dist_cm,
+    ne,
+    err,
+    block,
+    typed_site,
+    lam,
+    af,
+    ref_packed,
+    min_post,
+    out_col,
+):
+    """Forward-backward for one haplotype; writes P(ALT) at every site into out_col (N,).
+
+    Returns (expected mismatches at its observed typed sites, observed typed sites).
+    """
+    M = len(q)
+    N = len(out_col)
+    rho = np.empty(M, np.float32)
+    rho[0] = 0.0
+    c = -0.04 * ne / n
+    for m in range(1, M):
+        rho[m] = -math.expm1(c * max(dist_cm[m], 1e-7))
+    n_blocks = (M + block - 1) // block
+    last0 = (n_blocks - 1) * block
+    ckpt = np.empty((n_blocks, n), np.float32)
+    blk = np.empty((block, n), np.float32)
+    a = np.empty(n, np.float32)
+    a2 = np.empty(n, np.float32)
+    _alpha_first(a, q, step_of, stretch_hap, ref_typed, n, err)
+    for m in range(M):
+        if m > 0:
+            _alpha_step(a, a2, m, q, step_of, stretch_hap, ref_typed, n, rho, err)
+            a, a2 = a2, a
+        if m % block == 0:
+            ckpt[m // block, :] = a
+        if m >= last0:
+            blk[m - last0, :] = a
+    b = np.full(n, 1.0 / n, np.float32)
+    tmp = np.empty(n, np.float32)
+    post = np.empty(n, np.float32)
+    cur_h = np.empty(n, np.int32)
+    cur_p = np.empty(n, np.float32)
+    nx_h = np.empty(n, np.int32)
+    nx_p = np.empty(n, np.float32)
+    n_nx = 0
+    nx_res = 0.0
+    mism = 0.0
+    n_obs = 0
+    for j in range(n_blocks - 1, -1, -1):
+        c0 = j * block
+        c1 = min(M, c0 + block)
+        if j != n_blocks - 1:
+            blk[0, :] = ckpt[j, :]
+            for m in range(c0 + 1, c1):
+                _alpha_step(
+                    blk[m - c0 - 1], blk[m - c0], m, q, step_of, stretch_hap, ref_typed, n, rho, err
+                )
+        for m in range(c1 - 1, c0 - 1, -1):
+            if m < M - 1:
+                _beta_step(b, m + 1, q, step_of, stretch_hap, ref_typed, n, rho, err, tmp)
+            total = 0.0
+            for k in range(n):
+                post[k] = blk[m - c0, k] * b[k]
+                total += post[k]
+            inv = 1.0 / total
+            s = step_of[m]
+            dos = 0.0
+            wrong = 0.0
+            n_cur = 0
+            kept = 0.0
+            for k in range(n):
+                p = post[k] * inv
+                h = stretch_hap[s, k]
+                allele = ref_typed[m, h]
+                dos += p * allele
+                if q[m] >= 0 and allele != q[m]:
+                    wrong += p
+                if p >= min_post:
+                    cur_h[n_cur] = h
+                    cur_p[n_cur] = p
+                    n_cur += 1
+                    kept += p
+            out_col[typed_site[m]] = dos
+            if q[m] >= 0:
+                mism += wrong
+                n_obs += 1
+            cur_res = max(1.0 - kept, 0.0)
+            if m == M - 1:
+                _interval(
+                    out_col,
+                    typed_site[m] + 1,
+                    N,
+                    lam,
+                    af,
+                    ref_packed,
+                    cur_h,
+                    cur_p,
+                    n_cur,
+                    cur_res,
+                    nx_h,
+                    nx_p,
+                    0,
+                    0.0,
+                    True,
+                )
+            else:
+                _interval(
+                    out_col,
+                    typed_site[m] + 1,
+                    typed_site[m + 1],
+                    lam,
+                    af,
+                    ref_packed,
+                    cur_h,
+                    cur_p,
+                    n_cur,
+                    cur_res,
+                    nx_h,
+                    nx_p,
+                    n_nx,
+                    nx_res,
+                    False,
+                )
+            if m == 0:
+                _interval(
+                    out_col,
+                    0,
+                    typed_site[0],
+                    lam,
+                    af,
+                    ref_packed,
+                    cur_h,
+                    cur_p,
+                    n_cur,
+                    cur_res,
+                    nx_h,
+                    nx_p,
+                    0,
+                    0.0,
+                    True,
+                )
+            cur_h, nx_h = nx_h, cur_h
+            cur_p, nx_p = nx_p, cur_p
+            n_nx = n_cur
+            nx_res = cur_res
+    return mism, n_obs
+
+
+@njit(parallel=True, cache=True)
+def _impute_batch(
+    q,
+    cand,
+    exclude,
+    n_slots,
+    identity,
+    n_ref,
+    step_of,
+    ref_typed,
+    dist_cm,
+    ne,
+    err,
+    block,
+    typed_site,
+    lam,
+    af,
+    ref_packed,
+    min_post,
+    out,
+    stats,
+):
+    """Every query haplotype (rows of q) in parallel; out (Q, N), stats (Q, 2)."""
+    Q = q.shape[0]
+    S = cand.shape[1]
+    for i in prange(Q):
+        if identity:
+            stretch_hap = np.empty((S, n_ref), np.int32)
+            n = 0
+            for h in range(n_ref):
+                skip = False
+                for e in range(exclude.shape[1]):
+                    if exclude[i, e] == h:
+                        skip = True
+                if not skip:
+                    for s in range(S):
+                        stretch_hap[s, n] = h
+                    n += 1
+        else:
+            slot_of = np.full(n_ref, -1, np.int32)
+            stretch_hap = np.zeros((S, n_slots), np.int32)
+            n = _composite(cand[i], n_slots, slot_of, stretch_hap)
+        mism, n_obs = _impute_one(
+            q[i],
+            stretch_hap,
+            n,
+            step_of,
+            ref_typed,
+            dist_cm,
+            ne,
+            err,
+            block,
+            typed_site,
+            lam,
+            af,
+            ref_packed,
+            min_post,
+            out[i],
+        )
+        stats[i, 0] = mism
+        stats[i, 1] = n_obs
+
+
+# -- driver --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Chunk:
+    """A reference over consecutive sites, and which of them the targets type.
+
+    ``ref_packed`` (N, ceil(R / 8)) bits of every site; ``ref_typed`` (M, R) alleles at the typed
+    sites; ``typed_site`` (M,) their indices among the N sites (increasing); ``cm`` / ``pos`` (N,);
+    ``af`` (N,) reference ALT frequency.
+    """
+
+    ref_packed: np.ndarray
+    ref_typed: np.ndarray
+    typed_site: np.ndarray
+    cm: np.ndarray
+    pos: np.ndarray
+    af: np.ndarray
+
+    @classmethod
+    def from_alleles(
+        cls, alleles: np.ndarray, typed_site: np.ndarray, cm: np.ndarray, pos: np.ndarray
+    ) -> Chunk:
+        """From a dense (N, R) 0/1 reference (tests and small panels)."""
+        alleles = np.asarray(alleles, dtype=np.uint8)
+        typed_site = np.asarray(typed_site, dtype=np.int64)
+        return cls(
+            ref_packed=pack_reference(alleles),
+            ref_typed=np.ascontiguousarray(alleles[typed_site]),
+            typed_site=typed_site,
+            cm=np.asarray(cm, dtype=np.float64),
+            pos=np.asarray(pos, dtype=np.int64),
+            af=alleles.mean(axis=1).astype(np.float32)
+            if alleles.shape[1]
+            else np.zeros(len(alleles), np.float32),
+        )
+
+    @property
+    def n_sites(self) -> int:
+        return len(self.cm)
+
+    @property
+    def n_ref(self) -> int:
+        return self.ref_typed.shape[1]
+
+
+class Engine:
+    """The copying model of one chunk: its state index is built once, then any number of batches of
+    target haplotypes are imputed with it."""
+
+    def __init__(self, chunk: Chunk, params: EngineParams, index: StateIndex | None = None):
+        if len(chunk.typed_site) == 0:
+            raise ValueError("no typed site in the chunk: nothing to copy from")
+        self.chunk = chunk
+        self.params = params
+        cm_t = chunk.cm[chunk.typed_site]
+        self.identity = chunk.n_ref <= params.states
+        if index is None:
+            index = StateIndex(
+                chunk.ref_typed, cm_t, params.step_cm, params.span_steps, params.seed
+            )
+        self.index = index
+        self.step_of = index.step_of()
+        self.dist_cm = np.r_[0.0, np.diff(cm_t)].astype(np.float64)
+        self.lam = interpolation_weights(chunk.cm, chunk.pos, chunk.typed_site)
+
+    def candidates(self, query: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+        """(Q, S, candidates) nearest reference haplotypes per step; (Q, S, 0) when the panel is used
+        whole. Missing alleles are searched as REF (they only rank candidates)."""
+        if self.identity:
+            return np.zeros((len(query), self.index.n_steps, 0), dtype=np.int32)
+        filled = np.where(query < 0, 0, query).astype(np.uint8)
+        return self.index.candidates(filled, self.params.candidates, exclude)
+
+    def states(self, query: np.ndarray, exclude: np.ndarray | None = None) -> list[np.ndarray]:
+        """Per query haplotype, (S, n) the reference haplotype each composite state copies at each
+        step: what the copying model runs on (for inspection and tests)."""
+        query = np.asarray(query, dtype=np.int8)
+        cand = self.candidates(query, exclude)
+        out = []
+        for i in range(len(query)):
+            if self.identity:
+                keep = np.setdiff1d(
+                    np.arange(self.chunk.n_ref), [] if exclude is None else exclude[i]
+                )
+                out.append(np.tile(keep.astype(np.int32), (self.index.n_steps, 1)))
+                continue
+            table = np.zeros((self.index.n_steps, self.params.states), dtype=np.int32)
+            n = _composite(
+                cand[i], self.params.states, np.full(self.chunk.n_ref, -1, np.int32), table
+            )
+            out.append(table[:, :n])
+        return out
+
+    def impute(
+        self,
+        query: np.ndarray,
+        exclude: np.ndarray | None = None,
+        error: float | None = None,
+        threads: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """P(ALT) (Q, N) at every site for query haplotypes (Q, M) typed at the chunk's typed sites
+        (-1 = missing); also (Q, 2): expected mismatches and observed typed sites per haplotype.
+
+        ``exclude`` (Q, E): reference haplotypes each query must not copy (its own sample, when the
+        query is in the reference). ``error`` overrides ``params.error`` (which must then be set).
+        """
+        query = np.ascontiguousarray(query, dtype=np.int8)
+        if query.ndim != 2 or query.shape[1] != len(self.chunk.typed_site):
+            raise ValueError(
+                f"queries must be (haplotypes, {len(self.chunk.typed_site)} typed sites), "
+                f"got {query.shape}"
+            )
+        err = self.params.error if error is None else error
+        if err is None:
+            raise ValueError("no error rate: set params.error or pass error (see estimate_error)")
+        ex = (
+            np.zeros((len(query), 0), np.int64)
+            if exclude is None
+            else np.asarray(exclude, np.int64)
+        )
+        if len(ex) != len(query):
+            raise ValueError("exclude needs one row per query")
+        if self.identity and self.chunk.n_ref - ex.shape[1] < 1:
+            raise ValueError("no reference haplotype left once the excluded ones are removed")
+        cand = self.candidates(query, None if exclude is None else ex)
+        out = np.empty((len(query), self.chunk.n_sites), dtype=np.float32)
+        stats = np.zeros((len(query), 2), dtype=np.float64)
+        if threads:
+            numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        p = self.params
+        _impute_batch(
+            query,
+            cand,
+            ex,
+            p.states,
+            self.identity,
+            self.chunk.n_ref,
+            self.step_of,
+            self.chunk.ref_typed,
+            self.dist_cm,
+            float(p.ne),
+            float(err),
+            int(p.block_sites),
+            self.chunk.typed_site,
+            self.lam,
+            self.chunk.af,
+            self.chunk.ref_packed,
+            float(p.min_posterior),
+            out,
+            stats,
+        )
+        return out, stats
+
+    def estimate_error(
+        self,
+        query: np.ndarray,
+        exclude: np.ndarray | None = None,
+        sample: int = 64,
+        rounds: int = 3,
+        seed: int = 1,
+        threads: int | None = None,
+    ) -> float:
+        """The allele mismatch rate that the copying model expects on (a sample of) the queries, by a
+        few rounds of expectation-maximisation from 1e-3 (as Beagle estimates its ``err``), clipped to
+        [1e-4, 0.05]. Array genotyping errors raise it, so that one wrong call does not break a long
+        match."""
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.permutation(len(query))[:sample])
+        q = np.asarray(query)[rows]
+        ex = None if exclude is None else np.asarray(exclude)[rows]
+        err = 1e-3
+        for _ in range(rounds):
+            _, stats = self.impute(q, ex, error=err, threads=threads)
+            seen = stats[:, 1].sum()
+            if seen == 0:
+                return err
+            err = float(np.clip(stats[:, 0].sum() / seen, 1e-4, 0.05))
+        return err

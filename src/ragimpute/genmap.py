@@ -1,0 +1,169 @@
+"""Genetic maps: base-pair positions to centimorgans, as Beagle's ``map=`` reads them.
+
+Two formats are read, told apart by their columns:
+
+- PLINK ``.map`` (Beagle's ``map=``): whitespace-separated ``chrom id cM bp``, no header;
+- HapMap (``genetic_map_*.txt``): a header, then ``Chromosome Position(bp) Rate(cM/Mb) Map(cM)``.
+  Files with only ``Position Rate Map`` columns (one chromosome per file) are read too.
+
+Positions between map points are interpolated linearly; positions before the first or after the last
+point are extrapolated linearly from the first two or the last two points, as Beagle does. Without a
+map, 1 cM = 1 Mb (Beagle's default). ``chr20`` and ``20`` name the same chromosome.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .vcf_io import normalize_chrom
+
+CM_PER_BP_DEFAULT = 1e-6
+
+
+@dataclass
+class GeneticMap:
+    """Map points of one chromosome: strictly increasing bp, non-decreasing cM."""
+
+    path: str
+    chrom: str
+    bp: np.ndarray  # (n,) int64
+    cm: np.ndarray  # (n,) float64
+
+    def cm_at(self, pos: np.ndarray) -> np.ndarray:
+        """cM at the positions ``pos`` (bp): linear between map points, extrapolated outside."""
+        pos = np.asarray(pos, dtype=np.float64)
+        bp, cm = self.bp.astype(np.float64), self.cm
+        if len(bp) == 1:
+            return cm[0] + (pos - bp[0]) * CM_PER_BP_DEFAULT
+        out = np.interp(pos, bp, cm)
+        lo, hi = pos < bp[0], pos > bp[-1]
+        out[lo] = cm[0] + (pos[lo] - bp[0]) * (cm[1] - cm[0]) / (bp[1] - bp[0])
+        out[hi] = cm[-1] + (pos[hi] - bp[-1]) * (cm[-1] - cm[-2]) / (bp[-1] - bp[-2])
+        return out
+
+
+def _open_text(path: str):
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return gzip.open(path, "rt") if magic == b"\x1f\x8b" else open(path)
+
+
+def _number(text: str, path: str, line_no: int, what: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise InputError(
+            path,
+            f"line {line_no}: {what} {text!r} is not a number",
+            "Give a PLINK .map (chrom id cM bp) or a HapMap map (Chromosome Position Rate Map)",
+        ) from None
+    if not np.isfinite(v):
+        raise InputError(path, f"line {line_no}: {what} {text!r} is not finite", "Fix the map")
+    return v
+
+
+def read_genetic_map(path: str | os.PathLike, chrom: str) -> GeneticMap:
+    """The points of ``chrom`` in a PLINK or HapMap genetic map (plain or gzipped)."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise InputError(path, "the genetic map does not exist", "Check panel.genetic_map")
+    want = normalize_chrom(chrom)
+    bp: list[float] = []
+    cm: list[float] = []
+    fmt = None
+    with _open_text(path) as f:
+        for line_no, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            if fmt is None:
+                try:
+                    float(fields[-1])
+                except ValueError:
+                    # a header ("Chromosome Position(bp) Rate(cM/Mb) Map(cM)" or "Position Rate Map")
+                    fmt = "hapmap4" if len(fields) >= 4 else "hapmap3"
+                    continue
+                if len(fields) == 3:
+                    fmt = "hapmap3"
+                else:
+                    fmt = "hapmap4" if _is_hapmap_row(fields) else "plink"
+            if fmt == "plink":
+                if len(fields) != 4:
+                    raise InputError(
+                        path, f"line {line_no}: {len(fields)} columns, a PLINK map has 4", "Fix it"
+                    )
+                c, pos, gen = fields[0], fields[3], fields[2]
+            elif fmt == "hapmap4":
+                if len(fields) < 4:
+                    raise InputError(
+                        path,
+                        f"line {line_no}: {len(fields)} columns, a HapMap map has 4",
+                        "Fix it",
+                    )
+                c, pos, gen = fields[0], fields[1], fields[3]
+            else:
+                c, pos, gen = chrom, fields[0], fields[2]
+            if normalize_chrom(c) != want:
+                continue
+            bp.append(_number(pos, path, line_no, "position"))
+            cm.append(_number(gen, path, line_no, "genetic position"))
+    if not bp:
+        raise InputError(
+            path,
+            f"no map points for chromosome {chrom}",
+            "Give a map of this chromosome (or leave panel.genetic_map empty for 1 cM/Mb)",
+        )
+    b = np.asarray(bp, dtype=np.int64)
+    g = np.asarray(cm, dtype=np.float64)
+    if (np.diff(b) <= 0).any():
+        i = int(np.flatnonzero(np.diff(b) <= 0)[0]) + 1
+        raise InputError(
+            path,
+            f"chromosome {chrom}: positions not increasing at {b[i]} (after {b[i - 1]})",
+            "Sort the map by position and remove duplicate positions",
+        )
+    if (np.diff(g) < 0).any():
+        i = int(np.flatnonzero(np.diff(g) < 0)[0]) + 1
+        raise InputError(
+            path,
+            f"chromosome {chrom}: genetic position decreases at {b[i]} bp ({g[i]} < {g[i - 1]} cM)",
+            "A genetic map's cM must not decrease along the chromosome",
+        )
+    return GeneticMap(path, chrom, b, g)
+
+
+def _is_hapmap_row(fields: list[str]) -> bool:
+    """A 4-column data row is HapMap when its 2nd column is an integer position and its 3rd a rate
+    with the 4th not an integer; PLINK's 2nd column is a variant id, usually not a number."""
+    try:
+        float(fields[1])
+    except ValueError:
+        return False
+    # PLINK: id cM bp -> the 4th column is an integer bp; HapMap: the 4th is cM (usually fractional)
+    try:
+        int(fields[3])
+        return False
+    except ValueError:
+        return True
+
+
+def site_cm(pos: np.ndarray, genetic_map: GeneticMap | None) -> np.ndarray:
+    """cM of every site: from the map, or 1 cM/Mb without one."""
+    pos = np.asarray(pos)
+    if genetic_map is None:
+        return pos.astype(np.float64) * CM_PER_BP_DEFAULT
+    return genetic_map.cm_at(pos)
+
+
+def write_plink_map(path: str | os.PathLike, chrom: str, bp: np.ndarray, cm: np.ndarray) -> None:
+    """A PLINK ``.map`` (chrom id cM bp), Beagle's ``map=`` format."""
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        for b, g in zip(np.asarray(bp), np.asarray(cm), strict=True):
+            f.write(f"{chrom}\t.\t{g:.8f}\t{int(b)}\n")

@@ -1,0 +1,244 @@
+"""The imputation engine against independent computations: path enumeration, a plain numpy
+forward-backward, brute-force nearest haplotypes, and its own invariances (batch, block, threads)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from ragimpute.engine import (
+    Chunk,
+    Engine,
+    EngineParams,
+    StateIndex,
+    interpolation_weights,
+    step_bounds,
+)
+
+
+def switch_probs(cm_typed: np.ndarray, ne: float, n: int) -> np.ndarray:
+    d = np.maximum(np.r_[0.0, np.diff(cm_typed)], 1e-7)
+    rho = -np.expm1(-0.04 * ne * d / n)
+    rho[0] = 0.0
+    return rho
+
+
+def forward_backward(alleles: np.ndarray, q: np.ndarray, rho: np.ndarray, err: float) -> np.ndarray:
+    """Plain float64 Li-Stephens posterior (M, n): alleles (M, n) of the states at the typed sites."""
+    M, n = alleles.shape
+    e = np.where(q[:, None] < 0, 1.0, np.where(alleles == q[:, None], 1 - err, err))
+    f = np.empty((M, n))
+    f[0] = e[0] / n
+    f[0] /= f[0].sum()
+    for m in range(1, M):
+        f[m] = e[m] * ((1 - rho[m]) * f[m - 1] + rho[m] / n)
+        f[m] /= f[m].sum()
+    b = np.ones((M, n))
+    for m in range(M - 2, -1, -1):
+        x = e[m + 1] * b[m + 1]
+        b[m] = (1 - rho[m + 1]) * x + rho[m + 1] * x.sum() / n
+        b[m] /= b[m].sum()
+    post = f * b
+    return post / post.sum(1, keepdims=True)
+
+
+def enumerate_paths(alleles: np.ndarray, q: np.ndarray, rho: np.ndarray, err: float) -> np.ndarray:
+    """The same posterior by summing over every path of states (tiny cases only)."""
+    M, n = alleles.shape
+    post = np.zeros((M, n))
+    for path in itertools.product(range(n), repeat=M):
+        p = 1.0 / n
+        for m, k in enumerate(path):
+            if m:
+                p *= (1 - rho[m]) * (k == path[m - 1]) + rho[m] / n
+            if q[m] >= 0:
+                p *= 1 - err if alleles[m, k] == q[m] else err
+        for m, k in enumerate(path):
+            post[m, k] += p
+    return post / post.sum(1, keepdims=True)
+
+
+def expected_output(chunk: Chunk, states: np.ndarray, step_of, q, ne, err) -> np.ndarray:
+    """P(ALT) at every site by brute force: posterior at the typed sites, linear interpolation of the
+    state posteriors (in cM) between them, every state kept."""
+    dense = np.unpackbits(chunk.ref_packed, axis=1, bitorder="little")[:, : chunk.n_ref]
+    hap = states[step_of]  # (M, n) reference haplotype of each state at each typed site
+    t = chunk.typed_site
+    alleles = np.take_along_axis(chunk.ref_typed, hap, axis=1)
+    post = forward_backward(alleles, q, switch_probs(chunk.cm[t], ne, states.shape[1]), err)
+    out = np.empty(chunk.n_sites)
+    for u in range(chunk.n_sites):
+        right = np.searchsorted(t, u, side="left")
+        if right < len(t) and t[right] == u:
+            out[u] = (post[right] * alleles[right]).sum()
+            continue
+        left = right - 1
+        if left < 0:
+            out[u] = (post[0] * dense[u, hap[0]]).sum()
+        elif right >= len(t):
+            out[u] = (post[-1] * dense[u, hap[-1]]).sum()
+        else:
+            span = chunk.cm[t[right]] - chunk.cm[t[left]]
+            w = (chunk.cm[u] - chunk.cm[t[left]]) / span
+            out[u] = (1 - w) * (post[left] * dense[u, hap[left]]).sum() + w * (
+                post[right] * dense[u, hap[right]]
+            ).sum()
+    return out
+
+
+def random_panel(seed: int, n_sites: int = 300, n_ref: int = 40, n_typed: int = 60):
+    """A panel of mosaics of a few founders (so that copying matters), with cM positions."""
+    rng = np.random.default_rng(seed)
+    founders = (rng.random((n_sites, 6)) < rng.uniform(0.05, 0.5, n_sites)[:, None]).astype(
+        np.uint8
+    )
+    pick = rng.integers(0, 6, size=(n_ref + 4, 8)).repeat(-(-n_sites // 8), axis=1)[:, :n_sites]
+    haps = founders[np.arange(n_sites)[None, :], pick].T  # (N, R + 4)
+    flip = rng.random(haps.shape) < 0.01
+    haps = (haps ^ flip).astype(np.uint8)
+    pos = np.sort(rng.choice(np.arange(1, 2_000_000), n_sites, replace=False))
+    cm = pos * 1e-6
+    typed = np.sort(rng.choice(n_sites, n_typed, replace=False))
+    return haps[:, :n_ref], haps[:, n_ref:], pos, cm, typed
+
+
+def test_forward_backward_equals_path_enumeration():
+    rng = np.random.default_rng(0)
+    alleles = rng.integers(0, 2, size=(5, 3))
+    q = np.array([1, -1, 0, 1, 0])
+    rho = np.array([0.0, 0.3, 0.05, 0.6, 0.2])
+    np.testing.assert_allclose(
+        forward_backward(alleles, q, rho, 0.05), enumerate_paths(alleles, q, rho, 0.05), atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("states", [100, 12])  # the whole panel, then composite states
+def test_engine_equals_brute_force(states):
+    ref, tgt, pos, cm, typed = random_panel(1)
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    params = EngineParams(states=states, candidates=4, step_cm=0.1, span_steps=3, min_posterior=0.0)
+    engine = Engine(chunk, params)
+    q = tgt[typed].T.astype(np.int8)
+    q[0, 5] = -1  # a missing call
+    err, ne = 0.01, 1e4
+    out, stats = Engine(chunk, EngineParams(**{**params.to_dict(), "ne": ne})).impute(q, error=err)
+    tables = engine.states(q)
+    assert engine.identity == (states >= chunk.n_ref)
+    for i in range(len(q)):
+        want = expected_output(chunk, tables[i], engine.step_of, q[i], ne, err)
+        np.testing.assert_allclose(out[i], want, atol=2e-5)
+    assert stats[0, 1] == len(typed) - 1 and (stats[1:, 1] == len(typed)).all()
+
+
+def test_interpolation_is_exact_where_untyped_sites_share_a_typed_sites_cm():
+    """With no genetic distance to the typed site on their left, untyped sites get that site's exact
+    posterior (nothing is interpolated)."""
+    ref, tgt, pos, cm, typed = random_panel(2)
+    cm = cm.copy()
+    for lo, hi in zip(typed[:-1], typed[1:], strict=True):
+        cm[lo + 1 : hi] = cm[lo]
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    engine = Engine(chunk, EngineParams(states=100, min_posterior=0.0, error=0.01))
+    q = tgt[typed].T.astype(np.int8)
+    out, _ = engine.impute(q)
+    post = forward_backward(ref[typed], q[0], switch_probs(cm[typed], 1e5, chunk.n_ref), 0.01)
+    for m in range(len(typed) - 1):
+        for u in range(typed[m] + 1, typed[m + 1]):
+            assert out[0, u] == pytest.approx((post[m] * ref[u]).sum(), abs=2e-5)
+
+
+def test_min_posterior_error_is_bounded():
+    ref, tgt, pos, cm, typed = random_panel(3)
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    q = tgt[typed].T.astype(np.int8)
+    exact, _ = Engine(chunk, EngineParams(states=100, min_posterior=0.0, error=0.01)).impute(q)
+    approx, _ = Engine(chunk, EngineParams(states=100, min_posterior=1e-3, error=0.01)).impute(q)
+    # at most the dropped mass (< n_states x 1e-3) per site, and far less on average
+    assert np.abs(exact - approx).max() < 100 * 1e-3
+    assert np.abs(exact - approx).mean() < 5e-3
+
+
+def test_composite_states_hold_each_steps_nearest_haplotypes():
+    ref, tgt, pos, cm, typed = random_panel(4, n_ref=60)
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    params = EngineParams(states=16, candidates=5, step_cm=0.1, span_steps=3)
+    engine = Engine(chunk, params)
+    q = tgt[typed].T.astype(np.int8)
+    cand = engine.candidates(q)
+    tables = engine.states(q)
+    idx = engine.index
+    for i in range(len(q)):
+        for s, (a, b) in enumerate(idx.span):
+            d = (ref[typed[a:b]] != q[i, a:b, None]).sum(0)  # brute-force Hamming, (R,)
+            kth = np.sort(d)[params.candidates - 1]
+            assert (d[cand[i, s]] <= kth).all()  # nearest (ties may go either way)
+            assert len(set(cand[i, s])) == params.candidates
+            assert set(cand[i, s]) <= set(tables[i][s])  # ... and in the states at that step
+
+
+def test_exclusion_keeps_a_sample_out_of_its_own_states():
+    ref, _, pos, cm, typed = random_panel(5, n_ref=60, n_typed=250)
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    q = ref[typed].T[:4].astype(np.int8)  # reference haplotypes as queries
+    exclude = np.array([[0, 1], [0, 1], [2, 3], [2, 3]])
+    for states in (16, 100):
+        engine = Engine(chunk, EngineParams(states=states, candidates=5, error=0.01))
+        for i, table in enumerate(engine.states(q, exclude)):
+            assert not np.isin(table, exclude[i]).any()
+        left_out, _ = engine.impute(q, exclude)
+        kept_in, _ = engine.impute(q)
+        truth = ref.T[:4]
+        # a haplotype that may copy itself is imputed better than one that may not
+        assert np.abs(kept_in - truth).mean() < np.abs(left_out - truth).mean()
+
+
+@pytest.mark.parametrize("states", [100, 12])
+def test_output_does_not_depend_on_batch_block_or_threads(states):
+    ref, tgt, pos, cm, typed = random_panel(6, n_typed=80)
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    q = tgt[typed].T.astype(np.int8)
+    base = dict(states=states, candidates=4, error=0.01)
+    want, _ = Engine(chunk, EngineParams(**base, block_sites=256)).impute(q, threads=1)
+    for block in (1, 7, 80):
+        got, _ = Engine(chunk, EngineParams(**base, block_sites=block)).impute(q, threads=2)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    engine = Engine(chunk, EngineParams(**base))
+    parts = np.concatenate([engine.impute(q[i : i + 1])[0] for i in range(len(q))])
+    np.testing.assert_array_equal(parts, engine.impute(q)[0])  # batch size, and determinism
+
+
+def test_estimated_error_follows_the_genotyping_error_rate():
+    ref, tgt, pos, cm, _ = random_panel(7, n_sites=2000, n_ref=100, n_typed=10)
+    typed = np.arange(0, 2000, 2)
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    engine = Engine(chunk, EngineParams(states=200))
+    q = tgt[typed].T.astype(np.int8)
+    clean = engine.estimate_error(q)
+    noisy_q = q ^ (np.random.default_rng(0).random(q.shape) < 0.02)
+    noisy = engine.estimate_error(noisy_q.astype(np.int8))
+    assert clean < 0.02 < noisy * 1.5
+    assert noisy > 3 * clean
+
+
+def test_step_bounds_and_weights():
+    cm = np.array([0.0, 0.01, 0.12, 0.13, 0.5, 0.51])
+    assert step_bounds(cm, 0.1).tolist() == [0, 2, 4, 6]
+    pos = np.array([10, 20, 30, 40])
+    w = interpolation_weights(np.array([0.0, 0.1, 0.4, 1.0]), pos, np.array([0, 3]))
+    np.testing.assert_allclose(w, [0, 0.1, 0.4, 0])
+    flat = interpolation_weights(np.zeros(4), pos, np.array([0, 3]))  # flat map: by bp
+    np.testing.assert_allclose(flat, [0, 1 / 3, 2 / 3, 0], atol=1e-6)
+
+
+def test_state_index_ids_are_panel_haplotypes():
+    rng = np.random.default_rng(8)
+    ref_typed = rng.integers(0, 2, size=(30, 20)).astype(np.uint8)
+    idx = StateIndex(ref_typed, np.linspace(0, 1, 30), 0.1, 3, seed=3)
+    q = ref_typed[:, [7, 11]].T  # two reference haplotypes as queries: each is its own nearest
+    cand = idx.candidates(q, 1)
+    assert cand.shape == (2, idx.n_steps, 1)
+    for i, h in enumerate((7, 11)):
+        for s, (a, b) in enumerate(idx.span):  # a panel haplotype at distance 0 from the query
+            assert (ref_typed[a:b, cand[i, s, 0]] == ref_typed[a:b, h]).all()
