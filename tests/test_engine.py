@@ -235,7 +235,7 @@ def test_step_bounds_and_weights():
 def test_state_index_ids_are_panel_haplotypes():
     rng = np.random.default_rng(8)
     ref_typed = rng.integers(0, 2, size=(30, 20)).astype(np.uint8)
-    idx = StateIndex(ref_typed, np.linspace(0, 1, 30), 0.1, 3, seed=3)
+    idx = StateIndex.build(ref_typed, np.linspace(0, 1, 30), 0.1, 3, seed=3)
     q = ref_typed[:, [7, 11]].T  # two reference haplotypes as queries: each is its own nearest
     cand = idx.candidates(q, 1)
     assert cand.shape == (2, idx.n_steps, 1)

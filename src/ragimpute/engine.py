@@ -44,10 +44,10 @@ class EngineParams:
     states: int = 600  # composite states per target haplotype (the whole panel when it is smaller)
     step_cm: float = 0.1  # length of a state-selection step
     span_steps: int = 7  # a step's candidates match the target over this many steps around it (odd)
-    candidates: int = 16  # nearest reference haplotypes taken per step
+    candidates: int = 32  # nearest reference haplotypes taken per step
     ne: float = 1e5  # effective population size in the switch probability (Beagle's default)
     error: float | None = None  # allele mismatch probability; None: estimated from the targets
-    min_posterior: float = 1e-3  # states below this posterior are left out of the interpolation
+    min_posterior: float = 1e-4  # states below this posterior are left out of the interpolation
     block_sites: int = 256  # typed sites per block of stored forward values
     seed: int = 1  # order in which equally near candidates are taken (ties)
 
@@ -115,41 +115,52 @@ def pack_reference(alleles: np.ndarray) -> np.ndarray:
 class StateIndex:
     """One FAISS binary index per step over the reference haplotypes at the typed sites of its span.
 
-    Reference haplotypes are added in a seeded random order, so that among equally near candidates
-    none is preferred for its position in the panel; ids returned are panel haplotype indices.
+    Reference haplotypes are added in a seeded random order (``order``), so that among equally near
+    candidates none is preferred for its place in the panel; ids returned are panel haplotype indices.
+    ``bounds`` (S + 1,) typed-site boundaries of the steps; ``span`` (S, 2) typed sites each step's
+    index covers.
     """
 
     def __init__(
-        self,
+        self, bounds: np.ndarray, span: np.ndarray, order: np.ndarray, indexes: list
+    ) -> None:
+        self.bounds = np.asarray(bounds, dtype=np.int64)
+        self.span = np.asarray(span, dtype=np.int64)
+        self.order = np.asarray(order, dtype=np.int64)
+        self.indexes = indexes
+        self.n_steps = len(self.bounds) - 1
+        self.n_typed = int(self.bounds[-1])
+        self.n_ref = len(self.order)
+
+    @classmethod
+    def build(
+        cls,
         ref_typed: np.ndarray,
         cm_typed: np.ndarray,
         step_cm: float,
         span_steps: int,
         seed: int = 1,
-    ):
+    ) -> StateIndex:
+        """From the reference alleles (M, R) at the typed sites and their cM."""
         import faiss
 
-        ref_typed = np.asarray(ref_typed, dtype=np.uint8)  # (M, R)
-        self.n_typed, self.n_ref = ref_typed.shape
-        self.bounds = step_bounds(np.asarray(cm_typed, dtype=np.float64), step_cm)
-        self.n_steps = len(self.bounds) - 1
+        ref_typed = np.asarray(ref_typed, dtype=np.uint8)
+        bounds = step_bounds(np.asarray(cm_typed, dtype=np.float64), step_cm)
+        n_steps = len(bounds) - 1
         half = span_steps // 2
-        s = np.arange(self.n_steps)
-        self.span = np.stack(
-            [
-                self.bounds[np.maximum(s - half, 0)],
-                self.bounds[np.minimum(s + half + 1, self.n_steps)],
-            ],
-            axis=1,
+        s = np.arange(n_steps)
+        span = np.stack(
+            [bounds[np.maximum(s - half, 0)], bounds[np.minimum(s + half + 1, n_steps)]], axis=1
         )
-        self.order = np.random.default_rng(seed).permutation(self.n_ref)
-        self.indexes = []
-        hap_major = np.ascontiguousarray(ref_typed[:, self.order].T)  # (R, M)
-        for a, b in self.span:
+        order = np.random.default_rng(seed).permutation(ref_typed.shape[1])
+        hap_major = np.ascontiguousarray(ref_typed[:, order].T)  # (R, M)
+        indexes = []
+        for a, b in span:
             codes = _codes(hap_major[:, a:b])
             index = faiss.IndexBinaryFlat(8 * codes.shape[1])
             index.add(codes)
-            self.indexes.append(index)
+            indexes.append(index)
+        return cls(bounds, span, order, indexes)
 
     def step_of(self) -> np.ndarray:
         """(M,) step of every typed site."""
@@ -616,8 +627,13 @@ class Engine:
         cm_t = chunk.cm[chunk.typed_site]
         self.identity = chunk.n_ref <= params.states
         if index is None:
-            index = StateIndex(
+            index = StateIndex.build(
                 chunk.ref_typed, cm_t, params.step_cm, params.span_steps, params.seed
+            )
+        elif index.n_typed != len(chunk.typed_site) or index.n_ref != chunk.n_ref:
+            raise ValueError(
+                f"the state index covers {index.n_typed} typed sites and {index.n_ref} haplotypes, "
+                f"the chunk {len(chunk.typed_site)} and {chunk.n_ref}"
             )
         self.index = index
         self.step_of = index.step_of()

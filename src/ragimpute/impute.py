@@ -15,6 +15,7 @@ INFO AF = mean DS / 2; INFO R2 = variance of the haplotype dosages / (AF (1 - AF
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import resource
@@ -28,11 +29,14 @@ import pandas as pd
 from . import __version__
 from .atomic import read_json, write_json
 from .baselines import AFPredictor, RetrievalPredictor
+from .engine import Engine, EngineParams
 from .errors import ArtifactError, InputError
 from .index import HaplotypeIndex, QueryBlock
 from .logs import Progress, log
 from .masks import load_mask
-from .predictors import Predictor, WindowBatch
+from .predictors import Predictor, PriorPredictor, WindowBatch
+from .prior import run_engine
+from .states import build_states, load_chunk, load_states
 from .targets import read_target
 from .tokens import MASK, tokenize_block
 from .vcf_write import (
@@ -52,12 +56,6 @@ def _model_predictor(opts: dict) -> Predictor:
     return load_predictor(opts["checkpoint"], opts.get("device", "auto"))
 
 
-def _copying_predictor(opts: dict) -> Predictor:
-    from .model import CopyingModelPredictor  # the model's copying model without the network
-
-    return CopyingModelPredictor(**{k: opts[k] for k in ("switch_rate", "error") if k in opts})
-
-
 # The one place where a method name becomes a predictor. Options come from the config
 # (``baselines.<method>`` for the baselines; ``checkpoint`` and ``device`` for the model).
 PREDICTOR_FACTORIES: dict[str, Callable[[dict], Predictor]] = {
@@ -66,7 +64,7 @@ PREDICTOR_FACTORIES: dict[str, Callable[[dict], Predictor]] = {
         **{k: opts[k] for k in ("k", "flank", "decay", "tau", "prior") if k in opts}
     ),
     "model": _model_predictor,
-    "copying": lambda opts: _copying_predictor(opts),
+    "copying": lambda opts: PriorPredictor(),
 }
 # Methods run by other tools on the same reference and harmonised target (workflow rules of their own).
 EXTERNAL_METHODS = ("beagle", "minimac4")
@@ -185,12 +183,15 @@ def impute(
     contig_length: int | None = None,
     provenance: dict | None = None,
     threads: int = 1,
+    states_dir: str | os.PathLike | None = None,
+    engine_params: EngineParams | None = None,
 ) -> dict:
     """Impute every reference site for the samples of a harmonised target; returns the run report.
 
     ``target_vcf`` must type exactly the sites the mask ``mask_hash`` leaves observed (the
     ``target_mask`` stage writes both). ``k`` neighbours are retrieved per haplotype window unless the
-    predictor says how many it needs (``predictor.k``; 0 = none).
+    predictor says how many it needs (``predictor.k``; 0 = none). A predictor with ``needs_prior``
+    gets the copying-model engine's P(ALT) (state index ``states_dir``, settings ``engine_params``).
     """
     import faiss
 
@@ -245,7 +246,24 @@ def impute(
         import torch
 
         torch.cuda.reset_peak_memory_stats()
+    prior = None
+    engine_report: dict = {}
+    if getattr(predictor, "needs_prior", False):
+        prior, engine_report = _engine_prior(
+            windows_dir,
+            states_dir,
+            mask.hash,
+            engine_params or EngineParams(),
+            target,
+            Path(out_vcf).parent,
+            batch_haplotypes,
+            threads,
+        )
     provenance = dict(provenance or {})
+    if engine_report:
+        provenance.update(
+            {k: engine_report[k] for k in ("error", "states", "reference_haplotypes")}
+        )
     prov = {
         "method": prov_name(predictor),
         "mask_hash": mask.hash,
@@ -259,7 +277,9 @@ def impute(
     ]
     filled = 0
     progress = Progress(len(windows), f"impute {prov['method']}", "windows")
-    with bgzip_vcf_writer(out_vcf) as write:
+    with contextlib.ExitStack() as cleanup, bgzip_vcf_writer(out_vcf) as write:
+        if prior is not None:
+            cleanup.callback(prior.close)
         write(header_lines(chrom, contig_length, target.samples, meta))
         for w, (a, b) in enumerate(windows[["first_site", "last_site"]].to_numpy()):
             b = b + 1
@@ -280,6 +300,7 @@ def impute(
             tokens[missing] = MASK
             filled += int(missing[:, own].sum())
             ref_block = reference.read(w) if k_query > 0 else np.zeros((0, b - a), np.uint8)
+            prior_block = prior.read(a, b) if prior is not None else None
             p = np.empty((n_hap, len(own)), dtype=np.float32)
             for r0 in range(0, n_hap, batch_haplotypes):
                 rows = slice(r0, min(r0 + batch_haplotypes, n_hap))
@@ -298,6 +319,7 @@ def impute(
                     af=af[a:b],
                     pos=sites["pos"].to_numpy()[a:b],
                     mask_hash=mask.hash,
+                    prior=None if prior_block is None else prior_block[rows],
                 )
                 pw = np.asarray(predictor.predict(batch), dtype=np.float32)
                 if pw.shape != batch.tokens.shape:
@@ -324,6 +346,7 @@ def impute(
         "windows": len(windows),
         "batch_haplotypes": batch_haplotypes,
         "device": str(device),
+        **({"engine": engine_report} if engine_report else {}),
         "impute_seconds": round(seconds, 3),
         "wall_seconds": round(time.perf_counter() - t0, 3),
         **_peak_memory(device),
@@ -337,6 +360,52 @@ def impute(
         report["peak_rss_mb"],
     )
     return report
+
+
+def _engine_prior(
+    windows_dir, states_dir, mask_hash, params, target, where, batch_haplotypes, threads
+):
+    """The engine's P(ALT) for every target haplotype at every site (a PriorStore) and its report."""
+    if states_dir is None:
+        raise ValueError("the copying model needs its state index (states_dir)")
+    index, meta = load_states(states_dir, mask_hash, params)
+    chunk, samples = load_chunk(windows_dir, meta["splits"], target.site)
+    if samples != meta["samples"]:
+        raise ArtifactError(
+            f"state index {states_dir} holds other reference samples than the windows of "
+            f"{windows_dir}; rebuild it (`snakemake --cores all --forcerun states`)"
+        )
+    shared = set(samples) & set(target.samples)
+    if shared:
+        raise InputError(
+            target.path,
+            f"{len(shared)} target sample(s) are also in the imputation reference "
+            f"({', '.join(sorted(shared)[:5])})",
+            "A sample cannot be imputed from itself: remove it from the target or the panel",
+        )
+    engine = Engine(chunk, params, index)
+    query = np.ascontiguousarray(target.alleles.T, dtype=np.int8)  # (haplotypes, typed sites)
+    run = run_engine(engine, query, where, batch_haplotypes, threads)
+    report = {
+        "params": params.to_dict(),
+        "error": run.error,
+        "error_estimated": run.error_estimated,
+        "states": min(params.states, chunk.n_ref),
+        "reference_splits": meta["splits"],
+        "reference_haplotypes": chunk.n_ref,
+        "steps": index.n_steps,
+        "seconds": run.seconds,
+        **run.stats,
+    }
+    return run.store, report
+
+
+def engine_params(cfg: dict | None) -> EngineParams:
+    """The config's ``engine`` section as EngineParams (``error: auto`` = estimated)."""
+    cfg = dict(cfg or {})
+    if cfg.get("error") == "auto":
+        cfg["error"] = None
+    return EngineParams(**cfg)
 
 
 def run_impute_stage(
@@ -355,6 +424,8 @@ def run_impute_stage(
     checkpoint: str | os.PathLike | None = None,
     device: str = "auto",
     threads: int = 1,
+    states_root: str | os.PathLike | None = None,
+    engine: dict | None = None,
 ) -> dict:
     """Build the predictor for ``method``, impute, and write the VCF and its JSON report (with the
     target alignment counts from ``alignment_json``)."""
@@ -392,6 +463,8 @@ def run_impute_stage(
         contig_length=length,
         provenance=provenance,
         threads=threads,
+        states_dir=Path(states_root) / mask_hash if states_root else None,
+        engine_params=engine_params(engine),
     )
     report["alignment"] = {
         key: alignment.get(key)
@@ -430,10 +503,13 @@ def impute_target(
     device: str = "auto",
     threads: int = 1,
     index_kind: str = "binary_flat",
+    engine: dict | None = None,
+    reference_splits: tuple[str, ...] = ("train", "val", "test"),
 ) -> dict:
     """Everything the workflow does for one target, outside Snakemake: harmonise it (``OUT.aligned/``),
-    store its mask in the run's mask store, build the index for that mask unless it exists (it does
-    when the target is typed on the training array), impute. Returns the report."""
+    store its mask in the run's mask store, build the indexes for that mask unless they exist (they
+    do when the target is typed on the training array and the reference is the same), impute.
+    Returns the report."""
     from .index import build_index
     from .targets import harmonise_target
     from .tokens import run_tokenize_stage
@@ -442,13 +518,37 @@ def impute_target(
     windows, store = res / "windows" / chrom, res / "masks" / chrom
     aligned = Path(aligned_dir or f"{out_vcf}.aligned")
     info = harmonise_target(
-        target_vcf, windows, split_tsv, store, aligned, chrom, max_missing, panel_vcf
+        target_vcf,
+        windows,
+        split_tsv,
+        store,
+        aligned,
+        chrom,
+        max_missing,
+        panel_vcf,
+        reference_splits=list(reference_splits),
     )
     index_root = res / "index" / chrom
     if not (index_root / info["hash"] / "meta.json").exists():
         tokens = res / "tokens" / chrom / info["hash"] / "train.parquet"
         run_tokenize_stage(windows, store, info["hash"], "train", tokens)
         build_index(tokens, index_root / info["hash"], kind=index_kind, threads=threads)
+    states_root = res / "states" / chrom
+    params = engine_params(engine)
+    states_meta = states_root / info["hash"] / "meta.json"
+    if method == "copying" or method == "model":
+        fresh = states_meta.exists() and read_json(states_meta).get("splits") == list(
+            reference_splits
+        )
+        if not fresh:
+            build_states(
+                windows,
+                store,
+                info["hash"],
+                list(reference_splits),
+                states_root / info["hash"],
+                params,
+            )
     return run_impute_stage(
         method,
         aligned / "alignment.json",
@@ -465,4 +565,6 @@ def impute_target(
         checkpoint=checkpoint,
         device=device,
         threads=threads,
+        states_root=states_root,
+        engine=engine,
     )

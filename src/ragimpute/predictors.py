@@ -29,6 +29,8 @@ class WindowBatch:
     af: np.ndarray  # (L,) float reference ALT allele frequency
     pos: np.ndarray  # (L,) int64 positions (bp)
     mask_hash: str
+    # (n_query, L) P(ALT) from the copying-model engine, for predictors that refine it (``needs_prior``)
+    prior: np.ndarray | None = None
 
     def neighbour_alleles(self) -> np.ndarray:
         """(n_query, K, L) uint8 alleles of the retrieved haplotypes."""
@@ -37,7 +39,22 @@ class WindowBatch:
 
 class Predictor(Protocol):
     name: str
+    # predictors that set ``needs_prior = True`` get the engine's P(ALT) in ``WindowBatch.prior``
 
     def predict(self, batch: WindowBatch) -> np.ndarray:
         """(n_query, L) float32 probability of the ALT allele at every site."""
         ...
+
+
+class PriorPredictor:
+    """``copying``: the engine's own P(ALT) (Li and Stephens' copying model on composite states over
+    the whole chromosome; ``ragimpute.engine``), with no network on top."""
+
+    name = "copying"
+    needs_prior = True
+    k = 0  # no per-window neighbours: the engine chose its own states
+
+    def predict(self, batch: WindowBatch) -> np.ndarray:
+        if batch.prior is None:
+            raise ValueError("the copying method needs the engine's output (WindowBatch.prior)")
+        return batch.prior

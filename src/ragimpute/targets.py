@@ -310,15 +310,18 @@ def harmonise_target(
     chrom: str,
     max_missing: float = 0.05,
     panel_vcf: str | os.PathLike | None = None,
+    reference_splits: list[str] | tuple[str, ...] = ("train",),
 ) -> dict:
     """The ``target_mask`` stage: align the target, write it harmonised to the reference (reference
     naming and orientation, typed sites only: what Beagle, Minimac4 and our imputation all read),
-    store the mask it implies by hash, and write ``alignment.json`` (the hash and the counts)."""
+    store the mask it implies by hash, and write ``alignment.json`` (the hash and the counts).
+    The target must share no sample with the imputation reference (``reference_splits``)."""
     from .split import load_split
     from .windows import sites_with_hash
 
     sites, slh = sites_with_hash(windows_dir)
-    reference_samples = load_split(split_tsv)["train"]
+    split = load_split(split_tsv)
+    reference_samples = [s for name in reference_splits for s in split[name]]
     target = read_target(target_vcf, chrom, sites)
     check_disjoint(reference_samples, target.samples, target_vcf)
     target = apply_missing_rule(target, max_missing)
@@ -391,18 +394,21 @@ def write_reference_vcf(
     chrom: str,
     out_vcf: str | os.PathLike,
     pass_only: bool = True,
+    splits: list[str] | tuple[str, ...] = ("train",),
 ) -> dict:
-    """The reference panel as Beagle and Minimac4 get it: the train split at every windowed site
-    (the biallelic SNVs our own index holds), phased, with the panel's contig length."""
+    """The reference panel as Beagle and Minimac4 get it: the samples of ``splits`` (the imputation
+    reference, the same as our engine's) at every windowed site (the biallelic SNVs our own index
+    holds), phased, with the panel's contig length."""
     from .split import load_split
 
-    train = load_split(split_tsv)["train"]
-    panel, sites, length = _panel_at_sites(panel_vcf, windows_dir, chrom, train, pass_only)
-    meta = [f"##ragimpute_source=<panel={panel_vcf},split={split_tsv},samples=train>"]
+    split = load_split(split_tsv)
+    samples = [s for name in splits for s in split[name]]
+    panel, sites, length = _panel_at_sites(panel_vcf, windows_dir, chrom, samples, pass_only)
+    meta = [f"##ragimpute_source=<panel={panel_vcf},split={split_tsv},samples={'+'.join(splits)}>"]
     write_phased_vcf(
-        out_vcf, panel.chrom, sites, train, panel.haplotypes.astype(np.int8), length, meta
+        out_vcf, panel.chrom, sites, samples, panel.haplotypes.astype(np.int8), length, meta
     )
-    return {"chrom": panel.chrom, "samples": len(train), "sites": len(sites)}
+    return {"chrom": panel.chrom, "samples": len(samples), "sites": len(sites)}
 
 
 def make_demo_targets(

@@ -2,7 +2,8 @@
 
 Artifacts (one directory per chromosome):
 - ``sites.parquet``: chrom, pos, id, ref, alt, site (0-based index), window (the window whose centre
-  is nearest; used to stitch overlapping windows), reference AC/AN/AF/MAF (train split only);
+  is nearest; used to stitch overlapping windows), reference AC/AN/AF/MAF (train split only), cm
+  (genetic position: from ``panel.genetic_map``, or 1 cM/Mb);
 - ``windows.parquet``: window, chrom, first/last site and position, n_sites, overlap with the previous;
 - ``haplotypes/<split>.parquet``: one row per (window, sample, hap) with ``alleles`` (list of 0/1),
   one Parquet row group per window so that a window is read without the rest;
@@ -25,11 +26,12 @@ import pyarrow.parquet as pq
 from . import __version__
 from .atomic import atomic_path, parquet_metadata, write_json, write_parquet, write_tsv
 from .errors import ArtifactError, InputError
+from .genmap import GeneticMap, read_genetic_map, site_cm
 from .logs import log
 from .split import SPLITS
 from .vcf_io import Panel
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the cm column
 
 
 def window_bounds(n_sites: int, length: int, overlap: int) -> np.ndarray:
@@ -89,6 +91,7 @@ def build_windows(
     length: int,
     overlap: int,
     out_dir: str | os.PathLike,
+    genetic_map: GeneticMap | None = None,
 ) -> dict:
     """Write sites, windows and per-split haplotype tables for one chromosome."""
     out = Path(out_dir)
@@ -108,6 +111,7 @@ def build_windows(
     sites["an"] = an
     sites["af"] = af
     sites["maf"] = np.minimum(af, 1 - af)
+    sites["cm"] = site_cm(sites["pos"].to_numpy(), genetic_map)
     slh = site_list_hash(sites)
     meta = {"format_version": FORMAT_VERSION, "site_list_hash": slh, "chrom": panel.chrom}
     write_parquet(out / "sites.parquet", pa.Table.from_pandas(sites, preserve_index=False), meta)
@@ -151,6 +155,8 @@ def build_windows(
         "window_length": length,
         "window_overlap": overlap,
         "samples": {k: len(v) for k, v in split.items()},
+        "genetic_map": genetic_map.path if genetic_map else None,
+        "cm_per_mb_default": None if genetic_map else 1.0,
         "skipped": panel.skipped,
     }
     write_json(out / "windows.json", summary)
@@ -254,6 +260,25 @@ class WindowedTable:
             yield w, self.read(w)
 
 
+def packed_haplotypes(tables: list[WindowedTable], windows: pd.DataFrame) -> np.ndarray:
+    """(sites, ceil(haplotypes / 8)) bits of every site for the haplotypes of ``tables`` one after the
+    other (little bit order: byte j holds haplotypes 8j..8j+7), read window by window so that one
+    window is held unpacked at a time."""
+    n_sites = int(windows["last_site"].max()) + 1 if len(windows) else 0
+    n_hap = sum(t.n_haplotypes for t in tables)
+    out = np.zeros((n_sites, -(-n_hap // 8)), dtype=np.uint8)
+    done = 0
+    for w, (a, b) in enumerate(windows[["first_site", "last_site"]].to_numpy()):
+        if b < done:
+            continue
+        block = np.concatenate(
+            [t.read(w)[:, done - a :] for t in tables]
+        )  # (haplotypes, new sites)
+        out[done : b + 1] = np.packbits(block.T, axis=1, bitorder="little")
+        done = b + 1
+    return out
+
+
 def load_sites(windows_dir: str | os.PathLike) -> pd.DataFrame:
     return pd.read_parquet(_stage_file(windows_dir, "sites.parquet"))
 
@@ -277,6 +302,7 @@ def run_window_stage(
     overlap: int,
     out_dir: str | os.PathLike,
     pass_only: bool = True,
+    genetic_map: str | os.PathLike | None = None,
 ) -> dict:
     from .split import load_split
     from .vcf_io import read_panel, vcf_samples
@@ -287,7 +313,8 @@ def run_window_stage(
     order = {s: i for i, s in enumerate(vcf_samples(panel_vcf))}
     samples = sorted((s for name in SPLITS for s in split[name]), key=lambda s: order.get(s, -1))
     panel = read_panel(panel_vcf, chrom, samples=samples, pass_only=pass_only)
-    return build_windows(panel, split, length, overlap, out_dir)
+    gmap = read_genetic_map(genetic_map, chrom) if genetic_map else None
+    return build_windows(panel, split, length, overlap, out_dir, gmap)
 
 
 def sites_with_hash(windows_dir: str | os.PathLike) -> tuple[pd.DataFrame, str]:

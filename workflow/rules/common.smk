@@ -49,6 +49,16 @@ def array_manifest():
     return config["panel"]["array_manifest"] or None
 
 
+def genetic_map():
+    return config["panel"]["genetic_map"] or []
+
+
+def reference_splits():
+    """The imputation reference: the train split for the panel's held-out test samples, the whole
+    panel (every split) for your own targets."""
+    return ["train", "val", "test"] if own_target() else ["train"]
+
+
 def split_table():
     return config["split"]["table"] or []
 
@@ -195,7 +205,21 @@ def impute_inputs(wildcards):
     }
     if wildcards.method == "model":
         out["model"] = res("model/model.pt")
+    if wildcards.method in ("copying", "model"):
+        out["states"] = res(f"states/{chrom}/{target_hash(chrom)}")
     return out
+
+
+def states_inputs(wildcards):
+    return {
+        "sites": res(f"windows/{wildcards.chrom}/sites.parquet"),
+        "windows": res(f"windows/{wildcards.chrom}/windows.parquet"),
+        "haplotypes": [
+            res(f"windows/{wildcards.chrom}/haplotypes/{s}.parquet")
+            for s in reference_splits()
+        ],
+        "mask": stored_mask(wildcards),
+    }
 
 
 def tool_available(tool):

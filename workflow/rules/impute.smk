@@ -18,6 +18,7 @@ rule reference_vcf:
         "../../envs/ragimpute.yaml"
     params:
         pass_only=config["panel"]["pass_only"],
+        splits=reference_splits(),
     script:
         "../scripts/reference_vcf.py"
 
@@ -70,6 +71,7 @@ checkpoint target_mask:
     params:
         store=lambda wildcards: res(f"masks/{wildcards.chrom}"),
         max_missing=config["impute"]["max_missing"],
+        splits=reference_splits(),
     script:
         "../scripts/target_mask.py"
 
@@ -99,6 +101,8 @@ rule impute:
         device=config["impute"]["device"],
         store=lambda wildcards: res(f"masks/{wildcards.chrom}"),
         index_root=lambda wildcards: res(f"index/{wildcards.chrom}"),
+        states_root=lambda wildcards: res(f"states/{wildcards.chrom}"),
+        engine=config["engine"],
     script:
         "../scripts/impute.py"
 

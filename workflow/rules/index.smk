@@ -36,3 +36,26 @@ rule retrieve:
         k=config["retrieval"]["k"],
     script:
         "../scripts/retrieve.py"
+
+
+# The engine's state index: one FAISS index per cM step over the imputation reference (the train split
+# for the held-out targets, the whole panel for your own), keyed on the mask hash like the index above.
+rule states:
+    input:
+        unpack(states_inputs),
+    output:
+        directory(res("states/{chrom}/{mask_hash}")),
+    log:
+        logs("states/{chrom}/{mask_hash}.log"),
+    benchmark:
+        bench("states/{chrom}/{mask_hash}.tsv")
+    conda:
+        "../../envs/ragimpute.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        splits=reference_splits(),
+        store=lambda wildcards: res(f"masks/{wildcards.chrom}"),
+        engine={k: config["engine"][k] for k in ("step_cm", "span_steps", "seed")},
+    script:
+        "../scripts/states.py"

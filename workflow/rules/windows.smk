@@ -2,6 +2,7 @@ rule window:
     input:
         panel=panel_vcf(),
         split=res("split/samples.tsv"),
+        genetic_map=genetic_map(),
     output:
         sites=res("windows/{chrom}/sites.parquet"),
         windows=res("windows/{chrom}/windows.parquet"),

@@ -21,4 +21,6 @@ run(
     checkpoint=snakemake.input.get("model"),
     device=snakemake.params.device,
     threads=snakemake.threads,
+    states_root=snakemake.params.states_root,
+    engine=dict(snakemake.params.engine),
 )

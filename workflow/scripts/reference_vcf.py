@@ -12,4 +12,5 @@ run(
     chrom=snakemake.wildcards.chrom,
     out_vcf=snakemake.output.vcf,
     pass_only=snakemake.params.pass_only,
+    splits=list(snakemake.params.splits),
 )

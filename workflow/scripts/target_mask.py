@@ -14,4 +14,5 @@ run(
     chrom=snakemake.wildcards.chrom,
     max_missing=snakemake.params.max_missing,
     panel_vcf=snakemake.input.panel,
+    reference_splits=list(snakemake.params.splits),
 )

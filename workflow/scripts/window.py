@@ -13,4 +13,5 @@ run(
     overlap=snakemake.params.overlap,
     out_dir=Path(snakemake.output.sites).parent,
     pass_only=snakemake.params.pass_only,
+    genetic_map=snakemake.input.genetic_map or None,
 )

@@ -1,0 +1,199 @@
+"""The state index: the engine's mask-keyed FAISS indexes, one per cM step, as an artifact.
+
+Layout: ``states/<chrom>/<mask hash>/meta.json`` and ``steps.parquet``. One row per step: the typed
+sites it starts and ends at (``first_typed``, ``end_typed``), the typed sites its index covers
+(``span_first``, ``span_end``), their positions and cM, and ``faiss``: the step's
+``IndexBinaryFlat``, serialised (``faiss.deserialize_index_binary(np.frombuffer(row.faiss,
+np.uint8))``). Its ids are positions in ``meta["order"]``, whose values are reference haplotypes:
+haplotype ``2*i + p`` is phase ``p`` of ``meta["samples"][i]``.
+
+The reference is the imputation reference (``meta["splits"]``: the train split for the demo's
+held-out targets, the whole panel for your own targets). Loading checks the mask hash (queries typed
+under another mask are refused, as by the window index), the engine settings it was built with, and
+the checksum of ``steps.parquet``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from . import __version__
+from .atomic import atomic_dir, read_json, write_json, write_parquet
+from .engine import ENGINE_VERSION, Chunk, EngineParams, StateIndex
+from .errors import ArtifactError, MaskMismatchError
+from .logs import log
+from .masks import load_mask
+from .windows import WindowedTable, load_windows, packed_haplotypes, sites_with_hash
+
+FORMAT_VERSION = 1
+# the settings a state index is built with: another value needs another index
+INDEX_SETTINGS = ("step_cm", "span_steps", "seed")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def reference_tables(windows_dir: str | os.PathLike, splits: list[str]) -> list[WindowedTable]:
+    return [
+        WindowedTable(Path(windows_dir) / "haplotypes" / f"{s}.parquet", "alleles") for s in splits
+    ]
+
+
+def build_states(
+    windows_dir: str | os.PathLike,
+    mask_store: str | os.PathLike,
+    mask_hash: str,
+    splits: list[str],
+    out_dir: str | os.PathLike,
+    params: EngineParams,
+) -> dict:
+    """Build the state index of the reference ``splits`` under mask ``mask_hash``."""
+    t0 = time.perf_counter()
+    sites, slh = sites_with_hash(windows_dir)
+    mask = load_mask(mask_store, mask_hash)
+    if mask.site_list_hash != slh:
+        raise ArtifactError(
+            f"mask {mask_hash} was made for site list {mask.site_list_hash}, the windows are {slh}; "
+            "re-run the mask stage"
+        )
+    typed = np.flatnonzero(mask.observed)
+    if len(typed) == 0:
+        raise ArtifactError(f"mask {mask_hash} observes no site: there is nothing to copy from")
+    tables = reference_tables(windows_dir, splits)
+    packed = packed_haplotypes(tables, load_windows(windows_dir))
+    n_ref = sum(t.n_haplotypes for t in tables)
+    ref_typed = np.unpackbits(packed[typed], axis=1, count=n_ref, bitorder="little")
+    cm = sites["cm"].to_numpy()
+    index = StateIndex.build(ref_typed, cm[typed], params.step_cm, params.span_steps, params.seed)
+    pos = sites["pos"].to_numpy()
+    b = index.bounds
+    steps = pd.DataFrame(
+        {
+            "step": np.arange(index.n_steps, dtype=np.int32),
+            "first_typed": b[:-1],
+            "end_typed": b[1:],
+            "span_first": index.span[:, 0],
+            "span_end": index.span[:, 1],
+            "first_pos": pos[typed[b[:-1]]],
+            "last_pos": pos[typed[b[1:] - 1]],
+            "cm_first": cm[typed[b[:-1]]],
+            "cm_last": cm[typed[b[1:] - 1]],
+        }
+    )
+    blobs = [faiss.serialize_index_binary(ix).tobytes() for ix in index.indexes]
+    table = pa.Table.from_pandas(steps, preserve_index=False).append_column(
+        "faiss", pa.array(blobs, pa.binary())
+    )
+    samples = [s for t in tables for s in t.samples]
+    with atomic_dir(out_dir) as tmp:
+        write_parquet(tmp / "steps.parquet", table, {"mask_hash": mask.hash})
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "engine_version": ENGINE_VERSION,
+            "mask_hash": mask.hash,
+            "site_list_hash": slh,
+            "splits": list(splits),
+            "samples": samples,
+            "n_haplotypes": n_ref,
+            "n_typed": int(len(typed)),
+            "n_steps": index.n_steps,
+            **{k: getattr(params, k) for k in INDEX_SETTINGS},
+            "order": index.order,
+            "sha256": {"steps.parquet": _sha256(tmp / "steps.parquet")},
+            "build_seconds": round(time.perf_counter() - t0, 3),
+            "faiss_version": faiss.__version__,
+            "ragimpute": __version__,
+        }
+        write_json(tmp / "meta.json", meta)
+    log.info(
+        "state index %s: %d steps over %d typed sites, %d reference haplotypes (%s), %.1f s",
+        mask.hash,
+        index.n_steps,
+        len(typed),
+        n_ref,
+        "+".join(splits),
+        meta["build_seconds"],
+    )
+    return meta
+
+
+def load_states(
+    states_dir: str | os.PathLike, mask_hash: str, params: EngineParams
+) -> tuple[StateIndex, dict]:
+    """The state index for queries typed under ``mask_hash``, built with ``params``' settings."""
+    d = Path(states_dir)
+    meta_path, steps_path = d / "meta.json", d / "steps.parquet"
+    rebuild = "rebuild it: `snakemake --cores all --forcerun states` (or delete the directory)"
+    if not meta_path.exists() or not steps_path.exists():
+        raise ArtifactError(f"{d} is incomplete (meta.json or steps.parquet missing); {rebuild}")
+    meta = read_json(meta_path)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{d}: state index format {meta.get('format_version')}; {rebuild}")
+    if meta["mask_hash"] != mask_hash:
+        raise MaskMismatchError(
+            f"state index {d} was built with mask {meta['mask_hash']}; the target is typed under "
+            f"mask {mask_hash}. Candidates chosen on other sites are refused: build the state index "
+            "for the target's mask (Snakemake does this when the mask changes)"
+        )
+    for k in INDEX_SETTINGS:
+        if meta[k] != getattr(params, k):
+            raise ArtifactError(
+                f"{d} was built with engine.{k} = {meta[k]}, the config asks for "
+                f"{getattr(params, k)}; {rebuild}"
+            )
+    if _sha256(steps_path) != meta["sha256"]["steps.parquet"]:
+        raise ArtifactError(
+            f"{steps_path} does not match its checksum in meta.json (corrupted); {rebuild}"
+        )
+    steps = pd.read_parquet(steps_path)
+    indexes = [faiss.deserialize_index_binary(np.frombuffer(b, np.uint8)) for b in steps["faiss"]]
+    bounds = np.r_[steps["first_typed"].to_numpy(), steps["end_typed"].to_numpy()[-1:]]
+    span = steps[["span_first", "span_end"]].to_numpy()
+    return StateIndex(bounds, span, np.asarray(meta["order"]), indexes), meta
+
+
+def load_chunk(
+    windows_dir: str | os.PathLike, splits: list[str], typed_site: np.ndarray
+) -> tuple[Chunk, list[str]]:
+    """The imputation reference of a chromosome (the haplotypes of ``splits``) with its typed sites;
+    also the reference samples in haplotype order."""
+    sites, _ = sites_with_hash(windows_dir)
+    tables = reference_tables(windows_dir, splits)
+    packed = packed_haplotypes(tables, load_windows(windows_dir))
+    n_ref = sum(t.n_haplotypes for t in tables)
+    typed_site = np.asarray(typed_site, dtype=np.int64)
+    chunk = Chunk(
+        ref_packed=packed,
+        ref_typed=np.ascontiguousarray(
+            np.unpackbits(packed[typed_site], axis=1, count=n_ref, bitorder="little")
+        ),
+        typed_site=typed_site,
+        cm=sites["cm"].to_numpy(),
+        pos=sites["pos"].to_numpy(),
+        af=_reference_af(packed, n_ref),
+    )
+    return chunk, [s for t in tables for s in t.samples]
+
+
+def _reference_af(packed: np.ndarray, n_ref: int) -> np.ndarray:
+    """ALT frequency of every site among the reference haplotypes, from the packed bits."""
+    counts = np.zeros(len(packed), dtype=np.int64)
+    step = 4096
+    for a in range(0, len(packed), step):
+        counts[a : a + step] = np.unpackbits(
+            packed[a : a + step], axis=1, count=n_ref, bitorder="little"
+        ).sum(1)
+    return (counts / max(n_ref, 1)).astype(np.float32)

@@ -1,0 +1,16 @@
+from pathlib import Path
+
+from ragimpute.engine import EngineParams
+from ragimpute.smk import run
+from ragimpute.states import build_states
+
+run(
+    snakemake,
+    build_states,
+    windows_dir=Path(snakemake.input.sites).parent,
+    mask_store=snakemake.params.store,
+    mask_hash=snakemake.wildcards.mask_hash,
+    splits=list(snakemake.params.splits),
+    out_dir=snakemake.output[0],
+    params=EngineParams(**snakemake.params.engine),
+)
