@@ -46,7 +46,14 @@ def _window(a: argparse.Namespace) -> None:
     from .windows import run_window_stage
 
     run_window_stage(
-        a.panel, a.split, a.chrom, a.length, a.overlap, a.out, pass_only=not a.keep_filtered
+        a.panel,
+        a.split,
+        a.chrom,
+        a.length,
+        a.overlap,
+        a.out,
+        pass_only=not a.keep_filtered,
+        genetic_map=a.genetic_map,
     )
 
 
@@ -125,6 +132,10 @@ def _impute(a: argparse.Namespace) -> None:
     for item in a.set or []:
         key, _, value = item.partition("=")
         options[key] = yaml.safe_load(value)
+    engine = {}
+    for item in a.engine or []:
+        key, _, value = item.partition("=")
+        engine[key] = yaml.safe_load(value)
     impute_target(
         a.results,
         a.chrom,
@@ -143,6 +154,8 @@ def _impute(a: argparse.Namespace) -> None:
         device=a.device,
         threads=a.threads,
         index_kind=a.index_kind,
+        engine=engine,
+        reference_splits=tuple(a.reference),
     )
 
 
@@ -202,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--keep-filtered", action="store_true", help="keep records whose FILTER is not PASS"
     )
+    s.add_argument("--genetic-map", help="PLINK .map or HapMap genetic map (default 1 cM/Mb)")
     s.add_argument("--out", required=True, help="output directory")
     s.set_defaults(func=_window)
 
@@ -264,13 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_train)
     s = sub.add_parser(
         "impute",
-        help="impute a phased target VCF from a pipeline run's reference (train split): VCF.gz + .tbi",
+        help="impute a phased target VCF from a pipeline run's reference panel: VCF.gz + .tbi",
     )
     s.add_argument("--results", required=True, help="results directory of a pipeline run")
     s.add_argument("--chrom", required=True, help="chromosome, as the reference names it")
-    s.add_argument("--split", required=True, help="the run's split/samples.tsv (reference = train)")
+    s.add_argument("--split", required=True, help="the run's split/samples.tsv")
     s.add_argument("--target", required=True, help="phased target VCF/BCF (array sites)")
-    s.add_argument("--method", default="retrieval", help="af, retrieval or model")
+    s.add_argument("--method", default="copying", help="copying (default), af, retrieval or model")
+    s.add_argument(
+        "--reference",
+        nargs="+",
+        default=["train", "val", "test"],
+        choices=("train", "val", "test"),
+        help="splits whose samples form the copying model's reference (default: the whole panel)",
+    )
+    s.add_argument(
+        "--engine",
+        action="append",
+        metavar="KEY=VALUE",
+        help="copying-model setting, e.g. --engine states=800 (config `engine:` keys)",
+    )
     s.add_argument("--out", required=True, help="output .vcf.gz (indexed; report beside it)")
     s.add_argument("--report", help="JSON report (default OUT.json)")
     s.add_argument("--aligned", help="harmonised target directory (default OUT.aligned)")

@@ -3,6 +3,12 @@
 A new user can run the whole pipeline with no download. The panel is phased and mostly biallelic; the
 Jukes-Cantor mutation model leaves a few multi-allelic sites in it, which exercise the skip counting
 of the windowing stage as real panels do.
+
+Two histories: one population that grew (the default), or ``admixed``: the American admixture model
+of Browning et al. (2018, stdpopsim's AmericanAdmixture_4B18): African, European and East Asian
+populations, and an admixed population founded 12 generations ago from them (1/6, 1/3, 1/2). With
+``admixed`` the reference samples come from the three source populations and the held-out targets
+are admixed (``populations.tsv`` says who is who; the split stage puts every ADMIX sample in test).
 """
 
 from __future__ import annotations
@@ -39,9 +45,54 @@ class DemoSpec:
     array_spacing_bp: int = 5_000
     array_min_maf: float = 0.05
     sample_prefix: str = "SIM"
+    # The admixed history: n_samples split evenly between AFR, EUR and ASIA (the reference) plus
+    # admixed_samples ADMIX individuals (the targets). The growth parameters above are then unused.
+    admixed: bool = False
+    admixed_samples: int = 30
+
+
+ADMIXED_TARGETS = "ADMIX"
+
+
+def _american_admixture() -> msprime.Demography:
+    """Browning et al. 2018 (AmericanAdmixture_4B18): sizes, growth, migration and admixture."""
+    d = msprime.Demography()
+    # AFR and EUR are sampled today although they are ancestral in the splits below
+    d.add_population(name="AFR", initial_size=14474, initially_active=True)
+    d.add_population(name="EUR", initial_size=34039, growth_rate=0.0038, initially_active=True)
+    d.add_population(name="ASIA", initial_size=45852, growth_rate=0.0048)
+    d.add_population(name="ADMIX", initial_size=54664, growth_rate=0.05)
+    d.set_symmetric_migration_rate(["AFR", "EUR"], 2.5e-5)
+    d.set_symmetric_migration_rate(["AFR", "ASIA"], 7.8e-6)
+    d.set_symmetric_migration_rate(["EUR", "ASIA"], 3.11e-5)
+    d.add_admixture(
+        time=12,
+        derived="ADMIX",
+        ancestral=["AFR", "EUR", "ASIA"],
+        proportions=[1 / 6, 2 / 6, 3 / 6],
+    )
+    d.add_population_split(time=920, derived=["ASIA"], ancestral="EUR")
+    d.add_population_parameters_change(time=920, initial_size=1861, growth_rate=0, population="EUR")
+    d.add_migration_rate_change(time=920, rate=0)
+    d.add_symmetric_migration_rate_change(time=920, populations=["AFR", "EUR"], rate=1.5e-4)
+    d.add_population_split(time=2040, derived=["EUR"], ancestral="AFR")
+    d.add_migration_rate_change(time=2040, rate=0)
+    d.add_population_parameters_change(time=5920, initial_size=7310, population="AFR")
+    d.sort_events()
+    return d
+
+
+def sample_counts(spec: DemoSpec) -> dict[str, int]:
+    """Individuals simulated per population, in the order they appear in the panel."""
+    if not spec.admixed:
+        return {"pop": spec.n_samples}
+    each = [spec.n_samples // 3 + (i < spec.n_samples % 3) for i in range(3)]
+    return {"AFR": each[0], "EUR": each[1], "ASIA": each[2], ADMIXED_TARGETS: spec.admixed_samples}
 
 
 def _demography(spec: DemoSpec) -> msprime.Demography:
+    if spec.admixed:
+        return _american_admixture()
     demography = msprime.Demography()
     rate = float(np.log(spec.present_ne / spec.ancestral_ne) / spec.growth_generations)
     demography.add_population(name="pop", initial_size=spec.present_ne, growth_rate=rate)
@@ -58,7 +109,7 @@ def simulate_chromosome(spec: DemoSpec, chrom_index: int):
     """One independent chromosome; seeds derive from ``spec.seed`` and the chromosome's index."""
     seeds = np.random.SeedSequence([spec.seed, chrom_index]).generate_state(2)
     ts = msprime.sim_ancestry(
-        samples={"pop": spec.n_samples},
+        samples=sample_counts(spec),
         ploidy=2,
         demography=_demography(spec),
         sequence_length=spec.sequence_length,
@@ -100,7 +151,9 @@ def array_sites(ts, chrom: str, spec: DemoSpec) -> pd.DataFrame:
 
 def make_demo(spec: DemoSpec, vcf_out: str | os.PathLike, array_out: str | os.PathLike) -> dict:
     """Simulate every chromosome, write a bgzipped + tabix-indexed VCF and the array manifest."""
-    names = [f"{spec.sample_prefix}{i:04d}" for i in range(spec.n_samples)]
+    counts = sample_counts(spec)
+    populations = [p for p, n in counts.items() for _ in range(n)]
+    names = [f"{spec.sample_prefix}{i:04d}" for i in range(len(populations))]
     header: list[str] = []
     contigs: list[str] = []
     body: list[str] = []
@@ -131,7 +184,12 @@ def make_demo(spec: DemoSpec, vcf_out: str | os.PathLike, array_out: str | os.Pa
     vcf_out = Path(vcf_out)
     write_bgzip_vcf(text, vcf_out)
     write_tsv(array_out, pd.concat(arrays, ignore_index=True))
+    write_tsv(
+        Path(vcf_out).parent / "populations.tsv",
+        pd.DataFrame({"sample": names, "population": populations}),
+    )
     info = {
+        "populations": counts,
         "spec": asdict(spec),
         "chromosomes": stats,
         "ragimpute": __version__,

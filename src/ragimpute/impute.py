@@ -36,7 +36,7 @@ from .logs import Progress, log
 from .masks import load_mask
 from .predictors import Predictor, PriorPredictor, WindowBatch
 from .prior import run_engine
-from .states import build_states, load_chunk, load_states
+from .states import INDEX_SETTINGS, build_states, load_chunk, load_states
 from .targets import read_target
 from .tokens import MASK, tokenize_block
 from .vcf_write import (
@@ -529,16 +529,17 @@ def impute_target(
         reference_splits=list(reference_splits),
     )
     index_root = res / "index" / chrom
-    if not (index_root / info["hash"] / "meta.json").exists():
+    if method in ("retrieval", "model") and not (index_root / info["hash"] / "meta.json").exists():
         tokens = res / "tokens" / chrom / info["hash"] / "train.parquet"
         run_tokenize_stage(windows, store, info["hash"], "train", tokens)
         build_index(tokens, index_root / info["hash"], kind=index_kind, threads=threads)
     states_root = res / "states" / chrom
     params = engine_params(engine)
     states_meta = states_root / info["hash"] / "meta.json"
-    if method == "copying" or method == "model":
-        fresh = states_meta.exists() and read_json(states_meta).get("splits") == list(
-            reference_splits
+    if method in ("copying", "model"):
+        meta = read_json(states_meta) if states_meta.exists() else {}
+        fresh = meta.get("splits") == list(reference_splits) and all(
+            meta.get(k) == getattr(params, k) for k in INDEX_SETTINGS
         )
         if not fresh:
             build_states(

@@ -47,6 +47,43 @@ def random_split(samples: list[str], fractions: dict[str, float], seed: int) -> 
     return pd.DataFrame({"sample": samples, "split": labels})
 
 
+def population_split(
+    samples: list[str],
+    populations: dict[str, str],
+    targets: str,
+    fractions: dict[str, float],
+    seed: int,
+) -> pd.DataFrame:
+    """Every sample of population ``targets`` is a held-out target (test); the others are split into
+    train and val in the proportions of ``fractions`` (the admixed demo: reference from the source
+    populations, admixed targets)."""
+    is_target = np.array([populations.get(s) == targets for s in samples])
+    if not is_target.any() or is_target.all():
+        raise InputError(
+            "split",
+            f"population {targets!r} holds {int(is_target.sum())} of {len(samples)} samples",
+            "The targets' population must hold some samples, and not all of them",
+        )
+    rest = [s for s, t in zip(samples, is_target, strict=True) if not t]
+    fr = {k: float(fractions.get(k, 0.0)) for k in ("train", "val")}
+    total = fr["train"] + fr["val"]
+    if total <= 0:
+        raise InputError("split.fractions", "train and val fractions are both 0", "Fix them")
+    n_val = max(1, int(round(fr["val"] / total * len(rest))))
+    if n_val >= len(rest):
+        raise InputError("split", f"no training samples left of {len(rest)}", "Lower val")
+    order = np.random.default_rng(seed).permutation(len(rest))
+    label = dict.fromkeys(rest, "train")
+    for i in order[:n_val]:
+        label[rest[i]] = "val"
+    return pd.DataFrame(
+        {
+            "sample": samples,
+            "split": ["test" if t else label[s] for s, t in zip(samples, is_target, strict=True)],
+        }
+    )
+
+
 def read_split_table(path: str | os.PathLike, vcf_samples: list[str]) -> pd.DataFrame:
     """A user's TSV with columns ``sample`` and ``split``; panel samples it leaves out are not used."""
     p = Path(path)
@@ -130,13 +167,32 @@ def run_split_stage(
     fractions: dict[str, float],
     seed: int,
     table: str | os.PathLike | None = None,
+    populations: str | os.PathLike | None = None,
+    target_population: str | None = None,
 ) -> pd.DataFrame:
+    """Write the split: the user's table, or every sample of ``target_population`` (in the
+    ``populations`` TSV: sample, population) as test and the rest at random, or all at random."""
     from .vcf_io import vcf_samples
 
     samples = vcf_samples(panel_vcf)
     if table:
         df = read_split_table(table, samples)
         provenance = {"source": str(table)}
+    elif populations and target_population:
+        pops = pd.read_csv(populations, sep="\t", dtype=str, keep_default_na=False)
+        df = population_split(
+            samples,
+            dict(zip(pops["sample"], pops["population"], strict=True)),
+            target_population,
+            fractions,
+            seed,
+        )
+        provenance = {
+            "seed": seed,
+            "fractions": fractions,
+            "populations": str(populations),
+            "targets": target_population,
+        }
     else:
         df = random_split(samples, fractions, seed)
         provenance = {"seed": seed, "fractions": fractions}

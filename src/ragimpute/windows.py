@@ -216,8 +216,9 @@ def write_windowed(
                 arrays += [
                     pa.array([v] * n_rows, pa.string()) for v in (extra_columns or {}).values()
                 ]
+                # an empty split (no sample) still gets one (empty) row group per window
                 writer.write_table(
-                    pa.Table.from_arrays(arrays, schema=schema), row_group_size=n_rows
+                    pa.Table.from_arrays(arrays, schema=schema), row_group_size=max(n_rows, 1)
                 )
 
 
@@ -247,6 +248,8 @@ class WindowedTable:
     def read(self, window: int) -> np.ndarray:
         """(2 * n_samples, window length) uint8 matrix of one window."""
         t = self._file.read_row_group(window, columns=["window", self.column])
+        if t.num_rows == 0:  # a split without samples
+            return np.zeros((0, 0), dtype=np.uint8)
         got = t.column("window")[0].as_py()
         if got != window:
             raise ArtifactError(

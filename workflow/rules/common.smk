@@ -7,6 +7,7 @@ import sys
 from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 from snakemake.utils import validate
 
+from ragimpute.demo import ADMIXED_TARGETS
 from ragimpute.impute import EXTERNAL_METHODS, PREDICTOR_FACTORIES
 from ragimpute.split import SPLITS
 
@@ -57,6 +58,13 @@ def reference_splits():
     """The imputation reference: the train split for the panel's held-out test samples, the whole
     panel (every split) for your own targets."""
     return ["train", "val", "test"] if own_target() else ["train"]
+
+
+def demo_populations():
+    """The admixed demo's populations: its ADMIX samples are the held-out targets."""
+    if use_demo() and config["demo"]["admixed"] and not config["split"]["table"]:
+        return res("demo/populations.tsv")
+    return []
 
 
 def split_table():

@@ -4,6 +4,7 @@ rule demo_panel:
         tbi=res("demo/panel.vcf.gz.tbi"),
         array=res("demo/array_sites.tsv"),
         info=res("demo/demo.json"),
+        populations=res("demo/populations.tsv"),
     log:
         logs("demo_panel.log"),
     benchmark:
@@ -20,6 +21,7 @@ rule split:
     input:
         panel=panel_vcf(),
         table=split_table(),
+        populations=demo_populations(),
     output:
         tsv=res("split/samples.tsv"),
         json=res("split/samples.json"),
@@ -32,5 +34,6 @@ rule split:
     params:
         fractions=config["split"]["fractions"],
         seed=config["split"]["seed"],
+        target_population=ADMIXED_TARGETS,
     script:
         "../scripts/split.py"

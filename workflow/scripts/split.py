@@ -9,4 +9,6 @@ run(
     fractions=dict(snakemake.params.fractions),
     seed=snakemake.params.seed,
     table=snakemake.input.table or None,
+    populations=snakemake.input.populations or None,
+    target_population=snakemake.params.target_population,
 )

@@ -1,0 +1,319 @@
+"""Speed and memory against Beagle 5.4 as targets and reference haplotypes grow, in one run.
+
+One msprime panel (the demo's demography, or the admixed demo with --admixed) is simulated once and
+cached; from it, for each (reference haplotypes, targets) pair, a reference VCF and a target VCF typed
+at array sites are written, and both tools impute the same targets from the same reference on the
+same threads:
+
+- ``beagle ref=ref.vcf.gz gt=target.vcf.gz nthreads=T`` (reads the VCF itself);
+- ours: ``ragimpute window`` (reads the reference VCF into the pipeline's tables) and
+  ``ragimpute impute --method copying`` (harmonises the target, builds the state index, runs the
+  copying-model engine, writes the VCF). "ours" below is the sum of both, "impute" the second alone.
+
+Each command runs in its own process under GNU time (wall seconds, peak RSS). Accuracy (aggregate
+dosage r² over untyped sites) is computed for both from the output VCFs against the truth. Prints a
+table, writes benchmarks/results/scaling.json and the plot benchmarks/results/scaling.png.
+
+    python benchmarks/bench_scaling.py                         # the full grid (~30 min on 2 cores)
+    python benchmarks/bench_scaling.py --quick                 # 2 points, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results"
+GNU_TIME = shutil.which("time") or "/usr/bin/time"
+
+
+def simulate(n_ref_samples: int, n_targets: int, length: int, seed: int, admixed: bool) -> dict:
+    """Haplotypes (sites, haplotypes) of reference then target samples, cached as npz."""
+    from ragimpute.demo import DemoSpec, simulate_chromosome
+
+    kind = "admixed" if admixed else "demo"
+    path = OUT / "data" / f"scaling_{kind}_{n_ref_samples}_{n_targets}_{length}_{seed}.npz"
+    if path.exists():
+        return dict(np.load(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec = DemoSpec(seed=seed, n_samples=n_ref_samples + n_targets, sequence_length=length)
+    if admixed:
+        spec.admixed = True
+    ts = simulate_chromosome(spec, 0)
+    g = ts.genotype_matrix()
+    pos = np.array([s.position for s in ts.sites()], dtype=np.int64) + 1
+    biallelic = np.array([len(v.alleles) == 2 for v in ts.variants()])
+    keep = biallelic & (np.diff(np.r_[0, pos]) > 0)
+    data = {"haps": g[keep].astype(np.uint8), "pos": pos[keep]}
+    if admixed:  # targets: the admixed samples, reference: the source populations
+        pop = np.array([ts.node(u).population for u in ts.samples()])[0::2]
+        names = [p.metadata["name"] for p in ts.populations()]
+        order = np.r_[
+            np.flatnonzero(pop != names.index("ADMIX")), np.flatnonzero(pop == names.index("ADMIX"))
+        ]
+        cols = np.stack([2 * order, 2 * order + 1], 1).ravel()
+        data["haps"] = data["haps"][:, cols]
+    np.savez_compressed(path, **data)
+    return data
+
+
+def write_vcf(path: Path, pos: np.ndarray, haps: np.ndarray, names: list[str]) -> None:
+    """A bgzipped, tabix-indexed phased VCF at ``path`` (.vcf.gz)."""
+    import pysam
+
+    gt = np.array(["0|0", "0|1", "1|0", "1|1"])[2 * haps[:, 0::2] + haps[:, 1::2]]
+    plain = path.with_suffix("")  # x.vcf
+    with open(plain, "w") as f:
+        f.write("##fileformat=VCFv4.2\n##contig=<ID=20>\n")
+        f.write('##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n')
+        f.write("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(names) + "\n")
+        for i in range(len(pos)):
+            f.write(f"20\t{pos[i]}\t.\tA\tG\t.\tPASS\t.\tGT\t" + "\t".join(gt[i]) + "\n")
+    pysam.tabix_index(str(plain), preset="vcf", force=True)  # bgzips to x.vcf.gz, then indexes
+
+
+def timed(cmd: list[str], log: Path) -> dict:
+    report = log.with_suffix(".time")
+    with open(log, "w") as f:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [GNU_TIME, "-f", "%M", "-o", str(report), *cmd], stdout=f, stderr=subprocess.STDOUT
+        )
+        seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed; see {log}")
+    rss = int(report.read_text().split()[-1]) / 1024
+    return {"seconds": round(seconds, 2), "rss_mb": round(rss, 1)}
+
+
+def dosages(vcf: Path, pos: np.ndarray, n: int) -> np.ndarray:
+    """DS (sites, samples) from an imputed VCF, by position."""
+    import pysam.bcftools
+
+    text = pysam.bcftools.query("-f", "%POS[\t%DS]\n", str(vcf))
+    out = np.full((len(pos), n), np.nan)
+    idx = {p: i for i, p in enumerate(pos)}
+    for line in text.splitlines():
+        f = line.split("\t")
+        out[idx[int(f[0])]] = np.asarray(f[1:], dtype=float)
+    return out
+
+
+def r2(ds: np.ndarray, truth: np.ndarray, sel: np.ndarray) -> float:
+    x = ds[sel].ravel()
+    y = (truth[:, 0::2] + truth[:, 1::2])[sel].ravel().astype(float)
+    ok = np.isfinite(x)
+    return float(np.corrcoef(x[ok], y[ok])[0, 1] ** 2)
+
+
+def run_point(data: dict, n_ref: int, n_tgt: int, spacing: int, threads: int, work: Path) -> dict:
+    haps, pos = data["haps"], data["pos"]
+    ref = haps[:, : 2 * (n_ref // 2)]
+    tgt = haps[:, haps.shape[1] - 2 * n_tgt :]
+    poly = (ref.sum(1) > 0) & (ref.sum(1) < ref.shape[1])
+    ref, tgt, p = ref[poly], tgt[poly], pos[poly]
+    maf = np.minimum(ref.mean(1), 1 - ref.mean(1))
+    typed, last = [], -(10**12)
+    for i in np.flatnonzero(maf >= 0.05):
+        if p[i] - last >= spacing:
+            typed.append(i)
+            last = p[i]
+    typed = np.asarray(typed)
+    d = work / f"ref{n_ref}_tgt{n_tgt}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    ref_names = [f"R{i}" for i in range(ref.shape[1] // 2)]
+    write_vcf(d / "ref.vcf.gz", p, ref, ref_names)
+    write_vcf(d / "target.vcf.gz", p[typed], tgt[typed], [f"T{i}" for i in range(n_tgt)])
+    (d / "split.tsv").write_text("sample\tsplit\n" + "".join(f"{s}\ttrain\n" for s in ref_names))
+    ours_window = timed(
+        [
+            "ragimpute",
+            "window",
+            "--panel",
+            str(d / "ref.vcf.gz"),
+            "--split",
+            str(d / "split.tsv"),
+            "--chrom",
+            "20",
+            "--length",
+            "4096",
+            "--overlap",
+            "1024",
+            "--out",
+            str(d / "res/windows/20"),
+        ],
+        d / "window.log",
+    )
+    ours_impute = timed(
+        [
+            "ragimpute",
+            "impute",
+            "--results",
+            str(d / "res"),
+            "--chrom",
+            "20",
+            "--split",
+            str(d / "split.tsv"),
+            "--target",
+            str(d / "target.vcf.gz"),
+            "--method",
+            "copying",
+            "--reference",
+            "train",
+            "--out",
+            str(d / "ours.vcf.gz"),
+            "--threads",
+            str(threads),
+        ],
+        d / "impute.log",
+    )
+    beagle = timed(
+        [
+            "beagle",
+            f"ref={d / 'ref.vcf.gz'}",
+            f"gt={d / 'target.vcf.gz'}",
+            f"out={d / 'beagle'}",
+            f"nthreads={threads}",
+            "seed=1",
+        ],
+        d / "beagle.log",
+    )
+    untyped = np.ones(len(p), bool)
+    untyped[typed] = False
+    acc = {
+        "ours": r2(dosages(d / "ours.vcf.gz", p, n_tgt), tgt, untyped),
+        "beagle": r2(dosages(d / "beagle.vcf.gz", p, n_tgt), tgt, untyped),
+    }
+    ours_total = {
+        "seconds": round(ours_window["seconds"] + ours_impute["seconds"], 2),
+        "rss_mb": max(ours_window["rss_mb"], ours_impute["rss_mb"]),
+    }
+    report = json.loads((d / "ours.vcf.gz.json").read_text())
+    return {
+        "reference_haplotypes": int(ref.shape[1]),
+        "targets": n_tgt,
+        "sites": int(len(p)),
+        "typed": int(len(typed)),
+        "ours": ours_total,
+        "ours_window": ours_window,
+        "ours_impute": ours_impute,
+        "beagle": beagle,
+        "r2": {k: round(v, 5) for k, v in acc.items()},
+        "engine_seconds": report.get("engine", {}).get("seconds"),
+        "time_ratio": round(ours_total["seconds"] / beagle["seconds"], 2),
+        "rss_ratio": round(ours_total["rss_mb"] / beagle["rss_mb"], 2),
+    }
+
+
+def plot(points: list[dict], path: Path) -> None:
+    from ragimpute.plots import pyplot, save_png
+
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    curves = {
+        "targets": [q for q in points if q["curve"] == "targets"],
+        "reference_haplotypes": [q for q in points if q["curve"] == "reference"],
+    }
+    for col, (x, pts) in enumerate(curves.items()):
+        pts = sorted(pts, key=lambda q: q[x])
+        xs = [q[x] for q in pts]
+        for row, (key, label) in enumerate(
+            (("seconds", "wall time (s)"), ("rss_mb", "peak RSS (MB)"))
+        ):
+            ax = axes[row, col]
+            ax.plot(xs, [q["ours"][key] for q in pts], "o-", label="ours (window + impute)")
+            ax.plot(xs, [q["ours_impute"][key] for q in pts], "o--", label="ours (impute only)")
+            ax.plot(xs, [q["beagle"][key] for q in pts], "s-", label="Beagle 5.4")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(x.replace("_", " "))
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Imputation on 2 CPU threads: ours vs Beagle (same reference, targets, threads)")
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--length", type=int, default=5_000_000, help="bp simulated")
+    ap.add_argument("--targets", type=int, nargs="+", default=[10, 100, 1000])
+    ap.add_argument(
+        "--references",
+        type=int,
+        nargs="+",
+        default=[500, 1000, 2000, 5000],
+        help="reference haplotypes (at 100 targets)",
+    )
+    ap.add_argument(
+        "--fixed-reference",
+        type=int,
+        default=2000,
+        help="reference haplotypes of the targets curve",
+    )
+    ap.add_argument("--spacing", type=int, default=10_000, help="array spacing (bp)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--admixed", action="store_true", help="the admixed demo's demography")
+    ap.add_argument("--quick", action="store_true", help="two small points only")
+    ap.add_argument("--work", default=str(OUT / "scaling_work"))
+    a = ap.parse_args()
+    if a.quick:
+        a.targets, a.references, a.fixed_reference, a.length = [10], [500], 500, 1_000_000
+    n_ref_samples = max([*a.references, a.fixed_reference]) // 2
+    data = simulate(n_ref_samples, max(a.targets), a.length, a.seed, a.admixed)
+    work = Path(a.work)
+    points = []
+    for n_tgt in a.targets:
+        points.append(
+            {
+                "curve": "targets",
+                **run_point(data, a.fixed_reference, n_tgt, a.spacing, a.threads, work),
+            }
+        )
+        print(json.dumps(points[-1]), flush=True)
+    for n_ref in a.references:
+        points.append(
+            {
+                "curve": "reference",
+                **run_point(data, n_ref, 100 if not a.quick else 10, a.spacing, a.threads, work),
+            }
+        )
+        print(json.dumps(points[-1]), flush=True)
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "threads": a.threads,
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "scaling.json").write_text(
+        json.dumps({"machine": machine, "args": vars(a), "points": points}, indent=2)
+    )
+    plot(points, OUT / "scaling.png")
+    print(
+        f"\n{'curve':10} {'ref haps':>8} {'targets':>7} {'ours s':>7} {'impute s':>8} {'Beagle s':>8} "
+        f"{'ratio':>6} {'ours MB':>8} {'Beagle MB':>9} {'r2 ours':>8} {'r2 Beagle':>9}"
+    )
+    for q in points:
+        print(
+            f"{q['curve']:10} {q['reference_haplotypes']:8d} {q['targets']:7d} {q['ours']['seconds']:7.1f} "
+            f"{q['ours_impute']['seconds']:8.1f} {q['beagle']['seconds']:8.1f} {q['time_ratio']:6.2f} "
+            f"{q['ours']['rss_mb']:8.0f} {q['beagle']['rss_mb']:9.0f} {q['r2']['ours']:8.4f} {q['r2']['beagle']:9.4f}"
+        )
+    print(f"machine: {machine}")
+
+
+if __name__ == "__main__":
+    main()
