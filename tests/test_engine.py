@@ -67,7 +67,7 @@ def expected_output(chunk: Chunk, states: np.ndarray, step_of, q, ne, err) -> np
     hap = states[step_of]  # (M, n) reference haplotype of each state at each typed site
     t = chunk.typed_site
     alleles = np.take_along_axis(chunk.ref_typed, hap, axis=1)
-    post = forward_backward(alleles, q, switch_probs(chunk.cm[t], ne, states.shape[1]), err)
+    post = forward_backward(alleles, q, switch_probs(chunk.cm[t], ne, chunk.n_ref), err)
     out = np.empty(chunk.n_sites)
     for u in range(chunk.n_sites):
         right = np.searchsorted(t, u, side="left")

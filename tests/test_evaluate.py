@@ -111,7 +111,10 @@ def imputed(env, tmp_path_factory):
     out = {}
     for m in ("af", "retrieval"):
         out[m] = d / f"{m}.vcf.gz"
-        impute_target(env.results, CHROM, env.split, env.target, m, out[m], options={"k": 16})
+        impute_target(
+            env.results, CHROM, env.split, env.target, m, out[m], options={"k": 16},
+            reference_splits=("train",),
+        )
     return out
 
 
@@ -231,6 +234,7 @@ def test_read_dosages_of_a_real_beagle_run(env, tmp_path):
         pytest.skip("beagle is not installed")
     aligned = tmp_path / "aligned.vcf.gz"
     impute_target(env.results, CHROM, env.split, env.target, "af", tmp_path / "af.vcf.gz",
+                  reference_splits=("train",),
                   aligned_dir=tmp_path / "al")  # fmt: skip
     aligned = tmp_path / "al" / "target.vcf.gz"
     run = subprocess.run(

@@ -92,6 +92,7 @@ def test_cuda_imputation_matches_cpu(tiny, cuda_model, tmp_path):
             panel_vcf=r / "demo/panel.vcf.gz",
             checkpoint=cuda_model["dir"] / "model.pt",
             device=device,
+            reference_splits=("train",),
         )
         records[device] = imputed_records(out)
     assert reports["cuda"]["device"].startswith("cuda")

@@ -34,6 +34,7 @@ def env(tmp_path_factory):
 def run(env, target, out, method="retrieval", **kw):
     kw.setdefault("options", {"k": 16})
     kw.setdefault("panel_vcf", env.panel)
+    kw.setdefault("reference_splits", ("train",))  # the targets are the panel's test samples
     return impute_target(env.results, CHROM, env.split, target, method, out, **kw)
 
 
@@ -419,6 +420,7 @@ def test_more_neighbours_than_reference_haplotypes(env, tmp_path):
 def test_cli_impute_then_evaluate(env, tmp_path, capsys):
     out = tmp_path / "af.vcf.gz"
     args = ["impute", "--results", str(env.results), "--chrom", CHROM, "--split", str(env.split)]
+    args += ["--reference", "train"]
     args += ["--target", str(env.target), "--method", "af", "--out", str(out)]
     assert cli_main(args) == 0
     assert out.exists() and (tmp_path / "af.vcf.gz.tbi").exists()
@@ -431,5 +433,6 @@ def test_cli_impute_then_evaluate(env, tmp_path, capsys):
     assert (ev / "bins.tsv").exists()
     # A user error is one clear line and exit status 1, not a traceback.
     bad = ["impute", "--results", str(env.results), "--chrom", CHROM, "--split", str(env.split)]
+    bad += ["--reference", "train"]
     bad += ["--target", str(tmp_path / "missing.vcf.gz"), "--out", str(tmp_path / "x.vcf.gz")]
     assert cli_main(bad) == 1

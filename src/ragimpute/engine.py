@@ -13,7 +13,8 @@ What it does for each target haplotype, and why:
    that matched the target where they are used, and the copying model needs far fewer states than the
    panel has haplotypes (a panel no larger than ``states`` is used whole, without selection).
 3. **The copying model on typed sites only**, across the whole chunk (no window seams): switch
-   probability ``1 - exp(-0.04 ne d / n_states)`` between typed sites ``d`` cM apart (Beagle's), a
+   probability ``1 - exp(-0.04 ne d / n_ref)`` between typed sites ``d`` cM apart, ``n_ref`` the
+   reference haplotypes (Beagle's; a switch lands on any of the states uniformly), a
    copied allele differing with probability ``error``; a missing allele emits nothing. Forward values
    are stored every ``block_sites`` typed sites and recomputed block by block in the backward pass, so
    memory is ``states x (typed sites / block + block)`` per haplotype, not ``states x typed sites``.
@@ -44,7 +45,7 @@ class EngineParams:
     states: int = 600  # composite states per target haplotype (the whole panel when it is smaller)
     step_cm: float = 0.1  # length of a state-selection step
     span_steps: int = 7  # a step's candidates match the target over this many steps around it (odd)
-    candidates: int = 32  # nearest reference haplotypes taken per step
+    candidates: int = 64  # nearest reference haplotypes taken per step
     ne: float = 1e5  # effective population size in the switch probability (Beagle's default)
     error: float | None = None  # allele mismatch probability; None: estimated from the targets
     min_posterior: float = 1e-4  # states below this posterior are left out of the interpolation
@@ -356,6 +357,7 @@ def _impute_one(
     q,
     stretch_hap,
     n,
+    n_panel,
     step_of,
     ref_typed,
     dist_cm,
@@ -377,7 +379,7 @@ def _impute_one(
     N = len(out_col)
     rho = np.empty(M, np.float32)
     rho[0] = 0.0
-    c = -0.04 * ne / n
+    c = -0.04 * ne / n_panel  # Beagle's: the switch rate scales with the panel, not the states
     for m in range(1, M):
         rho[m] = -math.expm1(c * max(dist_cm[m], 1e-7))
     n_blocks = (M + block - 1) // block
@@ -552,6 +554,7 @@ def _impute_batch(
             q[i],
             stretch_hap,
             n,
+            n_ref,
             step_of,
             ref_typed,
             dist_cm,
@@ -732,15 +735,17 @@ class Engine:
         self,
         query: np.ndarray,
         exclude: np.ndarray | None = None,
-        sample: int = 64,
-        rounds: int = 3,
+        sample: int | None = None,
+        rounds: int = 2,
         seed: int = 1,
         threads: int | None = None,
     ) -> float:
         """The allele mismatch rate that the copying model expects on (a sample of) the queries, by a
         few rounds of expectation-maximisation from 1e-3 (as Beagle estimates its ``err``), clipped to
         [1e-4, 0.05]. Array genotyping errors raise it, so that one wrong call does not break a long
-        match."""
+        match. The sample holds enough haplotypes for ~20,000 observed alleles (16 at least)."""
+        if sample is None:
+            sample = max(16, -(-20_000 // max(len(self.chunk.typed_site), 1)))
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.permutation(len(query))[:sample])
         q = np.asarray(query)[rows]

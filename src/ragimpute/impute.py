@@ -40,11 +40,10 @@ from .states import INDEX_SETTINGS, build_states, load_chunk, load_states
 from .targets import read_target
 from .tokens import MASK, tokenize_block
 from .vcf_write import (
-    PHASED_GT,
     bgzip_vcf_writer,
     contig_lengths,
+    dosage_fields,
     header_lines,
-    number_strings,
     thousandths,
 )
 from .windows import WindowedTable, load_windows, sites_with_hash
@@ -109,44 +108,37 @@ def format_records(
     sites: pd.DataFrame,
     p: np.ndarray,
     typed: np.ndarray,
-) -> str:
-    """VCF record lines of ``sites`` from haplotype probabilities ``p`` (n_sites, 2n)."""
-    g = genotype_arrays(p)
+    block: int = 1 << 21,
+) -> bytes:
+    """VCF record lines of ``sites`` from haplotype probabilities ``p`` (n_sites, 2n), formatted
+    ``block`` genotypes at a time (memory: ~30 bytes per genotype of a block)."""
     n = p.shape[1] // 2
-    gt = PHASED_GT[2 * g["gt"][:, 0::2] + g["gt"][:, 1::2]]
-    ds = number_strings(thousandths(g["ds"], top=2000))
-    # GP printed in thousandths that sum to exactly 1: the heterozygote takes the rounding remainder.
-    g0 = thousandths(g["gp"][..., 0])
-    g2 = thousandths(g["gp"][..., 2])
-    over = np.maximum(g0 + g2 - 1000, 0)
-    take0 = g0 >= g2
-    g0, g2 = g0 - over * take0, g2 - over * ~take0
-    g1 = 1000 - g0 - g2
-    fields = (
-        gt
-        + ":"
-        + ds
-        + ":"
-        + number_strings(g0)
-        + ","
-        + number_strings(g1)
-        + ","
-        + number_strings(g2)
-        if n
-        else np.empty((len(p), 0), dtype=object)
-    )
+    step = max(1, block // max(n, 1))
     pos = sites["pos"].to_numpy()
     ids = sites["id"].to_numpy() if "id" in sites else np.full(len(sites), ".", dtype=object)
     ref, alt = sites["ref"].to_numpy(), sites["alt"].to_numpy()
-    af, r2 = g["af"], g["r2"]
-    lines = []
-    for i in range(len(sites)):
-        flag = "TYPED" if typed[i] else "IMP"
-        lines.append(
-            f"{chrom}\t{pos[i]}\t{ids[i] or '.'}\t{ref[i]}\t{alt[i]}\t.\tPASS\t"
-            f"AF={af[i]:.4g};R2={r2[i]:.3f};{flag}\tGT:DS:GP\t" + "\t".join(fields[i]) + "\n"
-        )
-    return "".join(lines)
+    out = []
+    for a in range(0, len(sites), step):
+        b = min(a + step, len(sites))
+        g = genotype_arrays(p[a:b])
+        gt = 2 * g["gt"][:, 0::2] + g["gt"][:, 1::2]
+        # GP printed in thousandths that sum to exactly 1: the heterozygote takes the remainder.
+        g0 = thousandths(g["gp"][..., 0])
+        g2 = thousandths(g["gp"][..., 2])
+        over = np.maximum(g0 + g2 - 1000, 0)
+        take0 = g0 >= g2
+        g0, g2 = g0 - over * take0, g2 - over * ~take0
+        fields = dosage_fields(gt, thousandths(g["ds"], top=2000), g0, 1000 - g0 - g2, g2)
+        af, r2 = g["af"], g["r2"]
+        for i in range(b - a):
+            j = a + i
+            flag = "TYPED" if typed[j] else "IMP"
+            out.append(
+                f"{chrom}\t{pos[j]}\t{ids[j] or '.'}\t{ref[j]}\t{alt[j]}\t.\tPASS\t"
+                f"AF={af[i]:.4g};R2={r2[i]:.3f};{flag}\tGT:DS:GP\t".encode()
+            )
+            out.append(fields[i] + b"\n")
+    return b"".join(out)
 
 
 def prov_name(predictor: object) -> str:
@@ -369,13 +361,8 @@ def _engine_prior(
     if states_dir is None:
         raise ValueError("the copying model needs its state index (states_dir)")
     index, meta = load_states(states_dir, mask_hash, params)
-    chunk, samples = load_chunk(windows_dir, meta["splits"], target.site)
-    if samples != meta["samples"]:
-        raise ArtifactError(
-            f"state index {states_dir} holds other reference samples than the windows of "
-            f"{windows_dir}; rebuild it (`snakemake --cores all --forcerun states`)"
-        )
-    shared = set(samples) & set(target.samples)
+    chunk = load_chunk(states_dir, windows_dir, target.site)
+    shared = set(meta["samples"]) & set(target.samples)
     if shared:
         raise InputError(
             target.path,

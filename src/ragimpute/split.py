@@ -157,7 +157,9 @@ def check_disjoint(reference: list[str], target: list[str], target_path: str | o
         raise InputError(
             target_path,
             f"{len(shared)} target samples are also in the reference panel: {', '.join(shared[:5])}",
-            "Remove them from the reference (bcftools view -s ^NAMES) or from the targets",
+            "Remove them from the reference (bcftools view -s ^NAMES) or from the targets; to "
+            "impute panel samples held out in the split, keep them out of the reference "
+            "(`ragimpute impute --reference train`)",
         )
 
 

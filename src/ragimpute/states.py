@@ -1,6 +1,9 @@
 """The state index: the engine's mask-keyed FAISS indexes, one per cM step, as an artifact.
 
-Layout: ``states/<chrom>/<mask hash>/meta.json`` and ``steps.parquet``. One row per step: the typed
+Layout: ``states/<chrom>/<mask hash>/meta.json``, ``steps.parquet`` and ``reference.npy``: the
+imputation reference at every site as bits, (sites, ceil(haplotypes / 8)) uint8, little bit order
+(``np.unpackbits(np.load(...), axis=1, count=n_haplotypes, bitorder="little")``), which the engine
+reads instead of the windowed Parquet tables. One row of ``steps.parquet`` per step: the typed
 sites it starts and ends at (``first_typed``, ``end_typed``), the typed sites its index covers
 (``span_first``, ``span_end``), their positions and cM, and ``faiss``: the step's
 ``IndexBinaryFlat``, serialised (``faiss.deserialize_index_binary(np.frombuffer(row.faiss,
@@ -100,6 +103,7 @@ def build_states(
     samples = [s for t in tables for s in t.samples]
     with atomic_dir(out_dir) as tmp:
         write_parquet(tmp / "steps.parquet", table, {"mask_hash": mask.hash})
+        np.save(tmp / "reference.npy", packed)
         meta = {
             "format_version": FORMAT_VERSION,
             "engine_version": ENGINE_VERSION,
@@ -112,7 +116,8 @@ def build_states(
             "n_steps": index.n_steps,
             **{k: getattr(params, k) for k in INDEX_SETTINGS},
             "order": index.order,
-            "sha256": {"steps.parquet": _sha256(tmp / "steps.parquet")},
+            "n_sites": int(len(packed)),
+            "sha256": {f: _sha256(tmp / f) for f in ("steps.parquet", "reference.npy")},
             "build_seconds": round(time.perf_counter() - t0, 3),
             "faiss_version": faiss.__version__,
             "ragimpute": __version__,
@@ -166,16 +171,20 @@ def load_states(
 
 
 def load_chunk(
-    windows_dir: str | os.PathLike, splits: list[str], typed_site: np.ndarray
-) -> tuple[Chunk, list[str]]:
-    """The imputation reference of a chromosome (the haplotypes of ``splits``) with its typed sites;
-    also the reference samples in haplotype order."""
-    sites, _ = sites_with_hash(windows_dir)
-    tables = reference_tables(windows_dir, splits)
-    packed = packed_haplotypes(tables, load_windows(windows_dir))
-    n_ref = sum(t.n_haplotypes for t in tables)
+    states_dir: str | os.PathLike, windows_dir: str | os.PathLike, typed_site: np.ndarray
+) -> Chunk:
+    """The imputation reference stored with a state index, with the typed sites of a target."""
+    sites, slh = sites_with_hash(windows_dir)
+    meta = read_json(Path(states_dir) / "meta.json")
+    if meta["site_list_hash"] != slh:
+        raise ArtifactError(
+            f"state index {states_dir} was built on site list {meta['site_list_hash']}, the windows "
+            f"are {slh}; rebuild it (`snakemake --cores all --forcerun states`)"
+        )
+    packed = np.load(Path(states_dir) / "reference.npy")
+    n_ref = meta["n_haplotypes"]
     typed_site = np.asarray(typed_site, dtype=np.int64)
-    chunk = Chunk(
+    return Chunk(
         ref_packed=packed,
         ref_typed=np.ascontiguousarray(
             np.unpackbits(packed[typed_site], axis=1, count=n_ref, bitorder="little")
@@ -185,7 +194,6 @@ def load_chunk(
         pos=sites["pos"].to_numpy(),
         af=_reference_af(packed, n_ref),
     )
-    return chunk, [s for t in tables for s in t.samples]
 
 
 def _reference_af(packed: np.ndarray, n_ref: int) -> np.ndarray:

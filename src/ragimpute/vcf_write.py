@@ -30,9 +30,50 @@ _THOUSANDTHS = np.array(
 )
 
 
+# The same numbers as bytes, right-padded with NUL (dropped when a record is assembled).
+_NUMBER_WIDTH = 5
+_THOUSANDTHS_BYTES = np.zeros((2001, _NUMBER_WIDTH), dtype=np.uint8)
+for _i, _text in enumerate(_THOUSANDTHS):
+    _THOUSANDTHS_BYTES[_i, : len(_text)] = np.frombuffer(_text.encode(), np.uint8)
+_PHASED_GT_BYTES = np.array([np.frombuffer(g.encode(), np.uint8) for g in PHASED_GT])
+# GT:DS:GP per sample: "g|g" ":" DS ":" GP0 "," GP1 "," GP2 TAB, each number at most 5 characters
+_FIELD_WIDTH = 3 + 1 + 4 * (_NUMBER_WIDTH + 1)
+
+
+def dosage_fields(
+    gt_code: np.ndarray, ds: np.ndarray, gp0: np.ndarray, gp1: np.ndarray, gp2: np.ndarray
+) -> list[bytes]:
+    """Per-record ``GT:DS:GP`` sample columns (tab-separated bytes, no line end) from (sites, samples)
+    arrays: GT code 2 * allele0 + allele1, DS in thousandths (0-2000), GP in thousandths (0-1000).
+
+    Built as one byte array from lookup tables (numbers printed as ``number_strings`` prints them):
+    no Python object per genotype.
+    """
+    n_sites, n = gt_code.shape
+    if n == 0:
+        return [b""] * n_sites
+    w = _NUMBER_WIDTH
+    b = np.zeros((n_sites, n, _FIELD_WIDTH), dtype=np.uint8)
+    b[..., 0:3] = _PHASED_GT_BYTES[gt_code]
+    b[..., 3] = ord(":")
+    b[..., 4 : 4 + w] = _THOUSANDTHS_BYTES[ds]
+    b[..., 4 + w] = ord(":")
+    for j, g in enumerate((gp0, gp1, gp2)):
+        start = 5 + w + j * (w + 1)
+        b[..., start : start + w] = _THOUSANDTHS_BYTES[g]
+        b[..., start + w] = ord(",") if j < 2 else ord("\t")
+    flat = b.reshape(n_sites, -1)
+    keep = flat != 0
+    ends = np.cumsum(keep.sum(axis=1))
+    data = flat[keep].tobytes()
+    starts = np.r_[0, ends[:-1]]
+    return [data[a : e - 1] for a, e in zip(starts, ends, strict=True)]  # without the last tab
+
+
 @contextlib.contextmanager
 def bgzip_vcf_writer(out: str | os.PathLike) -> Iterator[Callable[[str], None]]:
-    """Yield ``write(text)``; on success the bgzipped VCF and then its (newer) .tbi appear atomically.
+    """Yield ``write(text)`` (str or bytes); on success the bgzipped VCF and then its (newer) .tbi
+    appear atomically.
 
     The caller writes records sorted by position; tabix refuses unsorted input, so a bug there fails
     here instead of producing a file that region queries read wrongly.
@@ -43,7 +84,7 @@ def bgzip_vcf_writer(out: str | os.PathLike) -> Iterator[Callable[[str], None]]:
         with atomic_path(out, suffix=".vcf.gz") as gz:
             f = BGZFile(str(gz), "wb")
             try:
-                yield lambda text: f.write(text.encode())
+                yield lambda text: f.write(text if isinstance(text, bytes) else text.encode())
             finally:
                 f.close()
             pysam.tabix_index(str(gz), preset="vcf", force=True)
