@@ -379,6 +379,7 @@ def _engine_prior(
         "error_estimated": run.error_estimated,
         "states": min(params.states, chunk.n_ref),
         "reference_splits": meta["splits"],
+        "reference_samples": meta["samples"],
         "reference_haplotypes": chunk.n_ref,
         "steps": index.n_steps,
         "seconds": run.seconds,
