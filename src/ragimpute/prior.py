@@ -9,6 +9,7 @@ bounded by ``batch_haplotypes`` x sites, whatever the number of targets.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -18,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Engine
+from .engine import Chunk, Engine, EngineParams
+from .errors import ArtifactError
 from .logs import Progress, log
 
 SCALE = 65535
+PRIOR_FORMAT_VERSION = 1
 
 
 class PriorStore:
@@ -111,3 +114,93 @@ def run_engine(
             "expected_mismatch_rate": float(mism / seen) if seen else None,
         },
     )
+
+
+# -- the training data of the network: the engine's output on the panel's own haplotypes -------------
+
+PRIOR_COLUMN = "prior"
+
+
+def run_prior_stage(
+    windows_dir: str | os.PathLike,
+    mask_store: str | os.PathLike,
+    mask_hash: str,
+    split: str,
+    out: str | os.PathLike,
+    params: EngineParams,
+    batch_haplotypes: int = 1024,
+    threads: int = 1,
+) -> dict:
+    """The engine's P(ALT) for every haplotype of ``split`` typed under mask ``mask_hash``, copying
+    from the train split (a train haplotype never from its own sample): the prior the network learns
+    to correct, as a windowed table (``prior``: P(ALT) x 65535 as uint16, one row group per window)."""
+    from .masks import load_mask
+    from .states import reference_af
+    from .windows import (
+        WindowedTable,
+        load_windows,
+        packed_haplotypes,
+        sites_with_hash,
+        write_windowed,
+    )
+
+    sites, slh = sites_with_hash(windows_dir)
+    mask = load_mask(mask_store, mask_hash)
+    if mask.site_list_hash != slh:
+        raise ArtifactError(
+            f"mask {mask_hash} was made for site list {mask.site_list_hash}, the windows are {slh}; "
+            "re-run the mask stage"
+        )
+    typed = np.flatnonzero(mask.observed)
+    windows = load_windows(windows_dir)
+    hap_dir = Path(windows_dir) / "haplotypes"
+    train = WindowedTable(hap_dir / "train.parquet", "alleles")
+    queries = train if split == "train" else WindowedTable(hap_dir / f"{split}.parquet", "alleles")
+    packed = packed_haplotypes([train], windows)
+    n_ref = train.n_haplotypes
+    chunk = Chunk(
+        ref_packed=packed,
+        ref_typed=np.ascontiguousarray(
+            np.unpackbits(packed[typed], axis=1, count=n_ref, bitorder="little")
+        ),
+        typed_site=typed,
+        cm=sites["cm"].to_numpy(),
+        pos=sites["pos"].to_numpy(),
+        af=reference_af(packed, n_ref),
+    )
+    engine = Engine(chunk, params)
+    q_packed = packed if queries is train else packed_haplotypes([queries], windows)
+    n_q = queries.n_haplotypes
+    query = np.ascontiguousarray(
+        np.unpackbits(q_packed[typed], axis=1, count=n_q, bitorder="little").T, dtype=np.int8
+    )
+    exclude = None
+    if queries is train:  # leave the query's own sample out of its states
+        first = 2 * (np.arange(n_q) // 2)
+        exclude = np.stack([first, first + 1], axis=1)
+    run = run_engine(engine, query, Path(out).parent, batch_haplotypes, threads, exclude)
+    try:
+        bounds = windows[["first_site", "last_site"]].to_numpy()
+        blocks = (np.rint(run.store.read(a, b + 1) * SCALE).astype(np.uint16) for a, b in bounds)
+        meta = {
+            "format_version": PRIOR_FORMAT_VERSION,
+            "mask_hash": mask.hash,
+            "site_list_hash": slh,
+            "split": split,
+            "scale": SCALE,
+            "error": run.error,
+            "engine": json.dumps(params.to_dict()),
+        }
+        write_windowed(out, blocks, PRIOR_COLUMN, queries.samples, meta, value_type=np.uint16)
+    finally:
+        run.store.close()
+    log.info(
+        "prior %s/%s: %d haplotypes x %d sites, error %.2e, %.1f s",
+        mask.hash,
+        split,
+        n_q,
+        len(sites),
+        run.error,
+        run.seconds,
+    )
+    return {"haplotypes": n_q, "error": run.error, "seconds": run.seconds}

@@ -192,11 +192,11 @@ def load_chunk(
         typed_site=typed_site,
         cm=sites["cm"].to_numpy(),
         pos=sites["pos"].to_numpy(),
-        af=_reference_af(packed, n_ref),
+        af=reference_af(packed, n_ref),
     )
 
 
-def _reference_af(packed: np.ndarray, n_ref: int) -> np.ndarray:
+def reference_af(packed: np.ndarray, n_ref: int) -> np.ndarray:
     """ALT frequency of every site among the reference haplotypes, from the packed bits."""
     counts = np.zeros(len(packed), dtype=np.int64)
     step = 4096

@@ -182,6 +182,7 @@ def write_windowed(
     samples: list[str],
     metadata: dict,
     extra_columns: dict[str, str] | None = None,
+    value_type: type = np.uint8,
 ) -> None:
     """One row group per window; rows are (sample, hap) in ``samples`` order, hap 0 then 1.
 
@@ -198,7 +199,7 @@ def write_windowed(
             ("window", pa.int32()),
             ("sample", sample_col.type),
             ("hap", pa.int8()),
-            (column, pa.list_(pa.uint8())),
+            (column, pa.list_(pa.from_numpy_dtype(value_type))),
         ]
         + [(k, pa.string()) for k in (extra_columns or {})]
     ).with_metadata({k: str(v) for k, v in metadata.items()})
