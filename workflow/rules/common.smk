@@ -8,8 +8,18 @@ from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 from snakemake.utils import validate
 
 from ragimpute.impute import EXTERNAL_METHODS, PREDICTOR_FACTORIES
+from ragimpute.smk import config_problems
 from ragimpute.split import SPLITS
 
+# Every key is checked before anything runs: a misspelt key is an error naming it, not a silent
+# default (Snakemake's validate below then fills in the defaults).
+_problems = config_problems(config, workflow.source_path("../../config/schema.yaml"))
+if _problems:
+    raise WorkflowError(
+        "the configuration has errors (config/config.yaml, --configfile files, --config):\n  "
+        + "\n  ".join(_problems)
+        + "\nSee config/schema.yaml for every key, its type and its default."
+    )
 validate(config, schema="../../config/schema.yaml")
 
 RESULTS = config["results"]
