@@ -117,3 +117,30 @@ def test_workflow_refuses_bad_config_keys(finished, override):
     else:
         assert "unknown config key 'train.model.d_modle'" in text
     assert not (finished / "results").exists()  # `results: ""` wrote nothing into the directory
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["impute.target_vcf", "impute.truth_vcf", "panel.array_manifest",
+                                 "split.table", "panel.vcf"])  # fmt: skip
+def test_workflow_refuses_configured_files_that_do_not_exist(finished, tmp_path, key):
+    """Issue 11.3: after a finished run, a configured path that does not exist gave "Nothing to be
+    done" and the previous input's results; now the run stops and names the key and the path."""
+    res = finished / TINY_RESULTS
+    target, truth = tmp_path / "target.vcf.gz", tmp_path / "truth.vcf.gz"
+    shutil.copy(res / "targets/20/target.vcf.gz", target)
+    shutil.copy(res / "targets/20/truth.vcf.gz", truth)
+    missing = str(tmp_path / "nowhere" / "file")
+    override = {
+        "impute.target_vcf": {"impute": {"target_vcf": missing, "truth_vcf": str(truth)}},
+        "impute.truth_vcf": {"impute": {"target_vcf": str(target), "truth_vcf": missing}},
+        "panel.array_manifest": {
+            "panel": {"vcf": str(res / "demo/panel.vcf.gz"), "array_manifest": missing}
+        },
+        "split.table": {"split": {"table": missing}},
+        "panel.vcf": {"panel": {"vcf": missing}},
+    }[key]
+    r, changed = rerun(finished, override)
+    text = output(r)
+    assert r.returncode != 0 and not changed, text[-3000:]
+    assert "Nothing to be done" not in text
+    assert f"{key}: {missing} does not exist" in text

@@ -25,6 +25,37 @@ validate(config, schema="../../config/schema.yaml")
 RESULTS = config["results"]
 
 
+def check_input_files():
+    """Every input file the config names must exist. Checked when the DAG is built: otherwise, after a
+    finished run, a misspelt path gives "Nothing to be done" and the previous input's results.
+    """
+    keys = [("panel", "vcf"), ("split", "table"), ("impute", "target_vcf")]
+    if config["panel"]["vcf"]:
+        keys.append(("panel", "array_manifest"))  # the demo writes its own manifest
+    if config["impute"]["target_vcf"]:
+        keys.append(("impute", "truth_vcf"))  # the demo writes its own truth
+    problems = []
+    for section, key in keys:
+        path = config[section][key]
+        if path and not os.path.isfile(path):
+            what = (
+                "is a directory, not a file"
+                if os.path.isdir(path)
+                else "does not exist"
+            )
+            problems.append(f"{section}.{key}: {path} {what}")
+    if problems:
+        raise WorkflowError(
+            "input files named in the configuration are missing (paths are relative to "
+            f"{os.getcwd()}):\n  "
+            + "\n  ".join(problems)
+            + '\nFix the path, or set the key to "" to use the default (see config/config.yaml).'
+        )
+
+
+check_input_files()
+
+
 wildcard_constraints:
     chrom=r"[^/]+",
     mask_hash=r"[0-9a-f]{16}",
