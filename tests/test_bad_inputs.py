@@ -144,3 +144,200 @@ def test_workflow_refuses_configured_files_that_do_not_exist(finished, tmp_path,
     assert r.returncode != 0 and not changed, text[-3000:]
     assert "Nothing to be done" not in text
     assert f"{key}: {missing} does not exist" in text
+
+
+# -- corrupted artifacts ---------------------------------------------------------------------------
+
+
+def flip(path: Path, offset: int, n: int = 40) -> None:
+    """Invert ``n`` bytes of ``path`` from ``offset`` (negative: from the end)."""
+    data = bytearray(path.read_bytes())
+    start = offset % len(data)
+    for i in range(start, min(start + n, len(data))):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def flip_parquet_page(path: Path, column: str, row_group: int = 0, n: int = 4) -> None:
+    """Flip ``n`` bytes near the end of one column chunk: inside its last data page's payload (not a
+    page header, not the footer)."""
+    import pyarrow.parquet as pq
+
+    md = pq.ParquetFile(path).metadata.row_group(row_group)
+    chunk = next(
+        md.column(i)
+        for i in range(md.num_columns)
+        if md.column(i).path_in_schema.startswith(column)
+    )
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    flip(path, start + chunk.total_compressed_size - n - 2, n)
+
+
+@pytest.fixture
+def built(demo_tokens, tmp_path) -> dict:
+    """A private copy of the demo tokens and an index built on them (to corrupt)."""
+    from ragimpute.index import build_index
+
+    tokens = {
+        s: Path(shutil.copy(p, tmp_path / f"{s}.parquet")) for s, p in demo_tokens["paths"].items()
+    }
+    build_index(tokens["train"], tmp_path / "index")
+    return {"tokens": tokens, "index": tmp_path / "index", "hash": demo_tokens["hash"]}
+
+
+def test_flipped_bytes_in_faiss_codes_are_refused(built, tmp_path):
+    """Issue 11.2: 40 flipped bytes in the codes of one window's index gave exit 0 and other
+    dosages; the checksum recorded in meta.json now catches them when the file is loaded."""
+    from ragimpute.errors import ArtifactError
+    from ragimpute.retrieval import retrieve
+
+    w0 = built["index"] / "windows" / "w00000.faiss"
+    flip(w0, -60)  # the codes are at the end of a flat index file
+    with pytest.raises(ArtifactError) as e:
+        retrieve(built["tokens"]["val"], built["index"], 4, tmp_path / "r.parquet")
+    msg = str(e.value)
+    assert str(w0) in msg and "checksum mismatch" in msg
+    assert "snakemake --cores all --forcerun index" in msg
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_corrupted_faiss_header_names_the_file(built, tmp_path):
+    """Without checksums (an index of an earlier version) a broken header is still an error naming
+    the file and the fix, not FAISS's own message alone."""
+    import json
+
+    from ragimpute.errors import ArtifactError
+    from ragimpute.index import HaplotypeIndex
+
+    meta = json.loads((built["index"] / "meta.json").read_text())
+    del meta["files_sha256"]
+    (built["index"] / "meta.json").write_text(json.dumps(meta))
+    w0 = built["index"] / "windows" / "w00000.faiss"
+    flip(w0, 0, 4)
+    with pytest.raises(ArtifactError, match="cannot be read") as e:
+        HaplotypeIndex(built["index"]).window_index(0)
+    assert str(w0) in str(e.value) and "--forcerun index" in str(e.value)
+
+
+def test_cli_reports_a_corrupted_index_in_one_line(built, tmp_path, capsys):
+    from ragimpute.cli import main
+
+    flip(built["index"] / "windows" / "w00001.faiss", -30, 10)
+    args = ["retrieve", "--tokens", str(built["tokens"]["val"]), "--index", str(built["index"]),
+            "-k", "4", "--out", str(tmp_path / "r.parquet")]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if " ERROR " in ln]
+    assert len(errors) == 1 and "w00001.faiss: checksum mismatch" in errors[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("how", ["page", "truncated", "empty"])
+def test_corrupted_token_table(built, how):
+    """A flipped data page (caught by the Parquet page checksums), a cut file or an empty one."""
+    from ragimpute.errors import ArtifactError
+    from ragimpute.tokens import TokenTable
+
+    path = built["tokens"]["val"]
+    if how == "page":
+        flip_parquet_page(path, "tokens", row_group=1)
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[:-200])
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(ArtifactError) as e:
+        table = TokenTable(path)
+        for w in range(table.n_windows):
+            table.read(w)
+    msg = str(e.value)
+    assert str(path) in msg and "cannot be read" in msg
+    assert "snakemake --cores all --forcerun tokenize" in msg and "ragimpute tokenize" in msg
+
+
+def test_parquet_artifacts_carry_page_checksums(demo_windows, demo_tokens, tmp_path):
+    """Every kind of Parquet artifact is written with a CRC per page: a flipped page fails the
+    verification pyarrow does when asked (as our readers ask)."""
+    import pyarrow.parquet as pq
+
+    paths = {
+        "sites": (demo_windows / "sites.parquet", "pos"),
+        "windows": (demo_windows / "windows.parquet", "first_pos"),
+        "haplotypes": (demo_windows / "haplotypes" / "train.parquet", "alleles"),
+        "tokens": (demo_tokens["paths"]["val"], "tokens"),
+        "mask": (demo_tokens["store"] / demo_tokens["hash"] / "mask.parquet", "masked"),
+    }
+    for name, (path, column) in paths.items():
+        copy = Path(shutil.copy(path, tmp_path / f"{name}.parquet"))
+        flip_parquet_page(copy, column)
+        with pytest.raises(OSError, match="CRC checksum verification failed"):
+            pq.read_table(copy, page_checksum_verification=True)
+
+
+@pytest.mark.parametrize("what", ["sites", "haplotypes", "retrieval", "mask"])
+def test_corrupted_stage_tables_name_file_and_rebuild(tmp_path_factory, tmp_path, what):
+    """Each stage's Parquet table, with a data page flipped, names the file and its stage."""
+    from ragimpute.errors import ArtifactError
+    from ragimpute.masks import load_mask
+    from ragimpute.tokens import TokenTable
+    from ragimpute.train import read_retrieval
+    from ragimpute.windows import WindowedTable, load_sites
+
+    src = _tiny_results(tmp_path_factory)
+    res = Path(shutil.copytree(src["results"], tmp_path / "r"))
+    h = src["hashes"][0]
+    path, column, stage, read = {
+        "sites": (res / "windows/20/sites.parquet", "af", "window",
+                  lambda: load_sites(res / "windows/20")),
+        "haplotypes": (res / "windows/20/haplotypes/val.parquet", "alleles", "window",
+                       lambda: WindowedTable(res / "windows/20/haplotypes/val.parquet",
+                                             "alleles").read(0)),
+        "retrieval": (res / f"retrieval/20/{h}/val.parquet", "neighbours", "retrieve",
+                      lambda: read_retrieval(res / f"retrieval/20/{h}/val.parquet",
+                                             TokenTable(res / f"tokens/20/{h}/val.parquet"))),
+        "mask": (res / f"masks/20/{h}/mask.parquet", "masked", "mask",
+                 lambda: load_mask(res / "masks/20", h)),
+    }[what]  # fmt: skip
+    flip_parquet_page(path, column)
+    with pytest.raises(ArtifactError) as e:
+        read()
+    assert str(path) in str(e.value) and f"--forcerun {stage}" in str(e.value)
+
+
+def test_a_corrupted_mask_is_written_again_by_the_mask_stage(tmp_path_factory, tmp_path):
+    """`--forcerun mask` (the fix the message gives) repairs a corrupted stored mask."""
+    from ragimpute.masks import load_mask, run_mask_stage_dir
+
+    src = _tiny_results(tmp_path_factory)
+    res = Path(shutil.copytree(src["results"], tmp_path / "r"))
+    h = src["hashes"][0]
+    before = load_mask(res / "masks/20", h).masked
+    flip_parquet_page(res / f"masks/20/{h}/mask.parquet", "masked")
+    store = res / "masks/20"
+    hashes = run_mask_stage_dir(res / "windows/20", {"strategy": "array"}, store,
+                                store / "current.json", res / "demo/array_sites.tsv")  # fmt: skip
+    assert hashes == [h]
+    assert (load_mask(store, h).masked == before).all()
+
+
+_TINY: dict = {}
+
+
+def _tiny_results(tmp_path_factory) -> dict:
+    """One tiny pipeline run (package functions, no Snakemake) for this module; copy to change."""
+    if "d" not in _TINY:
+        from pipeline_data import build_tiny_results
+
+        _TINY["d"] = build_tiny_results(tmp_path_factory.mktemp("tiny-bad"))
+    return _TINY["d"]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not a zip archive"])
+def test_corrupted_model_file_names_file_and_rebuild(tmp_path, content):
+    from ragimpute.errors import ArtifactError
+    from ragimpute.model import load_predictor
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(ArtifactError) as e:
+        load_predictor(str(path), "cpu")
+    assert str(path) in str(e.value) and "--forcerun train" in str(e.value)

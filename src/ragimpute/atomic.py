@@ -1,4 +1,9 @@
-"""Atomic writes: every artifact appears whole or not at all (temp file + rename)."""
+"""Atomic writes: every artifact appears whole or not at all (temp file + rename); checked reads.
+
+Parquet artifacts are written with a CRC32 checksum on every page (Parquet's own page checksums) and
+read with their verification on, so that a flipped byte in a data page is an error, not a silently
+different table; read errors of any kind name the file and the command that rebuilds it.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .errors import ArtifactError, UnreadableArtifactError, rebuild_hint
 
 
 @contextlib.contextmanager
@@ -91,7 +98,7 @@ def write_parquet(
         merged.update({k.encode(): str(v).encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(merged)
     with atomic_path(path, suffix=".parquet") as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, **PARQUET_WRITE)
 
 
 def write_tsv(path: str | os.PathLike, df) -> None:
@@ -99,6 +106,62 @@ def write_tsv(path: str | os.PathLike, df) -> None:
         df.to_csv(tmp, sep="\t", index=False)
 
 
-def parquet_metadata(path: str | os.PathLike) -> dict[str, str]:
-    md = pq.read_schema(path).metadata or {}
+def parquet_metadata(path: str | os.PathLike, stage: str | None = None) -> dict[str, str]:
+    with reading(path, stage):
+        md = pq.read_schema(path).metadata or {}
     return {k.decode(): v.decode() for k, v in md.items() if not k.startswith(b"pandas")}
+
+
+# -- checked reads --------------------------------------------------------------------------------
+
+# Every Parquet artifact: zstd, and a CRC32 per page that readers verify.
+PARQUET_WRITE = {"compression": "zstd", "write_page_checksum": True}
+# What the libraries raise on a truncated, corrupted or foreign file (json: ValueError; faiss:
+# RuntimeError; pyarrow: OSError and ArrowException).
+_READ_ERRORS = (OSError, EOFError, ValueError, RuntimeError, pa.ArrowException)
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, stage: str | None = None) -> Iterator[None]:
+    """Read ``path`` inside this block: a library's error becomes an ArtifactError that names the
+    file, says what is wrong and how to make it again (``stage``: the stage that writes it)."""
+    try:
+        yield
+    except ArtifactError:
+        raise
+    except FileNotFoundError as e:
+        raise UnreadableArtifactError(f"{path} is missing. {rebuild_hint(stage or '')}") from e
+    except _READ_ERRORS as e:
+        raise UnreadableArtifactError(
+            f"{path} cannot be read ({type(e).__name__}: {str(e).strip()[:300]}): it is corrupt or "
+            f"truncated. {rebuild_hint(stage or '')}"
+        ) from e
+
+
+def open_parquet(path: str | os.PathLike, stage: str | None = None) -> pq.ParquetFile:
+    """A ParquetFile whose reads verify the page checksums (wrap reads in ``reading``)."""
+    with reading(path, stage):
+        return pq.ParquetFile(path, page_checksum_verification=True)
+
+
+def read_parquet(
+    path: str | os.PathLike, stage: str | None = None, columns: list[str] | None = None
+) -> pa.Table:
+    """The whole table (or ``columns``), page checksums verified."""
+    with reading(path, stage):
+        return pq.read_table(path, columns=columns, page_checksum_verification=True)
+
+
+def read_parquet_df(
+    path: str | os.PathLike, stage: str | None = None, columns: list[str] | None = None
+):
+    """``read_parquet`` as a pandas DataFrame (as ``pandas.read_parquet`` makes it)."""
+    import pandas as pd
+
+    with reading(path, stage):
+        return pd.read_parquet(path, columns=columns, page_checksum_verification=True)
+
+
+def read_artifact_json(path: str | os.PathLike, stage: str | None = None) -> Any:
+    with reading(path, stage):
+        return json.loads(Path(path).read_text())

@@ -26,7 +26,7 @@ import pysam
 import pysam.bcftools
 
 from . import __version__
-from .atomic import atomic_path, write_json, write_tsv
+from .atomic import atomic_path, read_parquet_df, write_json, write_tsv
 from .errors import InputError
 from .logs import log
 from .metrics import BIN_LABELS, MAF_BINS, maf_bin, r2_from_sums  # noqa: F401 (re-exported)
@@ -298,7 +298,7 @@ def evaluate(
 ) -> dict:
     """Score one method's imputed VCF; writes ``sites.tsv.gz`` (per-site sums), ``bins.tsv`` and
     ``summary.json`` in ``out_dir``. ``typed_vcf``: the (harmonised) target, whose sites are not scored."""
-    ref = pd.read_parquet(sites_parquet, columns=["chrom", "pos", "ref", "alt", "maf"])
+    ref = read_parquet_df(sites_parquet, "window", columns=["chrom", "pos", "ref", "alt", "maf"])
     chrom = str(ref["chrom"].iloc[0])
     truth = read_truth(truth_vcf, chrom)
     imp = read_dosages(imputed_vcf, chrom)

@@ -27,8 +27,8 @@ import pandas as pd
 import pyarrow as pa
 
 from . import __version__
-from .atomic import read_json, write_json, write_parquet
-from .errors import ArtifactError, InputError
+from .atomic import read_artifact_json, read_parquet_df, write_json, write_parquet
+from .errors import ArtifactError, InputError, UnreadableArtifactError
 from .logs import log
 from .vcf_io import normalize_chrom, vcf_records_sites
 
@@ -200,8 +200,13 @@ def store_mask(
     """
     h = mask_hash(masked, spec, site_list_hash)
     d = Path(store) / h
+    existing = None
     if (d / "mask.parquet").exists():
-        existing = load_mask(store, h)
+        try:
+            existing = load_mask(store, h)
+        except UnreadableArtifactError as e:  # corrupt or half gone: written again below
+            log.warning("%s; writing mask %s again", e, h)
+    if existing is not None:
         if not np.array_equal(existing.masked, masked) or existing.spec != spec:
             raise ArtifactError(
                 f"{d}: stored mask differs from the one with the same hash; delete {d}"
@@ -266,12 +271,12 @@ def load_mask(store: str | os.PathLike, h: str) -> Mask:
             f"{path} is missing. It is written by the `mask` checkpoint; run `snakemake --forcerun mask` "
             "(or `ragimpute mask`) to restore it"
         )
-    info = read_json(d / "spec.json")
+    info = read_artifact_json(d / "spec.json", "mask")
     if info.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{d}: mask format {info.get('format_version')}, this version reads {FORMAT_VERSION}"
         )
-    masked = pd.read_parquet(path, columns=["masked"])["masked"].to_numpy()
+    masked = read_parquet_df(path, "mask", columns=["masked"])["masked"].to_numpy()
     mask = Mask(h, info["spec"], masked, info["site_list_hash"])
     if mask_hash(masked, mask.spec, mask.site_list_hash) != h:
         raise ArtifactError(

@@ -32,11 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 
 from . import __version__
-from .atomic import atomic_path, parquet_metadata, write_json, write_tsv
+from .atomic import atomic_path, parquet_metadata, read_parquet, write_json, write_tsv
 from .errors import ArtifactError, MaskMismatchError
 from .index import EmbeddingIndex
 from .logs import log
@@ -122,13 +121,13 @@ class Neighbours:
 
 def read_retrieval(path: str | os.PathLike, tokens: TokenTable) -> dict[int, Neighbours]:
     """The retrieve stage's table, checked against the token table it must match."""
-    meta = parquet_metadata(path)
+    meta = parquet_metadata(path, "retrieve")
     if meta.get("mask_hash") != tokens.mask_hash:
         raise MaskMismatchError(
             f"{path} was retrieved with mask {meta.get('mask_hash')}, the queries {tokens.path} use mask "
             f"{tokens.mask_hash}; re-run the retrieve stage"
         )
-    t = pq.read_table(path)
+    t = read_parquet(path, "retrieve")
     windows = t.column("window").to_numpy()
     k = t.schema.field("neighbours").type.list_size
     ids = t.column("neighbours").combine_chunks().flatten().to_numpy().reshape(-1, k)
