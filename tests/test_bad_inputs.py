@@ -341,3 +341,35 @@ def test_corrupted_model_file_names_file_and_rebuild(tmp_path, content):
     with pytest.raises(ArtifactError) as e:
         load_predictor(str(path), "cpu")
     assert str(path) in str(e.value) and "--forcerun train" in str(e.value)
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def impute_env(tmp_path_factory):
+    from impute_data import shared_env
+
+    return shared_env(tmp_path_factory)
+
+
+def test_evaluation_reports_samples_missing_from_the_truth(impute_env, tmp_path, caplog):
+    """Issue 11.6: scoring only the samples shared with the truth file was silent; now the log says
+    so and summary.json counts them (no shared sample at all stays an error, test_evaluate)."""
+    from impute_data import vcf_lines, write_bgzip
+
+    from ragimpute.evaluate import evaluate
+
+    env = impute_env
+    header, records = vcf_lines(env.truth)
+    cols = header[-1].split("\t")
+    n = len(cols) - 9
+    keep = list(range(9)) + list(range(9, 9 + n - 2))  # the truth lacks the last two samples
+    header[-1] = "\t".join(cols[i] for i in keep)
+    truth = write_bgzip(tmp_path / "truth.vcf.gz", header, [[r[i] for i in keep] for r in records])
+    caplog.set_level("WARNING", logger="ragimpute")
+    summary = evaluate(env.truth, truth, env.windows / "sites.parquet", env.target, "t", tmp_path)
+    assert summary["samples_imputed"] == n and summary["samples_scored"] == n - 2
+    assert summary["samples_not_in_truth"] == 2
+    assert f"2 of its {n} samples are not in the truth VCF" in caplog.text
+    assert cols[-1] in caplog.text

@@ -311,6 +311,19 @@ def evaluate(
             f"none of its {len(imp['samples'])} samples is in the truth VCF {truth_vcf}",
             "Evaluate against the true genotypes of the same samples",
         )
+    not_in_truth = [s for s in imp["samples"] if s not in set(truth["samples"])]
+    if not_in_truth:
+        log.warning(
+            "%s: %d of its %d samples are not in the truth VCF %s (%s%s); only the %d shared "
+            "samples are scored",
+            imputed_vcf,
+            len(not_in_truth),
+            len(imp["samples"]),
+            truth_vcf,
+            ", ".join(not_in_truth[:5]),
+            " ..." if len(not_in_truth) > 5 else "",
+            len(samples),
+        )
     t_col = [truth["samples"].index(s) for s in samples]
     i_pos = {s: i for i, s in enumerate(imp["samples"])}
     i_col = [i_pos[s] for s in samples]
@@ -355,6 +368,8 @@ def evaluate(
         "imputed": str(imputed_vcf),
         "truth": str(truth_vcf),
         "samples_scored": len(samples),
+        "samples_imputed": len(imp["samples"]),
+        "samples_not_in_truth": len(not_in_truth),
         "reference_sites": len(ref),
         "typed_sites": int((typed_idx >= 0).sum()),
         "scored_sites": int(scored.sum()),
