@@ -373,3 +373,183 @@ def test_evaluation_reports_samples_missing_from_the_truth(impute_env, tmp_path,
     assert summary["samples_not_in_truth"] == 2
     assert f"2 of its {n} samples are not in the truth VCF" in caplog.text
     assert cols[-1] in caplog.text
+
+
+# -- tools that cannot take the input (issue 11.5) ------------------------------------------------
+
+RUNNER = REPO / "workflow" / "scripts" / "external_tool.sh"
+needs_htslib = pytest.mark.skipif(
+    shutil.which("bgzip") is None or shutil.which("tabix") is None, reason="bgzip/tabix not on PATH"
+)
+
+
+def run_tool(tmp_path: Path, target: Path, min_sites: int, *command: str):
+    """external_tool.sh as the beagle/minimac4 rules call it."""
+    import subprocess
+
+    out = tmp_path / "out.vcf.gz"
+    args = ["bash", str(RUNNER), "beagle", str(tmp_path / "tool.log"), str(target), str(min_sites),
+            str(tmp_path / ".tmp.vcf.gz"), str(out), f"{out}.tbi", "--", *command]  # fmt: skip
+    return subprocess.run(args, capture_output=True, text=True), out
+
+
+@needs_htslib
+def test_tool_with_too_few_typed_sites_is_left_out_with_the_reason(impute_env, tmp_path):
+    from ragimpute.evaluate import not_run_reason
+
+    r, out = run_tool(tmp_path, impute_env.target, 10_000, "false")
+    assert r.returncode == 0, r.stderr
+    assert "beagle cannot run on" in r.stderr and "left out of the comparison" in r.stderr
+    reason = not_run_reason(out)
+    assert reason.startswith("the target types") and "needs at least 10000" in reason
+    assert Path(f"{out}.tbi").exists()
+
+
+@needs_htslib
+def test_tool_that_fails_on_the_input_is_left_out_with_its_error(impute_env, tmp_path):
+    from ragimpute.evaluate import not_run_reason
+
+    script = "echo 'Exception in thread \"main\" java.lang.IllegalArgumentException: Window has only one position' >&2; exit 1"  # noqa: E501
+    r, out = run_tool(tmp_path, impute_env.target, 1, "bash", "-c", script)
+    assert r.returncode == 0, r.stderr
+    reason = not_run_reason(out)
+    assert "failed with exit status 1" in reason and "Window has only one position" in reason
+    assert "Window has only one position" in (tmp_path / "tool.log").read_text()
+
+
+@needs_htslib
+@pytest.mark.parametrize("how", ["killed", "oom"])
+def test_tool_killed_or_out_of_memory_fails_the_job(impute_env, tmp_path, how):
+    """Limits are not the input's fault: the job fails, so that Snakemake or SLURM run it again."""
+    script = {"killed": "kill -9 $$", "oom": "echo java.lang.OutOfMemoryError >&2; exit 1"}[how]
+    r, out = run_tool(tmp_path, impute_env.target, 1, "bash", "-c", script)
+    assert r.returncode != 0 and not out.exists()
+    assert ("was killed" if how == "killed" else "ran out of memory") in r.stderr
+
+
+@needs_htslib
+def test_tool_success_is_indexed_and_moved(impute_env, tmp_path):
+    r, out = run_tool(tmp_path, impute_env.target, 1, "cp", str(impute_env.target),
+                      str(tmp_path / ".tmp.vcf.gz"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == impute_env.target.read_bytes() and Path(f"{out}.tbi").exists()
+    assert not (tmp_path / ".tmp.vcf.gz").exists()
+
+
+def test_minimac4_target_leaves_out_sites_with_missing_calls(impute_env, tmp_path):
+    """Minimac4 4.1 aborts on `.|.` / `.|1` at typed sites: its target leaves those sites out."""
+    from impute_data import vcf_lines, write_bgzip
+
+    from ragimpute.atomic import read_json
+    from ragimpute.targets import write_minimac4_target
+
+    header, records = vcf_lines(impute_env.target)
+    records[2][9] = ".|."
+    records[4][10] = ".|1"
+    target = write_bgzip(tmp_path / "t.vcf.gz", header, records)
+    report = write_minimac4_target(target, tmp_path / "m.vcf.gz", tmp_path / "m.json")
+    kept_header, kept = vcf_lines(tmp_path / "m.vcf.gz")
+    assert len(kept) == len(records) - 2 and not any("." in f for r in kept for f in r[9:])
+    assert [r[1] for r in kept] == [r[1] for i, r in enumerate(records) if i not in (2, 4)]
+    assert kept_header[-1] == header[-1]
+    assert report == read_json(tmp_path / "m.json")
+    assert report["sites_with_missing_calls_left_out"] == 2 and report["sites_kept"] == len(kept)
+    assert report["first_left_out"] == [f"{records[2][0]}:{records[2][1]}",
+                                        f"{records[4][0]}:{records[4][1]}"]  # fmt: skip
+
+
+@needs_htslib
+def test_a_method_that_did_not_run_is_left_out_of_the_comparison(impute_env, tmp_path):
+    """evaluate scores a placeholder as not run; compare keeps the method's rows, without scores,
+    and says why in the `note` column (a method that did not run on every chromosome is left out
+    altogether rather than pooled over other sites)."""
+    import pandas as pd
+
+    from ragimpute.evaluate import compare, evaluate
+
+    env = impute_env
+    _, placeholder = run_tool(tmp_path, env.target, 10_000, "false")
+    sites = env.windows / "sites.parquet"
+    s = evaluate(placeholder, env.truth, sites, env.target, "beagle", tmp_path / "20" / "beagle")
+    assert s["not_run"].startswith("the target types") and s["all"]["n_sites"] == 0
+    assert s["scored_sites_not_in_output"] == s["scored_sites"] > 0
+    evaluate(env.truth, env.truth, sites, env.target, "truth", tmp_path / "20" / "truth")
+    tables = [tmp_path / "20" / m / "sites.tsv.gz" for m in ("truth", "beagle")]
+    table = compare(tables, tmp_path / "cmp", ["truth", "beagle"])
+    written = pd.read_csv(tmp_path / "cmp" / "comparison.tsv", sep="\t", keep_default_na=False)
+    assert list(written.columns)[-1] == "note"
+    beagle = written[written["method"] == "beagle"]
+    assert len(beagle) == len(table[table["method"] == "truth"])  # a row per bin, as the others
+    assert (beagle["note"].str.startswith("not run: chromosome 20: the target types")).all()
+    assert (beagle["r2"] == "").all() and (
+        written[written["method"] == "truth"]["note"] == ""
+    ).all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("minimac4") is None, reason="minimac4 is not installed")
+def test_workflow_missing_calls_at_typed_sites_do_not_sink_minimac4(finished, tmp_path):
+    """Issue 11.5: `.|.` and `.|1` at typed sites made Minimac4 abort (an assertion) and the run
+    fail. Now Minimac4's target leaves those sites out, and every method is scored."""
+    import gzip
+
+    import pandas as pd
+
+    workdir = Path(shutil.copytree(finished, tmp_path / "wd"))
+    res = workdir / TINY_RESULTS
+    lines = gzip.decompress((res / "targets/20/target.vcf.gz").read_bytes()).decode().splitlines()
+    n = 0
+    for i, line in enumerate(lines):
+        if line.startswith("#"):
+            continue
+        n += 1
+        f = line.split("\t")
+        if n == 3:
+            f[9] = ".|."
+        if n == 5:
+            f[10] = ".|1"
+        lines[i] = "\t".join(f)
+    (workdir / "target.vcf").write_text("\n".join(lines) + "\n")
+    shutil.copy(res / "targets/20/truth.vcf.gz", workdir / "truth.vcf.gz")
+    override = {"impute": {"target_vcf": "target.vcf", "truth_vcf": "truth.vcf.gz",
+                           "max_missing": 0.5}}  # fmt: skip
+    r, _ = rerun(workdir, override)
+    assert r.returncode == 0, output(r)[-4000:]
+    table = pd.read_csv(res / "evaluation/comparison.tsv", sep="\t", keep_default_na=False)
+    overall = table[table["maf_bin"] == "all"].set_index("method")
+    assert (overall["note"] == "").all(), overall["note"]
+    assert {"minimac4", "beagle", "model"} <= set(overall.index)
+    assert float(overall.loc["minimac4", "r2"]) > float(overall.loc["af", "r2"])
+    report = yaml.safe_load((res / "targets/20/aligned/minimac4.json").read_text())
+    assert report["sites_with_missing_calls_left_out"] == 2
+    assert "it imputes them for every sample" in (res / "logs/minimac4_target/20.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("beagle") is None, reason="beagle is not installed")
+def test_workflow_one_site_manifest_runs_without_beagle_and_says_why(finished, tmp_path):
+    """Issue 11.5: a one-site array made Beagle fail ("Window has only one position") and the run
+    with it. Now the run ends, and comparison.tsv keeps Beagle's rows, without scores, saying why."""
+    import pandas as pd
+
+    res = finished / TINY_RESULTS
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    for name in ("panel.vcf.gz", "panel.vcf.gz.tbi"):
+        shutil.copy(res / "demo" / name, workdir / name)
+    manifest = (res / "demo/array_sites.tsv").read_text().splitlines()
+    (workdir / "one.tsv").write_text("\n".join(manifest[:1] + manifest[4:5]) + "\n")
+    extra = write_yaml(workdir / "c.yaml", {"panel": {"vcf": "panel.vcf.gz",
+                                                      "array_manifest": "one.tsv"}})  # fmt: skip
+    r = snakemake(workdir, "--cores", "2", configs=(TINY, extra))
+    text = output(r)
+    assert r.returncode == 0, text[-4000:]
+    assert "beagle cannot run on" in text and "needs at least 2" in text
+    table = pd.read_csv(workdir / TINY_RESULTS / "evaluation/comparison.tsv", sep="\t",
+                        keep_default_na=False)  # fmt: skip
+    beagle = table[table["method"] == "beagle"]
+    assert len(beagle) == 5 and (beagle["note"].str.startswith("not run: chromosome 20")).all()
+    others = table[(table["method"] != "beagle") & (table["maf_bin"] == "all")]
+    assert (others["note"] == "").all() and (others["n_sites"] > 0).all()
+    log = (workdir / TINY_RESULTS / "logs/compare.log").read_text()
+    assert "beagle is left out of the comparison" in log

@@ -17,6 +17,7 @@ Per-site sums are written so that chromosomes and methods pool exactly (``compar
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import pysam
 import pysam.bcftools
 
 from . import __version__
-from .atomic import atomic_path, read_parquet_df, write_json, write_tsv
+from .atomic import atomic_path, read_json, read_parquet_df, write_json, write_tsv
 from .errors import InputError
 from .logs import log
 from .metrics import BIN_LABELS, MAF_BINS, maf_bin, r2_from_sums  # noqa: F401 (re-exported)
@@ -173,6 +174,26 @@ def read_truth(path: str | os.PathLike, chrom: str) -> dict:
     }
 
 
+# The header line of the placeholder VCF the workflow writes for a tool that could not run on its
+# input (workflow/scripts/external_tool.sh): `##ragimpute_not_run=<method=...,reason="...">`.
+NOT_RUN_KEY = "##ragimpute_not_run="
+
+
+def not_run_reason(path: str | os.PathLike) -> str | None:
+    """Why the tool behind ``path`` did not run (a placeholder VCF), or None for a real output."""
+    check_readable(path)
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    with (gzip.open if gz else open)(path, "rt", errors="replace") as f:
+        for line in f:
+            if line.startswith(NOT_RUN_KEY):
+                text = line[len(NOT_RUN_KEY) :].strip().strip("<>")
+                return text.partition('reason="')[2].rstrip('"') or text
+            if not line.startswith("##"):
+                return None
+    return None
+
+
 def match_to(sites: pd.DataFrame, other: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """For each row of ``sites`` (pos, ref, alt): the row of ``other`` with the same SNV (-1: none), and
     whether ``other`` has it with REF/ALT swapped."""
@@ -301,7 +322,23 @@ def evaluate(
     ref = read_parquet_df(sites_parquet, "window", columns=["chrom", "pos", "ref", "alt", "maf"])
     chrom = str(ref["chrom"].iloc[0])
     truth = read_truth(truth_vcf, chrom)
-    imp = read_dosages(imputed_vcf, chrom)
+    reason = not_run_reason(imputed_vcf)
+    if reason is None:
+        imp = read_dosages(imputed_vcf, chrom)
+    else:
+        # A tool that could not take the input: nothing imputed, every scored site counted as not
+        # in its output, and the reason carried to summary.json (and from there to compare).
+        log.warning("%s did not run on chromosome %s: %s", method, chrom, reason)
+        imp = {
+            "sites": pd.DataFrame(
+                {"chrom": [], "pos": [], "ref": [], "alt": [], "info_r2": []}
+            ).astype({"pos": np.int64, "info_r2": float}),
+            "samples": list(truth["samples"]),
+            "ds": np.zeros((0, len(truth["samples"]))),
+            "gt": np.zeros((0, len(truth["samples"]))),
+            "dose_field": None,
+            "info_field": None,
+        }
     typed = vcf_records_sites(typed_vcf)
 
     samples = [s for s in truth["samples"] if s in set(imp["samples"])]
@@ -380,6 +417,8 @@ def evaluate(
         "ragimpute": __version__,
         "all": bins.iloc[-1].drop(["method", "maf_bin"]).to_dict(),
     }
+    if reason is not None:
+        summary.update(not_run=reason, samples_imputed=0, samples_scored=0)
     write_json(out / "summary.json", summary)
     a = summary["all"]
     log.info(
@@ -407,20 +446,33 @@ def compare(
 ) -> pd.DataFrame:
     """Pool per-site scores over chromosomes; write ``comparison.tsv`` (per method and MAF bin, with
     the r² difference to the ``baseline`` method), ``calibration.tsv`` and two PNG plots."""
-    per_site = pd.concat([pd.read_csv(p, sep="\t") for p in site_tables], ignore_index=True)
-    order = methods or list(dict.fromkeys(per_site["method"]))
+    frames = [pd.read_csv(p, sep="\t") for p in site_tables]
+    # Empty tables (a method that did not run) would turn the numeric columns into objects.
+    per_site = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+    not_run = _not_run(site_tables)
+    order = methods or list(dict.fromkeys([*per_site["method"], *not_run]))
     rows = []
     cal = []
     for m in order:
         d = per_site[per_site["method"] == m]
-        if d.empty:
-            continue
+        note = ""
+        if m in not_run:
+            # Pooled over the chromosomes where it ran, it would be scored on other sites than the
+            # other methods: a method that did not run everywhere is left out, and says why.
+            note = "not run: " + "; ".join(f"chromosome {c}: {r}" for c, r in not_run[m])
+        elif d.empty:
+            note = "no scored sites"
+        if note:
+            log.warning("%s is left out of the comparison (%s)", m, note)
+            d = d.iloc[0:0]
         t = bin_table(d)
         t.insert(0, "method", m)
+        t["note"] = note
         rows.append(t)
-        c = calibration_table(d)
-        c.insert(0, "method", m)
-        cal.append(c)
+        if not note:
+            c = calibration_table(d)
+            c.insert(0, "method", m)
+            cal.append(c)
     table = pd.concat(rows, ignore_index=True)
     if baseline in set(table["method"]):
         base = table[table["method"] == baseline].set_index("maf_bin")["r2"]
@@ -431,13 +483,29 @@ def compare(
             np.where(table[f"r2_minus_{baseline}"] > 0, "yes", "no"),
         )
         table.loc[table["method"] == baseline, f"beats_{baseline}"] = ""
+    note = table.pop("note")
+    table["note"] = note  # last column
     calibration = pd.concat(cal, ignore_index=True) if cal else pd.DataFrame()
     out = Path(out_dir)
     write_tsv(out / "comparison.tsv", table.round(6))
     write_tsv(out / "calibration.tsv", calibration.round(6))
-    plot_r2_by_maf(table, out / "r2_by_maf.png")
+    plot_r2_by_maf(table[table["note"] == ""], out / "r2_by_maf.png")
     plot_calibration(calibration, out / "r2_calibration.png")
     return table
+
+
+def _not_run(site_tables: list[str | os.PathLike]) -> dict[str, list[tuple[str, str]]]:
+    """Methods that did not run, with (chromosome, reason): from the ``summary.json`` that
+    ``evaluate`` writes beside each ``sites.tsv.gz``."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for p in map(Path, site_tables):
+        summary = p.parent / "summary.json"
+        if p.name != "sites.tsv.gz" or not summary.exists():
+            continue
+        info = read_json(summary)
+        if info.get("not_run"):
+            out.setdefault(info["method"], []).append((str(info["chrom"]), info["not_run"]))
+    return out
 
 
 def plot_r2_by_maf(table: pd.DataFrame, out_png: str | os.PathLike) -> None:
