@@ -553,3 +553,51 @@ def test_workflow_one_site_manifest_runs_without_beagle_and_says_why(finished, t
     assert (others["note"] == "").all() and (others["n_sites"] > 0).all()
     log = (workdir / TINY_RESULTS / "logs/compare.log").read_text()
     assert "beagle is left out of the comparison" in log
+
+
+# -- array manifests (issue 11.6) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, message, record",
+    [
+        ("", "array manifest is empty (0 bytes)", None),
+        (
+            "chrom\tpos\n20\t1200\n20\tabc\n",
+            "position 'abc' is not a positive whole number",
+            "line 3",
+        ),
+        ("chrom\tpos\n20\t-5\n", "position '-5' is not a positive whole number", "line 2"),
+        ("20\t1200\n20\t1300\n", "needs columns chrom and pos", None),
+        ("chrom\tpos\n", "array manifest lists no sites", None),
+    ],
+    ids=["empty", "not-a-number", "negative", "no-header", "no-rows"],
+)
+def test_bad_manifest_is_named_with_the_fix(tmp_path, text, message, record):
+    from ragimpute.errors import InputError
+    from ragimpute.masks import read_site_list
+
+    path = tmp_path / "array.tsv"
+    path.write_text(text)
+    with pytest.raises(InputError) as e:
+        read_site_list(path)
+    assert str(path) in str(e.value) and message in str(e.value)
+    assert e.value.record == record
+    if text.startswith("20"):
+        assert "add a header line" in str(e.value)
+
+
+def test_duplicate_manifest_rows_are_counted_once(demo_windows, tmp_path, caplog):
+    """Issue 11.6: a site listed twice was reported as "not a panel SNV"."""
+    from ragimpute.masks import match_sites, read_site_list
+    from ragimpute.windows import load_sites
+
+    sites = load_sites(demo_windows)
+    rows = sites.iloc[[3, 3, 8]][["chrom", "pos", "ref", "alt"]]
+    path = tmp_path / "array.tsv"
+    rows.to_csv(path, sep="\t", index=False)
+    caplog.set_level("WARNING", logger="ragimpute")
+    hit = match_sites(sites, read_site_list(path), path)
+    assert hit.sum() == 2
+    assert "1 rows repeat a site listed before" in caplog.text
+    assert "not panel SNVs" not in caplog.text
