@@ -601,3 +601,27 @@ def test_duplicate_manifest_rows_are_counted_once(demo_windows, tmp_path, caplog
     assert hit.sum() == 2
     assert "1 rows repeat a site listed before" in caplog.text
     assert "not panel SNVs" not in caplog.text
+
+
+# -- targets and truth with a line cut short (issue 11.6) ------------------------------------------
+
+
+@pytest.mark.parametrize("keep", [3, 8, 9, 10], ids=lambda k: f"{k}-columns")
+def test_short_line_in_target_or_truth_names_the_record(impute_env, tmp_path, keep):
+    """A record cut after `keep` columns: bcftools either fails without naming it or reads it as
+    missing genotypes; both are now an error naming the record."""
+    from impute_data import vcf_lines, write_vcf
+
+    from ragimpute.errors import InputError
+    from ragimpute.evaluate import read_truth
+    from ragimpute.targets import read_target
+
+    header, records = vcf_lines(impute_env.target)
+    records[3] = records[3][:keep]
+    where = f"{records[3][0]}:{records[3][1]}"
+    path = write_vcf(tmp_path / "cut.vcf", header, records)
+    for read in (lambda: read_target(path, "20", impute_env.sites), lambda: read_truth(path, "20")):
+        with pytest.raises(InputError) as e:
+            read()
+        assert e.value.record == where and f"a record has {keep} columns" in str(e.value)
+        assert str(path) in str(e.value) and "fix that line" in str(e.value)

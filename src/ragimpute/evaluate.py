@@ -32,7 +32,13 @@ from .errors import InputError
 from .logs import log
 from .metrics import BIN_LABELS, MAF_BINS, maf_bin, r2_from_sums  # noqa: F401 (re-exported)
 from .plots import pyplot, save_png
-from .vcf_io import check_readable, normalize_chrom, vcf_records_sites
+from .vcf_io import (
+    _bcftools_query,
+    check_readable,
+    normalize_chrom,
+    short_record_error,
+    vcf_records_sites,
+)
 
 ALL = "all"
 INFO_R2_EDGES = np.round(np.linspace(0, 1, 11), 2)
@@ -44,10 +50,7 @@ COUNTS = ("n_gt", "n_conc", "n_nonref", "n_nonref_conc", "tp", "fp", "fn")
 
 
 def _query(path: str, fmt: str, region: list[str]) -> str:
-    try:
-        return pysam.bcftools.query("-f", fmt, *region, path)
-    except pysam.utils.SamtoolsError as e:
-        raise InputError(path, f"bcftools could not read the file: {str(e).strip()[:500]}") from e
+    return _bcftools_query(path, "-f", fmt, *region)
 
 
 def _contig_in(path: str, chrom: str) -> list[str]:
@@ -158,6 +161,11 @@ def read_truth(path: str | os.PathLike, chrom: str) -> dict:
         samples = list(vf.header.samples)
     text = _query(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", _contig_in(path, chrom))
     rows = [ln.split("\t", 4) for ln in text.split("\n") if ln]
+    if any(not r[4].strip("./|\t") for r in rows):
+        # a record without a single true genotype: a line cut short reads like that
+        short = short_record_error(path)
+        if short is not None:
+            raise short
     sites = pd.DataFrame([r[:4] for r in rows], columns=["chrom", "pos", "ref", "alt"])
     sites["pos"] = sites["pos"].astype(np.int64)
     keep = (

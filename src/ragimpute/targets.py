@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pysam
-import pysam.bcftools
 
 from . import __version__
 from .atomic import write_json, write_tsv
@@ -38,9 +36,11 @@ from .masks import store_mask
 from .split import check_disjoint
 from .vcf_io import (
     RecordFilter,
+    _bcftools_query,
     _is_indexed,
     check_readable,
     resolve_contig,
+    short_record_error,
     vcf_records_contigs,
     vcf_samples,
 )
@@ -175,14 +175,7 @@ def read_target(path: str | os.PathLike, chrom: str, sites: pd.DataFrame) -> Ali
             "and that target and reference use the same genome build",
         ) from e
     region = ["-r", contig] if _is_indexed(path) else ["-t", contig]
-    try:
-        text = pysam.bcftools.query("-f", "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", *region, path)
-    except pysam.utils.SamtoolsError as e:
-        raise InputError(
-            path,
-            f"bcftools could not read the file: {str(e).strip()[:500]}",
-            "Check that it is a valid, intact VCF/BCF",
-        ) from e
+    text = _bcftools_query(path, "-f", "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", *region)
 
     skipped = dict.fromkeys(TARGET_SKIP_REASONS, 0)
     recs: list[tuple[str, int, str, str]] = []
@@ -198,6 +191,11 @@ def read_target(path: str | os.PathLike, chrom: str, sites: pd.DataFrame) -> Ali
         recs.append((c, pos, ref, alt))
         gts.append(gt)
 
+    if any(not g.strip("./|\t") for g in gts):
+        # a record without a single called allele: a line cut short reads like that
+        short = short_record_error(path)
+        if short is not None:
+            raise short
     n_records = len(recs) + sum(skipped.values())
     where = [f"{r[0]}:{r[1]}" for r in recs]
     ref_pos = sites["pos"].to_numpy(dtype=np.int64)

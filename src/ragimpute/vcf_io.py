@@ -177,6 +177,9 @@ def _bcftools_query(path: str | os.PathLike, *args: str) -> str:
     try:
         return pysam.bcftools.query(*args, str(path))
     except pysam.utils.SamtoolsError as e:
+        short = short_record_error(path)
+        if short is not None:
+            raise short from e
         # pysam's message holds all of stdout before stderr: keep only bcftools' own complaint
         said = str(getattr(e, "value", e)).rpartition("stderr=")[2].strip()
         raise InputError(
@@ -199,6 +202,20 @@ def _first_short_record(path: str | os.PathLike, n_samples: int) -> tuple[str, i
         if len(fields) != 9 + n_samples:
             return f"{fields[0]}:{fields[1] if len(fields) > 1 else '?'}", len(fields)
     return None
+
+
+def short_record_error(path: str | os.PathLike) -> InputError | None:
+    """The error naming the first record of a text VCF with too few (or too many) columns, if any.
+
+    bcftools either fails on such a record without naming it, or (a record cut after INFO or
+    FORMAT) reads it as missing genotypes: callers look here when a read fails, or when a record
+    has no called genotype at all.
+    """
+    samples = _header_line_samples(path)
+    if samples is None:
+        return None
+    short = _first_short_record(path, len(samples))
+    return None if short is None else _short_record(str(path), short[0], short[1], len(samples))
 
 
 def resolve_contig(path: str | os.PathLike, chrom: str, available: list[str] | None = None) -> str:
