@@ -625,3 +625,20 @@ def test_short_line_in_target_or_truth_names_the_record(impute_env, tmp_path, ke
             read()
         assert e.value.record == where and f"a record has {keep} columns" in str(e.value)
         assert str(path) in str(e.value) and "fix that line" in str(e.value)
+
+
+# -- the command line names its own options (issue 11.6) -------------------------------------------
+
+
+def test_cli_missing_target_names_the_option(impute_env, tmp_path, capsys):
+    from ragimpute.cli import main
+
+    env = impute_env
+    missing = tmp_path / "nowhere.vcf.gz"
+    args = ["impute", "--results", str(env.results), "--chrom", "20", "--split", str(env.split),
+            "--target", str(missing), "--out", str(tmp_path / "out.vcf.gz")]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if " ERROR " in ln]
+    assert f"{missing}: file not found. Check the path given to --target" in line
+    assert "config" not in line and not (tmp_path / "out.vcf.gz").exists()

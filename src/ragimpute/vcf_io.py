@@ -55,7 +55,9 @@ def check_readable(path: str | os.PathLike) -> None:
     """Fail early, and clearly, on a missing, empty or truncated (b)gzip/BCF file."""
     p = Path(path)
     if not p.exists():
-        raise InputError(p, "file not found", "Check the path in config/config.yaml")
+        raise InputError(
+            p, "file not found", "Check the path (the config key or command-line option naming it)"
+        )
     size = p.stat().st_size
     if size == 0:
         raise InputError(p, "file is empty", "Re-create or re-download it")
