@@ -642,3 +642,65 @@ def test_cli_missing_target_names_the_option(impute_env, tmp_path, capsys):
     (line,) = [ln for ln in err.splitlines() if " ERROR " in ln]
     assert f"{missing}: file not found. Check the path given to --target" in line
     assert "config" not in line and not (tmp_path / "out.vcf.gz").exists()
+
+
+# -- leftovers of killed jobs (issue 11.6) ---------------------------------------------------------
+
+
+def test_temp_files_of_dead_writers_are_removed_when_the_output_is_written_again(tmp_path):
+    import os
+    import subprocess
+    import time
+
+    from ragimpute import atomic
+
+    out = tmp_path / "table.json"
+    dead = subprocess.run(["true"]).args and subprocess.Popen(["true"])
+    dead.wait()
+    host = atomic._host()
+    stale_file = tmp_path / f".table.json.tmp~{host}~{dead.pid}~abc123.json"
+    stale_dir = tmp_path / f".table.json.tmp~{host}~{dead.pid}~def456"
+    live = tmp_path / f".table.json.tmp~{host}~{os.getpid()}~ghi789"
+    other_new = tmp_path / ".table.json.tmp~elsewhere~1~jkl"
+    other_old = tmp_path / ".table.json.tmp~elsewhere~1~mno"
+    unrelated = tmp_path / ".other.json.tmp~elsewhere~1~pqr"
+    for p in (stale_file, live, other_new, other_old, unrelated):
+        p.write_text("partial")
+    stale_dir.mkdir()
+    (stale_dir / "x").write_text("partial")
+    old = time.time() - atomic.STALE_OTHER_HOST_S - 60
+    os.utime(other_old, (old, old))
+    atomic.write_json(out, {"a": 1})
+    assert not stale_file.exists() and not stale_dir.exists() and not other_old.exists()
+    assert live.exists() and other_new.exists() and unrelated.exists()
+    assert atomic.read_json(out) == {"a": 1}
+
+
+def test_a_killed_writer_leaves_a_temp_file_that_the_next_write_removes(tmp_path):
+    """SIGKILL inside a write (no `finally` runs): the temporary file stays, and is removed when the
+    same output is written again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ragimpute.atomic import write_json
+
+    out = tmp_path / "state.pt"
+    code = (
+        "import time, sys\n"
+        "from ragimpute.atomic import atomic_path\n"
+        f"with atomic_path({str(out)!r}, suffix='.pt') as tmp:\n"
+        "    tmp.write_bytes(b'half')\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    leftovers = list(tmp_path.glob(".state.pt.tmp~*"))
+    assert len(leftovers) == 1 and not out.exists()
+    time.sleep(0.01)
+    write_json(out, {"epoch": 1})
+    assert not list(tmp_path.glob(".state.pt.tmp~*")) and out.exists()

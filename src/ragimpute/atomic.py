@@ -8,10 +8,13 @@ different table; read errors of any kind name the file and the command that rebu
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,62 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import ArtifactError, UnreadableArtifactError, rebuild_hint
+
+# Temporary files and directories are written beside their destination and named
+# ``.<name>.tmp~<host>~<pid>~<random><suffix>``, so that the leftovers of a killed job (SIGKILL, a node
+# lost, a time limit: no ``finally`` runs) are recognised and removed when the same output is written
+# again: those of a process of this host that no longer runs, and those of other hosts (a cluster
+# job that ran elsewhere) untouched for STALE_OTHER_HOST_S.
+_TMP = ".tmp~"
+STALE_OTHER_HOST_S = 24 * 3600
+
+
+def _host() -> str:
+    return socket.gethostname().replace("~", "_").replace("/", "_") or "host"
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}{_TMP}{_host()}~{os.getpid()}~"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and directories that killed writers of ``path`` left beside it;
+    returns what was removed. Temporaries of live writers are left alone."""
+    path = Path(path)
+    start = f".{path.name}{_TMP}"
+    removed = []
+    for tmp in path.parent.glob(glob.escape(start) + "*"):
+        host, _, rest = tmp.name[len(start) :].partition("~")
+        pid = rest.partition("~")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            if host == _host():
+                stale = not _pid_alive(int(pid))
+            else:
+                stale = time.time() - tmp.lstat().st_mtime > STALE_OTHER_HOST_S
+            if not stale:
+                continue
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+        except FileNotFoundError:  # removed meanwhile by another writer
+            continue
+        removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager
@@ -30,7 +89,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_umask())
@@ -47,7 +107,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; it replaces ``path`` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
@@ -57,6 +118,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+@contextlib.contextmanager
+def scratch_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A scratch directory beside ``path`` for its writer (removed afterwards, or as a leftover the
+    next time ``path`` is written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _umask() -> int:

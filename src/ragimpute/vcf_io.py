@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import pandas as pd
 import pysam
 import pysam.bcftools
 
-from .atomic import atomic_path
+from .atomic import atomic_path, scratch_dir
 from .errors import InputError
 
 # The empty BGZF block every bgzip/htslib writer ends a file with (SAM/BAM spec, section 4.1.2).
@@ -505,7 +504,7 @@ def write_bgzip_vcf(text: str, out: str | os.PathLike) -> None:
     """bgzip + tabix-index VCF text; the data file lands first, then its (newer) index."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as d:
+    with scratch_dir(out) as d:
         plain = Path(d) / "x.vcf"
         plain.write_text(text)
         with atomic_path(out, suffix=".vcf.gz") as gz:
