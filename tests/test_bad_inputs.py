@@ -655,7 +655,7 @@ def test_temp_files_of_dead_writers_are_removed_when_the_output_is_written_again
     from ragimpute import atomic
 
     out = tmp_path / "table.json"
-    dead = subprocess.run(["true"]).args and subprocess.Popen(["true"])
+    dead = subprocess.Popen(["true"])
     dead.wait()
     host = atomic._host()
     stale_file = tmp_path / f".table.json.tmp~{host}~{dead.pid}~abc123.json"
@@ -704,3 +704,284 @@ def test_a_killed_writer_leaves_a_temp_file_that_the_next_write_removes(tmp_path
     time.sleep(0.01)
     write_json(out, {"epoch": 1})
     assert not list(tmp_path.glob(".state.pt.tmp~*")) and out.exists()
+
+
+# -- the bad targets and panels users send, in one place -------------------------------------------
+#
+# Each bad target goes through `ragimpute impute` onto the output of an earlier good run: one clear
+# ERROR line (the file, the record where there is one, what to do), no traceback, and the earlier
+# output and the run's mask store untouched.
+
+
+def _edit_records(edit):
+    def make(env, path):
+        from impute_data import vcf_lines, write_vcf
+
+        header, records = vcf_lines(env.target)
+        header, records = edit(env, header, [r[:] for r in records])
+        return write_vcf(path, header, records)
+
+    return make
+
+
+def _unphased(env, h, r):
+    j = next(j for j, g in enumerate(r[7][9:]) if g in ("0|1", "1|0"))
+    r[7][9 + j] = "0/1"
+    return h, r
+
+
+def _haploid(env, h, r):
+    r[2][9] = r[2][9].split("|")[0]
+    return h, r
+
+
+def _unsorted(env, h, r):
+    r[3], r[4] = r[4], r[3]
+    return h, r
+
+
+def _duplicate(env, h, r):
+    return h, r[:5] + [r[4][:]] + r[5:]
+
+
+def _other_chromosome(env, h, r):
+    h = [x.replace("##contig=<ID=20,", "##contig=<ID=21,") for x in h]
+    for x in r:
+        x[0] = "21"
+    return h, r
+
+
+def _no_overlap(env, h, r):
+    taken = set(env.sites["pos"])
+    for x in r:
+        p = int(x[1]) + 1
+        while p in taken:
+            p += 1
+        x[1] = str(p)
+    r.sort(key=lambda x: int(x[1]))
+    return h, r
+
+
+def _shared_sample(env, h, r):
+    cols = h[-1].split("\t")
+    cols[9] = env.split_samples["train"][0]
+    h[-1] = "\t".join(cols)
+    return h, r
+
+
+def _short_line(env, h, r):
+    r[6] = r[6][:10]
+    return h, r
+
+
+def _truncated(env, path):
+    data = env.target.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _plain_gzip(env, path):
+    import gzip
+
+    with gzip.open(path, "wb") as f:
+        f.write(gzip.decompress(env.target.read_bytes()))
+    return path
+
+
+def _empty(env, path):
+    path.write_bytes(b"")
+    return path
+
+
+def _record(env, i):
+    from impute_data import vcf_lines
+
+    r = vcf_lines(env.target)[1][i]
+    return f"{r[0]}:{r[1]}"
+
+
+BAD_TARGETS = {
+    # name: (make the file, what the message must say, the record it names: index into the records)
+    "unphased": (_edit_records(_unphased), ["genotypes are unphased", "Beagle 5.4", "SHAPEIT5"], 7),
+    "haploid": (_edit_records(_haploid), ["haploid genotype", "leave out chrX"], 2),
+    "unsorted": (_edit_records(_unsorted), ["records are not sorted", "bcftools sort"], 3),
+    "duplicate-position": (_edit_records(_duplicate),
+                           ["two biallelic SNV records at position", "bcftools norm"], 4),
+    "other-chromosome": (_edit_records(_other_chromosome),
+                         ["no records on chromosome 20", "check `chromosomes:`"], None),
+    "no-overlap": (_edit_records(_no_overlap), ["does not overlap the reference", "liftover"], None),
+    "shared-samples": (_edit_records(_shared_sample),
+                       ["also in the reference panel", "bcftools view -s ^NAMES"], None),
+    "short-line": (_edit_records(_short_line), ["a record has 10 columns", "fix that line"], 6),
+    "truncated": (_truncated, ["file is truncated", "fetch it again"], None),
+    "plain-gzip": (_plain_gzip, ["gzip- but not bgzip", "bgzip"], None),
+    "empty": (_empty, ["file is empty"], None),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def earlier(impute_env, tmp_path_factory):
+    """A good `ragimpute impute` run whose outputs the bad runs below must leave alone."""
+    from ragimpute.cli import main
+
+    out = tmp_path_factory.mktemp("earlier") / "imputed.vcf.gz"
+    args = ["impute", "--results", str(impute_env.results), "--chrom", "20", "--split",
+            str(impute_env.split), "--target", str(impute_env.target), "--method", "af",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+@pytest.mark.parametrize("case", list(BAD_TARGETS))
+def test_bad_target_is_refused_clearly_and_loses_nothing(
+    impute_env, earlier, tmp_path, capsys, case
+):
+    from ragimpute.cli import main
+
+    env = impute_env
+    make, says, record = BAD_TARGETS[case]
+    suffix = ".vcf.gz" if case in ("truncated", "plain-gzip") else ".vcf"
+    bad = make(env, tmp_path / f"{case}{suffix}")
+    outputs, store = snapshot(earlier.parent), snapshot(env.results / "masks")
+    capsys.readouterr()
+    args = ["impute", "--results", str(env.results), "--chrom", "20", "--split", str(env.split),
+            "--target", str(bad), "--method", "af", "--out", str(earlier)]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if " ERROR " in ln]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert str(bad) in errors[0]
+    for text in says:
+        assert text in errors[0], errors[0]
+    if record is not None:
+        assert f"(at {_record(env, record)})" in errors[0]
+    assert snapshot(earlier.parent) == outputs and snapshot(env.results / "masks") == store
+
+
+def test_skipped_records_are_counted_like_the_fields_tools_do(impute_env, tmp_path):
+    """Multi-allelic and non-SNV records are skipped and counted (as Beagle and Minimac4 skip them);
+    `chr20` against a `20` reference is the same chromosome; missing calls are imputed and counted."""
+    from impute_data import vcf_lines, write_vcf
+
+    from ragimpute.impute import impute_target
+
+    env = impute_env
+    header, records = vcf_lines(env.target)
+    r0 = records[3]
+    multi = r0[:1] + [str(int(r0[1]) + 1), ".", "A", "C,G"] + r0[5:]
+    indel = r0[:1] + [str(int(r0[1]) + 2), ".", "AT", "A"] + r0[5:]
+    records = [r[:] for r in records[:4]] + [multi, indel] + [r[:] for r in records[4:]]
+    for r in records:
+        r[0] = "chr20"
+    header = [h.replace("##contig=<ID=20,", "##contig=<ID=chr20,") for h in header]
+    records[10][9] = ".|" + records[10][9].split("|")[1]
+    target = write_vcf(tmp_path / "t.vcf", header, records)
+    report = impute_target(env.results, "20", env.split, target, "af", tmp_path / "o.vcf.gz",
+                           max_missing=0.2)  # fmt: skip
+    a = report["alignment"]
+    assert a["skipped"] == {"multiallelic": 1, "non_snv": 1, "no_alt": 0}
+    assert a["chrom_renamed"] and a["target_chrom"] == "chr20"
+    assert a["missing"]["alleles_missing_at_typed_sites"] == 1
+    assert report["missing_alleles_imputed_at_typed_sites"] == 1
+
+
+def test_windows_without_a_typed_site_are_imputed_and_reported(impute_env, tmp_path, caplog):
+    """A target typed only at the start of the chromosome: the other windows have no observed site.
+    They are still imputed (from the reference frequencies and neighbours at distance 0), and the
+    log says which windows had nothing to match on."""
+    from impute_data import vcf_lines, write_vcf
+
+    from ragimpute.impute import impute_target
+    from ragimpute.windows import load_windows
+
+    env = impute_env
+    header, records = vcf_lines(env.target)
+    first = load_windows(env.windows).iloc[0]
+    records = [r for r in records if int(r[1]) <= int(first["last_pos"]) // 2]
+    assert records
+    caplog.set_level("WARNING", logger="ragimpute")
+    report = impute_target(env.results, "20", env.split, write_vcf(tmp_path / "t.vcf", header,
+                           records), "retrieval", tmp_path / "o.vcf.gz", options={"k": 8})  # fmt: skip
+    assert report["sites"] == len(env.sites) and report["typed_sites"] == len(records)
+    assert "windows have no observed site" in caplog.text
+
+
+# A tiny reference panel, good and then broken in the ways panels are: the window stage refuses it,
+# naming the file and the record, and the windows written before stay as they were.
+
+
+def _panel(tmp_path: Path, edit=None) -> tuple[Path, list[str]]:
+    import numpy as np
+    from conftest import random_records, vcf_text, write_vcf
+
+    rng = np.random.default_rng(4)
+    samples = [f"S{i}" for i in range(8)]
+    records = random_records(rng, 40, len(samples))
+    if edit:
+        records = edit(records)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = write_vcf(tmp_path / "panel.vcf.gz", vcf_text(records, samples), index=edit is None)
+    return path, samples
+
+
+def _set_gt(i, j, gt):
+    def edit(records):
+        c, p, ref, alt, flt, gts = records[i]
+        gts = list(gts)
+        gts[j] = gt
+        records[i] = (c, p, ref, alt, flt, gts)
+        return records
+
+    return edit
+
+
+BAD_PANELS = {
+    "unphased": (_set_gt(5, 1, "0/1"), "unphased genotype '0/1' for sample S1"),
+    "missing-genotype": (_set_gt(7, 2, ".|."), "missing genotype '.|.' for sample S2"),
+    "unsorted": (lambda r: r[:3] + [r[4], r[3]] + r[5:], "records are not sorted"),
+    "duplicate-position": (lambda r: r[:6] + [r[5]] + r[6:], "two biallelic SNV records"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PANELS))
+def test_bad_panel_is_refused_and_earlier_windows_stay(tmp_path, case):
+    from ragimpute.errors import InputError
+    from ragimpute.split import random_split, write_split
+    from ragimpute.windows import run_window_stage
+
+    good, samples = _panel(tmp_path / "good")
+    split = tmp_path / "split.tsv"
+    write_split(random_split(samples, {"train": 0.5, "val": 0.25, "test": 0.25}, 1), split, {})
+    out = tmp_path / "windows" / "20"
+    run_window_stage(good, split, "20", 16, 4, out)
+    before = snapshot(out)
+    edit, says = BAD_PANELS[case]
+    bad, _ = _panel(tmp_path / "bad", edit)
+    with pytest.raises(InputError) as e:
+        run_window_stage(bad, split, "20", 16, 4, out)
+    assert str(bad) in str(e.value) and says in str(e.value)
+    assert e.value.record is not None and e.value.hint
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("how", ["truncated", "plain-gzip"])
+def test_truncated_or_plain_gzip_panel_is_refused(tmp_path, how):
+    import gzip
+
+    from ragimpute.errors import InputError
+    from ragimpute.split import random_split, write_split
+    from ragimpute.windows import run_window_stage
+
+    good, samples = _panel(tmp_path / "good")
+    split = tmp_path / "split.tsv"
+    write_split(random_split(samples, {"train": 0.5, "val": 0.25, "test": 0.25}, 1), split, {})
+    bad = tmp_path / "bad.vcf.gz"
+    if how == "truncated":
+        bad.write_bytes(good.read_bytes()[:-100])
+    else:
+        bad.write_bytes(gzip.compress(gzip.decompress(good.read_bytes())))
+    with pytest.raises(InputError) as e:
+        run_window_stage(bad, split, "20", 16, 4, tmp_path / "w")
+    says = {"truncated": "file is truncated", "plain-gzip": "gzip- but not bgzip"}[how]
+    assert str(bad) in str(e.value) and says in str(e.value) and e.value.hint
+    assert not (tmp_path / "w").exists()
