@@ -895,13 +895,16 @@ def test_windows_without_a_typed_site_are_imputed_and_reported(impute_env, tmp_p
     from ragimpute.windows import load_windows
 
     env = impute_env
+    # a private copy: the new mask and its index must not appear in the shared set-up
+    results = Path(shutil.copytree(env.results, tmp_path / "results"))
     header, records = vcf_lines(env.target)
     first = load_windows(env.windows).iloc[0]
     records = [r for r in records if int(r[1]) <= int(first["last_pos"]) // 2]
     assert records
     caplog.set_level("WARNING", logger="ragimpute")
-    report = impute_target(env.results, "20", env.split, write_vcf(tmp_path / "t.vcf", header,
-                           records), "retrieval", tmp_path / "o.vcf.gz", options={"k": 8})  # fmt: skip
+    target = write_vcf(tmp_path / "t.vcf", header, records)
+    report = impute_target(results, "20", results / "split/samples.tsv", target, "retrieval",
+                           tmp_path / "o.vcf.gz", options={"k": 8})  # fmt: skip
     assert report["sites"] == len(env.sites) and report["typed_sites"] == len(records)
     assert "windows have no observed site" in caplog.text
 
