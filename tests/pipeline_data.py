@@ -26,6 +26,7 @@ def build_tiny_results(
     length_bp: int = 300_000,
     window: tuple[int, int] = (256, 64),
     seed: int = 3,
+    split_seed: int = 1,
 ) -> dict:
     """Returns {"results": root, "chrom": "20", "hashes": [...]}."""
     root = Path(root)
@@ -37,7 +38,7 @@ def build_tiny_results(
         root / "demo/panel.vcf.gz",
         root / "split/samples.tsv",
         {"train": 0.7, "val": 0.15, "test": 0.15},
-        1,
+        split_seed,
     )
     chrom = "20"
     wdir = root / "windows" / chrom

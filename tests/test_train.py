@@ -172,6 +172,60 @@ def test_changed_configuration_does_not_resume_a_foreign_checkpoint(tiny, tmp_pa
     assert list(pd.read_csv(tmp_path / "b/metrics.csv")["epoch"]) == [0]
 
 
+def test_changed_split_trains_afresh_and_says_why(tiny, tmp_path, caplog):
+    """Issue 11.1: a checkpoint of other data (here: another split, so test samples of the new split
+    were training samples of the old one) is not resumed; the log says what changed."""
+    cfg = TrainConfig(**{**FAST, "epochs": 1})
+    state = tmp_path / "state"
+    train(cfg, inputs(tiny), tmp_path / "a", state)
+    other = build_tiny_results(tmp_path / "seed2", split_seed=2)
+    caplog.set_level("INFO", logger="ragimpute")
+    train(cfg, inputs(other), tmp_path / "b", state)
+    assert "resuming" not in caplog.text
+    assert "belongs to another configuration or other inputs" in caplog.text
+    assert "chromosome 20: the train split changed" in caplog.text
+    assert "the val split changed" in caplog.text and "starts afresh" in caplog.text
+    assert list(pd.read_csv(tmp_path / "b/metrics.csv")["epoch"]) == [0]  # an epoch ran
+    # The model is the one a fresh run on the new split makes, not the old one.
+    train(cfg, inputs(other), tmp_path / "fresh", tmp_path / "fresh_state")
+    model = (tmp_path / "b/model.pt").read_bytes()
+    assert model == (tmp_path / "fresh/model.pt").read_bytes()
+    assert model != (tmp_path / "a/model.pt").read_bytes()
+
+
+def test_same_data_in_another_directory_resumes(tiny, tmp_path, caplog):
+    """The identity covers contents, not paths: a copied results directory is the same run."""
+    import shutil
+
+    cfg = TrainConfig(**{**FAST, "epochs": 1})
+    train(cfg, inputs(tiny), tmp_path / "a", tmp_path / "state")
+    copy = shutil.copytree(tiny["results"], tmp_path / "copy")
+    caplog.set_level("INFO", logger="ragimpute")
+    train(cfg, inputs({**tiny, "results": copy}), tmp_path / "b", tmp_path / "state")
+    assert "resuming from" in caplog.text and "starts afresh" not in caplog.text
+    assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()
+
+
+def test_a_changed_table_is_named(tiny, tmp_path, caplog):
+    """The same split and sites, but other retrieval neighbours: the log names the table."""
+    import shutil
+
+    cfg = TrainConfig(**{**FAST, "epochs": 1})
+    train(cfg, inputs(tiny), tmp_path / "a", tmp_path / "state")
+    copy = shutil.copytree(tiny["results"], tmp_path / "copy")
+    h = tiny["hashes"][0]
+    from ragimpute.retrieval import retrieve
+
+    for s in ("train", "val"):
+        retrieve(copy / f"tokens/20/{h}/{s}.parquet", copy / f"index/20/{h}", 6,
+                 copy / f"retrieval/20/{h}/{s}.parquet")  # fmt: skip
+    caplog.set_level("INFO", logger="ragimpute")
+    train(TrainConfig(**{**FAST, "epochs": 1}), inputs({**tiny, "results": copy}), tmp_path / "b",
+          tmp_path / "state")  # fmt: skip
+    assert f"contents changed: retrieval/{h}/train, retrieval/{h}/val" in caplog.text
+    assert "split changed" not in caplog.text
+
+
 def test_schedule_uses_each_epochs_mask(tiny_schedule, tmp_path):
     d = tiny_schedule
     assert len(d["hashes"]) == 2

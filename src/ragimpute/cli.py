@@ -346,9 +346,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except USER_ERRORS as e:
-        log.error("%s", e)
+        log.error("%s", _name_the_option(e, args))
         return 1
     return 0
+
+
+def _name_the_option(e: Exception, args: argparse.Namespace) -> Exception:
+    """A missing file given on the command line: say which option gave it (the package's message
+    cannot know whether the path came from the config or from, say, ``--target``)."""
+    if not isinstance(e, InputError) or e.problem != "file not found":
+        return e
+    flags = [
+        "--" + key.replace("_", "-")
+        for key, value in vars(args).items()
+        if key not in ("func", "command", "log")
+        and any(str(v) == e.path for v in (value if isinstance(value, list) else [value]))
+    ]
+    if not flags:
+        return e
+    return InputError(e.path, e.problem, f"Check the path given to {' / '.join(flags)}", e.record)
 
 
 if __name__ == "__main__":

@@ -27,3 +27,29 @@ class MaskMismatchError(RuntimeError):
 
 class ArtifactError(RuntimeError):
     """A pipeline artifact is missing, stale or from an incompatible format version."""
+
+
+class UnreadableArtifactError(ArtifactError):
+    """A pipeline artifact is corrupt, truncated or gone: its checksum or its format does not hold."""
+
+
+# How each stage's artifacts are made again: in the workflow, and outside it (the CLI subcommand).
+_REBUILD = {
+    "window": ("window", "ragimpute window"),
+    "mask": ("mask", "ragimpute mask"),
+    "tokenize": ("tokenize", "ragimpute tokenize"),
+    "index": ("index", "ragimpute index"),
+    "retrieve": ("retrieve", "ragimpute retrieve"),
+    "train": ("train", "ragimpute train"),
+}
+
+
+def rebuild_hint(stage: str) -> str:
+    """What to run to make a ``stage``'s artifact again (``window``, ``mask``, ``index``, ...)."""
+    if stage not in _REBUILD:
+        return "Re-run the stage that wrote it"
+    rule, cli = _REBUILD[stage]
+    return (
+        f"Rebuild it: `snakemake --cores all --forcerun {rule}` (outside Snakemake: `{cli}`); "
+        "what depends on it is then re-made as needed"
+    )

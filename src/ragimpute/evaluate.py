@@ -17,6 +17,7 @@ Per-site sums are written so that chromosomes and methods pool exactly (``compar
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -26,12 +27,18 @@ import pysam
 import pysam.bcftools
 
 from . import __version__
-from .atomic import atomic_path, write_json, write_tsv
+from .atomic import atomic_path, read_json, read_parquet_df, write_json, write_tsv
 from .errors import InputError
 from .logs import log
 from .metrics import BIN_LABELS, MAF_BINS, maf_bin, r2_from_sums  # noqa: F401 (re-exported)
 from .plots import pyplot, save_png
-from .vcf_io import check_readable, normalize_chrom, vcf_records_sites
+from .vcf_io import (
+    _bcftools_query,
+    check_readable,
+    normalize_chrom,
+    short_record_error,
+    vcf_records_sites,
+)
 
 ALL = "all"
 INFO_R2_EDGES = np.round(np.linspace(0, 1, 11), 2)
@@ -43,10 +50,7 @@ COUNTS = ("n_gt", "n_conc", "n_nonref", "n_nonref_conc", "tp", "fp", "fn")
 
 
 def _query(path: str, fmt: str, region: list[str]) -> str:
-    try:
-        return pysam.bcftools.query("-f", fmt, *region, path)
-    except pysam.utils.SamtoolsError as e:
-        raise InputError(path, f"bcftools could not read the file: {str(e).strip()[:500]}") from e
+    return _bcftools_query(path, "-f", fmt, *region)
 
 
 def _contig_in(path: str, chrom: str) -> list[str]:
@@ -157,6 +161,11 @@ def read_truth(path: str | os.PathLike, chrom: str) -> dict:
         samples = list(vf.header.samples)
     text = _query(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", _contig_in(path, chrom))
     rows = [ln.split("\t", 4) for ln in text.split("\n") if ln]
+    if any(not r[4].strip("./|\t") for r in rows):
+        # a record without a single true genotype: a line cut short reads like that
+        short = short_record_error(path)
+        if short is not None:
+            raise short
     sites = pd.DataFrame([r[:4] for r in rows], columns=["chrom", "pos", "ref", "alt"])
     sites["pos"] = sites["pos"].astype(np.int64)
     keep = (
@@ -171,6 +180,26 @@ def read_truth(path: str | os.PathLike, chrom: str) -> dict:
         "samples": samples,
         "gt": gt[keep.to_numpy()],
     }
+
+
+# The header line of the placeholder VCF the workflow writes for a tool that could not run on its
+# input (workflow/scripts/external_tool.sh): `##ragimpute_not_run=<method=...,reason="...">`.
+NOT_RUN_KEY = "##ragimpute_not_run="
+
+
+def not_run_reason(path: str | os.PathLike) -> str | None:
+    """Why the tool behind ``path`` did not run (a placeholder VCF), or None for a real output."""
+    check_readable(path)
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    with (gzip.open if gz else open)(path, "rt", errors="replace") as f:
+        for line in f:
+            if line.startswith(NOT_RUN_KEY):
+                text = line[len(NOT_RUN_KEY) :].strip().strip("<>")
+                return text.partition('reason="')[2].rstrip('"') or text
+            if not line.startswith("##"):
+                return None
+    return None
 
 
 def match_to(sites: pd.DataFrame, other: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -298,10 +327,26 @@ def evaluate(
 ) -> dict:
     """Score one method's imputed VCF; writes ``sites.tsv.gz`` (per-site sums), ``bins.tsv`` and
     ``summary.json`` in ``out_dir``. ``typed_vcf``: the (harmonised) target, whose sites are not scored."""
-    ref = pd.read_parquet(sites_parquet, columns=["chrom", "pos", "ref", "alt", "maf"])
+    ref = read_parquet_df(sites_parquet, "window", columns=["chrom", "pos", "ref", "alt", "maf"])
     chrom = str(ref["chrom"].iloc[0])
     truth = read_truth(truth_vcf, chrom)
-    imp = read_dosages(imputed_vcf, chrom)
+    reason = not_run_reason(imputed_vcf)
+    if reason is None:
+        imp = read_dosages(imputed_vcf, chrom)
+    else:
+        # A tool that could not take the input: nothing imputed, every scored site counted as not
+        # in its output, and the reason carried to summary.json (and from there to compare).
+        log.warning("%s did not run on chromosome %s: %s", method, chrom, reason)
+        imp = {
+            "sites": pd.DataFrame(
+                {"chrom": [], "pos": [], "ref": [], "alt": [], "info_r2": []}
+            ).astype({"pos": np.int64, "info_r2": float}),
+            "samples": list(truth["samples"]),
+            "ds": np.zeros((0, len(truth["samples"]))),
+            "gt": np.zeros((0, len(truth["samples"]))),
+            "dose_field": None,
+            "info_field": None,
+        }
     typed = vcf_records_sites(typed_vcf)
 
     samples = [s for s in truth["samples"] if s in set(imp["samples"])]
@@ -310,6 +355,19 @@ def evaluate(
             imputed_vcf,
             f"none of its {len(imp['samples'])} samples is in the truth VCF {truth_vcf}",
             "Evaluate against the true genotypes of the same samples",
+        )
+    not_in_truth = [s for s in imp["samples"] if s not in set(truth["samples"])]
+    if not_in_truth:
+        log.warning(
+            "%s: %d of its %d samples are not in the truth VCF %s (%s%s); only the %d shared "
+            "samples are scored",
+            imputed_vcf,
+            len(not_in_truth),
+            len(imp["samples"]),
+            truth_vcf,
+            ", ".join(not_in_truth[:5]),
+            " ..." if len(not_in_truth) > 5 else "",
+            len(samples),
         )
     t_col = [truth["samples"].index(s) for s in samples]
     i_pos = {s: i for i, s in enumerate(imp["samples"])}
@@ -355,6 +413,8 @@ def evaluate(
         "imputed": str(imputed_vcf),
         "truth": str(truth_vcf),
         "samples_scored": len(samples),
+        "samples_imputed": len(imp["samples"]),
+        "samples_not_in_truth": len(not_in_truth),
         "reference_sites": len(ref),
         "typed_sites": int((typed_idx >= 0).sum()),
         "scored_sites": int(scored.sum()),
@@ -365,6 +425,8 @@ def evaluate(
         "ragimpute": __version__,
         "all": bins.iloc[-1].drop(["method", "maf_bin"]).to_dict(),
     }
+    if reason is not None:
+        summary.update(not_run=reason, samples_imputed=0, samples_scored=0)
     write_json(out / "summary.json", summary)
     a = summary["all"]
     log.info(
@@ -392,20 +454,33 @@ def compare(
 ) -> pd.DataFrame:
     """Pool per-site scores over chromosomes; write ``comparison.tsv`` (per method and MAF bin, with
     the r² difference to the ``baseline`` method), ``calibration.tsv`` and two PNG plots."""
-    per_site = pd.concat([pd.read_csv(p, sep="\t") for p in site_tables], ignore_index=True)
-    order = methods or list(dict.fromkeys(per_site["method"]))
+    frames = [pd.read_csv(p, sep="\t") for p in site_tables]
+    # Empty tables (a method that did not run) would turn the numeric columns into objects.
+    per_site = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+    not_run = _not_run(site_tables)
+    order = methods or list(dict.fromkeys([*per_site["method"], *not_run]))
     rows = []
     cal = []
     for m in order:
         d = per_site[per_site["method"] == m]
-        if d.empty:
-            continue
+        note = ""
+        if m in not_run:
+            # Pooled over the chromosomes where it ran, it would be scored on other sites than the
+            # other methods: a method that did not run everywhere is left out, and says why.
+            note = "not run: " + "; ".join(f"chromosome {c}: {r}" for c, r in not_run[m])
+        elif d.empty:
+            note = "no scored sites"
+        if note:
+            log.warning("%s is left out of the comparison (%s)", m, note)
+            d = d.iloc[0:0]
         t = bin_table(d)
         t.insert(0, "method", m)
+        t["note"] = note
         rows.append(t)
-        c = calibration_table(d)
-        c.insert(0, "method", m)
-        cal.append(c)
+        if not note:
+            c = calibration_table(d)
+            c.insert(0, "method", m)
+            cal.append(c)
     table = pd.concat(rows, ignore_index=True)
     if baseline in set(table["method"]):
         base = table[table["method"] == baseline].set_index("maf_bin")["r2"]
@@ -416,13 +491,29 @@ def compare(
             np.where(table[f"r2_minus_{baseline}"] > 0, "yes", "no"),
         )
         table.loc[table["method"] == baseline, f"beats_{baseline}"] = ""
+    note = table.pop("note")
+    table["note"] = note  # last column
     calibration = pd.concat(cal, ignore_index=True) if cal else pd.DataFrame()
     out = Path(out_dir)
     write_tsv(out / "comparison.tsv", table.round(6))
     write_tsv(out / "calibration.tsv", calibration.round(6))
-    plot_r2_by_maf(table, out / "r2_by_maf.png")
+    plot_r2_by_maf(table[table["note"] == ""], out / "r2_by_maf.png")
     plot_calibration(calibration, out / "r2_calibration.png")
     return table
+
+
+def _not_run(site_tables: list[str | os.PathLike]) -> dict[str, list[tuple[str, str]]]:
+    """Methods that did not run, with (chromosome, reason): from the ``summary.json`` that
+    ``evaluate`` writes beside each ``sites.tsv.gz``."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for p in map(Path, site_tables):
+        summary = p.parent / "summary.json"
+        if p.name != "sites.tsv.gz" or not summary.exists():
+            continue
+        info = read_json(summary)
+        if info.get("not_run"):
+            out.setdefault(info["method"], []).append((str(info["chrom"]), info["not_run"]))
+    return out
 
 
 def plot_r2_by_maf(table: pd.DataFrame, out_png: str | os.PathLike) -> None:

@@ -8,6 +8,8 @@ the prototype's float token vectors for comparison.
 Layout: ``index/<chrom>/<mask hash>/meta.json`` and ``windows/w00000.faiss`` (one FAISS file per window,
 readable with ``faiss.read_index_binary`` / ``faiss.read_index``). Index ids are haplotype rows of the
 train split in table order: id ``2*i + p`` is phase ``p`` of the i-th train sample in ``meta["samples"]``.
+``meta["files_sha256"]`` holds the SHA-256 of every window file; a file is checked against it when it
+is loaded, since FAISS itself would search a corrupted index without a word.
 """
 
 from __future__ import annotations
@@ -22,8 +24,14 @@ import faiss
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_dir, read_json, write_json
-from .errors import ArtifactError, InputError, MaskMismatchError
+from .atomic import atomic_dir, read_artifact_json, reading, write_json
+from .errors import (
+    ArtifactError,
+    InputError,
+    MaskMismatchError,
+    UnreadableArtifactError,
+    rebuild_hint,
+)
 from .logs import Progress, log
 from .tokens import ALT, MASK, TokenTable
 
@@ -94,7 +102,7 @@ def build_index(
     faiss.omp_set_num_threads(max(1, threads))
     table = TokenTable(train_tokens)
     t0 = time.perf_counter()
-    n_observed, nbytes = [], []
+    n_observed, nbytes, checksums = [], [], {}
     progress = Progress(table.n_windows, "index", "windows")
     with atomic_dir(out_dir) as tmp:
         (tmp / "windows").mkdir()
@@ -109,6 +117,7 @@ def build_index(
             )
             n_observed.append(len(cols))
             nbytes.append(path.stat().st_size)
+            checksums[f"windows/{path.name}"] = hashlib.sha256(path.read_bytes()).hexdigest()
             progress.update()
         seconds = progress.close()
         meta = {
@@ -123,6 +132,7 @@ def build_index(
             "n_windows": table.n_windows,
             "n_observed": n_observed,
             "bytes": int(sum(nbytes)),
+            "files_sha256": checksums,
             "build_seconds": round(time.perf_counter() - t0, 3),
             "faiss_version": faiss.__version__,
             "ragimpute": __version__,
@@ -149,7 +159,7 @@ class HaplotypeIndex:
         meta_path = self.dir / "meta.json"
         if not meta_path.exists():
             raise ArtifactError(f"{meta_path} is missing; build the index (snakemake rule `index`)")
-        self.meta = read_json(meta_path)
+        self.meta = read_artifact_json(meta_path, "index")
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(
                 f"{self.dir}: index format {self.meta.get('format_version')}, expected {FORMAT_VERSION}"
@@ -159,6 +169,14 @@ class HaplotypeIndex:
         self.samples: list[str] = self.meta["samples"]
         self._sample_idx = {s: i for i, s in enumerate(self.samples)}
         self._cache: dict[int, object] = {}
+        self._checksums: dict[str, str] | None = self.meta.get("files_sha256")
+        if self._checksums is None:
+            log.warning(
+                "%s records no checksums (built by an earlier version): its files are not verified. "
+                "%s",
+                meta_path,
+                rebuild_hint("index"),
+            )
 
     @property
     def n_haplotypes(self) -> int:
@@ -168,10 +186,25 @@ class HaplotypeIndex:
         if w not in self._cache:
             path = self.dir / "windows" / f"w{w:05d}.faiss"
             if not path.exists():
-                raise ArtifactError(f"{path} is missing; rebuild the index")
-            index = (faiss.read_index if self.kind == "float_l2" else faiss.read_index_binary)(
-                str(path)
+                raise ArtifactError(f"{path} is missing. {rebuild_hint('index')}")
+            with reading(path, "index"):
+                data = path.read_bytes()
+            if self._checksums is not None:
+                want = self._checksums.get(f"windows/{path.name}")
+                got = hashlib.sha256(data).hexdigest()
+                if want != got:
+                    raise UnreadableArtifactError(
+                        f"{path}: checksum mismatch (SHA-256 {got[:16]}..., {self.dir / 'meta.json'} "
+                        f"records {str(want)[:16]}...): the file is corrupt or was changed after the "
+                        f"index was built. {rebuild_hint('index')}"
+                    )
+            read = (
+                faiss.deserialize_index
+                if self.kind == "float_l2"
+                else faiss.deserialize_index_binary
             )
+            with reading(path, "index"):
+                index = read(np.frombuffer(data, dtype=np.uint8))
             if self.kind == "binary_hnsw":
                 index.hnsw.efSearch = 128
             self._cache[w] = index

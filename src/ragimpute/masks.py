@@ -27,8 +27,8 @@ import pandas as pd
 import pyarrow as pa
 
 from . import __version__
-from .atomic import read_json, write_json, write_parquet
-from .errors import ArtifactError, InputError
+from .atomic import read_artifact_json, read_parquet_df, write_json, write_parquet
+from .errors import ArtifactError, InputError, UnreadableArtifactError
 from .logs import log
 from .vcf_io import normalize_chrom, vcf_records_sites
 
@@ -93,13 +93,43 @@ def read_site_list(path: str | os.PathLike) -> pd.DataFrame:
         )
     if p.name.endswith((".vcf", ".vcf.gz", ".bcf", ".vcf.bgz")):
         return vcf_records_sites(p)
-    df = pd.read_csv(p, sep="\t", dtype={"chrom": str}, comment=None)
-    if not {"chrom", "pos"} <= set(df.columns):
+    layout = "a TSV with the header line `chrom pos ref alt` (ref, alt optional), or a VCF"
+    if p.stat().st_size == 0:
         raise InputError(
-            p, f"needs columns chrom and pos (and optionally ref, alt); has {list(df.columns)}"
+            p, "array manifest is empty (0 bytes)", f"Give the array's sites: {layout}"
+        )
+    try:
+        df = pd.read_csv(p, sep="\t", dtype={"chrom": str}, comment=None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InputError(
+            p, f"cannot be read as a TSV ({str(e).strip()[:200]})", f"It must be {layout}"
+        ) from e
+    if not {"chrom", "pos"} <= set(df.columns):
+        hint = None
+        if len(df.columns) >= 2 and str(df.columns[1]).strip().isdigit():
+            hint = (
+                "The first line looks like a site, not a header: add a header line "
+                "(chrom, pos, ref, alt; tab-separated) above it"
+            )
+        raise InputError(
+            p,
+            f"needs columns chrom and pos (and optionally ref, alt); has {list(df.columns)}",
+            hint,
         )
     if df.empty:
         raise InputError(p, "array manifest lists no sites")
+    pos = pd.to_numeric(df["pos"], errors="coerce")
+    bad = np.flatnonzero(pos.isna().to_numpy() | (pos < 1).to_numpy() | (pos % 1 != 0).to_numpy())
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(
+            p,
+            f"position {str(df['pos'].iloc[i])!r} is not a positive whole number"
+            + (f" ({len(bad)} such rows)" if len(bad) > 1 else ""),
+            "Fix or remove that line (positions are 1-based, as in a VCF)",
+            record=f"line {i + 2}",
+        )
+    df["pos"] = pos.astype(np.int64)
     return df
 
 
@@ -115,20 +145,39 @@ def match_sites(sites: pd.DataFrame, manifest: pd.DataFrame, manifest_path: obje
             f"{', '.join(sorted(manifest['chrom'].astype(str).unique())[:10])})",
             "The target or array does not overlap the reference: check the build and chromosome names",
         )
-    if {"ref", "alt"} <= set(m.columns):
+    alleles = {"ref", "alt"} <= set(m.columns)
+    # The same site listed twice is one site: counted once, and said so (not as "not a panel SNV").
+    dup = m.duplicated(subset=["pos", "ref", "alt"] if alleles else ["pos"])
+    n_dup = int(dup.sum())
+    m = m.loc[~dup]
+    if alleles:
         mp, mr, ma = m["pos"].astype(np.int64), m["ref"].astype(str), m["alt"].astype(str)
         wanted = set(zip(mp, mr, ma, strict=True)) | set(zip(mp, ma, mr, strict=True))
         keys = zip(sites["pos"].astype(np.int64), sites["ref"], sites["alt"], strict=True)
         hit = np.fromiter((k in wanted for k in keys), dtype=bool, count=len(sites))
+        panel = set(zip(sites["pos"].astype(np.int64), sites["ref"], sites["alt"], strict=True))
+        row_hit = np.fromiter(
+            ((p, r, a) in panel or (p, a, r) in panel for p, r, a in zip(mp, mr, ma, strict=True)),
+            dtype=bool,
+            count=len(m),
+        )
     else:
         hit = sites["pos"].astype(np.int64).isin(set(m["pos"].astype(np.int64))).to_numpy()
+        row_hit = m["pos"].astype(np.int64).isin(set(sites["pos"].astype(np.int64))).to_numpy()
     if not hit.any():
         raise InputError(
             manifest_path,
             f"none of its {len(m)} sites on chromosome {chrom} is a panel site (position and alleles)",
             "The target or array does not overlap the reference: check the genome build",
         )
-    n_unmatched = len(m) - int(hit.sum())
+    if n_dup:
+        log.warning(
+            "%s: %d rows repeat a site listed before on chromosome %s (each site counts once)",
+            manifest_path,
+            n_dup,
+            chrom,
+        )
+    n_unmatched = int((~row_hit).sum())
     if n_unmatched:
         log.warning(
             "%s: %d of %d manifest sites are not panel SNVs (ignored)",
@@ -200,8 +249,13 @@ def store_mask(
     """
     h = mask_hash(masked, spec, site_list_hash)
     d = Path(store) / h
+    existing = None
     if (d / "mask.parquet").exists():
-        existing = load_mask(store, h)
+        try:
+            existing = load_mask(store, h)
+        except UnreadableArtifactError as e:  # corrupt or half gone: written again below
+            log.warning("%s; writing mask %s again", e, h)
+    if existing is not None:
         if not np.array_equal(existing.masked, masked) or existing.spec != spec:
             raise ArtifactError(
                 f"{d}: stored mask differs from the one with the same hash; delete {d}"
@@ -266,12 +320,12 @@ def load_mask(store: str | os.PathLike, h: str) -> Mask:
             f"{path} is missing. It is written by the `mask` checkpoint; run `snakemake --forcerun mask` "
             "(or `ragimpute mask`) to restore it"
         )
-    info = read_json(d / "spec.json")
+    info = read_artifact_json(d / "spec.json", "mask")
     if info.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{d}: mask format {info.get('format_version')}, this version reads {FORMAT_VERSION}"
         )
-    masked = pd.read_parquet(path, columns=["masked"])["masked"].to_numpy()
+    masked = read_parquet_df(path, "mask", columns=["masked"])["masked"].to_numpy()
     mask = Mask(h, info["spec"], masked, info["site_list_hash"])
     if mask_hash(masked, mask.spec, mask.site_list_hash) != h:
         raise ArtifactError(

@@ -20,6 +20,7 @@ Shapes: B batch, L sites in the window, M observed sites, S sites to predict, K 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ArtifactError, UnreadableArtifactError, rebuild_hint
 from .tokens import ALT, MASK, REF
 
 # Half-widths (in sites) of the windows in which mismatches with each neighbour are counted.
@@ -650,7 +652,15 @@ def load_predictor(
             if device == "auto" and torch.cuda.is_available()
             else ("cpu" if device == "auto" else device)
         )
-    ck = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    if not os.path.exists(checkpoint_path):
+        raise ArtifactError(f"{checkpoint_path} is missing. {rebuild_hint('train')}")
+    try:
+        ck = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    except Exception as e:  # a truncated or corrupted file: torch and pickle raise many kinds
+        raise UnreadableArtifactError(
+            f"{checkpoint_path} cannot be read ({type(e).__name__}: {str(e).strip()[:300]}): it is "
+            f"corrupt or truncated. {rebuild_hint('train')}"
+        ) from e
     for key in ("model", "model_args"):
         if key not in ck:
             raise ValueError(

@@ -20,14 +20,13 @@ for retrieval only and then imputes them like any hidden allele (see ``impute``)
 
 from __future__ import annotations
 
+import gzip
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pysam
-import pysam.bcftools
 
 from . import __version__
 from .atomic import write_json, write_tsv
@@ -37,9 +36,11 @@ from .masks import store_mask
 from .split import check_disjoint
 from .vcf_io import (
     RecordFilter,
+    _bcftools_query,
     _is_indexed,
     check_readable,
     resolve_contig,
+    short_record_error,
     vcf_records_contigs,
     vcf_samples,
 )
@@ -174,14 +175,7 @@ def read_target(path: str | os.PathLike, chrom: str, sites: pd.DataFrame) -> Ali
             "and that target and reference use the same genome build",
         ) from e
     region = ["-r", contig] if _is_indexed(path) else ["-t", contig]
-    try:
-        text = pysam.bcftools.query("-f", "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", *region, path)
-    except pysam.utils.SamtoolsError as e:
-        raise InputError(
-            path,
-            f"bcftools could not read the file: {str(e).strip()[:500]}",
-            "Check that it is a valid, intact VCF/BCF",
-        ) from e
+    text = _bcftools_query(path, "-f", "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", *region)
 
     skipped = dict.fromkeys(TARGET_SKIP_REASONS, 0)
     recs: list[tuple[str, int, str, str]] = []
@@ -197,6 +191,11 @@ def read_target(path: str | os.PathLike, chrom: str, sites: pd.DataFrame) -> Ali
         recs.append((c, pos, ref, alt))
         gts.append(gt)
 
+    if any(not g.strip("./|\t") for g in gts):
+        # a record without a single called allele: a line cut short reads like that
+        short = short_record_error(path)
+        if short is not None:
+            raise short
     n_records = len(recs) + sum(skipped.values())
     where = [f"{r[0]}:{r[1]}" for r in recs]
     ref_pos = sites["pos"].to_numpy(dtype=np.int64)
@@ -436,3 +435,57 @@ def make_demo_targets(
         target_vcf, panel.chrom, sites.loc[on_array], test, truth[on_array], length, meta
     )
     return {"chrom": panel.chrom, "samples": len(test), "target_sites": int(on_array.sum())}
+
+
+def write_minimac4_target(
+    aligned_vcf: str | os.PathLike, out_vcf: str | os.PathLike, report_json: str | os.PathLike
+) -> dict:
+    """The harmonised target as Minimac4 can take it: without the typed sites where any allele is
+    missing (``.|.``, ``.|1``). Minimac4 4.1 aborts on some missing calls (an assertion in its dosage
+    writer), so those sites are typed for nobody in its input and it imputes them for everyone;
+    Beagle and our methods get every typed site. The counts go to ``report_json`` and the log."""
+    from .vcf_write import bgzip_vcf_writer
+
+    kept = dropped = 0
+    dropped_at: list[str] = []
+    with gzip.open(aligned_vcf, "rt") as f, bgzip_vcf_writer(out_vcf) as write:
+        header: list[str] = []
+        for line in f:
+            if line.startswith("##"):
+                header.append(line)
+                continue
+            if line.startswith("#"):
+                header.append(
+                    "##ragimpute_minimac4_target=<typed sites with a missing call left out, "
+                    "for Minimac4 to impute>\n"
+                )
+                header.append(line)
+                write("".join(header))
+                continue
+            fields = line.rstrip("\n").split("\t")
+            if any("." in gt for gt in fields[9:]):
+                dropped += 1
+                if len(dropped_at) < 10:
+                    dropped_at.append(f"{fields[0]}:{fields[1]}")
+                continue
+            kept += 1
+            write(line)
+    report = {
+        "source": str(aligned_vcf),
+        "typed_sites": kept + dropped,
+        "sites_kept": kept,
+        "sites_with_missing_calls_left_out": dropped,
+        "first_left_out": dropped_at,
+    }
+    write_json(report_json, report)
+    if dropped:
+        log.warning(
+            "%s: %d of %d typed sites have a missing call; Minimac4 cannot take them, so they are left "
+            "out of its target and it imputes them for every sample (%s%s)",
+            aligned_vcf,
+            dropped,
+            kept + dropped,
+            ", ".join(dropped_at),
+            " ..." if dropped > len(dropped_at) else "",
+        )
+    return report

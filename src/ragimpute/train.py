@@ -32,11 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 
 from . import __version__
-from .atomic import atomic_path, parquet_metadata, write_json, write_tsv
+from .atomic import atomic_path, parquet_metadata, read_parquet, write_json, write_tsv
 from .errors import ArtifactError, MaskMismatchError
 from .index import EmbeddingIndex
 from .logs import log
@@ -122,13 +121,13 @@ class Neighbours:
 
 def read_retrieval(path: str | os.PathLike, tokens: TokenTable) -> dict[int, Neighbours]:
     """The retrieve stage's table, checked against the token table it must match."""
-    meta = parquet_metadata(path)
+    meta = parquet_metadata(path, "retrieve")
     if meta.get("mask_hash") != tokens.mask_hash:
         raise MaskMismatchError(
             f"{path} was retrieved with mask {meta.get('mask_hash')}, the queries {tokens.path} use mask "
             f"{tokens.mask_hash}; re-run the retrieve stage"
         )
-    t = pq.read_table(path)
+    t = read_parquet(path, "retrieve")
     windows = t.column("window").to_numpy()
     k = t.schema.field("neighbours").type.list_size
     ids = t.column("neighbours").combine_chunks().flatten().to_numpy().reshape(-1, k)
@@ -151,7 +150,9 @@ def read_retrieval(path: str | os.PathLike, tokens: TokenTable) -> dict[int, Nei
 def load_chromosome(
     inp: ChromInputs, splits: tuple[str, ...] = ("train", "val")
 ) -> tuple[list[Window], dict]:
-    """Windows of one chromosome with truth and tokens in memory, and the retrieval tables by (hash, split)."""
+    """Windows of one chromosome with truth and tokens in memory, the retrieval tables by (hash, split),
+    and ``identity``: what was read (samples per split in order, site list hash, a digest of every
+    table's contents), so that a checkpoint is resumed only on the same data."""
     sites, slh = sites_with_hash(inp.windows_dir)
     wins = load_windows(inp.windows_dir)
     truth_tables = {
@@ -164,10 +165,18 @@ def load_chromosome(
             raise ArtifactError(
                 f"{t.path}: mask {t.mask_hash} / sites {t.site_list_hash}, expected {key[0]} / {slh}"
             )
+        if key[1] in truth_tables and t.samples != truth_tables[key[1]].samples:
+            raise ArtifactError(
+                f"{t.path}: its samples are not those of {truth_tables[key[1]].path} (stale tokens); "
+                "re-run the tokenize stage (`snakemake --cores all --forcerun tokenize`)"
+            )
     maf = sites["maf"].to_numpy(np.float32)
     af = sites["af"].to_numpy(np.float32)
     pos = sites["pos"].to_numpy(np.int64)
     owner = sites["window"].to_numpy()
+    digests = {("sites",): _digest(pos, af, maf, owner, wins[["first_site", "last_site"]])}
+    hashers = {("truth", s): hashlib.sha256() for s in truth_tables}
+    hashers.update({("tokens", *key): hashlib.sha256() for key in token_tables})
     out = []
     for row in wins.itertuples():
         a, b = row.first_site, row.last_site + 1
@@ -180,12 +189,44 @@ def load_chromosome(
             owner[a:b] == row.window,
             {s: t.read(row.window) for s, t in truth_tables.items()},
         )
+        for s, block in w.truth.items():
+            _digest_update(hashers[("truth", s)], block)
         for key, t in token_tables.items():
             w.tokens[key] = t.read(row.window)
+            _digest_update(hashers[("tokens", *key)], w.tokens[key])
         out.append(w)
     retrieval = {key: read_retrieval(p, token_tables[key]) for key, p in inp.retrieval.items()}
+    for key, table in retrieval.items():
+        h = hashlib.sha256()
+        for w in sorted(table):
+            _digest_update(h, table[w].ids, table[w].distances)
+        hashers[("retrieval", *key)] = h
+    digests.update({k: h.hexdigest()[:16] for k, h in hashers.items()})
     samples = {s: t.samples for s, t in truth_tables.items()}
-    return out, {"retrieval": retrieval, "samples": samples, "site_list_hash": slh}
+    identity = {
+        "site_list_hash": slh,
+        "samples": samples,
+        "digests": {"/".join(k): v for k, v in sorted(digests.items())},
+    }
+    return out, {
+        "retrieval": retrieval,
+        "samples": samples,
+        "site_list_hash": slh,
+        "identity": identity,
+    }
+
+
+def _digest_update(h, *arrays) -> None:
+    for x in arrays:
+        x = np.ascontiguousarray(x)
+        h.update(f"{x.dtype.str}{x.shape}".encode())
+        h.update(x.tobytes())
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    _digest_update(h, *(np.asarray(p) for p in parts))
+    return h.hexdigest()[:16]
 
 
 # -- retrieval providers ------------------------------------------------------------------------------
@@ -349,16 +390,67 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fingerprint(cfg: TrainConfig, inputs: list[ChromInputs]) -> str:
-    """Identity of a run: a checkpoint is resumed only by the run that wrote it."""
-    ident = {
+def identity(cfg: TrainConfig, inputs: list[ChromInputs], data: dict | None = None) -> dict:
+    """What a run trains on: the train config, the chromosomes and masks, and (``data``: per chromosome
+    the ``identity`` of ``load_chromosome``) the samples of each split, the site list and a digest of
+    every table read. Paths are left out, so that the same data in another directory is the same run."""
+    return {
         "cfg": {
             k: v for k, v in asdict(cfg).items() if k not in ("log_every", "threads", "device")
         },
         "inputs": [(i.chrom, i.hashes) for i in inputs],
         "version": __version__,
+        "data": data or {},
     }
+
+
+def fingerprint(cfg: TrainConfig, inputs: list[ChromInputs], data: dict | None = None) -> str:
+    """Identity of a run: a checkpoint is resumed only by the run that wrote it."""
+    ident = identity(cfg, inputs, data)
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity_changes(old: dict | None, new: dict, limit: int = 6) -> list[str]:
+    """Why a checkpoint written under identity ``old`` cannot be resumed by a run of identity ``new``."""
+    if not old:
+        return ["the checkpoint records no inputs (written by an earlier version)"]
+    out = []
+    if old.get("version") != new["version"]:
+        out.append(f"ragimpute version {old.get('version')} -> {new['version']}")
+    ocfg, ncfg = old.get("cfg", {}), new["cfg"]
+    changed = [k for k in sorted(set(ocfg) | set(ncfg)) if ocfg.get(k) != ncfg.get(k)]
+    if changed:
+        out.append(
+            "train config changed: "
+            + ", ".join(f"{k} {ocfg.get(k)!r} -> {ncfg.get(k)!r}" for k in changed)
+        )
+    if [list(x) for x in old.get("inputs", [])] != [list(x) for x in new["inputs"]]:
+        out.append(f"chromosomes / mask hashes changed: {old.get('inputs')} -> {new['inputs']}")
+    odata, ndata = old.get("data", {}), new["data"]
+    for chrom in sorted(set(odata) | set(ndata)):
+        o, n = odata.get(chrom), ndata.get(chrom)
+        if o is None or n is None:
+            continue  # reported with the chromosomes above
+        if o.get("site_list_hash") != n.get("site_list_hash"):
+            out.append(
+                f"chromosome {chrom}: the site list changed ({o.get('site_list_hash')} -> "
+                f"{n.get('site_list_hash')}: another panel, or other filters)"
+            )
+        for split in sorted(set(o.get("samples", {})) | set(n.get("samples", {}))):
+            a, b = o.get("samples", {}).get(split, []), n.get("samples", {}).get(split, [])
+            if a != b:
+                left, joined = len(set(a) - set(b)), len(set(b) - set(a))
+                what = f"{left} samples left, {joined} joined" if left or joined else "reordered"
+                out.append(f"chromosome {chrom}: the {split} split changed ({what})")
+        od, nd = o.get("digests", {}), n.get("digests", {})
+        tables = [k for k in sorted(set(od) | set(nd)) if od.get(k) != nd.get(k)]
+        if tables:
+            out.append(f"chromosome {chrom}: contents changed: {', '.join(tables)}")
+    if not out:
+        out.append("the inputs differ")
+    if len(out) > limit:
+        out = out[:limit] + [f"and {len(out) - limit} more"]
+    return out
 
 
 def train(
@@ -429,17 +521,20 @@ def _run(
     lead = rank == 0
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     ckpt_path = state_dir / "ckpt.pt"
-    fp = fingerprint(cfg, inputs)
 
     # Data
     windows: list[Window] = []
     tables: dict[str, dict] = {}
     samples: dict[str, dict[str, list[str]]] = {}
+    data_ids: dict[str, dict] = {}
     for inp in inputs:
         ws, extra = load_chromosome(inp)
         windows += ws
         tables[inp.chrom] = extra["retrieval"]
         samples[inp.chrom] = extra["samples"]
+        data_ids[inp.chrom] = extra["identity"]
+    ident = identity(cfg, inputs, data_ids)
+    fp = fingerprint(cfg, inputs, data_ids)
     overlap = set().union(*(set(s["train"]) & set(s["val"]) for s in samples.values()))
     if overlap:
         raise ArtifactError(f"samples in both train and val: {sorted(overlap)[:5]}")
@@ -478,10 +573,18 @@ def _run(
         opt, lambda s: lr_factor(s, total_steps, cfg.warmup_frac, cfg.min_lr_frac)
     )
     start_epoch, history, best, bad_epochs, refreshes = 0, [], {"val_r2": -1.0, "epoch": -1}, 0, []
+    stale = False
+    ck = None
     if ckpt_path.exists():
         # on the CPU: the RNG states must stay CPU tensors (load_state_dict moves the weights and
         # the optimizer state to the model's device)
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        try:
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated or corrupted file: the state is lost, not the run
+            stale = True
+            if lead:
+                log.warning("%s is unreadable (%s); training starts afresh", ckpt_path, e)
+    if ck is not None:
         if ck.get("fingerprint") == fp:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
@@ -497,13 +600,24 @@ def _run(
                     best["val_r2"],
                     best["epoch"],
                 )
-        elif lead:
-            log.warning(
-                "%s belongs to another configuration (%s != %s); starting afresh",
-                ckpt_path,
-                ck.get("fingerprint"),
-                fp,
-            )
+        else:
+            stale = True
+            if lead:
+                log.warning(
+                    "%s belongs to another configuration or other inputs (%s != %s): %s. Training "
+                    "starts afresh; the old checkpoint is discarded",
+                    ckpt_path,
+                    ck.get("fingerprint"),
+                    fp,
+                    "; ".join(identity_changes(ck.get("identity"), ident)),
+                )
+    if distributed:
+        dist.barrier()  # every process has read the checkpoint before the lead removes it
+    if lead and start_epoch == 0:
+        # A fresh start: a checkpoint or best model of other inputs must never be resumed or copied.
+        if stale:
+            ckpt_path.unlink(missing_ok=True)
+        (state_dir / "best.pt").unlink(missing_ok=True)
     if lead:
         log.info(
             "model %s: %d parameters, mode %s, device %s, %d windows, %d steps/epoch, %d mask(s)",
@@ -649,7 +763,7 @@ def _run(
                 " *best*" if improved else "",
             )
             _save_checkpoint(
-                ckpt_path, model, opt, sched, epoch, history, best, bad_epochs, refreshes, fp
+                ckpt_path, model, opt, sched, epoch, history, best, bad_epochs, refreshes, fp, ident
             )
         if distributed:
             flag = torch.tensor([bad_epochs], device=device if device.type == "cuda" else "cpu")
@@ -766,7 +880,7 @@ def _torch_save(state: dict, path: Path) -> None:
 
 
 def _save_checkpoint(
-    path: Path, model, opt, sched, epoch, history, best, bad_epochs, refreshes, fp
+    path: Path, model, opt, sched, epoch, history, best, bad_epochs, refreshes, fp, ident
 ) -> None:
     state = {
         "model": model.state_dict(),
@@ -779,6 +893,7 @@ def _save_checkpoint(
         "refreshes": refreshes,
         "rng": _rng_state(),
         "fingerprint": fp,
+        "identity": ident,
         "ragimpute": __version__,
     }
     _torch_save(state, path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import pandas as pd
 import pysam
 import pysam.bcftools
 
-from .atomic import atomic_path
+from .atomic import atomic_path, scratch_dir
 from .errors import InputError
 
 # The empty BGZF block every bgzip/htslib writer ends a file with (SAM/BAM spec, section 4.1.2).
@@ -55,7 +54,9 @@ def check_readable(path: str | os.PathLike) -> None:
     """Fail early, and clearly, on a missing, empty or truncated (b)gzip/BCF file."""
     p = Path(path)
     if not p.exists():
-        raise InputError(p, "file not found", "Check the path in config/config.yaml")
+        raise InputError(
+            p, "file not found", "Check the path (the config key or command-line option naming it)"
+        )
     size = p.stat().st_size
     if size == 0:
         raise InputError(p, "file is empty", "Re-create or re-download it")
@@ -177,6 +178,9 @@ def _bcftools_query(path: str | os.PathLike, *args: str) -> str:
     try:
         return pysam.bcftools.query(*args, str(path))
     except pysam.utils.SamtoolsError as e:
+        short = short_record_error(path)
+        if short is not None:
+            raise short from e
         # pysam's message holds all of stdout before stderr: keep only bcftools' own complaint
         said = str(getattr(e, "value", e)).rpartition("stderr=")[2].strip()
         raise InputError(
@@ -199,6 +203,20 @@ def _first_short_record(path: str | os.PathLike, n_samples: int) -> tuple[str, i
         if len(fields) != 9 + n_samples:
             return f"{fields[0]}:{fields[1] if len(fields) > 1 else '?'}", len(fields)
     return None
+
+
+def short_record_error(path: str | os.PathLike) -> InputError | None:
+    """The error naming the first record of a text VCF with too few (or too many) columns, if any.
+
+    bcftools either fails on such a record without naming it, or (a record cut after INFO or
+    FORMAT) reads it as missing genotypes: callers look here when a read fails, or when a record
+    has no called genotype at all.
+    """
+    samples = _header_line_samples(path)
+    if samples is None:
+        return None
+    short = _first_short_record(path, len(samples))
+    return None if short is None else _short_record(str(path), short[0], short[1], len(samples))
 
 
 def resolve_contig(path: str | os.PathLike, chrom: str, available: list[str] | None = None) -> str:
@@ -486,7 +504,7 @@ def write_bgzip_vcf(text: str, out: str | os.PathLike) -> None:
     """bgzip + tabix-index VCF text; the data file lands first, then its (newer) index."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as d:
+    with scratch_dir(out) as d:
         plain = Path(d) / "x.vcf"
         plain.write_text(text)
         with atomic_path(out, suffix=".vcf.gz") as gz:

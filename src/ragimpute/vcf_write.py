@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pysam
 from pysam.libcbgzf import BGZFile
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, scratch_dir
 
 # Phased genotype strings by 2 * allele0 + allele1; missing alleles are handled by ``gt_strings``.
 PHASED_GT = np.array(["0|0", "0|1", "1|0", "1|1"], dtype=object)
@@ -80,7 +79,7 @@ def bgzip_vcf_writer(out: str | os.PathLike) -> Iterator[Callable[[str], None]]:
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as d:
+    with scratch_dir(out) as d:
         with atomic_path(out, suffix=".vcf.gz") as gz:
             f = BGZFile(str(gz), "wb")
             try:

@@ -24,7 +24,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .atomic import atomic_path, parquet_metadata, write_json, write_parquet, write_tsv
+from .atomic import (
+    PARQUET_WRITE,
+    atomic_path,
+    open_parquet,
+    parquet_metadata,
+    read_parquet_df,
+    reading,
+    write_json,
+    write_parquet,
+    write_tsv,
+)
 from .errors import ArtifactError, InputError
 from .genmap import GeneticMap, read_genetic_map, site_cm
 from .logs import log
@@ -204,7 +214,7 @@ def write_windowed(
         + [(k, pa.string()) for k in (extra_columns or {})]
     ).with_metadata({k: str(v) for k, v in metadata.items()})
     with atomic_path(path, suffix=".parquet") as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        with pq.ParquetWriter(tmp, schema, **PARQUET_WRITE) as writer:
             for w, block in enumerate(blocks):
                 if block.shape[0] != n_rows:
                     raise ValueError(f"window {w}: {block.shape[0]} rows, expected {n_rows}")
@@ -232,12 +242,15 @@ class WindowedTable:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
+        # the stage that writes it, named when the file is missing or corrupt
+        self.stage = "tokenize" if self.column == "tokens" else "window"
         if not self.path.exists():
             raise ArtifactError(f"{self.path} is missing; re-run the stage that writes it")
-        self._file = pq.ParquetFile(self.path)
-        self.metadata = parquet_metadata(self.path)
+        self._file = open_parquet(self.path, self.stage)
+        self.metadata = parquet_metadata(self.path, self.stage)
         self.n_windows = self._file.num_row_groups
-        first = self._file.read_row_group(0, columns=["sample"]) if self.n_windows else None
+        with reading(self.path, self.stage):
+            first = self._file.read_row_group(0, columns=["sample"]) if self.n_windows else None
         self.samples: list[str] = (
             first.column("sample").to_pylist()[0::2] if first is not None else []
         )
@@ -248,7 +261,8 @@ class WindowedTable:
 
     def read(self, window: int) -> np.ndarray:
         """(2 * n_samples, window length) uint8 matrix of one window."""
-        t = self._file.read_row_group(window, columns=["window", self.column])
+        with reading(self.path, self.stage):
+            t = self._file.read_row_group(window, columns=["window", self.column])
         if t.num_rows == 0:  # a split without samples
             return np.zeros((0, 0), dtype=np.uint8)
         got = t.column("window")[0].as_py()
@@ -284,11 +298,11 @@ def packed_haplotypes(tables: list[WindowedTable], windows: pd.DataFrame) -> np.
 
 
 def load_sites(windows_dir: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_parquet(_stage_file(windows_dir, "sites.parquet"))
+    return read_parquet_df(_stage_file(windows_dir, "sites.parquet"), "window")
 
 
 def load_windows(windows_dir: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_parquet(_stage_file(windows_dir, "windows.parquet"))
+    return read_parquet_df(_stage_file(windows_dir, "windows.parquet"), "window")
 
 
 def _stage_file(windows_dir: str | os.PathLike, name: str) -> Path:
@@ -325,9 +339,9 @@ def sites_with_hash(windows_dir: str | os.PathLike) -> tuple[pd.DataFrame, str]:
     path = Path(windows_dir) / "sites.parquet"
     if not path.exists():
         raise ArtifactError(f"{path} is missing; run the window stage first")
-    meta = parquet_metadata(path)
+    meta = parquet_metadata(path, "window")
     if int(meta.get("format_version", -1)) != FORMAT_VERSION:
         raise ArtifactError(
             f"{path}: format {meta.get('format_version')}, expected {FORMAT_VERSION}; re-run windowing"
         )
-    return pd.read_parquet(path), meta["site_list_hash"]
+    return read_parquet_df(path, "window"), meta["site_list_hash"]

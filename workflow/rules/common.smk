@@ -9,11 +9,52 @@ from snakemake.utils import validate
 
 from ragimpute.demo import ADMIXED_TARGETS
 from ragimpute.impute import EXTERNAL_METHODS, PREDICTOR_FACTORIES
+from ragimpute.smk import config_problems
 from ragimpute.split import SPLITS
 
+# Every key is checked before anything runs: a misspelt key is an error naming it, not a silent
+# default (Snakemake's validate below then fills in the defaults).
+_problems = config_problems(config, workflow.source_path("../../config/schema.yaml"))
+if _problems:
+    raise WorkflowError(
+        "the configuration has errors (config/config.yaml, --configfile files, --config):\n  "
+        + "\n  ".join(_problems)
+        + "\nSee config/schema.yaml for every key, its type and its default."
+    )
 validate(config, schema="../../config/schema.yaml")
 
 RESULTS = config["results"]
+
+
+def check_input_files():
+    """Every input file the config names must exist. Checked when the DAG is built: otherwise, after a
+    finished run, a misspelt path gives "Nothing to be done" and the previous input's results.
+    """
+    keys = [("panel", "vcf"), ("split", "table"), ("impute", "target_vcf")]
+    if config["panel"]["vcf"]:
+        keys.append(("panel", "array_manifest"))  # the demo writes its own manifest
+    if config["impute"]["target_vcf"]:
+        keys.append(("impute", "truth_vcf"))  # the demo writes its own truth
+    problems = []
+    for section, key in keys:
+        path = config[section][key]
+        if path and not os.path.isfile(path):
+            what = (
+                "is a directory, not a file"
+                if os.path.isdir(path)
+                else "does not exist"
+            )
+            problems.append(f"{section}.{key}: {path} {what}")
+    if problems:
+        raise WorkflowError(
+            "input files named in the configuration are missing (paths are relative to "
+            f"{os.getcwd()}):\n  "
+            + "\n  ".join(problems)
+            + '\nFix the path, or set the key to "" to use the default (see config/config.yaml).'
+        )
+
+
+check_input_files()
 
 
 wildcard_constraints:

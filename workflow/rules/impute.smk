@@ -1,6 +1,10 @@
 # Imputation of targets typed at array sites, by our predictors and by Beagle / Minimac4, all from the
 # same reference (the panel's train split) and the same harmonised target.
 
+# Runs Beagle and Minimac4 so that a tool that cannot take the input is left out, not the run (an input
+# of their rules: a changed script runs them again).
+EXTERNAL_TOOL = os.path.join(workflow.basedir, "workflow", "scripts", "external_tool.sh")
+
 
 rule reference_vcf:
     input:
@@ -107,11 +111,14 @@ rule impute:
         "../scripts/impute.py"
 
 
-# Beagle 5.4 on the same reference and harmonised target; its own log is appended to ours.
+# Beagle 5.4 on the same reference and harmonised target; its own log is appended to ours. Through
+# external_tool.sh: when Beagle cannot run on the input (e.g. a window with a single typed marker),
+# its output is a placeholder that says why, and the method is left out of the comparison.
 rule beagle:
     input:
         ref=res("targets/{chrom}/reference.vcf.gz"),
         target=res("targets/{chrom}/aligned/target.vcf.gz"),
+        runner=EXTERNAL_TOOL,
     output:
         vcf=res("impute/{chrom}/beagle.vcf.gz"),
         tbi=res("impute/{chrom}/beagle.vcf.gz.tbi"),
@@ -132,11 +139,9 @@ rule beagle:
     shell:
         """
         export JAVA_TOOL_OPTIONS="-Xmx{params.java_mb}m"
-        beagle ref={input.ref} gt={input.target} out={params.tmp} nthreads={threads} \
-            seed={params.seed} gp=true {params.args} >{log} 2>&1
-        cat {params.tmp}.log >>{log} && rm -f {params.tmp}.log
-        tabix -f -p vcf {params.tmp}.vcf.gz
-        mv {params.tmp}.vcf.gz {output.vcf} && mv {params.tmp}.vcf.gz.tbi {output.tbi}
+        bash {input.runner} beagle {log} {input.target} 2 {params.tmp}.vcf.gz {output.vcf} \
+            {output.tbi} -- beagle ref={input.ref} gt={input.target} out={params.tmp} \
+            nthreads={threads} seed={params.seed} gp=true {params.args}
         """
 
 
@@ -155,10 +160,30 @@ rule minimac4_reference:
         "minimac4 --compress-reference {input} > {output}.tmp 2> {log} && mv {output}.tmp {output}"
 
 
+# Minimac4 4.1 aborts on some missing calls at typed sites (.|., .|1): its target leaves those sites
+# out, so that it imputes them for every sample (counted in minimac4.json and the log).
+rule minimac4_target:
+    input:
+        res("targets/{chrom}/aligned/target.vcf.gz"),
+    output:
+        vcf=res("targets/{chrom}/aligned/minimac4.vcf.gz"),
+        tbi=res("targets/{chrom}/aligned/minimac4.vcf.gz.tbi"),
+        report=res("targets/{chrom}/aligned/minimac4.json"),
+    log:
+        logs("minimac4_target/{chrom}.log"),
+    benchmark:
+        bench("minimac4_target/{chrom}.tsv")
+    conda:
+        "../../envs/ragimpute.yaml"
+    script:
+        "../scripts/minimac4_target.py"
+
+
 rule minimac4:
     input:
         ref=res("targets/{chrom}/reference.msav"),
-        target=res("targets/{chrom}/aligned/target.vcf.gz"),
+        target=res("targets/{chrom}/aligned/minimac4.vcf.gz"),
+        runner=EXTERNAL_TOOL,
     output:
         vcf=res("impute/{chrom}/minimac4.vcf.gz"),
         tbi=res("impute/{chrom}/minimac4.vcf.gz.tbi"),
@@ -174,8 +199,7 @@ rule minimac4:
         args=config["baselines"]["minimac4"]["args"],
     shell:
         """
-        minimac4 -t {threads} -f GT,DS,GP,HDS -O vcf.gz -o {params.tmp} {params.args} \
-            {input.ref} {input.target} >{log} 2>&1
-        tabix -f -p vcf {params.tmp}
-        mv {params.tmp} {output.vcf} && mv {params.tmp}.tbi {output.tbi}
+        bash {input.runner} minimac4 {log} {input.target} 1 {params.tmp} {output.vcf} \
+            {output.tbi} -- minimac4 -t {threads} -f GT,DS,GP,HDS -O vcf.gz -o {params.tmp} \
+            {params.args} {input.ref} {input.target}
         """
