@@ -41,6 +41,8 @@ _REBUILD = {
     "index": ("index", "ragimpute index"),
     "retrieve": ("retrieve", "ragimpute retrieve"),
     "train": ("train", "ragimpute train"),
+    "states": ("states", "ragimpute impute, which builds it when missing"),
+    "prior": ("prior", "ragimpute prior"),
 }
 
 

@@ -53,6 +53,9 @@ class ModelConfig:
     # The network attends, at each site, to this many candidates with the highest copying posterior
     # (0 = all K); the copying model itself always uses all K.
     attend_k: int = 16
+    # The output refines the engine's P(ALT) (``ragimpute.engine``: the copying model on composite
+    # states over the whole chromosome), given as ``prior``; False: its own window copying model.
+    use_prior: bool = False
 
     def __post_init__(self) -> None:
         self.hmm_switch_rates = tuple(float(r) for r in self.hmm_switch_rates)
@@ -364,7 +367,8 @@ class ImputationModel(nn.Module):
         d = cfg.d_model
         self.tok = nn.Embedding(cfg.vocab_size, d)
         n_rates = len(cfg.hmm_switch_rates) if cfg.use_retrieval else 1
-        self.site = nn.Sequential(nn.Linear(3 + n_rates, d), nn.GELU(), nn.Linear(d, d))
+        n_site = 3 + n_rates + int(cfg.use_prior)
+        self.site = nn.Sequential(nn.Linear(n_site, d), nn.GELU(), nn.Linear(d, d))
         if cfg.use_retrieval:
             self.nb_encoder = nn.Sequential(
                 nn.Linear(N_MATCH_FEATURES + 2 * n_rates, cfg.d_neighbour),
@@ -443,12 +447,16 @@ class ImputationModel(nn.Module):
         distances: torch.Tensor | None = None,
         sites: torch.Tensor | None = None,
         ctx: dict | None = None,
+        prior: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """ALT logits (B, S) at ``sites`` (default: every hidden site, in order).
 
         tokens (B, L); af, pos (L,); neighbours (B, K, L) alleles; distances (B, K). ``ctx`` from
         ``prepare`` (same tokens and neighbours) saves recomputing the window when sites come in chunks.
+        prior (B, L): the engine's P(ALT), which the output refines (models with ``use_prior``).
         """
+        if self.cfg.use_prior and prior is None:
+            raise ValueError("this model refines the engine's prior: pass prior")
         if ctx is None:
             ctx = self.prepare(tokens, pos, neighbours, distances)
         obs = ctx["obs"]
@@ -468,11 +476,15 @@ class ImputationModel(nn.Module):
             nb = self.nb_encoder(f.transpose(1, 2))  # (B, T, K, d_nb), shared by every block
         else:
             hmm_dosage = af[idx][None, :, None].expand(tokens.shape[0], -1, 1)
+        if self.cfg.use_prior:
+            # the prior is the last site feature and the baseline of the output
+            hmm_dosage = torch.cat([hmm_dosage, prior[:, idx, None].to(hmm_dosage.dtype)], -1)
         x = self._embed(tokens, af, pos, idx, hmm_dosage)
         for block in self.blocks:
             x = block(x, len(obs), nb)
         out = self.head(self.ln_f(x[:, len(obs) :])).squeeze(-1)
-        return out + torch.logit(hmm_dosage[:, len(obs) :, 0].clamp(1e-4, 1 - 1e-4))
+        base = hmm_dosage[:, len(obs) :, -1 if self.cfg.use_prior else 0]
+        return out + torch.logit(base.clamp(1e-4, 1 - 1e-4))
 
     @torch.no_grad()
     def predict_sites(
@@ -484,6 +496,7 @@ class ImputationModel(nn.Module):
         distances: torch.Tensor | None,
         sites: torch.Tensor,
         chunk: int = 512,
+        prior: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """ALT probabilities (B, S) at ``sites``, in chunks sharing one prepared window. Exact: a site's
         output does not depend on the other sites asked."""
@@ -494,9 +507,8 @@ class ImputationModel(nn.Module):
             with torch.autocast(
                 tokens.device.type, dtype=torch.bfloat16, enabled=tokens.device.type == "cuda"
             ):
-                out.append(
-                    torch.sigmoid(self(tokens, af, pos, neighbours, distances, s, ctx).float())
-                )
+                logits = self(tokens, af, pos, neighbours, distances, s, ctx, prior=prior)
+                out.append(torch.sigmoid(logits.float()))
         return torch.cat(out, 1) if out else torch.zeros(tokens.shape[0], 0, device=tokens.device)
 
     @torch.no_grad()
@@ -509,6 +521,7 @@ class ImputationModel(nn.Module):
         """
         obs = observed_sites(tokens)
         n_rates = len(self.cfg.hmm_switch_rates) if self.cfg.use_retrieval else 1
+        n_rates += int(self.cfg.use_prior)  # the prior is not known here: AF stands in for it
         x = self._embed(
             tokens, af, pos, obs, af[obs][None, :, None].expand(tokens.shape[0], -1, n_rates)
         )
@@ -565,6 +578,8 @@ class ModelPredictor:
         self.device = device
         self.batch_rows = batch_rows
         self.site_chunk = site_chunk
+        # a model trained on the engine's prior gets it at imputation too (WindowBatch.prior)
+        self.needs_prior = self.model.cfg.use_prior
         # Imputation retrieves as many neighbours as the model was trained with.
         self.k = int(checkpoint.get("train_config", {}).get("k", 0)) or None
         if not self.model.cfg.use_retrieval:
@@ -596,49 +611,15 @@ class ModelPredictor:
                     dist = torch.from_numpy(batch.distances[rows].astype(np.float32)).to(
                         self.device
                     )
-                p = self.model.predict_sites(t, af, pos, nb, dist, sites, self.site_chunk)
+                prior = None
+                if self.needs_prior:
+                    prior = torch.from_numpy(np.asarray(batch.prior[rows], np.float32)).to(
+                        self.device
+                    )
+                p = self.model.predict_sites(
+                    t, af, pos, nb, dist, sites, self.site_chunk, prior=prior
+                )
                 out[np.ix_(rows, hidden)] = p.cpu().numpy()
-        return out
-
-
-class CopyingModelPredictor:
-    """Baseline without a network: Li and Stephens' copying model over the retrieved haplotypes.
-
-    P(ALT) at a site is the posterior-weighted allele of the K candidates, the forward-backward run on
-    the observed sites of the window. Same retrieval, same HMM features as the model: the difference
-    between the two is what the network adds.
-    """
-
-    name = "copying"
-
-    def __init__(
-        self,
-        switch_rate: float | None = None,
-        error: float | None = None,
-        device: str = "cpu",
-        batch_rows: int = 64,
-    ):
-        # Defaults are the model's own first copying model, so the two compare like for like.
-        self.rate = ModelConfig().hmm_switch_rates[0] if switch_rate is None else switch_rate
-        self.error = ModelConfig().hmm_error if error is None else error
-        self.device = torch.device(device)
-        self.batch_rows = batch_rows
-
-    @torch.no_grad()
-    def predict(self, batch) -> np.ndarray:
-        tokens = batch.tokens
-        out = observed_probabilities(tokens)
-        pos = torch.from_numpy(np.array(batch.pos, dtype=np.int64)).to(self.device)
-        for rows_all, obs, hidden in rows_by_mask(tokens):
-            for a in range(0, len(rows_all), self.batch_rows):
-                rows = rows_all[a : a + self.batch_rows]
-                nb = torch.from_numpy(batch.reference[batch.neighbours[rows]]).to(
-                    self.device
-                )  # (B, K, L)
-                q = torch.from_numpy((tokens[rows][:, obs] == ALT).astype(np.uint8)).to(self.device)
-                mism = nb[:, :, obs] != q[:, None, :]
-                post = li_stephens_posterior(mism, pos[obs], pos[hidden], self.rate, self.error)
-                out[np.ix_(rows, hidden)] = (post * nb[:, :, hidden]).sum(1).cpu().numpy()
         return out
 
 

@@ -29,9 +29,16 @@ import pandas as pd
 import pyarrow as pa
 
 from . import __version__
-from .atomic import atomic_dir, read_json, write_json, write_parquet
+from .atomic import (
+    atomic_dir,
+    read_artifact_json,
+    read_parquet_df,
+    reading,
+    write_json,
+    write_parquet,
+)
 from .engine import ENGINE_VERSION, Chunk, EngineParams, StateIndex
-from .errors import ArtifactError, MaskMismatchError
+from .errors import ArtifactError, MaskMismatchError, rebuild_hint
 from .logs import log
 from .masks import load_mask
 from .windows import WindowedTable, load_windows, packed_haplotypes, sites_with_hash
@@ -141,12 +148,12 @@ def load_states(
     """The state index for queries typed under ``mask_hash``, built with ``params``' settings."""
     d = Path(states_dir)
     meta_path, steps_path = d / "meta.json", d / "steps.parquet"
-    rebuild = "rebuild it: `snakemake --cores all --forcerun states` (or delete the directory)"
+    rebuild = rebuild_hint("states")
     if not meta_path.exists() or not steps_path.exists():
-        raise ArtifactError(f"{d} is incomplete (meta.json or steps.parquet missing); {rebuild}")
-    meta = read_json(meta_path)
+        raise ArtifactError(f"{d} is incomplete (meta.json or steps.parquet missing). {rebuild}")
+    meta = read_artifact_json(meta_path, "states")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{d}: state index format {meta.get('format_version')}; {rebuild}")
+        raise ArtifactError(f"{d}: state index format {meta.get('format_version')}. {rebuild}")
     if meta["mask_hash"] != mask_hash:
         raise MaskMismatchError(
             f"state index {d} was built with mask {meta['mask_hash']}; the target is typed under "
@@ -157,14 +164,17 @@ def load_states(
         if meta[k] != getattr(params, k):
             raise ArtifactError(
                 f"{d} was built with engine.{k} = {meta[k]}, the config asks for "
-                f"{getattr(params, k)}; {rebuild}"
+                f"{getattr(params, k)}. {rebuild}"
             )
     if _sha256(steps_path) != meta["sha256"]["steps.parquet"]:
         raise ArtifactError(
             f"{steps_path} does not match its checksum in meta.json (corrupted); {rebuild}"
         )
-    steps = pd.read_parquet(steps_path)
-    indexes = [faiss.deserialize_index_binary(np.frombuffer(b, np.uint8)) for b in steps["faiss"]]
+    steps = read_parquet_df(steps_path, "states")
+    with reading(steps_path, "states"):
+        indexes = [
+            faiss.deserialize_index_binary(np.frombuffer(b, np.uint8)) for b in steps["faiss"]
+        ]
     bounds = np.r_[steps["first_typed"].to_numpy(), steps["end_typed"].to_numpy()[-1:]]
     span = steps[["span_first", "span_end"]].to_numpy()
     return StateIndex(bounds, span, np.asarray(meta["order"]), indexes), meta
@@ -175,13 +185,14 @@ def load_chunk(
 ) -> Chunk:
     """The imputation reference stored with a state index, with the typed sites of a target."""
     sites, slh = sites_with_hash(windows_dir)
-    meta = read_json(Path(states_dir) / "meta.json")
+    meta = read_artifact_json(Path(states_dir) / "meta.json", "states")
     if meta["site_list_hash"] != slh:
         raise ArtifactError(
             f"state index {states_dir} was built on site list {meta['site_list_hash']}, the windows "
-            f"are {slh}; rebuild it (`snakemake --cores all --forcerun states`)"
+            f"are {slh}. {rebuild_hint('states')}"
         )
-    packed = np.load(Path(states_dir) / "reference.npy")
+    with reading(Path(states_dir) / "reference.npy", "states"):
+        packed = np.load(Path(states_dir) / "reference.npy")
     n_ref = meta["n_haplotypes"]
     typed_site = np.asarray(typed_site, dtype=np.int64)
     return Chunk(

@@ -42,6 +42,8 @@ from .logs import log
 from .metrics import BIN_LABELS, Accumulator
 from .model import ImputationModel, ModelConfig, masked_loss
 from .plots import pyplot, save_png
+from .prior import PRIOR_COLUMN
+from .prior import SCALE as PRIOR_SCALE
 from .tokens import MASK, VOCAB, TokenTable
 from .windows import WindowedTable, load_windows, sites_with_hash
 
@@ -70,6 +72,9 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0 = every batch
     log_every: int = 50
     preset: str = "small"
+    prior: bool = (
+        True  # refine the engine's P(ALT) (the prior stage); False: the window copying model
+    )
     model: dict = field(default_factory=dict)  # overrides of the preset (d_model, n_layers, ...)
 
     def __post_init__(self) -> None:
@@ -80,8 +85,10 @@ class TrainConfig:
                 "train.batch_size must be even (both haplotypes of a sample go together)"
             )
 
-    def model_config(self) -> ModelConfig:
-        return ModelConfig.preset(self.preset, use_retrieval=self.mode != "none", **self.model)
+    def model_config(self, use_prior: bool = False) -> ModelConfig:
+        return ModelConfig.preset(
+            self.preset, use_retrieval=self.mode != "none", use_prior=use_prior, **self.model
+        )
 
 
 @dataclass
@@ -93,6 +100,8 @@ class ChromInputs:
     hashes: list[str]
     tokens: dict[tuple[str, str], str]
     retrieval: dict[tuple[str, str], str] = field(default_factory=dict)
+    # the engine's P(ALT) per (hash, split) (the prior stage); the model refines it when given
+    priors: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,6 +116,9 @@ class Window:
     tokens: dict[tuple[str, str], np.ndarray] = field(
         default_factory=dict
     )  # (hash, split) -> (n_hap, L)
+    priors: dict[tuple[str, str], np.ndarray] = field(
+        default_factory=dict
+    )  # (hash, split) -> (n_hap, L) uint16, P(ALT) x 65535
 
 
 @dataclass
@@ -170,6 +182,19 @@ def load_chromosome(
                 f"{t.path}: its samples are not those of {truth_tables[key[1]].path} (stale tokens); "
                 "re-run the tokenize stage (`snakemake --cores all --forcerun tokenize`)"
             )
+    prior_tables = {key: WindowedTable(p, PRIOR_COLUMN) for key, p in inp.priors.items()}
+    for key, t in prior_tables.items():
+        meta = t.metadata
+        if meta.get("mask_hash") != key[0] or meta.get("site_list_hash") != slh:
+            raise MaskMismatchError(
+                f"{t.path}: prior of mask {meta.get('mask_hash')} / sites {meta.get('site_list_hash')}"
+                f", expected {key[0]} / {slh}; re-run the prior stage"
+            )
+        if key[1] in truth_tables and t.samples != truth_tables[key[1]].samples:
+            raise ArtifactError(
+                f"{t.path}: its samples are not those of {truth_tables[key[1]].path} (stale prior); "
+                "re-run the prior stage (`snakemake --cores all --forcerun prior`)"
+            )
     maf = sites["maf"].to_numpy(np.float32)
     af = sites["af"].to_numpy(np.float32)
     pos = sites["pos"].to_numpy(np.int64)
@@ -177,6 +202,7 @@ def load_chromosome(
     digests = {("sites",): _digest(pos, af, maf, owner, wins[["first_site", "last_site"]])}
     hashers = {("truth", s): hashlib.sha256() for s in truth_tables}
     hashers.update({("tokens", *key): hashlib.sha256() for key in token_tables})
+    hashers.update({("prior", *key): hashlib.sha256() for key in prior_tables})
     out = []
     for row in wins.itertuples():
         a, b = row.first_site, row.last_site + 1
@@ -194,6 +220,9 @@ def load_chromosome(
         for key, t in token_tables.items():
             w.tokens[key] = t.read(row.window)
             _digest_update(hashers[("tokens", *key)], w.tokens[key])
+        for key, t in prior_tables.items():
+            w.priors[key] = t.read(row.window).view(np.uint16)
+            _digest_update(hashers[("prior", *key)], w.priors[key])
         out.append(w)
     retrieval = {key: read_retrieval(p, token_tables[key]) for key, p in inp.retrieval.items()}
     for key, table in retrieval.items():
@@ -367,6 +396,9 @@ def to_tensors(
     if nb is not None:
         t["neighbours"] = torch.from_numpy(reference[nb.ids[rows]]).to(device)  # (B, K, L)
         t["distances"] = torch.from_numpy(nb.distances[rows]).to(device)
+    if (h, split) in w.priors:
+        prior = w.priors[(h, split)][rows].astype(np.float32) / PRIOR_SCALE
+        t["prior"] = torch.from_numpy(prior).to(device)
     return t
 
 
@@ -561,7 +593,9 @@ def _run(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)  # noqa: NPY002
-    mcfg = cfg.model_config()
+    # the model refines the engine's prior when every chromosome's inputs carry one
+    with_prior = all(inp.priors for inp in inputs)
+    mcfg = cfg.model_config(use_prior=with_prior)
     model = ImputationModel(mcfg).to(device)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -685,7 +719,13 @@ def _run(
                 )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = ddp_model(
-                    t["tokens"], t["af"], t["pos"], t.get("neighbours"), t.get("distances"), sites_t
+                    t["tokens"],
+                    t["af"],
+                    t["pos"],
+                    t.get("neighbours"),
+                    t.get("distances"),
+                    sites_t,
+                    prior=t.get("prior"),
                 )
             loss = masked_loss(logits, truth, weight)
             opt.zero_grad(set_to_none=True)
@@ -827,6 +867,7 @@ def evaluate(
                 t.get("distances"),
                 torch.from_numpy(sites).to(device),
                 site_chunk,
+                prior=t.get("prior"),
             )
             truth = w.truth[split][rows][:, sites]
             loss = torch.nn.functional.binary_cross_entropy(
@@ -993,7 +1034,7 @@ def plot_curves(metrics: pd.DataFrame, path: Path) -> None:
 
 
 def iter_inputs(
-    results: str | os.PathLike, chroms: dict[str, list[str]], mode: str
+    results: str | os.PathLike, chroms: dict[str, list[str]], mode: str, priors: bool = True
 ) -> Iterator[ChromInputs]:
     """ChromInputs for the standard results layout (used by the CLI; Snakemake passes its own paths)."""
     r = Path(results)
@@ -1010,4 +1051,11 @@ def iter_inputs(
                 for h in hashes
                 for s in ("train", "val")
             }
-        yield ChromInputs(chrom, str(r / "windows" / chrom), list(hashes), tokens, retrieval)
+        prior = {}
+        if priors:
+            prior = {
+                (h, s): str(r / "prior" / chrom / h / f"{s}.parquet")
+                for h in hashes
+                for s in ("train", "val")
+            }
+        yield ChromInputs(chrom, str(r / "windows" / chrom), list(hashes), tokens, retrieval, prior)

@@ -179,7 +179,7 @@ def for_each_chromosome(paths_of):
 
 def train_inputs(wildcards):
     """Windows of every chromosome, and the train/val tokens (and retrieval tables) of every mask."""
-    out = {"sites": [], "truth": [], "tokens": [], "retrieval": []}
+    out = {"sites": [], "truth": [], "tokens": [], "retrieval": [], "prior": []}
     for chrom in chromosomes():
         out["sites"].append(res(f"windows/{chrom}/sites.parquet"))
         out["truth"] += [
@@ -190,6 +190,8 @@ def train_inputs(wildcards):
                 out["tokens"].append(res(f"tokens/{chrom}/{h}/{s}.parquet"))
                 if config["train"]["mode"] == "token":
                     out["retrieval"].append(res(f"retrieval/{chrom}/{h}/{s}.parquet"))
+                if config["train"]["prior"]:
+                    out["prior"].append(res(f"prior/{chrom}/{h}/{s}.parquet"))
     return out
 
 

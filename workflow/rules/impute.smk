@@ -3,7 +3,9 @@
 
 # Runs Beagle and Minimac4 so that a tool that cannot take the input is left out, not the run (an input
 # of their rules: a changed script runs them again).
-EXTERNAL_TOOL = os.path.join(workflow.basedir, "workflow", "scripts", "external_tool.sh")
+EXTERNAL_TOOL = os.path.join(
+    workflow.basedir, "workflow", "scripts", "external_tool.sh"
+)
 
 
 rule reference_vcf:

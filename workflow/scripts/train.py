@@ -10,7 +10,7 @@ run(
     snakemake,
     train,
     cfg=cfg,
-    inputs=list(iter_inputs(results, snakemake.params.masks, cfg.mode)),
+    inputs=list(iter_inputs(results, snakemake.params.masks, cfg.mode, cfg.prior)),
     out_dir=out_dir,
     # Outside the rule's outputs, which Snakemake deletes before a re-run: a killed job resumes from here.
     state_dir=results / "model_state",

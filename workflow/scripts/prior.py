@@ -1,0 +1,18 @@
+from pathlib import Path
+
+from ragimpute.impute import engine_params
+from ragimpute.prior import run_prior_stage
+from ragimpute.smk import run
+
+run(
+    snakemake,
+    run_prior_stage,
+    windows_dir=Path(snakemake.input.sites).parent,
+    mask_store=snakemake.params.store,
+    mask_hash=snakemake.wildcards.mask_hash,
+    split=snakemake.wildcards.split,
+    out=snakemake.output[0],
+    params=engine_params(snakemake.params.engine),
+    batch_haplotypes=snakemake.params.batch_haplotypes,
+    threads=snakemake.threads,
+)
