@@ -114,18 +114,22 @@ def test_forward_backward_equals_path_enumeration():
     )
 
 
-@pytest.mark.parametrize("states", [100, 12])  # the whole panel, then composite states
-def test_engine_equals_brute_force(states):
+# the whole panel (no more haplotypes than candidates), composite states that all fit, and composite
+# states that replace each other along the chunk
+@pytest.mark.parametrize("states,candidates", [(100, 40), (100, 4), (12, 4)])
+def test_engine_equals_brute_force(states, candidates):
     ref, tgt, pos, cm, typed = random_panel(1)
     chunk = Chunk.from_alleles(ref, typed, cm, pos)
-    params = EngineParams(states=states, candidates=4, step_cm=0.1, span_steps=3, min_posterior=0.0)
+    params = EngineParams(
+        states=states, candidates=candidates, step_cm=0.1, span_steps=3, min_posterior=0.0
+    )
     engine = Engine(chunk, params)
     q = tgt[typed].T.astype(np.int8)
     q[0, 5] = -1  # a missing call
     err, ne = 0.01, 1e4
     out, stats = Engine(chunk, EngineParams(**{**params.to_dict(), "ne": ne})).impute(q, error=err)
     tables = engine.states(q)
-    assert engine.identity == (states >= chunk.n_ref)
+    assert engine.identity == (candidates >= chunk.n_ref)
     for i in range(len(q)):
         want = expected_output(chunk, tables[i], engine.step_of, q[i], ne, err)
         np.testing.assert_allclose(out[i], want, atol=2e-5)
@@ -183,8 +187,8 @@ def test_exclusion_keeps_a_sample_out_of_its_own_states():
     chunk = Chunk.from_alleles(ref, typed, cm, pos)
     q = ref[typed].T[:4].astype(np.int8)  # reference haplotypes as queries
     exclude = np.array([[0, 1], [0, 1], [2, 3], [2, 3]])
-    for states in (16, 100):
-        engine = Engine(chunk, EngineParams(states=states, candidates=5, error=0.01))
+    for states, candidates in ((16, 5), (100, 60)):  # composite, then the whole panel
+        engine = Engine(chunk, EngineParams(states=states, candidates=candidates, error=0.01))
         for i, table in enumerate(engine.states(q, exclude)):
             assert not np.isin(table, exclude[i]).any()
         left_out, _ = engine.impute(q, exclude)
@@ -194,12 +198,12 @@ def test_exclusion_keeps_a_sample_out_of_its_own_states():
         assert np.abs(kept_in - truth).mean() < np.abs(left_out - truth).mean()
 
 
-@pytest.mark.parametrize("states", [100, 12])
-def test_output_does_not_depend_on_batch_block_or_threads(states):
+@pytest.mark.parametrize("states,candidates", [(100, 40), (12, 4)])
+def test_output_does_not_depend_on_batch_block_or_threads(states, candidates):
     ref, tgt, pos, cm, typed = random_panel(6, n_typed=80)
     chunk = Chunk.from_alleles(ref, typed, cm, pos)
     q = tgt[typed].T.astype(np.int8)
-    base = dict(states=states, candidates=4, error=0.01)
+    base = dict(states=states, candidates=candidates, error=0.01)
     want, _ = Engine(chunk, EngineParams(**base, block_sites=256)).impute(q, threads=1)
     for block in (1, 7, 80):
         got, _ = Engine(chunk, EngineParams(**base, block_sites=block)).impute(q, threads=2)

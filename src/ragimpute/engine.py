@@ -11,7 +11,8 @@ What it does for each target haplotype, and why:
    a candidate already in a slot refreshes it; a new one takes the least recently refreshed slot, from
    halfway between that slot's last refresh and now. A slot is thus a mosaic of reference haplotypes
    that matched the target where they are used, and the copying model needs far fewer states than the
-   panel has haplotypes (a panel no larger than ``states`` is used whole, without selection).
+   panel has haplotypes. Reference haplotypes that match the target nowhere are left out even when the
+   panel has fewer than ``states`` (only a panel no larger than ``candidates`` is used whole).
 3. **The copying model on typed sites only**, across the whole chunk (no window seams): switch
    probability ``1 - exp(-0.04 ne d / n_ref)`` between typed sites ``d`` cM apart, ``n_ref`` the
    reference haplotypes (Beagle's; a switch lands on any of the states uniformly), a
@@ -628,7 +629,10 @@ class Engine:
         self.chunk = chunk
         self.params = params
         cm_t = chunk.cm[chunk.typed_site]
-        self.identity = chunk.n_ref <= params.states
+        # Composite states even when the panel would fit: leaving out the haplotypes that never match
+        # the target anywhere helps the rare variants (measured on the demos); only a panel no larger
+        # than one step's candidates is used whole.
+        self.identity = chunk.n_ref <= params.candidates
         if index is None:
             index = StateIndex.build(
                 chunk.ref_typed, cm_t, params.step_cm, params.span_steps, params.seed
