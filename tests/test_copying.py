@@ -1,0 +1,74 @@
+"""The copying-model engine in the pipeline (method ``copying``): the state index artifact, its mask
+check, and a chromosome imputed in one pass whatever the windows, with no seam at window edges."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from impute_data import CHROM, imputed_records, shared_env
+
+from ragimpute.engine import EngineParams
+from ragimpute.errors import ArtifactError, MaskMismatchError
+from ragimpute.impute import impute_target
+from ragimpute.states import build_states, load_states
+from ragimpute.windows import run_window_stage
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return shared_env(tmp_path_factory)
+
+
+def copying(env, results, out, **kw):
+    return impute_target(
+        results, CHROM, env.split, env.target, "copying", out, panel_vcf=env.panel,
+        reference_splits=("train",), **kw,
+    )  # fmt: skip
+
+
+def test_window_length_does_not_change_the_copying_model(env, tmp_path):
+    """The engine runs over the whole chromosome: windows of another length (their edges elsewhere)
+    give the same dosages at every site, so window edges leave no seam."""
+    other = tmp_path / "results"
+    shutil.copytree(env.results / "split", other / "split")
+    run_window_stage(env.panel, env.split, CHROM, 48, 12, other / "windows" / CHROM)
+    copying(env, env.results, tmp_path / "a.vcf.gz")
+    copying(env, other, tmp_path / "b.vcf.gz")
+    a, b = imputed_records(tmp_path / "a.vcf.gz"), imputed_records(tmp_path / "b.vcf.gz")
+    assert np.array_equal(a["pos"], b["pos"])
+    np.testing.assert_array_equal(a["ds"], b["ds"])
+    np.testing.assert_array_equal(a["gp"], b["gp"])
+
+
+def test_report_and_header_name_the_engine_and_its_reference(env, tmp_path):
+    report = copying(env, env.results, tmp_path / "c.vcf.gz")
+    eng = report["engine"]
+    assert eng["reference_splits"] == ["train"]
+    assert eng["reference_samples"] == env.split_samples["train"]
+    assert eng["reference_haplotypes"] == 2 * len(env.split_samples["train"])
+    assert 1e-4 <= eng["error"] <= 0.05 and eng["error_estimated"]
+    header = str(imputed_records(tmp_path / "c.vcf.gz")["header"])
+    assert "method=copying" in header and f"error={eng['error']}" in header
+
+
+def test_state_index_refuses_another_mask_and_other_settings(env, tmp_path):
+    out = tmp_path / "states"
+    params = EngineParams()
+    build_states(env.windows, env.store, env.train_hash, ["train"], out, params)
+    index, meta = load_states(out, env.train_hash, params)
+    assert meta["samples"] == env.split_samples["train"] and index.n_steps == meta["n_steps"]
+    with pytest.raises(MaskMismatchError, match="built with mask"):
+        load_states(out, "0" * 16, params)
+    with pytest.raises(ArtifactError, match="engine.step_cm"):
+        load_states(out, env.train_hash, EngineParams(step_cm=0.2))
+    meta_path = out / "meta.json"
+    steps = out / "steps.parquet"
+    data = bytearray(steps.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    steps.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_states(out, env.train_hash, params)
+    assert json.loads(meta_path.read_text())["mask_hash"] == env.train_hash
