@@ -246,3 +246,24 @@ def test_state_index_ids_are_panel_haplotypes():
     for i, h in enumerate((7, 11)):
         for s, (a, b) in enumerate(idx.span):  # a panel haplotype at distance 0 from the query
             assert (ref_typed[a:b, cand[i, s, 0]] == ref_typed[a:b, h]).all()
+
+
+@pytest.mark.parametrize("states,candidates,min_post", [(100, 40, 0.0), (12, 4, 1e-3)])
+def test_torch_engine_equals_the_numba_kernel(states, candidates, min_post):
+    """The GPU code path (torch) run on the CPU gives what the CPU kernel gives, missing calls and
+    excluded haplotypes included."""
+    from ragimpute.engine_torch import impute_torch
+
+    ref, tgt, pos, cm, typed = random_panel(9, n_typed=70)
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    params = EngineParams(
+        states=states, candidates=candidates, min_posterior=min_post, block_sites=16, error=0.01
+    )
+    engine = Engine(chunk, params)
+    q = np.concatenate([tgt[typed].T, ref[typed].T[:2]]).astype(np.int8)
+    q[1, [3, 40]] = -1
+    exclude = np.array([[-1, -1]] * (len(q) - 2) + [[0, 1], [0, 1]])
+    want, want_stats = engine.impute(q, exclude, error=0.01)
+    got, got_stats = impute_torch(engine, q, 0.01, "cpu", exclude)
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    np.testing.assert_allclose(got_stats, want_stats, rtol=1e-4, atol=1e-6)

@@ -681,12 +681,15 @@ class Engine:
         exclude: np.ndarray | None = None,
         error: float | None = None,
         threads: int | None = None,
+        device: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """P(ALT) (Q, N) at every site for query haplotypes (Q, M) typed at the chunk's typed sites
         (-1 = missing); also (Q, 2): expected mismatches and observed typed sites per haplotype.
 
         ``exclude`` (Q, E): reference haplotypes each query must not copy (its own sample, when the
         query is in the reference). ``error`` overrides ``params.error`` (which must then be set).
+        ``device``: None or ``cpu`` runs the numba kernel on ``threads`` threads; ``cuda`` (or
+        ``cuda:N``) runs the same model in torch on that GPU (``ragimpute.engine_torch``).
         """
         query = np.ascontiguousarray(query, dtype=np.int8)
         if query.ndim != 2 or query.shape[1] != len(self.chunk.typed_site):
@@ -706,6 +709,10 @@ class Engine:
             raise ValueError("exclude needs one row per query")
         if self.identity and self.chunk.n_ref - ex.shape[1] < 1:
             raise ValueError("no reference haplotype left once the excluded ones are removed")
+        if device and str(device).startswith("cuda"):
+            from .engine_torch import impute_torch
+
+            return impute_torch(self, query, float(err), device, None if exclude is None else ex)
         cand = self.candidates(query, None if exclude is None else ex)
         out = np.empty((len(query), self.chunk.n_sites), dtype=np.float32)
         stats = np.zeros((len(query), 2), dtype=np.float64)
@@ -743,6 +750,7 @@ class Engine:
         rounds: int = 2,
         seed: int = 1,
         threads: int | None = None,
+        device: str | None = None,
     ) -> float:
         """The allele mismatch rate that the copying model expects on (a sample of) the queries, by a
         few rounds of expectation-maximisation from 1e-3 (as Beagle estimates its ``err``), clipped to
@@ -756,7 +764,7 @@ class Engine:
         ex = None if exclude is None else np.asarray(exclude)[rows]
         err = 1e-3
         for _ in range(rounds):
-            _, stats = self.impute(q, ex, error=err, threads=threads)
+            _, stats = self.impute(q, ex, error=err, threads=threads, device=device)
             seen = stats[:, 1].sum()
             if seen == 0:
                 return err

@@ -79,14 +79,16 @@ def run_engine(
     batch_haplotypes: int = 1024,
     threads: int = 1,
     exclude: np.ndarray | None = None,
+    device: str | None = None,
 ) -> PriorRun:
-    """The engine over ``query`` (haplotypes, typed sites) in batches; the error rate is estimated on
-    the queries first unless the engine's parameters set it."""
+    """The engine over ``query`` (haplotypes, typed sites) in batches, on the CPU (numba threads) or a
+    GPU (``device`` cuda); the error rate is estimated on the queries first unless the engine's
+    parameters set it."""
     t0 = time.perf_counter()
     error = engine.params.error
     estimated = error is None
     if estimated:
-        error = engine.estimate_error(query, exclude, threads=threads)
+        error = engine.estimate_error(query, exclude, threads=threads, device=device)
         log.info("copying model: allele mismatch rate estimated at %.2e", error)
     store = PriorStore(engine.chunk.n_sites, len(query), where)
     progress = Progress(len(query), "copying model", "haplotypes")
@@ -95,7 +97,7 @@ def run_engine(
         for a in range(0, len(query), batch_haplotypes):
             b = min(a + batch_haplotypes, len(query))
             ex = None if exclude is None else exclude[a:b]
-            p, stats = engine.impute(query[a:b], ex, error=error, threads=threads)
+            p, stats = engine.impute(query[a:b], ex, error=error, threads=threads, device=device)
             store.write(a, p)
             mism += stats[:, 0].sum()
             seen += stats[:, 1].sum()
