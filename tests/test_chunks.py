@@ -67,3 +67,18 @@ def test_bad_chunk_settings_and_names():
     assert (
         chrom_of("20.c003") == "20" and chrom_of("chr20") == "chr20" and chrom_of("1.cx") == "1.cx"
     )
+
+
+def test_a_region_reads_exactly_the_chunks_records(tmp_path):
+    """Windowing a chunk reads only its region, the same records as the whole chromosome there."""
+    from ragimpute.demo import DemoSpec, make_demo
+    from ragimpute.vcf_io import read_panel
+
+    panel = tmp_path / "panel.vcf.gz"
+    make_demo(DemoSpec(seed=2, n_samples=10, sequence_length=200_000), panel, tmp_path / "a.tsv")
+    whole = read_panel(panel, "20")
+    part = read_panel(panel, "20", region=(50_000, 120_000))
+    inside = ((whole.sites["pos"] >= 50_000) & (whole.sites["pos"] <= 120_000)).to_numpy()
+    assert part.n_sites == inside.sum() > 0
+    assert np.array_equal(part.haplotypes, whole.haplotypes[inside])
+    assert part.sites["pos"].tolist() == whole.sites["pos"][inside].tolist()

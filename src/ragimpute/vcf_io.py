@@ -243,8 +243,10 @@ def read_panel(
     chrom: str,
     samples: list[str] | None = None,
     pass_only: bool = True,
+    region: tuple[int, int] | None = None,
 ) -> Panel:
-    """Read the biallelic SNVs of ``chrom`` with phased genotypes of ``samples`` (all by default).
+    """Read the biallelic SNVs of ``chrom`` (or of its ``region``, first and last bp inclusive: a
+    chunk) with phased genotypes of ``samples`` (all by default).
 
     Multi-allelic, non-SNV, ALT-less and (with ``pass_only``) filtered records are skipped and counted.
     Unphased or missing genotypes, unsorted or duplicate positions are errors naming the record.
@@ -269,12 +271,12 @@ def read_panel(
     result = None
     if _is_indexed(path) and not _is_bcf(path):
         try:
-            rows = _tabix_rows(path, contig, len(all_samples))
+            rows = _tabix_rows(path, contig, len(all_samples), region)
             result = _parse_rows(rows, path, pass_only, all_samples, columns)
         except _NotGTOnly:
             result = None
     if result is None:
-        rows = _query_rows(path, contig, len(all_samples))
+        rows = _query_rows(path, contig, len(all_samples), region)
         result = _parse_rows(rows, path, pass_only, all_samples, columns)
     kept, haplotypes, skipped = result
     if not kept:
@@ -299,13 +301,16 @@ def _is_bcf(path: str) -> bool:
         return f.read(3) == b"BCF"
 
 
-def _tabix_rows(path: str, contig: str, n_samples: int) -> Iterator[list[str]]:
+def _tabix_rows(
+    path: str, contig: str, n_samples: int, region: tuple[int, int] | None = None
+) -> Iterator[list[str]]:
     """``[chrom, pos, id, ref, alt, filter, genotypes]`` per record, from the VCF text lines."""
     # index= explicitly: TabixFile looks only for .tbi by itself, and CSI indexes are common
     with pysam.TabixFile(path, parser=None, index=_index_file(path)) as tbx:
         if contig not in tbx.contigs:
             return
-        for line in tbx.fetch(contig):
+        lines = tbx.fetch(contig) if region is None else tbx.fetch(contig, region[0] - 1, region[1])
+        for line in lines:
             f = line.split("\t", 9)
             if len(f) < 10:
                 raise _short_record(
@@ -316,10 +321,13 @@ def _tabix_rows(path: str, contig: str, n_samples: int) -> Iterator[list[str]]:
             yield [f[0], f[1], f[2], f[3], f[4], f[6], f[9]]
 
 
-def _query_rows(path: str, contig: str, n_samples: int) -> Iterator[list[str]]:
+def _query_rows(
+    path: str, contig: str, n_samples: int, region: tuple[int, int] | None = None
+) -> Iterator[list[str]]:
     """The same through ``bcftools query`` (BCF, unindexed files, FORMAT fields besides GT)."""
     fmt = "%CHROM\t%POS\t%ID\t%REF\t%ALT\t%FILTER[\t%GT]\n"
-    region = ["-r", contig] if _is_indexed(path) else ["-t", contig]
+    where = contig if region is None else f"{contig}:{region[0]}-{region[1]}"
+    region = ["-r", where] if _is_indexed(path) else ["-t", where]
     try:
         text = _bcftools_query(path, "-f", fmt, *region)
     except InputError:

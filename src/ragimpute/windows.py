@@ -321,7 +321,9 @@ def run_window_stage(
     out_dir: str | os.PathLike,
     pass_only: bool = True,
     genetic_map: str | os.PathLike | None = None,
+    region: tuple[int, int] | None = None,
 ) -> dict:
+    """The window stage of a chromosome, or of one chunk of it (``region``: first, last bp)."""
     from .split import load_split
     from .vcf_io import read_panel, vcf_samples
 
@@ -330,7 +332,7 @@ def run_window_stage(
     # read_panel then has no columns to shuffle.
     order = {s: i for i, s in enumerate(vcf_samples(panel_vcf))}
     samples = sorted((s for name in SPLITS for s in split[name]), key=lambda s: order.get(s, -1))
-    panel = read_panel(panel_vcf, chrom, samples=samples, pass_only=pass_only)
+    panel = read_panel(panel_vcf, chrom, samples=samples, pass_only=pass_only, region=region)
     gmap = read_genetic_map(genetic_map, chrom) if genetic_map else None
     return build_windows(panel, split, length, overlap, out_dir, gmap)
 
