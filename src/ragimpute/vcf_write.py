@@ -172,3 +172,25 @@ def write_phased_vcf(
                 for i in range(a, b)
             ]
             write(join_records(fixed, gt_strings(alleles[a:b])))
+
+
+def info_strings(
+    p_sum: np.ndarray, p_sq: np.ndarray, n_hap: int, typed: np.ndarray, scale: int = 65535
+) -> list[str]:
+    """INFO of imputed records from exact integer sums over the target haplotypes of P(ALT) x scale
+    (``p_sum``) and its square (``p_sq``): AF = mean P(ALT); R2 = variance of the haplotype dosages /
+    (AF (1 - AF)), Minimac's Rsq (0 where AF is 0 or 1); flag IMP or TYPED. Integers make the result
+    independent of how the targets were batched."""
+    s = np.asarray(p_sum, dtype=np.float64)
+    sq = np.asarray(p_sq, dtype=np.float64)
+    n = max(int(n_hap), 1)
+    af = s / (n * scale)
+    var = sq / (n * float(scale) ** 2) - af * af
+    denom = af * (1 - af)
+    r2 = np.zeros(len(af))
+    ok = denom > 1e-12
+    r2[ok] = np.clip(var[ok] / denom[ok], 0.0, 1.0)
+    return [
+        f"AF={a:.4g};R2={r:.3f};{'TYPED' if t else 'IMP'}"
+        for a, r, t in zip(af, r2, typed, strict=True)
+    ]

@@ -1,0 +1,118 @@
+"""Putting a chromosome's imputed VCF back together: target batches side by side, chunks end to end.
+
+- **Batches** (``merge_batches``): the VCFs of batches of target samples, imputed on the same sites,
+  become one VCF with every sample; INFO ``AF`` and ``R2`` are recomputed over all targets from each
+  batch's exact sums (``<vcf>.stats.npz``: per site the sum and sum of squares of the haplotype ALT
+  probabilities in units of 1/65535, and the number of haplotypes), so that the merged file equals one
+  imputed in a single batch, INFO included.
+- **Chunks** (``ligate``): the VCFs of overlapping chunks become one VCF in which every site comes from
+  the one chunk whose core holds it (``ragimpute.chunks``); the chunks overlap so that no site is
+  imputed near the edge of the chunk it is taken from.
+
+Both stream the inputs line by line and write with ``bgzip_vcf_writer`` (bgzipped, indexed, atomic).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import ArtifactError
+from .vcf_write import bgzip_vcf_writer, info_strings
+
+STATS_SCALE = 65535
+
+
+def write_stats(
+    path: str | os.PathLike, pos: np.ndarray, p_sum: np.ndarray, p_sq: np.ndarray, n_hap: int
+) -> None:
+    """The exact per-site sums a batch contributes to INFO AF/R2 (integers in units of 1/65535)."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, pos=np.asarray(pos, np.int64), sum=np.asarray(p_sum, np.int64),
+                     sumsq=np.asarray(p_sq, np.int64), n_hap=np.int64(n_hap))  # fmt: skip
+
+
+def _lines(path: str | os.PathLike) -> Iterator[str]:
+    with gzip.open(path, "rt") as f:
+        yield from f
+
+
+def _split_header(path: str | os.PathLike) -> tuple[list[str], list[str], Iterator[str]]:
+    """(meta lines, #CHROM columns, record lines) of a VCF."""
+    lines = _lines(path)
+    meta: list[str] = []
+    for line in lines:
+        if line.startswith("##"):
+            meta.append(line)
+        elif line.startswith("#CHROM"):
+            return meta, line.rstrip("\n").split("\t"), lines
+        else:
+            break
+    raise ArtifactError(f"{path}: no #CHROM header line; it is not an imputed VCF of ours")
+
+
+def merge_batches(
+    parts: list[tuple[str | os.PathLike, str | os.PathLike]], out_vcf: str | os.PathLike
+) -> dict:
+    """Merge the sample columns of batch VCFs (with their stats files), recomputing INFO AF and R2."""
+    stats = [np.load(s) for _, s in parts]
+    heads = [_split_header(v) for v, _ in parts]
+    samples = [s for _, cols, _ in heads for s in cols[9:]]
+    if len(set(samples)) != len(samples):
+        raise ArtifactError("the batches share samples; they cannot be merged side by side")
+    pos = stats[0]["pos"]
+    for (v, _), st in zip(parts, stats, strict=True):
+        if not np.array_equal(st["pos"], pos):
+            raise ArtifactError(f"{v}: its sites differ from the first batch's; impute it again")
+    total = sum(st["sum"] for st in stats)
+    total_sq = sum(st["sumsq"] for st in stats)
+    n_hap = int(sum(int(st["n_hap"]) for st in stats))
+    meta = heads[0][0] + [f"##ragimpute_merged=<batches={len(parts)},samples={len(samples)}>\n"]
+    columns = heads[0][1][:9] + samples
+    readers = [h[2] for h in heads]
+    with bgzip_vcf_writer(out_vcf) as write:
+        write("".join(meta) + "\t".join(columns) + "\n")
+        for i, first in enumerate(readers[0]):
+            f = first.rstrip("\n").split("\t")
+            rest = [next(r).rstrip("\n").split("\t", 9) for r in readers[1:]]
+            if int(f[1]) != pos[i] or any(int(r[1]) != pos[i] for r in rest):
+                raise ArtifactError(f"record {i + 1} is not at position {pos[i]} in every batch")
+            flag = f[7].rsplit(";", 1)[-1]
+            f[7] = info_strings(total[i : i + 1], total_sq[i : i + 1], n_hap, [flag == "TYPED"])[0]
+            write("\t".join(f) + "".join("\t" + r[9] for r in rest) + "\n")
+    return {"batches": len(parts), "samples": len(samples), "sites": len(pos)}
+
+
+def ligate(parts: list[tuple[str | os.PathLike, int, int]], out_vcf: str | os.PathLike) -> dict:
+    """One VCF from chunk VCFs: each record from the part whose core (first, last bp) holds it."""
+    heads = [_split_header(v) for v, _, _ in parts]
+    columns = heads[0][1]
+    for (v, _, _), (_, cols, _) in zip(parts, heads, strict=True):
+        if cols != columns:
+            raise ArtifactError(f"{v}: other samples than {parts[0][0]}; impute it again")
+    meta = [m for m in heads[0][0] if not m.startswith("##ragimpute_impute")]
+    meta.append(f"##ragimpute_ligated=<chunks={len(parts)}>\n")
+    meta += [m for _, (m_all, _, _) in zip(parts, heads, strict=True) for m in m_all
+             if m.startswith("##ragimpute_impute")][:1]  # fmt: skip
+    kept = []
+    last = 0
+    with bgzip_vcf_writer(out_vcf) as write:
+        write("".join(meta) + "\t".join(columns) + "\n")
+        for (v, lo, hi), (_, _, records) in zip(parts, heads, strict=True):
+            n = 0
+            for line in records:
+                pos = int(line.split("\t", 2)[1])
+                if lo <= pos <= hi:
+                    if pos <= last:
+                        raise ArtifactError(f"{v}: record at {pos} out of order after {last}")
+                    write(line)
+                    last = pos
+                    n += 1
+            kept.append(n)
+    return {"chunks": len(parts), "records": kept, "output": str(Path(out_vcf))}
