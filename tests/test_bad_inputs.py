@@ -827,7 +827,7 @@ def earlier(impute_env, tmp_path_factory):
     out = tmp_path_factory.mktemp("earlier") / "imputed.vcf.gz"
     args = ["impute", "--results", str(impute_env.results), "--chrom", "20", "--split",
             str(impute_env.split), "--target", str(impute_env.target), "--method", "af",
-            "--out", str(out)]  # fmt: skip
+            "--reference", "train", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     return out
 
@@ -845,7 +845,8 @@ def test_bad_target_is_refused_clearly_and_loses_nothing(
     outputs, store = snapshot(earlier.parent), snapshot(env.results / "masks")
     capsys.readouterr()
     args = ["impute", "--results", str(env.results), "--chrom", "20", "--split", str(env.split),
-            "--target", str(bad), "--method", "af", "--out", str(earlier)]  # fmt: skip
+            "--target", str(bad), "--method", "af", "--reference", "train",
+            "--out", str(earlier)]  # fmt: skip
     assert main(args) == 1
     err = capsys.readouterr().err
     errors = [ln for ln in err.splitlines() if " ERROR " in ln]
@@ -877,7 +878,7 @@ def test_skipped_records_are_counted_like_the_fields_tools_do(impute_env, tmp_pa
     records[10][9] = ".|" + records[10][9].split("|")[1]
     target = write_vcf(tmp_path / "t.vcf", header, records)
     report = impute_target(env.results, "20", env.split, target, "af", tmp_path / "o.vcf.gz",
-                           max_missing=0.2)  # fmt: skip
+                           max_missing=0.2, reference_splits=("train",))  # fmt: skip
     a = report["alignment"]
     assert a["skipped"] == {"multiallelic": 1, "non_snv": 1, "no_alt": 0}
     assert a["chrom_renamed"] and a["target_chrom"] == "chr20"
@@ -904,7 +905,8 @@ def test_windows_without_a_typed_site_are_imputed_and_reported(impute_env, tmp_p
     caplog.set_level("WARNING", logger="ragimpute")
     target = write_vcf(tmp_path / "t.vcf", header, records)
     report = impute_target(results, "20", results / "split/samples.tsv", target, "retrieval",
-                           tmp_path / "o.vcf.gz", options={"k": 8})  # fmt: skip
+                           tmp_path / "o.vcf.gz", options={"k": 8},
+                           reference_splits=("train",))  # fmt: skip
     assert report["sites"] == len(env.sites) and report["typed_sites"] == len(records)
     assert "windows have no observed site" in caplog.text
 
