@@ -497,9 +497,17 @@ def test_workflow_missing_calls_at_typed_sites_do_not_sink_minimac4(finished, tm
 
     workdir = Path(shutil.copytree(finished, tmp_path / "wd"))
     res = workdir / TINY_RESULTS
+
+    def own_samples(line: str) -> str:
+        # your own targets are imputed from the whole panel: they must not carry panel names
+        f = line.split("\t")
+        return "\t".join(f[:9] + [f"OWN_{s}" for s in f[9:]])
+
     lines = gzip.decompress((res / "targets/20/target.vcf.gz").read_bytes()).decode().splitlines()
     n = 0
     for i, line in enumerate(lines):
+        if line.startswith("#CHROM"):
+            lines[i] = own_samples(line)
         if line.startswith("#"):
             continue
         n += 1
@@ -510,8 +518,10 @@ def test_workflow_missing_calls_at_typed_sites_do_not_sink_minimac4(finished, tm
             f[10] = ".|1"
         lines[i] = "\t".join(f)
     (workdir / "target.vcf").write_text("\n".join(lines) + "\n")
-    shutil.copy(res / "targets/20/truth.vcf.gz", workdir / "truth.vcf.gz")
-    override = {"impute": {"target_vcf": "target.vcf", "truth_vcf": "truth.vcf.gz",
+    truth = gzip.decompress((res / "targets/20/truth.vcf.gz").read_bytes()).decode().splitlines()
+    truth = [own_samples(ln) if ln.startswith("#CHROM") else ln for ln in truth]
+    (workdir / "truth.vcf").write_text("\n".join(truth) + "\n")
+    override = {"impute": {"target_vcf": "target.vcf", "truth_vcf": "truth.vcf",
                            "max_missing": 0.5}}  # fmt: skip
     r, _ = rerun(workdir, override)
     assert r.returncode == 0, output(r)[-4000:]
@@ -827,7 +837,7 @@ def earlier(impute_env, tmp_path_factory):
     out = tmp_path_factory.mktemp("earlier") / "imputed.vcf.gz"
     args = ["impute", "--results", str(impute_env.results), "--chrom", "20", "--split",
             str(impute_env.split), "--target", str(impute_env.target), "--method", "af",
-            "--out", str(out)]  # fmt: skip
+            "--reference", "train", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     return out
 
@@ -845,7 +855,8 @@ def test_bad_target_is_refused_clearly_and_loses_nothing(
     outputs, store = snapshot(earlier.parent), snapshot(env.results / "masks")
     capsys.readouterr()
     args = ["impute", "--results", str(env.results), "--chrom", "20", "--split", str(env.split),
-            "--target", str(bad), "--method", "af", "--out", str(earlier)]  # fmt: skip
+            "--target", str(bad), "--method", "af", "--reference", "train",
+            "--out", str(earlier)]  # fmt: skip
     assert main(args) == 1
     err = capsys.readouterr().err
     errors = [ln for ln in err.splitlines() if " ERROR " in ln]
@@ -877,7 +888,7 @@ def test_skipped_records_are_counted_like_the_fields_tools_do(impute_env, tmp_pa
     records[10][9] = ".|" + records[10][9].split("|")[1]
     target = write_vcf(tmp_path / "t.vcf", header, records)
     report = impute_target(env.results, "20", env.split, target, "af", tmp_path / "o.vcf.gz",
-                           max_missing=0.2)  # fmt: skip
+                           max_missing=0.2, reference_splits=("train",))  # fmt: skip
     a = report["alignment"]
     assert a["skipped"] == {"multiallelic": 1, "non_snv": 1, "no_alt": 0}
     assert a["chrom_renamed"] and a["target_chrom"] == "chr20"
@@ -904,7 +915,8 @@ def test_windows_without_a_typed_site_are_imputed_and_reported(impute_env, tmp_p
     caplog.set_level("WARNING", logger="ragimpute")
     target = write_vcf(tmp_path / "t.vcf", header, records)
     report = impute_target(results, "20", results / "split/samples.tsv", target, "retrieval",
-                           tmp_path / "o.vcf.gz", options={"k": 8})  # fmt: skip
+                           tmp_path / "o.vcf.gz", options={"k": 8},
+                           reference_splits=("train",))  # fmt: skip
     assert report["sites"] == len(env.sites) and report["typed_sites"] == len(records)
     assert "windows have no observed site" in caplog.text
 

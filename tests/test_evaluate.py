@@ -112,7 +112,13 @@ def imputed(env, tmp_path_factory):
     for m in ("af", "retrieval"):
         out[m] = d / f"{m}.vcf.gz"
         impute_target(
-            env.results, CHROM, env.split, env.target, m, out[m], options={"k": 16},
+            env.results,
+            CHROM,
+            env.split,
+            env.target,
+            m,
+            out[m],
+            options={"k": 16},
             reference_splits=("train",),
         )
     return out

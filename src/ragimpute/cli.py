@@ -20,10 +20,10 @@ import argparse
 import sys
 
 from . import __version__
-from .errors import ArtifactError, InputError, MaskMismatchError
+from .errors import ArtifactError, InputError, MaskMismatchError, ToolError
 from .logs import log, setup_logging
 
-USER_ERRORS = (InputError, ArtifactError, MaskMismatchError)
+USER_ERRORS = (InputError, ArtifactError, MaskMismatchError, ToolError)
 
 
 def _demo(a: argparse.Namespace) -> None:

@@ -21,6 +21,11 @@ class InputError(ValueError):
         super().__init__(msg)
 
 
+class ToolError(RuntimeError):
+    """An external tool the workflow runs itself (the phaser) failed or returned something unusable;
+    the message names the tool, what went wrong and what to do."""
+
+
 class MaskMismatchError(RuntimeError):
     """An index was asked to answer queries tokenized with another mask."""
 

@@ -167,3 +167,18 @@ def write_plink_map(path: str | os.PathLike, chrom: str, bp: np.ndarray, cm: np.
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         for b, g in zip(np.asarray(bp), np.asarray(cm), strict=True):
             f.write(f"{chrom}\t.\t{g:.8f}\t{int(b)}\n")
+
+
+def write_site_map(windows_dir: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """The cM of every reference site (the windows' ``cm`` column: the map interpolated and
+    extrapolated as above) as a PLINK ``.map`` with the reference's chromosome name: what Beagle's
+    ``map=``, Minimac4's ``--map`` and the phaser read, so that every method gets the same cM at
+    every site (no tool interpolates or extrapolates on its own; Minimac4 would extrapolate before
+    the first map point otherwise than Beagle)."""
+    from .windows import load_sites
+
+    sites = load_sites(windows_dir)
+    chrom = str(sites["chrom"].iloc[0])
+    write_plink_map(out, chrom, sites["pos"].to_numpy(), sites["cm"].to_numpy())
+    cm = sites["cm"].to_numpy()
+    return {"chrom": chrom, "sites": len(sites), "cm_first": float(cm[0]), "cm_last": float(cm[-1])}

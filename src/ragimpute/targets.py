@@ -8,8 +8,11 @@ Alignment is by chromosome, position, REF and ALT, as Beagle and Minimac4 match 
 - records at positions the reference does not have, or with other alleles (strand flips such as A/G
   against T/C included), are not used and are counted and listed (``unmatched.tsv``);
 - multi-allelic, non-SNV and ALT-less records are skipped and counted, as the reference's are.
-Unphased heterozygous genotypes are an error (phase the targets first); unsorted records, two SNV records
-at one position, a target that shares samples with the reference or does not overlap it are errors.
+Unphased heterozygous genotypes (``0/1``, what an array delivers) are kept unphased in the harmonised
+target when the workflow phases it (``impute.phase`` auto or always: the ``phase`` stage, see
+``phasing``); otherwise (``never``, and outside the workflow) they are an error that says how to phase.
+Unsorted records, two SNV records at one position, a target that shares samples with the reference or
+does not overlap it are errors.
 
 Missing genotypes: the mask is per site (every haplotype observes the same sites, so that the index can
 answer it), so a typed site missing in more than ``max_missing`` of the target haplotypes is treated as
@@ -58,6 +61,14 @@ PHASING_HINT = (
     "(`phase_common --input target.bcf --reference reference.bcf --region CHR --output phased.bcf`) "
     "or Eagle2 (`eagle --vcfTarget target.vcf.gz --vcfRef reference.bcf --outPrefix phased`)"
 )
+# impute.phase: phase the harmonised target when any heterozygote is unphased (auto), always, never.
+PHASE_MODES = ("auto", "always", "never")
+WORKFLOW_PHASING_HINT = (
+    "impute.phase is 'never': set it to auto (the default) and the workflow phases the targets "
+    "against the reference panel itself (Beagle 5.4, or SHAPEIT5 with impute.phaser: shapeit5); or "
+    + PHASING_HINT[0].lower()
+    + PHASING_HINT[1:]
+)
 
 
 @dataclass
@@ -75,13 +86,31 @@ class AlignedTarget:
     alleles: np.ndarray  # (n_matched, 2 * n_samples) int8
     report: dict = field(default_factory=dict)
     unmatched: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # (n_matched, n_samples) bool: unphased heterozygotes (read with ``allow_unphased`` only)
+    unphased: np.ndarray | None = None
 
 
 def decode_target_gt(gts: list[str], path: str, where: list[str], samples: list[str]) -> np.ndarray:
     """``0|1\\t.|.\\t...`` lines -> (n, 2m) int8 (-1 missing). Homozygous unphased calls are accepted
     (their phase is not in question); an unphased heterozygote is an error naming the record."""
+    return decode_target_calls(gts, path, where, samples)[0]
+
+
+def decode_target_calls(
+    gts: list[str],
+    path: str,
+    where: list[str],
+    samples: list[str],
+    allow_unphased: bool = False,
+    hint: str = PHASING_HINT,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Genotype lines -> alleles (n, 2m) int8 (-1 missing) and (n, m) bool: the unphased
+    heterozygotes (``0/1``; their two alleles are in no particular order). Unless ``allow_unphased``
+    (the workflow phases them), an unphased heterozygote is an error naming the record and ``hint``.
+    An unphased call with one missing allele (``./1``) has no phase to keep: it reads as missing."""
     m = len(samples)
     out = np.empty((len(gts), 2 * m), dtype=np.int8)
+    het_out = np.zeros((len(gts), m), dtype=bool)
     width = 4 * m
     lengths = np.fromiter((len(g) for g in gts), dtype=np.int64, count=len(gts))
     fast = np.flatnonzero(lengths == width)
@@ -97,13 +126,13 @@ def decode_target_gt(gts: list[str], path: str, where: list[str], samples: list[
         a1 = np.where(b == ord("."), -1, b.astype(np.int16) - ord("0")).astype(np.int8)
         unphased = sep == ord("/")
         het = unphased & (a0 >= 0) & (a1 >= 0) & (a0 != a1)
-        if het[good].any():
+        if het[good].any() and not allow_unphased:
             r, j = np.argwhere(het[good])[0]
             i = int(fast[good[r]])
             raise InputError(
                 path,
                 f"genotypes are unphased (sample {samples[j]} has {gts[i].split(chr(9))[j]!r})",
-                PHASING_HINT,
+                hint,
                 record=where[i],
             )
         # An unphased call with one missing allele has no phase to keep: treat it as missing.
@@ -113,19 +142,28 @@ def decode_target_gt(gts: list[str], path: str, where: list[str], samples: list[
         rows = fast[good]
         out[rows, 0::2] = a0[good]
         out[rows, 1::2] = a1[good]
+        het_out[rows] = het[good]
         slow = np.sort(np.concatenate([np.flatnonzero(lengths != width), fast[bad_rows]]))
     else:
         slow = np.arange(len(gts))
     for i in slow:
-        out[i] = _decode_slow(gts[i], path, where[i], samples)
-    return out
+        out[i], het_out[i] = _decode_slow(gts[i], path, where[i], samples, allow_unphased, hint)
+    return out, het_out
 
 
-def _decode_slow(line: str, path: str, where: str, samples: list[str]) -> np.ndarray:
+def _decode_slow(
+    line: str,
+    path: str,
+    where: str,
+    samples: list[str],
+    allow_unphased: bool = False,
+    hint: str = PHASING_HINT,
+) -> tuple[np.ndarray, np.ndarray]:
     fields = line.rstrip("\t").split("\t")
     if len(fields) != len(samples):
         raise InputError(path, f"{len(fields)} genotypes for {len(samples)} samples", record=where)
     row = np.empty(2 * len(samples), dtype=np.int8)
+    het = np.zeros(len(samples), dtype=bool)
     for j, (sample, gt) in enumerate(zip(samples, fields, strict=True)):
         if gt in (".", "./.", ".|."):
             row[2 * j : 2 * j + 2] = -1
@@ -148,18 +186,28 @@ def _decode_slow(line: str, path: str, where: str, samples: list[str]) -> np.nda
             )
         a = [-1 if p == "." else int(p) for p in parts]
         if sep == "/" and a[0] >= 0 and a[1] >= 0 and a[0] != a[1]:
-            raise InputError(
-                path, f"genotypes are unphased (sample {sample} has {gt!r})", PHASING_HINT, where
-            )
+            if not allow_unphased:
+                raise InputError(
+                    path, f"genotypes are unphased (sample {sample} has {gt!r})", hint, where
+                )
+            het[j] = True
         if sep == "/" and (a[0] < 0) != (a[1] < 0):
             a = [-1, -1]
         row[2 * j], row[2 * j + 1] = a
-    return row
+    return row, het
 
 
-def read_target(path: str | os.PathLike, chrom: str, sites: pd.DataFrame) -> AlignedTarget:
+def read_target(
+    path: str | os.PathLike,
+    chrom: str,
+    sites: pd.DataFrame,
+    allow_unphased: bool = False,
+    hint: str = PHASING_HINT,
+) -> AlignedTarget:
     """Read ``chrom`` of a phased target VCF/BCF and align it to the reference ``sites``
-    (columns pos, ref, alt; positions increasing)."""
+    (columns pos, ref, alt; positions increasing). With ``allow_unphased``, unphased heterozygotes
+    are read too (``AlignedTarget.unphased``; the workflow's ``phase`` stage phases them); else they
+    are an error with ``hint``."""
     path = str(path)
     check_readable(path)
     samples = vcf_samples(path)
@@ -229,7 +277,9 @@ def read_target(path: str | os.PathLike, chrom: str, sites: pd.DataFrame) -> Ali
             "(liftover with `bcftools +liftover` or CrossMap) and the same strand",
         )
     keep = np.flatnonzero(matched)
-    alleles = decode_target_gt([gts[i] for i in keep], path, [where[i] for i in keep], samples)
+    alleles, unphased = decode_target_calls(
+        [gts[i] for i in keep], path, [where[i] for i in keep], samples, allow_unphased, hint
+    )
     flip = swapped[keep]
     alleles[flip] = np.where(alleles[flip] >= 0, 1 - alleles[flip], -1)
     ref_chrom = str(sites["chrom"].iloc[0]) if "chrom" in sites else contig
@@ -246,6 +296,8 @@ def read_target(path: str | os.PathLike, chrom: str, sites: pd.DataFrame) -> Ali
         "flipped": int(swapped.sum()),
         "unmatched": {r: int((unmatched["reason"] == r).sum()) for r in UNMATCHED_REASONS},
         "reference_sites": len(sites),
+        "unphased_heterozygotes": int(unphased.sum()),
+        "sites_with_unphased_heterozygotes": int(unphased.any(axis=1).sum()),
     }
     log.info(
         "%s: %d records on %s, %d matched (%d flipped), %d unmatched, skipped %s",
@@ -258,7 +310,14 @@ def read_target(path: str | os.PathLike, chrom: str, sites: pd.DataFrame) -> Ali
         ", ".join(f"{k}={v}" for k, v in skipped.items() if v) or "none",
     )
     return AlignedTarget(
-        path, contig, samples, idx[keep].astype(np.int64), alleles, report, unmatched
+        path,
+        contig,
+        samples,
+        idx[keep].astype(np.int64),
+        alleles,
+        report,
+        unmatched,
+        unphased if allow_unphased else None,
     )
 
 
@@ -290,6 +349,9 @@ def apply_missing_rule(target: AlignedTarget, max_missing: float) -> AlignedTarg
         )
     target.site = target.site[~drop]
     target.alleles = kept
+    if target.unphased is not None:
+        target.unphased = target.unphased[~drop]
+        target.report["unphased_heterozygotes_at_typed_sites"] = int(target.unphased.sum())
     target.report["typed"] = len(target.site)
     if not len(target.site):
         raise InputError(
@@ -310,18 +372,30 @@ def harmonise_target(
     max_missing: float = 0.05,
     panel_vcf: str | os.PathLike | None = None,
     reference_splits: list[str] | tuple[str, ...] = ("train",),
+    phase: str | None = None,
 ) -> dict:
     """The ``target_mask`` stage: align the target, write it harmonised to the reference (reference
     naming and orientation, typed sites only: what Beagle, Minimac4 and our imputation all read),
     store the mask it implies by hash, and write ``alignment.json`` (the hash and the counts).
-    The target must share no sample with the imputation reference (``reference_splits``)."""
+    The target must share no sample with the imputation reference (``reference_splits``).
+
+    ``phase`` is the workflow's ``impute.phase``: with ``auto`` or ``always`` unphased heterozygotes
+    are accepted and written unphased (``0/1``) for the ``phase`` stage, and ``alignment.json`` says
+    whether the target is to be phased (``phasing.needs_phasing``: always, or auto with an unphased
+    heterozygote). ``never`` and None (outside the workflow, which does not phase) refuse them."""
     from .split import load_split
     from .windows import sites_with_hash
 
+    if phase is not None and phase not in PHASE_MODES:
+        raise InputError(
+            "config", f"impute.phase is {phase!r}", f"Use one of {', '.join(PHASE_MODES)}"
+        )
+    allow = phase in ("auto", "always")
+    hint = WORKFLOW_PHASING_HINT if phase == "never" else PHASING_HINT
     sites, slh = sites_with_hash(windows_dir)
     split = load_split(split_tsv)
     reference_samples = [s for name in reference_splits for s in split[name]]
-    target = read_target(target_vcf, chrom, sites)
+    target = read_target(target_vcf, chrom, sites, allow_unphased=allow, hint=hint)
     check_disjoint(reference_samples, target.samples, target_vcf)
     target = apply_missing_rule(target, max_missing)
 
@@ -351,15 +425,30 @@ def harmonise_target(
             f"##ragimpute_harmonised=<source={target_vcf},mask_hash={h},"
             f"flipped={target.report['flipped']},max_missing={max_missing}>"
         ],
+        unphased=target.unphased,
     )
     write_tsv(out / "unmatched.tsv", target.unmatched)
+    n_unphased = 0 if target.unphased is None else int(target.unphased.sum())
+    needs = phase == "always" or (phase == "auto" and n_unphased > 0)
     info = {
         "chrom": ref_chrom,
         "hash": h,
         "mask_spec": TARGET_MASK_SPEC,
         "ragimpute": __version__,
         **target.report,
+        "phasing": {
+            "phase": phase or "never",
+            "unphased_heterozygotes": n_unphased,
+            "needs_phasing": needs,
+        },
     }
+    if n_unphased:
+        log.info(
+            "%s: %d unphased heterozygotes at %d typed sites; the phase stage phases them",
+            target_vcf,
+            n_unphased,
+            int(target.unphased.any(axis=1).sum()),
+        )
     write_json(out / "alignment.json", info)
     log.info(
         "target mask %s: %d of %d reference sites typed, %d to impute",
@@ -419,9 +508,17 @@ def make_demo_targets(
     target_vcf: str | os.PathLike,
     truth_vcf: str | os.PathLike,
     pass_only: bool = True,
+    noise: dict | None = None,
+    report_json: str | os.PathLike | None = None,
 ) -> dict:
     """Targets from the held-out test split: ``target_vcf`` at the array sites only (what an array
-    would have typed) and ``truth_vcf`` at every site (what evaluation scores against)."""
+    would have typed) and ``truth_vcf`` at every site (what evaluation scores against).
+
+    ``noise`` makes the target what a genotyping array delivers (``demo.ArrayNoise`` fields:
+    ``unphased`` genotypes, a ``genotype_error`` and a ``missing_rate`` per genotype, ``seed``); the
+    truth stays the true phased haplotypes. What was drawn is in the target's header and in
+    ``report_json``."""
+    from .demo import ArrayNoise, add_array_noise
     from .masks import match_sites, read_site_list
     from .split import load_split
 
@@ -431,10 +528,28 @@ def make_demo_targets(
     truth = panel.haplotypes.astype(np.int8)
     meta = [f"##ragimpute_source=<panel={panel_vcf},split={split_tsv},samples=test>"]
     write_phased_vcf(truth_vcf, panel.chrom, sites, test, truth, length, meta)
+    spec = ArrayNoise(**(noise or {}))
+    typed, drawn = add_array_noise(truth[on_array], spec, panel.chrom)
+    unphased = np.ones((len(typed), len(test)), dtype=bool) if spec.unphased else None
+    if spec.active():
+        meta.append(
+            "##ragimpute_demo_targets=<"
+            + ",".join(f"{k}={v}" for k, v in {**spec.to_dict(), **drawn}.items())
+            + ">"
+        )
     write_phased_vcf(
-        target_vcf, panel.chrom, sites.loc[on_array], test, truth[on_array], length, meta
+        target_vcf, panel.chrom, sites.loc[on_array], test, typed, length, meta, unphased=unphased
     )
-    return {"chrom": panel.chrom, "samples": len(test), "target_sites": int(on_array.sum())}
+    info = {
+        "chrom": panel.chrom,
+        "samples": len(test),
+        "target_sites": int(on_array.sum()),
+        "noise": spec.to_dict(),
+        **drawn,
+    }
+    if report_json:
+        write_json(report_json, info)
+    return info
 
 
 def write_minimac4_target(

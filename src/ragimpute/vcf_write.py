@@ -128,8 +128,14 @@ def number_strings(x_thousandths: np.ndarray) -> np.ndarray:
     return _THOUSANDTHS[x_thousandths]
 
 
-def gt_strings(alleles: np.ndarray) -> np.ndarray:
-    """(n_sites, 2n) alleles 0/1 (-1 = missing) -> (n_sites, n) phased GT strings ("0|1", ".|1")."""
+# Unphased genotype strings by the ALT count (a heterozygote is written 0/1, as arrays write it).
+UNPHASED_GT = np.array(["0/0", "0/1", "1/1"], dtype=object)
+
+
+def gt_strings(alleles: np.ndarray, unphased: np.ndarray | None = None) -> np.ndarray:
+    """(n_sites, 2n) alleles 0/1 (-1 = missing) -> (n_sites, n) phased GT strings ("0|1", ".|1").
+
+    ``unphased`` (n_sites, n) bool: those genotypes are written unphased ("0/1", "1/1", "./.")."""
     a0, a1 = alleles[:, 0::2], alleles[:, 1::2]
     out = PHASED_GT[2 * np.clip(a0, 0, 1) + np.clip(a1, 0, 1)].astype(object)
     missing = (a0 < 0) | (a1 < 0)
@@ -137,6 +143,11 @@ def gt_strings(alleles: np.ndarray) -> np.ndarray:
         sym = np.array(["0", "1", "."], dtype=object)
         i, j = np.nonzero(missing)
         out[i, j] = sym[a0[i, j]] + "|" + sym[a1[i, j]]
+    if unphased is not None and unphased.any():
+        i, j = np.nonzero(unphased & ~missing)
+        out[i, j] = UNPHASED_GT[np.clip(a0[i, j], 0, 1) + np.clip(a1[i, j], 0, 1)]
+        i, j = np.nonzero(unphased & missing)
+        out[i, j] = "./."
     return out
 
 
@@ -154,10 +165,15 @@ def write_phased_vcf(
     contig_length: int | None = None,
     meta: list[str] | None = None,
     chunk: int = 4096,
+    unphased: np.ndarray | None = None,
 ) -> None:
-    """A phased GT-only VCF (bgzipped + .tbi) of ``alleles`` (n_sites, 2n; -1 = missing)."""
+    """A phased GT-only VCF (bgzipped + .tbi) of ``alleles`` (n_sites, 2n; -1 = missing).
+
+    ``unphased`` (n_sites, n) bool: genotypes written unphased (``0/1``), e.g. an array's calls that
+    are still to be phased."""
+    what = "Phased genotype" if unphased is None or not unphased.any() else "Genotype"
     meta = [
-        '##FORMAT=<ID=GT,Number=1,Type=String,Description="Phased genotype">',
+        f'##FORMAT=<ID=GT,Number=1,Type=String,Description="{what}">',
         *(meta or []),
     ]
     pos = sites["pos"].to_numpy()
@@ -171,7 +187,8 @@ def write_phased_vcf(
                 f"{chrom}\t{pos[i]}\t{ids[i] or '.'}\t{ref[i]}\t{alt[i]}\t.\tPASS\t.\tGT"
                 for i in range(a, b)
             ]
-            write(join_records(fixed, gt_strings(alleles[a:b])))
+            un = None if unphased is None else unphased[a:b]
+            write(join_records(fixed, gt_strings(alleles[a:b], un)))
 
 
 def info_strings(

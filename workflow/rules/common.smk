@@ -24,13 +24,25 @@ if _problems:
 validate(config, schema="../../config/schema.yaml")
 
 RESULTS = config["results"]
+# demo keys that are not the simulation's (demo_targets and the map switch)
+DEMO_NOT_SIMULATION = (
+    "unphased_targets",
+    "genotype_error",
+    "missing_rate",
+    "use_map",
+)
 
 
 def check_input_files():
     """Every input file the config names must exist. Checked when the DAG is built: otherwise, after a
     finished run, a misspelt path gives "Nothing to be done" and the previous input's results.
     """
-    keys = [("panel", "vcf"), ("split", "table"), ("impute", "target_vcf")]
+    keys = [
+        ("panel", "vcf"),
+        ("panel", "genetic_map"),
+        ("split", "table"),
+        ("impute", "target_vcf"),
+    ]
     if config["panel"]["vcf"]:
         keys.append(("panel", "array_manifest"))  # the demo writes its own manifest
     if config["impute"]["target_vcf"]:
@@ -91,8 +103,53 @@ def array_manifest():
     return config["panel"]["array_manifest"] or None
 
 
+def demo_map_used():
+    """The demo's simulated map (with hotspots) is given to every method unless demo.use_map is off."""
+    return (
+        use_demo()
+        and not config["panel"]["genetic_map"]
+        and config["demo"]["hotspots"] > 0
+        and config["demo"]["use_map"]
+    )
+
+
 def genetic_map():
-    return config["panel"]["genetic_map"] or []
+    """The genetic map every method gets: panel.genetic_map, or the hotspot demo's own map."""
+    if config["panel"]["genetic_map"]:
+        return config["panel"]["genetic_map"]
+    if demo_map_used():
+        return res("demo/genetic_map.map")
+    return []
+
+
+def tool_map(wildcards):
+    """The map as Beagle and Minimac4 read it (PLINK, the reference's chromosome name, the cM of
+    every reference site as our windows hold it), when a map is used."""
+    if not genetic_map():
+        return []
+    return res(f"targets/{wildcards.chrom}/genetic_map.map")
+
+
+def check_tool_args():
+    """The workflow gives the genetic map to Beagle and Minimac4 itself: not twice."""
+    problems = []
+    beagle = config["baselines"]["beagle"]["args"].split()
+    minimac4 = config["baselines"]["minimac4"]["args"].split()
+    phase = config["impute"]["phase_args"].split()
+    if any(a.startswith("map=") for a in beagle + phase):
+        problems.append("baselines.beagle.args / impute.phase_args name map=")
+    if any(a in ("-m", "--map") or a.startswith("--map=") for a in minimac4):
+        problems.append("baselines.minimac4.args names --map")
+    if problems:
+        raise WorkflowError(
+            "; ".join(problems)
+            + ": the workflow passes the genetic map (panel.genetic_map) to Beagle, Minimac4 and "
+            "the phaser itself, converted to their format and chromosome naming. Remove it from the "
+            "arguments and set panel.genetic_map instead."
+        )
+
+
+check_tool_args()
 
 
 def reference_splits():
@@ -243,11 +300,43 @@ def target_hash(chrom):
         return json.load(f)["hash"]
 
 
+def alignment(chrom):
+    """The target_mask checkpoint's alignment.json (known once it ran)."""
+    with checkpoints.target_mask.get(chrom=chrom).output.alignment.open() as f:
+        return json.load(f)
+
+
+def needs_phasing(chrom):
+    """impute.phase always, or auto and the target has an unphased heterozygote."""
+    return bool(alignment(chrom).get("phasing", {}).get("needs_phasing"))
+
+
+def imputation_target(chrom):
+    """The target our methods and Minimac4 impute: phased by the `phase` rule when it needs phasing,
+    else the harmonised target as it is."""
+    if needs_phasing(chrom):
+        phaser = config["impute"]["phaser"]
+        if not phaser_available(phaser):
+            raise WorkflowError(
+                f"the target of chromosome {chrom} has unphased genotypes "
+                f"({alignment(chrom)['phasing']['unphased_heterozygotes']} heterozygotes) and "
+                f"impute.phaser is {phaser}, which is not installed (not on PATH). Install it "
+                "(apt-get install beagle; or SHAPEIT5's phase_common), choose the other phaser "
+                "(impute.phaser), or give a phased target (and impute.phase: never)."
+            )
+        return res(f"targets/{chrom}/phased/target.vcf.gz")
+    return res(f"targets/{chrom}/aligned/target.vcf.gz")
+
+
+def imputation_target_input(wildcards):
+    return imputation_target(wildcards.chrom)
+
+
 def impute_inputs(wildcards):
     chrom = wildcards.chrom
     out = {
         "alignment": res(f"targets/{chrom}/aligned/alignment.json"),
-        "target": res(f"targets/{chrom}/aligned/target.vcf.gz"),
+        "target": imputation_target(chrom),
         "sites": res(f"windows/{chrom}/sites.parquet"),
         "windows": res(f"windows/{chrom}/windows.parquet"),
         "reference": res(f"windows/{chrom}/haplotypes/train.parquet"),
@@ -280,6 +369,17 @@ def tool_available(tool):
     if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
         return True
     return shutil.which(tool) is not None
+
+
+def phaser_available(phaser):
+    """Beagle or SHAPEIT5's phase_common on PATH, or from the phase env with --sdm conda."""
+    from snakemake.settings.types import DeploymentMethod
+
+    from ragimpute.phasing import phaser_binary
+
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return True
+    return phaser_binary(phaser) is not None
 
 
 def methods():

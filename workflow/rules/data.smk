@@ -5,6 +5,7 @@ rule demo_panel:
         array=res("demo/array_sites.tsv"),
         info=res("demo/demo.json"),
         populations=res("demo/populations.tsv"),
+        genetic_map=res("demo/genetic_map.map"),
     log:
         logs("demo_panel.log"),
     benchmark:
@@ -12,7 +13,8 @@ rule demo_panel:
     conda:
         "../../envs/ragimpute.yaml"
     params:
-        spec=config["demo"],
+        # the simulation's keys only: the targets' array noise and use_map change no simulated data
+        spec={k: v for k, v in config["demo"].items() if k not in DEMO_NOT_SIMULATION},
     script:
         "../scripts/demo_panel.py"
 

@@ -1,5 +1,8 @@
 # Imputation of targets typed at array sites, by our predictors and by Beagle / Minimac4, all from the
-# same reference (the panel's train split) and the same harmonised target.
+# same reference (the panel's train split for the demo's held-out targets, the whole panel for yours)
+# and the same harmonised target: phased by the `phase` rule when it has unphased genotypes (ours and
+# Minimac4 read the phased target; Beagle phases and imputes the harmonised one in one run, as its
+# users run it), with the same genetic map.
 
 # Runs Beagle and Minimac4 so that a tool that cannot take the input is left out, not the run (an input
 # of their rules: a changed script runs them again).
@@ -41,6 +44,7 @@ rule demo_targets:
         target_tbi=res("targets/{chrom}/target.vcf.gz.tbi"),
         truth=res("targets/{chrom}/truth.vcf.gz"),
         truth_tbi=res("targets/{chrom}/truth.vcf.gz.tbi"),
+        report=res("targets/{chrom}/target.json"),
     log:
         logs("demo_targets/{chrom}.log"),
     benchmark:
@@ -49,6 +53,12 @@ rule demo_targets:
         "../../envs/ragimpute.yaml"
     params:
         pass_only=config["panel"]["pass_only"],
+        noise={
+            "unphased": config["demo"]["unphased_targets"],
+            "genotype_error": config["demo"]["genotype_error"],
+            "missing_rate": config["demo"]["missing_rate"],
+            "seed": config["demo"]["seed"],
+        },
     script:
         "../scripts/demo_targets.py"
 
@@ -78,8 +88,60 @@ checkpoint target_mask:
         store=lambda wildcards: res(f"masks/{wildcards.chrom}"),
         max_missing=config["impute"]["max_missing"],
         splits=reference_splits(),
+        phase=config["impute"]["phase"],
     script:
         "../scripts/target_mask.py"
+
+
+# The genetic map as Beagle, Minimac4 and the phaser read it: PLINK (chrom id cM bp), the reference's
+# chromosome name, a point at every reference site with the cM our copying model uses (the map
+# interpolated and extrapolated as Beagle does), so that every method gets the same information.
+rule tool_map:
+    input:
+        sites=res("windows/{chrom}/sites.parquet"),
+    output:
+        res("targets/{chrom}/genetic_map.map"),
+    log:
+        logs("tool_map/{chrom}.log"),
+    benchmark:
+        bench("tool_map/{chrom}.tsv")
+    conda:
+        "../../envs/ragimpute.yaml"
+    script:
+        "../scripts/tool_map.py"
+
+
+# The harmonised target phased against the imputation reference (impute.phase: auto when a
+# heterozygote is unphased, always), by Beagle 5.4 (impute=false) or SHAPEIT5 phase_common
+# (impute.phaser), with the genetic map when one is used. The markers, samples and called genotypes
+# are checked to come back unchanged; missing calls are kept missing (every method imputes them).
+rule phase:
+    input:
+        target=res("targets/{chrom}/aligned/target.vcf.gz"),
+        tbi=res("targets/{chrom}/aligned/target.vcf.gz.tbi"),
+        reference=res("targets/{chrom}/reference.vcf.gz"),
+        reference_tbi=res("targets/{chrom}/reference.vcf.gz.tbi"),
+        genetic_map=tool_map,
+    output:
+        vcf=res("targets/{chrom}/phased/target.vcf.gz"),
+        tbi=res("targets/{chrom}/phased/target.vcf.gz.tbi"),
+        report=res("targets/{chrom}/phased/phase.json"),
+    log:
+        logs("phase/{chrom}.log"),
+    benchmark:
+        bench("phase/{chrom}.tsv")
+    conda:
+        "../../envs/phase.yaml"
+    threads: config["impute"]["threads"]
+    resources:
+        mem_mb=config["baselines"]["beagle"]["mem_mb"],
+    params:
+        phaser=config["impute"]["phaser"],
+        seed=config["baselines"]["beagle"]["seed"],
+        args=config["impute"]["phase_args"],
+        java_mb=lambda wildcards, resources: int(0.85 * resources.mem_mb),
+    script:
+        "../scripts/phase.py"
 
 
 rule impute:
@@ -121,6 +183,7 @@ rule beagle:
         ref=res("targets/{chrom}/reference.vcf.gz"),
         target=res("targets/{chrom}/aligned/target.vcf.gz"),
         runner=EXTERNAL_TOOL,
+        genetic_map=tool_map,
     output:
         vcf=res("impute/{chrom}/beagle.vcf.gz"),
         tbi=res("impute/{chrom}/beagle.vcf.gz.tbi"),
@@ -138,12 +201,15 @@ rule beagle:
         seed=config["baselines"]["beagle"]["seed"],
         args=config["baselines"]["beagle"]["args"],
         java_mb=lambda wildcards, resources: int(0.85 * resources.mem_mb),
+        map=lambda wildcards, input: (
+            f"map={input.genetic_map}" if input.genetic_map else ""
+        ),
     shell:
         """
         export JAVA_TOOL_OPTIONS="-Xmx{params.java_mb}m"
         bash {input.runner} beagle {log} {input.target} 2 {params.tmp}.vcf.gz {output.vcf} \
             {output.tbi} -- beagle ref={input.ref} gt={input.target} out={params.tmp} \
-            nthreads={threads} seed={params.seed} gp=true {params.args}
+            nthreads={threads} seed={params.seed} gp=true {params.map} {params.args}
         """
 
 
@@ -162,11 +228,12 @@ rule minimac4_reference:
         "minimac4 --compress-reference {input} > {output}.tmp 2> {log} && mv {output}.tmp {output}"
 
 
-# Minimac4 4.1 aborts on some missing calls at typed sites (.|., .|1): its target leaves those sites
-# out, so that it imputes them for every sample (counted in minimac4.json and the log).
+# Minimac4 4.1 aborts on some missing calls at typed sites (.|., .|1): its target (made from the
+# phased target when the target was phased) leaves those sites out, so that it imputes them for every
+# sample (counted in minimac4.json and the log).
 rule minimac4_target:
     input:
-        res("targets/{chrom}/aligned/target.vcf.gz"),
+        imputation_target_input,
     output:
         vcf=res("targets/{chrom}/aligned/minimac4.vcf.gz"),
         tbi=res("targets/{chrom}/aligned/minimac4.vcf.gz.tbi"),
@@ -186,6 +253,7 @@ rule minimac4:
         ref=res("targets/{chrom}/reference.msav"),
         target=res("targets/{chrom}/aligned/minimac4.vcf.gz"),
         runner=EXTERNAL_TOOL,
+        genetic_map=tool_map,
     output:
         vcf=res("impute/{chrom}/minimac4.vcf.gz"),
         tbi=res("impute/{chrom}/minimac4.vcf.gz.tbi"),
@@ -199,9 +267,12 @@ rule minimac4:
     params:
         tmp=lambda wildcards: res(f"impute/{wildcards.chrom}/.minimac4.tmp.vcf.gz"),
         args=config["baselines"]["minimac4"]["args"],
+        map=lambda wildcards, input: (
+            f"--map {input.genetic_map}" if input.genetic_map else ""
+        ),
     shell:
         """
         bash {input.runner} minimac4 {log} {input.target} 1 {params.tmp} {output.vcf} \
             {output.tbi} -- minimac4 -t {threads} -f GT,DS,GP,HDS -O vcf.gz -o {params.tmp} \
-            {params.args} {input.ref} {input.target}
+            {params.map} {params.args} {input.ref} {input.target}
         """

@@ -14,4 +14,6 @@ run(
     target_vcf=snakemake.output.target,
     truth_vcf=snakemake.output.truth,
     pass_only=snakemake.params.pass_only,
+    noise=dict(snakemake.params.noise),
+    report_json=snakemake.output.report,
 )

@@ -34,6 +34,7 @@ if [ "$n_sites" -lt "$min_sites" ]; then
     exit $?
 fi
 
+echo "ragimpute: running: $*" >>"$log"
 "$@" >>"$log" 2>&1
 rc=$?
 if [ -f "${tmp%.vcf.gz}.log" ]; then  # Beagle's own log, beside its output

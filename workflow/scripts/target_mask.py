@@ -15,4 +15,5 @@ run(
     max_missing=snakemake.params.max_missing,
     panel_vcf=snakemake.input.panel,
     reference_splits=list(snakemake.params.splits),
+    phase=snakemake.params.phase,
 )
