@@ -256,7 +256,8 @@ def get_final_output(wildcards):
     out = for_each_chromosome(
         lambda chrom: [res(f"windows/{chrom}/windows.json"), *index_outputs(chrom)]
     )
-    out.append(res("model/model.pt"))
+    if "model" in config["evaluate"]["methods"]:  # the network is opt-in (docs/model.md)
+        out.append(res("model/model.pt"))
     out += imputation_outputs()
     return out
 
