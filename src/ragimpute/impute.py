@@ -16,7 +16,6 @@ INFO AF = mean DS / 2; INFO R2 = variance of the haplotype dosages / (AF (1 - AF
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import resource
 import time
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .atomic import read_json, write_json
+from .atomic import file_sha256, read_json, write_json
 from .baselines import AFPredictor, RetrievalPredictor
 from .engine import Engine, EngineParams
 from .errors import ArtifactError, InputError
@@ -143,14 +142,6 @@ def format_records(
 
 def prov_name(predictor: object) -> str:
     return getattr(predictor, "name", type(predictor).__name__)
-
-
-def file_sha256(path: str | os.PathLike, chars: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:chars]
 
 
 def _peak_memory(device: object) -> dict:
@@ -431,7 +422,7 @@ def run_impute_stage(
     provenance: dict = {}
     if checkpoint:
         opts.update(checkpoint=str(checkpoint), device=device)
-        provenance["model_sha256"] = file_sha256(checkpoint)
+        provenance["model_sha256"] = file_sha256(checkpoint)[:16]
     predictor = PREDICTOR_FACTORIES[method](opts)
     if hasattr(predictor, "params"):
         provenance.update(predictor.params())

@@ -18,7 +18,6 @@ the checksum of ``steps.parquet``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import pyarrow as pa
 from . import __version__
 from .atomic import (
     atomic_dir,
+    file_sha256,
     read_artifact_json,
     read_parquet_df,
     reading,
@@ -46,14 +46,6 @@ from .windows import WindowedTable, load_windows, packed_haplotypes, sites_with_
 FORMAT_VERSION = 1
 # the settings a state index is built with: another value needs another index
 INDEX_SETTINGS = ("step_cm", "span_steps", "seed")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def reference_tables(windows_dir: str | os.PathLike, splits: list[str]) -> list[WindowedTable]:
@@ -124,7 +116,7 @@ def build_states(
             **{k: getattr(params, k) for k in INDEX_SETTINGS},
             "order": index.order,
             "n_sites": int(len(packed)),
-            "sha256": {f: _sha256(tmp / f) for f in ("steps.parquet", "reference.npy")},
+            "sha256": {f: file_sha256(tmp / f) for f in ("steps.parquet", "reference.npy")},
             "build_seconds": round(time.perf_counter() - t0, 3),
             "faiss_version": faiss.__version__,
             "ragimpute": __version__,
@@ -166,7 +158,7 @@ def load_states(
                 f"{d} was built with engine.{k} = {meta[k]}, the config asks for "
                 f"{getattr(params, k)}. {rebuild}"
             )
-    if _sha256(steps_path) != meta["sha256"]["steps.parquet"]:
+    if file_sha256(steps_path) != meta["sha256"]["steps.parquet"]:
         raise ArtifactError(
             f"{steps_path} does not match its checksum in meta.json (corrupted); {rebuild}"
         )
