@@ -49,7 +49,7 @@ from .windows import WindowedTable, load_windows, sites_with_hash
 
 
 def _model_predictor(opts: dict) -> Predictor:
-    from .model import load_predictor  # the trained model (ragimpute.model), loaded only when asked
+    from .predictors import load_predictor  # imports torch: only when the model is asked for
 
     return load_predictor(opts["checkpoint"], opts.get("device", "auto"))
 
