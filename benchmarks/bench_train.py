@@ -50,7 +50,8 @@ from ragimpute.prior import run_prior_stage
 from ragimpute.retrieval import retrieve
 from ragimpute.split import SPLITS, load_split, run_split_stage
 from ragimpute.tokens import MASK, run_tokenize_stage
-from ragimpute.train import Neighbours, TrainConfig, evaluate, iter_inputs, load_chromosome, train
+from ragimpute.train import TrainConfig, evaluate, train
+from ragimpute.train_data import Neighbours, iter_inputs, load_chromosome
 from ragimpute.windows import run_window_stage
 
 HERE = Path(__file__).resolve().parent

@@ -81,7 +81,7 @@ def window_batch(d: dict, w: int = 1, split: str = "test"):
     from ragimpute.predictors import WindowBatch
     from ragimpute.prior import PRIOR_COLUMN, SCALE
     from ragimpute.tokens import TokenTable
-    from ragimpute.train import read_retrieval
+    from ragimpute.train_data import read_retrieval
     from ragimpute.windows import WindowedTable, load_sites, load_windows
 
     r, h = Path(d["results"]), d["hashes"][0]

@@ -279,7 +279,7 @@ def test_corrupted_stage_tables_name_file_and_rebuild(tmp_path_factory, tmp_path
     from ragimpute.errors import ArtifactError
     from ragimpute.masks import load_mask
     from ragimpute.tokens import TokenTable
-    from ragimpute.train import read_retrieval
+    from ragimpute.train_data import read_retrieval
     from ragimpute.windows import WindowedTable, load_sites
 
     src = _tiny_results(tmp_path_factory)

@@ -97,7 +97,8 @@ def _train(a: argparse.Namespace) -> None:
 
     import yaml
 
-    from .train import TrainConfig, iter_inputs, train
+    from .train import TrainConfig, train
+    from .train_data import iter_inputs
 
     settings = {}
     if a.config:
