@@ -50,6 +50,10 @@ MODES = ("token", "embedding", "none")
 
 @dataclass
 class TrainConfig:
+    """The config's ``train`` section, with its defaults (config/schema.yaml; tests hold the two
+    equal). ``k`` is ``retrieval.k``; ``grad_clip`` and ``threads`` (the rule's threads) are not in
+    the config."""
+
     mode: str = "token"
     epochs: int = 4
     batch_size: int = 16  # haplotype windows per step (pairs of haplotypes of one sample)
@@ -60,7 +64,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     patience: int = 2  # epochs without a better validation r² before stopping
     sites_per_example: int = 128  # hidden sites scored per haplotype window per step
-    k: int = 256
+    k: int = 256  # neighbours per query haplotype window (retrieval.k)
     refresh_every: int = 0  # embedding mode: steps between index refreshes; 0 = every epoch
     rare_weight: float = 0.0  # loss weight 1 + rare_weight on sites with reference MAF < 5%
     seed: int = 1
@@ -68,7 +72,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     processes: int = 0  # DDP processes; 0 = one per GPU when more than one, else 1
     max_steps_per_epoch: int = 0  # 0 = every batch
-    log_every: int = 50
+    log_every: int = 100  # steps between progress lines; 0 = none
     preset: str = "small"
     prior: bool = (
         True  # refine the engine's P(ALT) (the prior stage); False: the window copying model
