@@ -339,15 +339,7 @@ def _train_step(run: Run, ep: Epoch, w: Window, rows: np.ndarray) -> int:
     if cfg.rare_weight:
         weight = torch.from_numpy(1.0 + cfg.rare_weight * (w.maf[sites] < 0.05)).float().to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = run.net(
-            t["tokens"],
-            t["af"],
-            t["pos"],
-            t.get("neighbours"),
-            t.get("distances"),
-            torch.from_numpy(sites).to(device),
-            prior=t.get("prior"),
-        )
+        logits = run.net(**t, sites=torch.from_numpy(sites).to(device))
     loss = masked_loss(logits, truth, weight)
     st.opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -444,14 +436,7 @@ def evaluate(
             b = Batch(w, h, split, rows, nb, references[(w.chrom, w.window)])
             t = b.tensors(device)
             p_t = model.predict_sites(
-                t["tokens"],
-                t["af"],
-                t["pos"],
-                t.get("neighbours"),
-                t.get("distances"),
-                torch.from_numpy(sites).to(device),
-                site_chunk,
-                prior=t.get("prior"),
+                **t, sites=torch.from_numpy(sites).to(device), chunk=site_chunk
             )
             truth = b.truth(sites)
             loss = torch.nn.functional.binary_cross_entropy(

@@ -304,14 +304,17 @@ class Batch:
     neighbours: Neighbours | None
     reference: np.ndarray  # (n_ref, L)
 
-    def tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """The model's inputs: tokens (B, L), af and pos (L,), and neighbours (B, K, L) with their
-        distances (B, K) and the prior (B, L) when there are."""
+    def tensors(self, device: torch.device) -> dict[str, torch.Tensor | None]:
+        """The model's inputs, by the name of its arguments: tokens (B, L), af and pos (L,),
+        neighbours (B, K, L) and their distances (B, K), prior (B, L); None where there are none."""
         w, key, rows, nb = self.window, (self.mask_hash, self.split), self.rows, self.neighbours
         t = {
             "tokens": torch.from_numpy(w.tokens[key][rows].astype(np.int64)).to(device),
             "af": torch.from_numpy(w.af.copy()).to(device),
             "pos": torch.from_numpy(w.pos.copy()).to(device),
+            "neighbours": None,
+            "distances": None,
+            "prior": None,
         }
         if nb is not None:
             t["neighbours"] = torch.from_numpy(self.reference[nb.ids[rows]]).to(device)
