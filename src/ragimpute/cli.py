@@ -27,6 +27,17 @@ from .schema import choices, default, section_defaults
 USER_ERRORS = (InputError, ArtifactError, MaskMismatchError)
 
 
+def _key_values(items: list[str] | None) -> dict:
+    """``--set KEY=VALUE`` options, each value read as YAML (``2`` is a number, ``[a, b]`` a list)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def _demo(a: argparse.Namespace) -> None:
     from .demo import DemoSpec, make_demo
 
@@ -105,9 +116,7 @@ def _train(a: argparse.Namespace) -> None:
     settings = {**section_defaults("train"), "k": default("retrieval.k")}
     if a.config:
         settings.update((yaml.safe_load(Path(a.config).read_text()) or {}).get("train", {}))
-    for item in a.set or []:
-        key, _, value = item.partition("=")
-        settings[key] = yaml.safe_load(value)
+    settings.update(_key_values(a.set))
     cfg = TrainConfig(**settings)
     masks_root = Path(a.results) / "masks"
     chroms = a.chromosomes or sorted(
@@ -127,18 +136,10 @@ def _train(a: argparse.Namespace) -> None:
 
 
 def _impute(a: argparse.Namespace) -> None:
-    import yaml
-
     from .impute import impute_target
 
-    options = {}
-    for item in a.set or []:
-        key, _, value = item.partition("=")
-        options[key] = yaml.safe_load(value)
-    engine = section_defaults("engine")
-    for item in a.engine or []:
-        key, _, value = item.partition("=")
-        engine[key] = yaml.safe_load(value)
+    options = _key_values(a.set)
+    engine = {**section_defaults("engine"), **_key_values(a.engine)}
     impute_target(
         a.results,
         a.chrom,
