@@ -33,7 +33,7 @@ from .engine import Engine, EngineParams
 from .errors import ArtifactError, InputError
 from .index import HaplotypeIndex, QueryBlock
 from .logs import Progress, log
-from .masks import Mask, load_mask
+from .masks import Mask, load_mask_for
 from .predictors import Predictor, PriorPredictor, WindowBatch
 from .prior import PriorStore, run_engine
 from .states import INDEX_SETTINGS, build_states, load_chunk, load_states
@@ -270,12 +270,7 @@ def _open_inputs(
     does not belong with the others."""
     sites, slh = sites_with_hash(windows_dir)
     windows = load_windows(windows_dir)
-    mask = load_mask(mask_store, mask_hash)
-    if mask.site_list_hash != slh:
-        raise ArtifactError(
-            f"mask {mask_hash} was made for site list {mask.site_list_hash}, the windows are {slh}; "
-            "re-run the target_mask stage"
-        )
+    mask = load_mask_for(mask_store, mask_hash, slh, "target_mask")
     reference = WindowedTable(Path(windows_dir) / "haplotypes" / "train.parquet", "alleles")
     target = read_target(target_vcf, str(sites["chrom"].iloc[0]), sites)
     typed = np.zeros(len(sites), dtype=bool)

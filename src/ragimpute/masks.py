@@ -334,6 +334,20 @@ def load_mask(store: str | os.PathLike, h: str) -> Mask:
     return mask
 
 
+def load_mask_for(
+    store: str | os.PathLike, h: str, site_list_hash: str, stage: str = "mask"
+) -> Mask:
+    """``load_mask``, refused when the mask was made for another site list than the windows' one
+    (``site_list_hash``); ``stage`` is the one to re-run."""
+    mask = load_mask(store, h)
+    if mask.site_list_hash != site_list_hash:
+        raise ArtifactError(
+            f"mask {h} was made for site list {mask.site_list_hash}, the windows are "
+            f"{site_list_hash}; re-run the {stage} stage"
+        )
+    return mask
+
+
 def run_mask_stage(
     sites: pd.DataFrame,
     site_list_hash: str,

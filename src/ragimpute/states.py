@@ -40,7 +40,7 @@ from .atomic import (
 from .engine import ENGINE_VERSION, Chunk, EngineParams, StateIndex
 from .errors import ArtifactError, MaskMismatchError, rebuild_hint
 from .logs import log
-from .masks import load_mask
+from .masks import load_mask_for
 from .windows import WindowedTable, load_windows, packed_haplotypes, sites_with_hash
 
 FORMAT_VERSION = 1
@@ -65,12 +65,7 @@ def build_states(
     """Build the state index of the reference ``splits`` under mask ``mask_hash``."""
     t0 = time.perf_counter()
     sites, slh = sites_with_hash(windows_dir)
-    mask = load_mask(mask_store, mask_hash)
-    if mask.site_list_hash != slh:
-        raise ArtifactError(
-            f"mask {mask_hash} was made for site list {mask.site_list_hash}, the windows are {slh}; "
-            "re-run the mask stage"
-        )
+    mask = load_mask_for(mask_store, mask_hash, slh)
     typed = np.flatnonzero(mask.observed)
     if len(typed) == 0:
         raise ArtifactError(f"mask {mask_hash} observes no site: there is nothing to copy from")
@@ -185,8 +180,15 @@ def load_chunk(
         )
     with reading(Path(states_dir) / "reference.npy", "states"):
         packed = np.load(Path(states_dir) / "reference.npy")
-    n_ref = meta["n_haplotypes"]
     typed_site = np.asarray(typed_site, dtype=np.int64)
+    return reference_chunk(packed, meta["n_haplotypes"], typed_site, sites)
+
+
+def reference_chunk(
+    packed: np.ndarray, n_ref: int, typed_site: np.ndarray, sites: pd.DataFrame
+) -> Chunk:
+    """The engine's reference: ``packed`` alleles of ``n_ref`` haplotypes (a row of bits per site),
+    unpacked at the typed sites, with the positions and maps of ``sites``."""
     return Chunk(
         ref_packed=packed,
         ref_typed=np.ascontiguousarray(
