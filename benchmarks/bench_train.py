@@ -11,8 +11,9 @@ Runs (each trained from scratch with the same seed and hyper-parameters):
                  the array mask, in training and in validation alike. Only this script can do that: the
                  package refuses such queries.
 Every trained model is then scored on the validation samples with the array mask (array sites observed,
-everything else imputed), beside the allele-frequency predictor, the copying model without a network and
-Beagle 5.4 when installed.
+everything else imputed), beside the allele-frequency predictor, the copying model without a network
+(the engine's P(ALT), the prior stage's tables, served by ``PriorPredictor``) and Beagle 5.4 when
+installed.
 
     python benchmarks/bench_train.py                       # ~40 min on 2 CPU cores
     python benchmarks/bench_train.py --quick               # tiny panel, a few minutes
@@ -37,16 +38,20 @@ import torch
 import yaml
 
 from ragimpute.demo import DemoSpec, make_demo
+from ragimpute.engine import EngineParams
 from ragimpute.index import build_index, search_excluding
 from ragimpute.logs import setup_logging
 from ragimpute.masks import run_mask_stage_dir
 from ragimpute.metrics import BIN_LABELS, Accumulator
-from ragimpute.model import CopyingModelPredictor, ImputationModel, ModelConfig
-from ragimpute.predictors import WindowBatch
+from ragimpute.model import ImputationModel, ModelConfig
+from ragimpute.predictors import PriorPredictor, WindowBatch
+from ragimpute.prior import SCALE as PRIOR_SCALE
+from ragimpute.prior import run_prior_stage
 from ragimpute.retrieval import retrieve
 from ragimpute.split import SPLITS, load_split, run_split_stage
 from ragimpute.tokens import MASK, run_tokenize_stage
-from ragimpute.train import Neighbours, TrainConfig, evaluate, iter_inputs, load_chromosome, train
+from ragimpute.train import TrainConfig, evaluate, train
+from ragimpute.train_data import Neighbours, iter_inputs, load_chromosome
 from ragimpute.windows import run_window_stage
 
 HERE = Path(__file__).resolve().parent
@@ -54,7 +59,8 @@ CHROM = "20"
 
 
 def build(root: Path, quick: bool, k: int) -> dict[str, list[str]]:
-    """Demo panel, split, windows and two mask sets (static array; array + dropout schedule) with indexes."""
+    """Demo panel, split, windows and two mask sets (static array; array + dropout schedule) with indexes
+    and the engine's prior (the model refines it, as in the pipeline: ``train.prior``)."""
     if quick:
         spec = DemoSpec(n_samples=60, sequence_length=600_000, array_spacing_bp=3000)
         window = (1024, 256)
@@ -86,7 +92,7 @@ def build(root: Path, quick: bool, k: int) -> dict[str, list[str]]:
         )
         for h in masks[name]:
             tdir = root / "tokens" / CHROM / h
-            if (root / "retrieval" / CHROM / h / "val.parquet").exists():
+            if (root / "prior" / CHROM / h / "val.parquet").exists():
                 continue
             for s in SPLITS:
                 run_tokenize_stage(root / "windows" / CHROM, store, h, s, tdir / f"{s}.parquet")
@@ -97,6 +103,15 @@ def build(root: Path, quick: bool, k: int) -> dict[str, list[str]]:
                     root / "index" / CHROM / h,
                     k,
                     root / "retrieval" / CHROM / h / f"{s}.parquet",
+                )
+                run_prior_stage(
+                    root / "windows" / CHROM,
+                    store,
+                    h,
+                    s,
+                    root / "prior" / CHROM / h / f"{s}.parquet",
+                    EngineParams(),
+                    threads=2,
                 )
     return masks
 
@@ -169,8 +184,17 @@ def honest_val(
             p = np.broadcast_to(w.af[sites], (len(tokens), len(sites)))
         else:
             nb = provider.get(w, static_hash, "val")
+            prior = w.priors[(static_hash, "val")].astype(np.float32) / PRIOR_SCALE
             batch = WindowBatch(
-                w.window, tokens, nb.ids, nb.distances, w.truth["train"], w.af, w.pos, static_hash
+                w.window,
+                tokens,
+                nb.ids,
+                nb.distances,
+                w.truth["train"],
+                w.af,
+                w.pos,
+                static_hash,
+                prior,
             )
             p = predictor.predict(batch)[:, sites]
         t = w.truth["val"][:, sites]
@@ -328,15 +352,10 @@ def main() -> int:
         )
     if not a.no_baselines:
         rows.append({"method": "af-only", **honest_val(None, "af", root, static)})
-        rows.append(
-            {"method": "copying-model", **honest_val(None, CopyingModelPredictor(), root, static)}
-        )
-        rows.append(
-            {
-                "method": "copying-mismatch",
-                **honest_val(None, CopyingModelPredictor(), root, static, mismatch),
-            }
-        )
+        # The copying model is the engine, which chooses its own states over the whole chromosome: the
+        # old "copying-mismatch" row (the window copying model on mismatched neighbours) has no
+        # counterpart any more, and is gone.
+        rows.append({"method": "copying-model", **honest_val(None, PriorPredictor(), root, static)})
         b = beagle_val(root, static)
         if b:
             rows.append({"method": "beagle-5.4", **b})

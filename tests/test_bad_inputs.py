@@ -279,7 +279,7 @@ def test_corrupted_stage_tables_name_file_and_rebuild(tmp_path_factory, tmp_path
     from ragimpute.errors import ArtifactError
     from ragimpute.masks import load_mask
     from ragimpute.tokens import TokenTable
-    from ragimpute.train import read_retrieval
+    from ragimpute.train_data import read_retrieval
     from ragimpute.windows import WindowedTable, load_sites
 
     src = _tiny_results(tmp_path_factory)
@@ -334,7 +334,7 @@ def _tiny_results(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not a zip archive"])
 def test_corrupted_model_file_names_file_and_rebuild(tmp_path, content):
     from ragimpute.errors import ArtifactError
-    from ragimpute.model import load_predictor
+    from ragimpute.predictors import load_predictor
 
     path = tmp_path / "model.pt"
     path.write_bytes(content)

@@ -292,7 +292,18 @@ def test_mask_schedule_prints_every_hash(chain, capsys, tmp_path):
             "no array manifest is configured",
         ),
         (
-            ["mask", "--windows", "{d}/windows/20", "--store", "{d}/m", "--rate", "1.5"],
+            # --strategy random: the default (the schema's) is array, which needs no rate
+            [
+                "mask",
+                "--windows",
+                "{d}/windows/20",
+                "--store",
+                "{d}/m",
+                "--strategy",
+                "random",
+                "--rate",
+                "1.5",
+            ],
             "mask.rate must be in [0, 1]",
         ),
         (["mask", "--windows", "{d}/nowhere", "--store", "{d}/m"], "run the window stage first"),

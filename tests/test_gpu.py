@@ -15,7 +15,7 @@ from pipeline_data import build_tiny_results, window_batch
 from test_train import FAST, af_only_val_r2, inputs
 
 from ragimpute.impute import impute_target
-from ragimpute.model import load_predictor
+from ragimpute.predictors import load_predictor
 from ragimpute.targets import make_demo_targets
 from ragimpute.tokens import MASK
 from ragimpute.train import TrainConfig, train

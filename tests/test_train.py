@@ -17,9 +17,10 @@ from pipeline_data import build_tiny_results, window_batch
 from ragimpute.errors import MaskMismatchError
 from ragimpute.index import EmbeddingIndex
 from ragimpute.metrics import pearson_r2
-from ragimpute.model import load_predictor
+from ragimpute.predictors import load_predictor
 from ragimpute.tokens import ALT, MASK, TokenTable
-from ragimpute.train import TrainConfig, iter_inputs, read_retrieval, train
+from ragimpute.train import TrainConfig, train
+from ragimpute.train_data import iter_inputs, read_retrieval
 from ragimpute.windows import WindowedTable, load_sites, load_windows
 
 pytestmark = pytest.mark.slow

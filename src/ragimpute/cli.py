@@ -22,8 +22,20 @@ import sys
 from . import __version__
 from .errors import ArtifactError, InputError, MaskMismatchError, ToolError
 from .logs import log, setup_logging
+from .schema import choices, default, section_defaults
 
 USER_ERRORS = (InputError, ArtifactError, MaskMismatchError, ToolError)
+
+
+def _key_values(items: list[str] | None) -> dict:
+    """``--set KEY=VALUE`` options, each value read as YAML (``2`` is a number, ``[a, b]`` a list)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def _demo(a: argparse.Namespace) -> None:
@@ -97,14 +109,14 @@ def _train(a: argparse.Namespace) -> None:
 
     import yaml
 
-    from .train import TrainConfig, iter_inputs, train
+    from .train import TrainConfig, train
+    from .train_data import iter_inputs
 
-    settings = {}
+    # k: the neighbours retrieved for training are those retrieved for imputation (retrieval.k)
+    settings = {**section_defaults("train"), "k": default("retrieval.k")}
     if a.config:
-        settings = dict((yaml.safe_load(Path(a.config).read_text()) or {}).get("train", {}))
-    for item in a.set or []:
-        key, _, value = item.partition("=")
-        settings[key] = yaml.safe_load(value)
+        settings.update((yaml.safe_load(Path(a.config).read_text()) or {}).get("train", {}))
+    settings.update(_key_values(a.set))
     cfg = TrainConfig(**settings)
     masks_root = Path(a.results) / "masks"
     chroms = a.chromosomes or sorted(
@@ -124,18 +136,10 @@ def _train(a: argparse.Namespace) -> None:
 
 
 def _impute(a: argparse.Namespace) -> None:
-    import yaml
-
     from .impute import impute_target
 
-    options = {}
-    for item in a.set or []:
-        key, _, value = item.partition("=")
-        options[key] = yaml.safe_load(value)
-    engine = {}
-    for item in a.engine or []:
-        key, _, value = item.partition("=")
-        engine[key] = yaml.safe_load(value)
+    options = _key_values(a.set)
+    engine = {**section_defaults("engine"), **_key_values(a.engine)}
     impute_target(
         a.results,
         a.chrom,
@@ -176,64 +180,108 @@ def _compare(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every default comes from config/schema.yaml (``ragimpute.schema``), as the workflow's do."""
     p = argparse.ArgumentParser(prog="ragimpute", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=f"ragimpute {__version__}")
     p.add_argument("--log", help="also write the log to this file")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (
+        _demo_parser,
+        _split_parser,
+        _window_parser,
+        _mask_parser,
+        _tokenize_parser,
+        _index_parser,
+        _retrieve_parser,
+        _train_parser,
+        _impute_parser,
+        _evaluate_parser,
+        _compare_parser,
+    ):
+        add(sub)
+    return p
 
+
+Subparsers = argparse._SubParsersAction
+
+
+def _demo_parser(sub: Subparsers) -> None:
     s = sub.add_parser("demo", help="simulate the demo panel (msprime) and its array manifest")
     s.add_argument("--vcf", required=True, help="output panel .vcf.gz (indexed)")
     s.add_argument("--array", required=True, help="output array manifest TSV")
-    s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--samples", type=int, default=300, help="diploid samples")
-    s.add_argument("--length", type=int, default=3_000_000, help="bp per chromosome")
-    s.add_argument("--chromosomes", nargs="+", default=["20"])
+    s.add_argument("--seed", type=int, default=default("demo.seed"))
+    s.add_argument("--samples", type=int, default=default("demo.n_samples"), help="diploid samples")
+    s.add_argument(
+        "--length", type=int, default=default("demo.sequence_length"), help="bp per chromosome"
+    )
+    s.add_argument("--chromosomes", nargs="+", default=default("demo.chromosomes"))
     s.set_defaults(func=_demo)
 
+
+def _split_parser(sub: Subparsers) -> None:
     s = sub.add_parser("split", help="train/val/test sample split")
     s.add_argument("--panel", required=True)
     s.add_argument("--out", required=True, help="output TSV (sample, split)")
+    fractions = default("split.fractions")
     s.add_argument(
         "--fractions",
         type=float,
         nargs=3,
-        default=[0.8, 0.1, 0.1],
+        default=[fractions[k] for k in ("train", "val", "test")],
         metavar=("TRAIN", "VAL", "TEST"),
     )
-    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--seed", type=int, default=default("split.seed"))
     s.add_argument("--table", help="use this TSV (sample, split) instead of a random split")
     s.set_defaults(func=_split)
 
+
+def _window_parser(sub: Subparsers) -> None:
     s = sub.add_parser(
         "window", help="sites, windows and per-split haplotype tables of one chromosome"
     )
     s.add_argument("--panel", required=True)
     s.add_argument("--split", required=True)
     s.add_argument("--chrom", required=True)
-    s.add_argument("--length", type=int, default=1024, help="window length in sites")
-    s.add_argument("--overlap", type=int, default=256, help="sites shared by consecutive windows")
     s.add_argument(
-        "--keep-filtered", action="store_true", help="keep records whose FILTER is not PASS"
+        "--length", type=int, default=default("windows.length"), help="window length in sites"
+    )
+    s.add_argument(
+        "--overlap",
+        type=int,
+        default=default("windows.overlap"),
+        help="sites shared by consecutive windows",
+    )
+    s.add_argument(
+        "--keep-filtered",
+        action="store_true",
+        default=not default("panel.pass_only"),
+        help="keep records whose FILTER is not PASS",
     )
     s.add_argument("--genetic-map", help="PLINK .map or HapMap genetic map (default 1 cM/Mb)")
     s.add_argument("--out", required=True, help="output directory")
     s.set_defaults(func=_window)
 
+
+def _mask_parser(sub: Subparsers) -> None:
     s = sub.add_parser("mask", help="make and store masks; prints their hashes")
     s.add_argument("--windows", required=True, help="window stage directory")
     s.add_argument("--store", required=True, help="mask store directory (masks/<chrom>)")
     s.add_argument(
         "--current", help="where to write the list of hashes (default STORE/current.json)"
     )
-    s.add_argument("--strategy", choices=("random", "af", "array"), default="random")
-    s.add_argument("--rate", type=float, default=0.5)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--maf-threshold", type=float, default=0.05)
+    s.add_argument("--strategy", choices=choices("mask.strategy"), default=default("mask.strategy"))
+    s.add_argument("--rate", type=float, default=default("mask.rate"))
+    s.add_argument("--seed", type=int, default=default("mask.seed"))
+    s.add_argument("--maf-threshold", type=float, default=default("mask.maf_threshold"))
     s.add_argument("--array", help="array manifest (TSV chrom,pos[,ref,alt] or a VCF)")
-    s.add_argument("--array-dropout", type=float, default=0.0)
-    s.add_argument("--schedule", type=int, default=0, help="E > 0: one mask per epoch")
+    s.add_argument("--array-dropout", type=float, default=default("mask.array_dropout"))
+    s.add_argument(
+        "--schedule", type=int, default=default("mask.schedule"), help="E > 0: one mask per epoch"
+    )
     s.set_defaults(func=_mask)
 
+
+def _tokenize_parser(sub: Subparsers) -> None:
     s = sub.add_parser("tokenize", help="tokenize one split under one mask")
     s.add_argument("--windows", required=True)
     s.add_argument("--store", required=True)
@@ -242,23 +290,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_tokenize)
 
+
+def _index_parser(sub: Subparsers) -> None:
     s = sub.add_parser("index", help="build the FAISS index of the train tokens")
     s.add_argument("--tokens", required=True, help="train split token table")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument(
-        "--kind", choices=("binary_flat", "binary_hnsw", "float_l2"), default="binary_flat"
-    )
-    s.add_argument("--hnsw-m", type=int, default=32)
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--kind", choices=choices("index.kind"), default=default("index.kind"))
+    s.add_argument("--hnsw-m", type=int, default=default("index.hnsw_m"))
+    s.add_argument("--threads", type=int, default=default("index.threads"))
     s.set_defaults(func=_index)
 
+
+def _retrieve_parser(sub: Subparsers) -> None:
     s = sub.add_parser("retrieve", help="top-K neighbours of every query haplotype window")
     s.add_argument("--tokens", required=True)
     s.add_argument("--index", required=True)
-    s.add_argument("-k", type=int, default=32)
+    s.add_argument("-k", type=int, default=default("retrieval.k"))
     s.add_argument("--out", required=True)
     s.set_defaults(func=_retrieve)
 
+
+def _train_parser(sub: Subparsers) -> None:
     s = sub.add_parser(
         "train", help="train the model on a results directory's tokens and retrieval tables"
     )
@@ -276,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output directory (default RESULTS/model)")
     s.add_argument("--state", help="resumable state directory (default RESULTS/model_state)")
     s.set_defaults(func=_train)
+
+
+def _impute_parser(sub: Subparsers) -> None:
     s = sub.add_parser(
         "impute",
         help="impute a phased target VCF from a pipeline run's reference panel: VCF.gz + .tbi",
@@ -303,14 +358,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--aligned", help="harmonised target directory (default OUT.aligned)")
     s.add_argument("--panel", help="panel VCF, for ##contig lengths")
     s.add_argument("--checkpoint", help="model checkpoint (method model)")
-    s.add_argument("--device", default="auto", help="auto, cpu or cuda (method model)")
-    s.add_argument("-k", type=int, default=32, help="neighbours for predictors that do not set K")
-    s.add_argument("--max-missing", type=float, default=0.05)
-    s.add_argument("--batch", type=int, default=1024, help="target haplotypes per predictor call")
-    s.add_argument("--threads", type=int, default=1)
     s.add_argument(
-        "--index-kind", choices=("binary_flat", "binary_hnsw", "float_l2"), default="binary_flat"
+        "--device", default=default("impute.device"), help="auto, cpu or cuda (method model)"
     )
+    s.add_argument(
+        "-k",
+        type=int,
+        default=default("retrieval.k"),
+        help="neighbours for predictors that do not set K",
+    )
+    s.add_argument("--max-missing", type=float, default=default("impute.max_missing"))
+    s.add_argument(
+        "--batch",
+        type=int,
+        default=default("impute.batch_haplotypes"),
+        help="target haplotypes per predictor call",
+    )
+    s.add_argument("--threads", type=int, default=default("impute.threads"))
+    s.add_argument("--index-kind", choices=choices("index.kind"), default=default("index.kind"))
     s.add_argument(
         "--set",
         action="append",
@@ -319,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_impute)
 
+
+def _evaluate_parser(sub: Subparsers) -> None:
     s = sub.add_parser("evaluate", help="score an imputed VCF (any tool) against true genotypes")
     s.add_argument("--imputed", required=True)
     s.add_argument("--truth", required=True)
@@ -331,12 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory")
     s.set_defaults(func=_evaluate)
 
+
+def _compare_parser(sub: Subparsers) -> None:
     s = sub.add_parser("compare", help="pool evaluations: comparison.tsv, calibration.tsv, plots")
     s.add_argument("--tables", nargs="+", required=True, help="sites.tsv.gz of each evaluation")
     s.add_argument("--methods", nargs="+", help="method order (default: as found)")
     s.add_argument("--out", required=True, help="output directory")
     s.set_defaults(func=_compare)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

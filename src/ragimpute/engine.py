@@ -318,25 +318,12 @@ def _beta_step(b, m1, q, step_of, stretch_hap, ref_typed, n, rho, err, tmp):
 
 
 @njit(cache=True, fastmath=True)
-def _interval(
-    out_col,
-    u0,
-    u1,
-    lam,
-    af,
-    ref_packed,
-    cur_h,
-    cur_p,
-    n_cur,
-    cur_res,
-    nx_h,
-    nx_p,
-    n_nx,
-    nx_res,
-    left_only,
-):
+def _interval(out_col, u0, u1, lam, af, ref_packed, cur, nx, left_only):
     """P(ALT) at sites u0..u1-1: posterior of the left typed site (cur) and, unless ``left_only``,
-    the right one (nx), mixed by ``lam``; dropped states' mass takes the allele frequency."""
+    the right one (nx), mixed by ``lam``; dropped states' mass takes the allele frequency.
+    ``cur`` and ``nx`` are (haplotypes, posteriors, how many, dropped mass) of the states kept."""
+    cur_h, cur_p, n_cur, cur_res = cur
+    nx_h, nx_p, n_nx, nx_res = nx
     for u in range(u0, u1):
         x = cur_res * af[u]
         for j in range(n_cur):
@@ -351,6 +338,71 @@ def _interval(
             y += nx_p[j] * ((ref_packed[u, h >> 3] >> (h & 7)) & 1)
         w = lam[u]
         out_col[u] = (1.0 - w) * x + w * y
+
+
+@njit(cache=True, fastmath=True)
+def _switch_probabilities(dist_cm, ne, n_panel):
+    """(M,) probability of a switch between typed site m - 1 and m (0 at the first)."""
+    M = len(dist_cm)
+    rho = np.empty(M, np.float32)
+    rho[0] = 0.0
+    c = -0.04 * ne / n_panel  # Beagle's: the switch rate scales with the panel, not the states
+    for m in range(1, M):
+        rho[m] = -math.expm1(c * max(dist_cm[m], 1e-7))
+    return rho
+
+
+@njit(cache=True, fastmath=True)
+def _forward(q, stretch_hap, n, step_of, ref_typed, rho, err, block):
+    """Forward values at every ``block``-th typed site (ckpt) and at all of the last block (blk):
+    the backward pass recomputes the others a block at a time, so memory is O(M / block + block)."""
+    M = len(q)
+    n_blocks = (M + block - 1) // block
+    last0 = (n_blocks - 1) * block
+    ckpt = np.empty((n_blocks, n), np.float32)
+    blk = np.empty((block, n), np.float32)
+    a = np.empty(n, np.float32)
+    a2 = np.empty(n, np.float32)
+    _alpha_first(a, q, step_of, stretch_hap, ref_typed, n, err)
+    for m in range(M):
+        if m > 0:
+            _alpha_step(a, a2, m, q, step_of, stretch_hap, ref_typed, n, rho, err)
+            a, a2 = a2, a
+        if m % block == 0:
+            ckpt[m // block, :] = a
+        if m >= last0:
+            blk[m - last0, :] = a
+    return ckpt, blk
+
+
+@njit(cache=True, fastmath=True)
+def _site_posterior(alpha, b, post, m, q, step_of, stretch_hap, ref_typed, n, min_post, hs, ps):
+    """Posterior at typed site m from its forward (alpha) and backward (b) values: the states of
+    posterior at least ``min_post`` go to hs / ps. Returns (P(ALT), posterior of the states that
+    disagree with the query, states kept, their posterior mass)."""
+    total = 0.0
+    for k in range(n):
+        post[k] = alpha[k] * b[k]
+        total += post[k]
+    inv = 1.0 / total
+    s = step_of[m]
+    dos = 0.0
+    wrong = 0.0
+    n_kept = 0
+    kept = 0.0
+    for k in range(n):
+        p = post[k] * inv
+        h = stretch_hap[s, k]
+        allele = ref_typed[m, h]
+        dos += p * allele
+        if q[m] >= 0 and allele != q[m]:
+            wrong += p
+        if p >= min_post:
+            hs[n_kept] = h
+            ps[n_kept] = p
+            n_kept += 1
+            kept += p
+    return dos, wrong, n_kept, kept
 
 
 @njit(cache=True, fastmath=True)
@@ -378,29 +430,13 @@ def _impute_one(
     """
     M = len(q)
     N = len(out_col)
-    rho = np.empty(M, np.float32)
-    rho[0] = 0.0
-    c = -0.04 * ne / n_panel  # Beagle's: the switch rate scales with the panel, not the states
-    for m in range(1, M):
-        rho[m] = -math.expm1(c * max(dist_cm[m], 1e-7))
+    rho = _switch_probabilities(dist_cm, ne, n_panel)
     n_blocks = (M + block - 1) // block
-    last0 = (n_blocks - 1) * block
-    ckpt = np.empty((n_blocks, n), np.float32)
-    blk = np.empty((block, n), np.float32)
-    a = np.empty(n, np.float32)
-    a2 = np.empty(n, np.float32)
-    _alpha_first(a, q, step_of, stretch_hap, ref_typed, n, err)
-    for m in range(M):
-        if m > 0:
-            _alpha_step(a, a2, m, q, step_of, stretch_hap, ref_typed, n, rho, err)
-            a, a2 = a2, a
-        if m % block == 0:
-            ckpt[m // block, :] = a
-        if m >= last0:
-            blk[m - last0, :] = a
+    ckpt, blk = _forward(q, stretch_hap, n, step_of, ref_typed, rho, err, block)
     b = np.full(n, 1.0 / n, np.float32)
     tmp = np.empty(n, np.float32)
     post = np.empty(n, np.float32)
+    # the states kept at the current typed site (cur) and at the next one (nx), read by _interval
     cur_h = np.empty(n, np.int32)
     cur_p = np.empty(n, np.float32)
     nx_h = np.empty(n, np.int32)
@@ -421,87 +457,33 @@ def _impute_one(
         for m in range(c1 - 1, c0 - 1, -1):
             if m < M - 1:
                 _beta_step(b, m + 1, q, step_of, stretch_hap, ref_typed, n, rho, err, tmp)
-            total = 0.0
-            for k in range(n):
-                post[k] = blk[m - c0, k] * b[k]
-                total += post[k]
-            inv = 1.0 / total
-            s = step_of[m]
-            dos = 0.0
-            wrong = 0.0
-            n_cur = 0
-            kept = 0.0
-            for k in range(n):
-                p = post[k] * inv
-                h = stretch_hap[s, k]
-                allele = ref_typed[m, h]
-                dos += p * allele
-                if q[m] >= 0 and allele != q[m]:
-                    wrong += p
-                if p >= min_post:
-                    cur_h[n_cur] = h
-                    cur_p[n_cur] = p
-                    n_cur += 1
-                    kept += p
+            dos, wrong, n_cur, kept = _site_posterior(
+                blk[m - c0],
+                b,
+                post,
+                m,
+                q,
+                step_of,
+                stretch_hap,
+                ref_typed,
+                n,
+                min_post,
+                cur_h,
+                cur_p,
+            )
             out_col[typed_site[m]] = dos
             if q[m] >= 0:
                 mism += wrong
                 n_obs += 1
             cur_res = max(1.0 - kept, 0.0)
-            if m == M - 1:
-                _interval(
-                    out_col,
-                    typed_site[m] + 1,
-                    N,
-                    lam,
-                    af,
-                    ref_packed,
-                    cur_h,
-                    cur_p,
-                    n_cur,
-                    cur_res,
-                    nx_h,
-                    nx_p,
-                    0,
-                    0.0,
-                    True,
-                )
-            else:
-                _interval(
-                    out_col,
-                    typed_site[m] + 1,
-                    typed_site[m + 1],
-                    lam,
-                    af,
-                    ref_packed,
-                    cur_h,
-                    cur_p,
-                    n_cur,
-                    cur_res,
-                    nx_h,
-                    nx_p,
-                    n_nx,
-                    nx_res,
-                    False,
-                )
-            if m == 0:
-                _interval(
-                    out_col,
-                    0,
-                    typed_site[0],
-                    lam,
-                    af,
-                    ref_packed,
-                    cur_h,
-                    cur_p,
-                    n_cur,
-                    cur_res,
-                    nx_h,
-                    nx_p,
-                    0,
-                    0.0,
-                    True,
-                )
+            # the untyped sites up to the next typed site, from both; past the last, from this one
+            cur = (cur_h, cur_p, n_cur, cur_res)
+            nx = (nx_h, nx_p, n_nx, nx_res)
+            last = m == M - 1
+            hi = N if last else typed_site[m + 1]
+            _interval(out_col, typed_site[m] + 1, hi, lam, af, ref_packed, cur, nx, last)
+            if m == 0:  # ... and before the first typed site, from it alone
+                _interval(out_col, 0, typed_site[0], lam, af, ref_packed, cur, nx, True)
             cur_h, nx_h = nx_h, cur_h
             cur_p, nx_p = nx_p, cur_p
             n_nx = n_cur

@@ -16,28 +16,28 @@ INFO AF = mean DS / 2; INFO R2 = variance of the haplotype dosages / (AF (1 - AF
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import __version__
-from .atomic import read_json, write_json
+from .atomic import file_sha256, read_json, write_json
 from .baselines import AFPredictor, RetrievalPredictor
 from .engine import Engine, EngineParams
 from .errors import ArtifactError, InputError
 from .index import HaplotypeIndex, QueryBlock
 from .logs import Progress, log
-from .masks import load_mask
+from .masks import Mask, load_mask_for
 from .predictors import Predictor, PriorPredictor, WindowBatch
-from .prior import run_engine
+from .prior import PriorStore, run_engine
 from .states import INDEX_SETTINGS, build_states, load_chunk, load_states
-from .targets import read_target
+from .targets import AlignedTarget, read_target
 from .tokens import MASK, tokenize_block
 from .vcf_write import (
     bgzip_vcf_writer,
@@ -50,7 +50,7 @@ from .windows import WindowedTable, load_windows, sites_with_hash
 
 
 def _model_predictor(opts: dict) -> Predictor:
-    from .model import load_predictor  # the trained model (ragimpute.model), loaded only when asked
+    from .predictors import load_predictor  # imports torch: only when the model is asked for
 
     return load_predictor(opts["checkpoint"], opts.get("device", "auto"))
 
@@ -145,14 +145,6 @@ def prov_name(predictor: object) -> str:
     return getattr(predictor, "name", type(predictor).__name__)
 
 
-def file_sha256(path: str | os.PathLike, chars: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:chars]
-
-
 def _peak_memory(device: object) -> dict:
     out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if str(device).startswith("cuda"):
@@ -160,6 +152,36 @@ def _peak_memory(device: object) -> dict:
 
         out["cuda_max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
+
+
+@dataclass
+class _Job:
+    """One imputation run: its inputs, checked against each other (``_open_inputs``), and how the
+    windows are predicted."""
+
+    sites: pd.DataFrame
+    windows: pd.DataFrame
+    mask: Mask
+    reference: WindowedTable  # the train split's haplotypes, which neighbour ids index
+    target: AlignedTarget
+    typed: np.ndarray  # (n_sites,) bool: typed in the target
+    index: HaplotypeIndex | None  # None when the predictor needs no neighbours
+    k: int  # neighbours retrieved per haplotype window
+    predictor: Predictor
+    batch_haplotypes: int = 1024  # target haplotypes per predictor call
+    method: str = ""  # the method's name in the VCF header and the report
+    prior: PriorStore | None = None  # the engine's P(ALT), for predictors that refine it
+
+    def __post_init__(self) -> None:
+        self.chrom = str(self.sites["chrom"].iloc[0])
+        self.af = self.sites["af"].to_numpy()
+        self.pos = self.sites["pos"].to_numpy()
+        self.owner = self.sites["window"].to_numpy()
+        self.n_hap = 2 * len(self.target.samples)
+        self.hap_samples = list(np.repeat(np.asarray(self.target.samples, dtype=object), 2))
+        # Row of each typed site in the target's allele matrix (-1: untyped).
+        self.trow = np.full(len(self.sites), -1, dtype=np.int64)
+        self.trow[self.target.site] = np.arange(len(self.target.site))
 
 
 def impute(
@@ -189,14 +211,66 @@ def impute(
 
     t0 = time.perf_counter()
     faiss.omp_set_num_threads(max(1, threads))
+    job = _open_inputs(target_vcf, windows_dir, mask_store, mask_hash, index_dir, predictor, k)
+    job.batch_haplotypes = batch_haplotypes
+    device = getattr(predictor, "device", "cpu")
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    engine_report: dict = {}
+    if getattr(predictor, "needs_prior", False):
+        job.prior, engine_report = _engine_prior(
+            windows_dir,
+            states_dir,
+            job.mask.hash,
+            engine_params or EngineParams(),
+            job.target,
+            Path(out_vcf).parent,
+            batch_haplotypes,
+            threads,
+        )
+    prov = _provenance(job, provenance, engine_report)
+    job.method = prov["method"]
+    filled, seconds = _write_vcf(job, out_vcf, contig_length, prov)
+    report = {
+        "ragimpute": __version__,
+        **prov,
+        "output": str(out_vcf),
+        "target": str(target_vcf),
+        **_counts(job, filled),
+        "batch_haplotypes": batch_haplotypes,
+        "device": str(device),
+        **({"engine": engine_report} if engine_report else {}),
+        "impute_seconds": round(seconds, 3),
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        **_peak_memory(device),
+    }
+    log.info(
+        "imputed %d sites (%d typed) for %d samples in %.1f s, peak RSS %.0f MB",
+        len(job.sites),
+        int(job.typed.sum()),
+        len(job.target.samples),
+        report["wall_seconds"],
+        report["peak_rss_mb"],
+    )
+    return report
+
+
+def _open_inputs(
+    target_vcf: str | os.PathLike,
+    windows_dir: str | os.PathLike,
+    mask_store: str | os.PathLike,
+    mask_hash: str,
+    index_dir: str | os.PathLike,
+    predictor: Predictor,
+    k: int,
+) -> _Job:
+    """The windows, the mask, the target and the index, each refused with the stage to re-run when it
+    does not belong with the others."""
     sites, slh = sites_with_hash(windows_dir)
     windows = load_windows(windows_dir)
-    mask = load_mask(mask_store, mask_hash)
-    if mask.site_list_hash != slh:
-        raise ArtifactError(
-            f"mask {mask_hash} was made for site list {mask.site_list_hash}, the windows are {slh}; "
-            "re-run the target_mask stage"
-        )
+    mask = load_mask_for(mask_store, mask_hash, slh, "target_mask")
     reference = WindowedTable(Path(windows_dir) / "haplotypes" / "train.parquet", "alleles")
     target = read_target(target_vcf, str(sites["chrom"].iloc[0]), sites)
     typed = np.zeros(len(sites), dtype=bool)
@@ -225,133 +299,122 @@ def impute(
             raise ArtifactError(
                 f"index {index_dir} holds other reference samples than {reference.path}; rebuild it"
             )
-    n_hap = 2 * len(target.samples)
-    hap_samples = list(np.repeat(np.asarray(target.samples, dtype=object), 2))
-    # Row of each typed site in the target's allele matrix (-1: untyped).
-    trow = np.full(len(sites), -1, dtype=np.int64)
-    trow[target.site] = np.arange(len(target.site))
-    af = sites["af"].to_numpy()
-    owner = sites["window"].to_numpy()
-    chrom = str(sites["chrom"].iloc[0])
-    device = getattr(predictor, "device", "cpu")
-    if str(device).startswith("cuda"):
-        import torch
+    return _Job(sites, windows, mask, reference, target, typed, index, k_query, predictor)
 
-        torch.cuda.reset_peak_memory_stats()
-    prior = None
-    engine_report: dict = {}
-    if getattr(predictor, "needs_prior", False):
-        prior, engine_report = _engine_prior(
-            windows_dir,
-            states_dir,
-            mask.hash,
-            engine_params or EngineParams(),
-            target,
-            Path(out_vcf).parent,
-            batch_haplotypes,
-            threads,
-        )
+
+def _provenance(job: _Job, provenance: dict | None, engine_report: dict) -> dict:
+    """What the VCF header and the report record about the method and its inputs."""
     provenance = dict(provenance or {})
     if engine_report:
         provenance.update(
             {k: engine_report[k] for k in ("error", "states", "reference_haplotypes")}
         )
-    prov = {
-        "method": prov_name(predictor),
-        "mask_hash": mask.hash,
-        "index_kind": index.kind if index else "none",
-        "k": k_query,
+    return {
+        "method": prov_name(job.predictor),
+        "mask_hash": job.mask.hash,
+        "index_kind": job.index.kind if job.index else "none",
+        "k": job.k,
         **provenance,
     }
-    meta = [
+
+
+def _meta_lines(prov: dict) -> list[str]:
+    return [
         *INFO_LINES,
         "##ragimpute_impute=<" + ",".join(f"{key}={v}" for key, v in prov.items()) + ">",
     ]
+
+
+def _write_vcf(
+    job: _Job, out_vcf: str | os.PathLike, contig_length: int | None, prov: dict
+) -> tuple[int, float]:
+    """The header, then window by window the records of the sites each owns, in position order.
+    Returns the number of missing target alleles imputed at typed sites, and the seconds taken."""
+    progress = Progress(len(job.windows), f"impute {job.method}", "windows")
     filled = 0
-    progress = Progress(len(windows), f"impute {prov['method']}", "windows")
     with contextlib.ExitStack() as cleanup, bgzip_vcf_writer(out_vcf) as write:
-        if prior is not None:
-            cleanup.callback(prior.close)
-        write(header_lines(chrom, contig_length, target.samples, meta))
-        for w, (a, b) in enumerate(windows[["first_site", "last_site"]].to_numpy()):
-            b = b + 1
-            own = np.flatnonzero(owner[a:b] == w)
-            if not len(own):
-                progress.update()
-                continue
-            cols = trow[a:b]
-            alleles = np.zeros((n_hap, b - a), dtype=np.int8)
-            t_cols = np.flatnonzero(cols >= 0)
-            alleles[:, t_cols] = target.alleles[cols[t_cols]].T
-            missing = alleles < 0
-            # Retrieval needs one mask for all rows: a missing call is filled with the reference's more
-            # frequent allele for the search, and hidden (MASK) for the predictor, which imputes it.
-            alleles = np.where(missing, (af[a:b] > 0.5).astype(np.int8)[None, :], alleles)
-            search_tokens = tokenize_block(alleles, mask.masked[a:b])
-            tokens = search_tokens.copy()
-            tokens[missing] = MASK
-            filled += int(missing[:, own].sum())
-            ref_block = reference.read(w) if k_query > 0 else np.zeros((0, b - a), np.uint8)
-            prior_block = prior.read(a, b) if prior is not None else None
-            p = np.empty((n_hap, len(own)), dtype=np.float32)
-            for r0 in range(0, n_hap, batch_haplotypes):
-                rows = slice(r0, min(r0 + batch_haplotypes, n_hap))
-                if index is not None:
-                    q = QueryBlock(w, search_tokens[rows], hap_samples[rows], mask.hash)
-                    ids, dist = index.search(q, k_query)
-                else:
-                    ids = np.zeros((len(search_tokens[rows]), 0), dtype=np.int64)
-                    dist = np.zeros(ids.shape, dtype=np.float32)
-                batch = WindowBatch(
-                    window=w,
-                    tokens=tokens[rows],
-                    neighbours=ids,
-                    distances=dist,
-                    reference=ref_block,
-                    af=af[a:b],
-                    pos=sites["pos"].to_numpy()[a:b],
-                    mask_hash=mask.hash,
-                    prior=None if prior_block is None else prior_block[rows],
-                )
-                pw = np.asarray(predictor.predict(batch), dtype=np.float32)
-                if pw.shape != batch.tokens.shape:
-                    raise RuntimeError(
-                        f"predictor {prov['method']} returned shape {pw.shape} for {batch.tokens.shape}"
-                    )
-                p[rows] = pw[:, own]
-            # Observed calls are written as observed, whatever the predictor returned there.
-            obs = ~missing[:, own] & ~mask.masked[a:b][own][None, :]
-            p[obs] = alleles[:, own][obs]
-            write(format_records(chrom, sites.iloc[a + own], p.T, typed[a + own]))
+        if job.prior is not None:
+            cleanup.callback(job.prior.close)
+        write(header_lines(job.chrom, contig_length, job.target.samples, _meta_lines(prov)))
+        for w, (a, b) in enumerate(job.windows[["first_site", "last_site"]].to_numpy()):
+            records, n_filled = _impute_window(job, w, a, b + 1)
+            if records:
+                write(records)
+            filled += n_filled
             progress.update()
-    seconds = progress.close()
-    report = {
-        "ragimpute": __version__,
-        **prov,
-        "output": str(out_vcf),
-        "target": str(target_vcf),
-        "samples": len(target.samples),
-        "sites": len(sites),
-        "typed_sites": int(typed.sum()),
-        "imputed_sites": int((~typed).sum()),
+    return filled, progress.close()
+
+
+def _impute_window(job: _Job, w: int, a: int, b: int) -> tuple[bytes, int]:
+    """The VCF records of the sites that window ``w`` (sites a..b-1) owns, and the number of missing
+    target alleles imputed at its typed sites."""
+    own = np.flatnonzero(job.owner[a:b] == w)
+    if not len(own):
+        return b"", 0
+    masked = job.mask.masked[a:b]
+    cols = job.trow[a:b]
+    alleles = np.zeros((job.n_hap, b - a), dtype=np.int8)
+    t_cols = np.flatnonzero(cols >= 0)
+    alleles[:, t_cols] = job.target.alleles[cols[t_cols]].T
+    missing = alleles < 0
+    # Retrieval needs one mask for all rows: a missing call is filled with the reference's more
+    # frequent allele for the search, and hidden (MASK) for the predictor, which imputes it.
+    alleles = np.where(missing, (job.af[a:b] > 0.5).astype(np.int8)[None, :], alleles)
+    search_tokens = tokenize_block(alleles, masked)
+    tokens = search_tokens.copy()
+    tokens[missing] = MASK
+    p = _predict_window(job, w, a, b, search_tokens, tokens)[:, own]
+    # Observed calls are written as observed, whatever the predictor returned there.
+    obs = ~missing[:, own] & ~masked[own][None, :]
+    p[obs] = alleles[:, own][obs]
+    records = format_records(job.chrom, job.sites.iloc[a + own], p.T, job.typed[a + own])
+    return records, int(missing[:, own].sum())
+
+
+def _predict_window(
+    job: _Job, w: int, a: int, b: int, search_tokens: np.ndarray, tokens: np.ndarray
+) -> np.ndarray:
+    """(n_hap, b - a) P(ALT) from the predictor, ``batch_haplotypes`` target haplotypes at a time."""
+    ref_block = job.reference.read(w) if job.k > 0 else np.zeros((0, b - a), np.uint8)
+    prior_block = job.prior.read(a, b) if job.prior is not None else None
+    p = np.empty(tokens.shape, dtype=np.float32)
+    for r0 in range(0, job.n_hap, job.batch_haplotypes):
+        rows = slice(r0, min(r0 + job.batch_haplotypes, job.n_hap))
+        if job.index is not None:
+            q = QueryBlock(w, search_tokens[rows], job.hap_samples[rows], job.mask.hash)
+            ids, dist = job.index.search(q, job.k)
+        else:
+            ids = np.zeros((len(search_tokens[rows]), 0), dtype=np.int64)
+            dist = np.zeros(ids.shape, dtype=np.float32)
+        batch = WindowBatch(
+            window=w,
+            tokens=tokens[rows],
+            neighbours=ids,
+            distances=dist,
+            reference=ref_block,
+            af=job.af[a:b],
+            pos=job.pos[a:b],
+            mask_hash=job.mask.hash,
+            prior=None if prior_block is None else prior_block[rows],
+        )
+        pw = np.asarray(job.predictor.predict(batch), dtype=np.float32)
+        if pw.shape != batch.tokens.shape:
+            raise RuntimeError(
+                f"predictor {job.method} returned shape {pw.shape} for {batch.tokens.shape}"
+            )
+        p[rows] = pw
+    return p
+
+
+def _counts(job: _Job, filled: int) -> dict:
+    return {
+        "samples": len(job.target.samples),
+        "sites": len(job.sites),
+        "typed_sites": int(job.typed.sum()),
+        "imputed_sites": int((~job.typed).sum()),
         "missing_alleles_imputed_at_typed_sites": filled,
-        "windows": len(windows),
-        "batch_haplotypes": batch_haplotypes,
-        "device": str(device),
-        **({"engine": engine_report} if engine_report else {}),
-        "impute_seconds": round(seconds, 3),
-        "wall_seconds": round(time.perf_counter() - t0, 3),
-        **_peak_memory(device),
+        "windows": len(job.windows),
     }
-    log.info(
-        "imputed %d sites (%d typed) for %d samples in %.1f s, peak RSS %.0f MB",
-        len(sites),
-        int(typed.sum()),
-        len(target.samples),
-        report["wall_seconds"],
-        report["peak_rss_mb"],
-    )
-    return report
 
 
 def _engine_prior(
@@ -431,7 +494,7 @@ def run_impute_stage(
     provenance: dict = {}
     if checkpoint:
         opts.update(checkpoint=str(checkpoint), device=device)
-        provenance["model_sha256"] = file_sha256(checkpoint)
+        provenance["model_sha256"] = file_sha256(checkpoint)[:16]
     predictor = PREDICTOR_FACTORIES[method](opts)
     if hasattr(predictor, "params"):
         provenance.update(predictor.params())

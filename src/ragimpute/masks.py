@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import __version__
-from .atomic import read_artifact_json, read_parquet_df, write_json, write_parquet
+from .atomic import file_sha256, read_artifact_json, read_parquet_df, write_json, write_parquet
 from .errors import ArtifactError, InputError, UnreadableArtifactError
 from .logs import log
 from .vcf_io import normalize_chrom, vcf_records_sites
@@ -334,6 +334,20 @@ def load_mask(store: str | os.PathLike, h: str) -> Mask:
     return mask
 
 
+def load_mask_for(
+    store: str | os.PathLike, h: str, site_list_hash: str, stage: str = "mask"
+) -> Mask:
+    """``load_mask``, refused when the mask was made for another site list than the windows' one
+    (``site_list_hash``); ``stage`` is the one to re-run."""
+    mask = load_mask(store, h)
+    if mask.site_list_hash != site_list_hash:
+        raise ArtifactError(
+            f"mask {h} was made for site list {mask.site_list_hash}, the windows are "
+            f"{site_list_hash}; re-run the {stage} stage"
+        )
+    return mask
+
+
 def run_mask_stage(
     sites: pd.DataFrame,
     site_list_hash: str,
@@ -357,7 +371,7 @@ def run_mask_stage(
         on_array = match_sites(sites, read_site_list(array_manifest), array_manifest)
         provenance = {
             "array_manifest": str(array_manifest),
-            "array_manifest_sha256": _file_sha256(array_manifest),
+            "array_manifest_sha256": file_sha256(array_manifest),
             "array_sites_matched": int(on_array.sum()),
         }
     hashes = []
@@ -375,14 +389,6 @@ def run_mask_stage(
         current_json, {"chrom": str(sites["chrom"].iloc[0]), "hashes": hashes, "specs": specs}
     )
     return hashes
-
-
-def _file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run_mask_stage_dir(

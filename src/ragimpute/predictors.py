@@ -2,14 +2,26 @@
 
 The trained model, the retrieval-only baseline and the allele-frequency baseline all implement
 ``Predictor`` so that imputation, evaluation and the training metrics score them with the same code.
+This module holds the protocol, the batch it is asked with, the engine's own predictor and the adapter
+that serves the trained model (``load_predictor``); the baselines live in ``ragimpute.baselines``.
+
+torch is imported only when a model is loaded: the other methods run without it.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+from .errors import ArtifactError, UnreadableArtifactError, rebuild_hint
+from .tokens import ALT, MASK, REF
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -58,3 +70,116 @@ class PriorPredictor:
         if batch.prior is None:
             raise ValueError("the copying method needs the engine's output (WindowBatch.prior)")
         return batch.prior
+
+
+def rows_by_mask(tokens: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Groups of rows that observe the same sites, with those observed and hidden sites.
+
+    Masks are per site, but a target with a missing call at a typed site observes one site fewer on that
+    haplotype: each group gets its own forward pass (the model and the copying model need one mask).
+    """
+    _, group = np.unique(np.packbits(tokens == MASK, axis=1), axis=0, return_inverse=True)
+    group = group.ravel()
+    for g in np.unique(group):
+        rows = np.flatnonzero(group == g)
+        first = tokens[rows[0]]
+        yield rows, np.flatnonzero((first == REF) | (first == ALT)), np.flatnonzero(first == MASK)
+
+
+def observed_probabilities(tokens: np.ndarray) -> np.ndarray:
+    """P(ALT) where the query says: 1 at ALT, 0 at REF (and, until predicted, at hidden and padded sites)."""
+    return (tokens == ALT).astype(np.float32)
+
+
+class ModelPredictor:
+    """The trained model behind the ``Predictor`` protocol used by imputation and evaluation."""
+
+    name = "model"
+
+    def __init__(
+        self, checkpoint: dict, device: torch.device, batch_rows: int = 32, site_chunk: int = 512
+    ):
+        from .model import ImputationModel, ModelConfig
+
+        self.model = ImputationModel(ModelConfig(**checkpoint["model_args"])).to(device)
+        self.model.load_state_dict(checkpoint["model"])
+        self.model.eval()
+        self.device = device
+        self.batch_rows = batch_rows
+        self.site_chunk = site_chunk
+        # a model trained on the engine's prior gets it at imputation too (WindowBatch.prior)
+        self.needs_prior = self.model.cfg.use_prior
+        # Imputation retrieves as many neighbours as the model was trained with.
+        self.k = int(checkpoint.get("train_config", {}).get("k", 0)) or None
+        if not self.model.cfg.use_retrieval:
+            self.k = 0
+        self.provenance = {
+            "state_hash": checkpoint.get("state_hash"),
+            "epoch": checkpoint.get("epoch"),
+            "mask_hashes": checkpoint.get("mask_hashes"),
+            "ragimpute": checkpoint.get("ragimpute"),
+        }
+
+    def predict(self, batch: WindowBatch) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            tokens = batch.tokens
+            out = observed_probabilities(tokens)
+            af = torch.from_numpy(np.array(batch.af, dtype=np.float32)).to(self.device)
+            pos = torch.from_numpy(np.array(batch.pos, dtype=np.int64)).to(self.device)
+            use_nb = self.model.cfg.use_retrieval
+            for rows_all, _, hidden in rows_by_mask(tokens):
+                if len(hidden) == 0:
+                    continue
+                sites = torch.from_numpy(hidden).to(self.device)
+                for a in range(0, len(rows_all), self.batch_rows):
+                    rows = rows_all[a : a + self.batch_rows]
+                    t = torch.from_numpy(tokens[rows].astype(np.int64)).to(self.device)
+                    nb = dist = None
+                    if use_nb:
+                        nb = torch.from_numpy(batch.reference[batch.neighbours[rows]]).to(
+                            self.device
+                        )
+                        dist = torch.from_numpy(batch.distances[rows].astype(np.float32)).to(
+                            self.device
+                        )
+                    prior = None
+                    if self.needs_prior:
+                        prior = torch.from_numpy(np.asarray(batch.prior[rows], np.float32)).to(
+                            self.device
+                        )
+                    p = self.model.predict_sites(
+                        t, af, pos, nb, dist, sites, self.site_chunk, prior=prior
+                    )
+                    out[np.ix_(rows, hidden)] = p.cpu().numpy()
+            return out
+
+
+def load_predictor(
+    checkpoint_path: str | os.PathLike, device: str | torch.device = "auto", **kwargs
+) -> ModelPredictor:
+    """Rebuild the trained model from ``model.pt`` (its own arguments are stored with the weights)."""
+    import torch
+
+    if isinstance(device, str):
+        device = torch.device(
+            "cuda"
+            if device == "auto" and torch.cuda.is_available()
+            else ("cpu" if device == "auto" else device)
+        )
+    if not os.path.exists(checkpoint_path):
+        raise ArtifactError(f"{checkpoint_path} is missing. {rebuild_hint('train')}")
+    try:
+        ck = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    except Exception as e:  # a truncated or corrupted file: torch and pickle raise many kinds
+        raise UnreadableArtifactError(
+            f"{checkpoint_path} cannot be read ({type(e).__name__}: {str(e).strip()[:300]}): it is "
+            f"corrupt or truncated. {rebuild_hint('train')}"
+        ) from e
+    for key in ("model", "model_args"):
+        if key not in ck:
+            raise ValueError(
+                f"{checkpoint_path} is not a ragimpute model (no {key!r}); use results/model/model.pt"
+            )
+    return ModelPredictor(ck, device, **kwargs)

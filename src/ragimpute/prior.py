@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Chunk, Engine, EngineParams
-from .errors import ArtifactError
+from .engine import Engine, EngineParams
 from .logs import Progress, log
 
 SCALE = 65535
@@ -136,8 +135,8 @@ def run_prior_stage(
     """The engine's P(ALT) for every haplotype of ``split`` typed under mask ``mask_hash``, copying
     from the train split (a train haplotype never from its own sample): the prior the network learns
     to correct, as a windowed table (``prior``: P(ALT) x 65535 as uint16, one row group per window)."""
-    from .masks import load_mask
-    from .states import reference_af
+    from .masks import load_mask_for
+    from .states import reference_chunk
     from .windows import (
         WindowedTable,
         load_windows,
@@ -147,12 +146,7 @@ def run_prior_stage(
     )
 
     sites, slh = sites_with_hash(windows_dir)
-    mask = load_mask(mask_store, mask_hash)
-    if mask.site_list_hash != slh:
-        raise ArtifactError(
-            f"mask {mask_hash} was made for site list {mask.site_list_hash}, the windows are {slh}; "
-            "re-run the mask stage"
-        )
+    mask = load_mask_for(mask_store, mask_hash, slh)
     typed = np.flatnonzero(mask.observed)
     windows = load_windows(windows_dir)
     hap_dir = Path(windows_dir) / "haplotypes"
@@ -160,17 +154,7 @@ def run_prior_stage(
     queries = train if split == "train" else WindowedTable(hap_dir / f"{split}.parquet", "alleles")
     packed = packed_haplotypes([train], windows)
     n_ref = train.n_haplotypes
-    chunk = Chunk(
-        ref_packed=packed,
-        ref_typed=np.ascontiguousarray(
-            np.unpackbits(packed[typed], axis=1, count=n_ref, bitorder="little")
-        ),
-        typed_site=typed,
-        cm=sites["cm"].to_numpy(),
-        pos=sites["pos"].to_numpy(),
-        af=reference_af(packed, n_ref),
-    )
-    engine = Engine(chunk, params)
+    engine = Engine(reference_chunk(packed, n_ref, typed, sites), params)
     q_packed = packed if queries is train else packed_haplotypes([queries], windows)
     n_q = queries.n_haplotypes
     query = np.ascontiguousarray(

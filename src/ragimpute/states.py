@@ -18,7 +18,6 @@ the checksum of ``steps.parquet``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import pyarrow as pa
 from . import __version__
 from .atomic import (
     atomic_dir,
+    file_sha256,
     read_artifact_json,
     read_parquet_df,
     reading,
@@ -40,20 +40,12 @@ from .atomic import (
 from .engine import ENGINE_VERSION, Chunk, EngineParams, StateIndex
 from .errors import ArtifactError, MaskMismatchError, rebuild_hint
 from .logs import log
-from .masks import load_mask
+from .masks import load_mask_for
 from .windows import WindowedTable, load_windows, packed_haplotypes, sites_with_hash
 
 FORMAT_VERSION = 1
 # the settings a state index is built with: another value needs another index
 INDEX_SETTINGS = ("step_cm", "span_steps", "seed")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def reference_tables(windows_dir: str | os.PathLike, splits: list[str]) -> list[WindowedTable]:
@@ -73,12 +65,7 @@ def build_states(
     """Build the state index of the reference ``splits`` under mask ``mask_hash``."""
     t0 = time.perf_counter()
     sites, slh = sites_with_hash(windows_dir)
-    mask = load_mask(mask_store, mask_hash)
-    if mask.site_list_hash != slh:
-        raise ArtifactError(
-            f"mask {mask_hash} was made for site list {mask.site_list_hash}, the windows are {slh}; "
-            "re-run the mask stage"
-        )
+    mask = load_mask_for(mask_store, mask_hash, slh)
     typed = np.flatnonzero(mask.observed)
     if len(typed) == 0:
         raise ArtifactError(f"mask {mask_hash} observes no site: there is nothing to copy from")
@@ -124,7 +111,7 @@ def build_states(
             **{k: getattr(params, k) for k in INDEX_SETTINGS},
             "order": index.order,
             "n_sites": int(len(packed)),
-            "sha256": {f: _sha256(tmp / f) for f in ("steps.parquet", "reference.npy")},
+            "sha256": {f: file_sha256(tmp / f) for f in ("steps.parquet", "reference.npy")},
             "build_seconds": round(time.perf_counter() - t0, 3),
             "faiss_version": faiss.__version__,
             "ragimpute": __version__,
@@ -166,7 +153,7 @@ def load_states(
                 f"{d} was built with engine.{k} = {meta[k]}, the config asks for "
                 f"{getattr(params, k)}. {rebuild}"
             )
-    if _sha256(steps_path) != meta["sha256"]["steps.parquet"]:
+    if file_sha256(steps_path) != meta["sha256"]["steps.parquet"]:
         raise ArtifactError(
             f"{steps_path} does not match its checksum in meta.json (corrupted); {rebuild}"
         )
@@ -193,8 +180,15 @@ def load_chunk(
         )
     with reading(Path(states_dir) / "reference.npy", "states"):
         packed = np.load(Path(states_dir) / "reference.npy")
-    n_ref = meta["n_haplotypes"]
     typed_site = np.asarray(typed_site, dtype=np.int64)
+    return reference_chunk(packed, meta["n_haplotypes"], typed_site, sites)
+
+
+def reference_chunk(
+    packed: np.ndarray, n_ref: int, typed_site: np.ndarray, sites: pd.DataFrame
+) -> Chunk:
+    """The engine's reference: ``packed`` alleles of ``n_ref`` haplotypes (a row of bits per site),
+    unpacked at the typed sites, with the positions and maps of ``sites``."""
     return Chunk(
         ref_packed=packed,
         ref_typed=np.ascontiguousarray(

@@ -1,7 +1,8 @@
 from pathlib import Path
 
 from ragimpute.smk import run
-from ragimpute.train import TrainConfig, iter_inputs, train
+from ragimpute.train import TrainConfig, train
+from ragimpute.train_data import iter_inputs
 
 cfg = TrainConfig(**{**snakemake.params.cfg, "k": snakemake.params.k, "threads": snakemake.threads})
 out_dir = Path(snakemake.output.model).parent
