@@ -436,3 +436,10 @@ def test_cli_impute_then_evaluate(env, tmp_path, capsys):
     bad += ["--reference", "train"]
     bad += ["--target", str(tmp_path / "missing.vcf.gz"), "--out", str(tmp_path / "x.vcf.gz")]
     assert cli_main(bad) == 1
+
+
+def test_method_names_match_the_predictors():
+    """The workflow learns the method names from ragimpute.methods without importing impute."""
+    from ragimpute.methods import OUR_METHODS
+
+    assert tuple(PREDICTOR_FACTORIES) == OUR_METHODS

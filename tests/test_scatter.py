@@ -31,7 +31,7 @@ def test_every_chromosome_is_scheduled_at_once(tmp_path):
     stats = job_stats(output(r))
     assert stats["window"] == 2 and stats["mask"] == 2, stats
     assert {w for rule, w in jobs_in_log(output(r)) if rule == "mask"} == {
-        f"chrom={c}" for c in CHROMS
+        f"unit={c}" for c in CHROMS
     }
 
 
@@ -43,7 +43,7 @@ def test_two_chromosomes_run_as_independent_chains(tmp_path_factory):
 
     per_chrom: dict[str, dict[str, int]] = {c: {} for c in CHROMS}
     for job in jobs:
-        chrom = dict(kv.split("=") for kv in job["wildcards"].split(", ") if kv).get("chrom")
+        chrom = dict(kv.split("=") for kv in job["wildcards"].split(", ") if kv).get("unit")
         if chrom is None:
             # stages before the scatter (demo, split) and gathers after it (training, comparison):
             # they may read every chromosome's files but write none
@@ -97,15 +97,15 @@ def test_rerun_recipes(finished_copy):
     # hash), so the tokens, indexes, retrieval tables and the model are kept. (Stages that read the
     # list of current masks, masks/<chrom>/current.json, may run again.)
     reran = ran(snakemake(wd, "--cores", "2", "-R", "mask"))
-    assert {("mask", f"chrom={c}") for c in CHROMS} <= reran
+    assert {("mask", f"unit={c}") for c in CHROMS} <= reran
     assert not {rule for rule, _ in reran} & {"window", "tokenize", "index", "retrieve", "train"}
 
     # -R index: that stage on every chromosome, then what depends on it; nothing upstream
     h20 = next((res / "index" / "20").iterdir()).name
     hashes = {"20": h20, "21": h21}
     reran = ran(snakemake(wd, "--cores", "2", "-R", "index"))
-    assert {("index", f"chrom={c}, mask_hash={hashes[c]}") for c in CHROMS} | {
-        ("retrieve", f"chrom={c}, mask_hash={hashes[c]}, split={s}") for c in CHROMS for s in SPLITS
+    assert {("index", f"unit={c}, mask_hash={hashes[c]}") for c in CHROMS} | {
+        ("retrieve", f"unit={c}, mask_hash={hashes[c]}, split={s}") for c in CHROMS for s in SPLITS
     } <= reran
     assert not {rule for rule, _ in reran} & {"window", "mask", "tokenize"}
 
@@ -113,22 +113,22 @@ def test_rerun_recipes(finished_copy):
     index21 = f"{TWO_CHROM_RESULTS}/index/21/{h21}"
     shutil.rmtree(wd / index21)
     assert ran(snakemake(wd, "--cores", "2", targets=(index21,))) == {
-        ("index", f"chrom=21, mask_hash={h21}")
+        ("index", f"unit=21, mask_hash={h21}")
     }
     # ... and the next full run re-does what depends on it (newer input): chromosome 21's retrieval,
     # not chromosome 20's, nor anything upstream
     reran = ran(snakemake(wd, "--cores", "2"))
-    assert {("retrieve", f"chrom=21, mask_hash={h21}, split={s}") for s in SPLITS} <= reran
+    assert {("retrieve", f"unit=21, mask_hash={h21}, split={s}") for s in SPLITS} <= reran
     assert not {
         (r_, w) for r_, w in reran if r_ in ("window", "mask", "tokenize", "index", "retrieve")
-    } - {("retrieve", f"chrom=21, mask_hash={h21}, split={s}") for s in SPLITS}
+    } - {("retrieve", f"unit=21, mask_hash={h21}, split={s}") for s in SPLITS}
 
     # a stage target (instead of --until, which cannot see past the mask checkpoint): up to the
     # indexes, and nothing downstream of them
     for stage in ("tokens", "index", "retrieval"):
         shutil.rmtree(res / stage / "21")
     assert ran(snakemake(wd, "--cores", "2", targets=("index_all",))) == {
-        ("tokenize", f"chrom=21, mask_hash={h21}, split=train"),
-        ("index", f"chrom=21, mask_hash={h21}"),
+        ("tokenize", f"unit=21, mask_hash={h21}, split=train"),
+        ("index", f"unit=21, mask_hash={h21}"),
     }
     assert not (res / "retrieval" / "21").exists()

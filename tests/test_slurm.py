@@ -166,7 +166,7 @@ def test_pipeline_under_slurm(cluster, tmp_path_factory, tmp_path):
 
     # -- chromosomes in jobs of their own, side by side ------------------------------------------
     def chroms(jobs):
-        return {wildcard_dict(w).get("chrom") for _, w in jobs} - {None}
+        return {wildcard_dict(w).get("unit") for _, w in jobs} - {None}
 
     assert all(len(chroms(jobs)) <= 1 for jobs in in_slurm.values()), in_slurm
     for rule in ("window", "mask", "index"):
@@ -174,7 +174,7 @@ def test_pipeline_under_slurm(cluster, tmp_path_factory, tmp_path):
             c: [
                 i
                 for i, jobs in in_slurm.items()
-                if any(r_ == rule and wildcard_dict(w).get("chrom") == c for r_, w in jobs)
+                if any(r_ == rule and wildcard_dict(w).get("unit") == c for r_, w in jobs)
             ]
             for c in CHROMS
         }

@@ -324,10 +324,14 @@ def evaluate(
     typed_vcf: str | os.PathLike,
     method: str,
     out_dir: str | os.PathLike,
+    core: tuple[int, int] | None = None,
 ) -> dict:
     """Score one method's imputed VCF; writes ``sites.tsv.gz`` (per-site sums), ``bins.tsv`` and
-    ``summary.json`` in ``out_dir``. ``typed_vcf``: the (harmonised) target, whose sites are not scored."""
+    ``summary.json`` in ``out_dir``. ``typed_vcf``: the (harmonised) target, whose sites are not scored.
+    ``core`` (first, last bp): score only these sites (a chunk's share of its chromosome)."""
     ref = read_parquet_df(sites_parquet, "window", columns=["chrom", "pos", "ref", "alt", "maf"])
+    if core is not None:
+        ref = ref[(ref["pos"] >= core[0]) & (ref["pos"] <= core[1])].reset_index(drop=True)
     chrom = str(ref["chrom"].iloc[0])
     truth = read_truth(truth_vcf, chrom)
     reason = not_run_reason(imputed_vcf)

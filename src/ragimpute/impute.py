@@ -20,7 +20,7 @@ import os
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +32,11 @@ from .baselines import AFPredictor, RetrievalPredictor
 from .engine import Engine, EngineParams
 from .errors import ArtifactError, InputError
 from .index import HaplotypeIndex, QueryBlock
+from .layout import Layout
+from .ligate import STATS_SCALE, write_stats
 from .logs import Progress, log
 from .masks import Mask, load_mask_for
+from .methods import EXTERNAL_METHODS
 from .predictors import Predictor, PriorPredictor, WindowBatch
 from .prior import PriorStore, run_engine
 from .states import INDEX_SETTINGS, build_states, load_chunk, load_states
@@ -44,6 +47,7 @@ from .vcf_write import (
     contig_lengths,
     dosage_fields,
     header_lines,
+    info_strings,
     thousandths,
 )
 from .windows import WindowedTable, load_windows, sites_with_hash
@@ -62,11 +66,9 @@ PREDICTOR_FACTORIES: dict[str, Callable[[dict], Predictor]] = {
     "retrieval": lambda opts: RetrievalPredictor(
         **{k: opts[k] for k in ("k", "flank", "decay", "tau", "prior") if k in opts}
     ),
-    "model": _model_predictor,
     "copying": lambda opts: PriorPredictor(),
+    "model": _model_predictor,
 }
-# Methods run by other tools on the same reference and harmonised target (workflow rules of their own).
-EXTERNAL_METHODS = ("beagle", "minimac4")
 
 INFO_LINES = [
     '##INFO=<ID=AF,Number=A,Type=Float,Description="Estimated ALT allele frequency: mean DS / 2 over '
@@ -109,18 +111,25 @@ def format_records(
     p: np.ndarray,
     typed: np.ndarray,
     block: int = 1 << 21,
-) -> bytes:
+) -> tuple[bytes, np.ndarray]:
     """VCF record lines of ``sites`` from haplotype probabilities ``p`` (n_sites, 2n), formatted
-    ``block`` genotypes at a time (memory: ~30 bytes per genotype of a block)."""
+    ``block`` genotypes at a time (memory: ~30 bytes per genotype of a block); also (n_sites, 2) the
+    integer sums of P(ALT) x 65535 and of its square over the haplotypes, from which INFO AF and R2
+    are computed (exactly, so that batches of targets merged later give the same INFO).
+
+    P(ALT) is first rounded to 1/65535 (far below the printed thousandths), the one value every
+    field is computed from."""
     n = p.shape[1] // 2
     step = max(1, block // max(n, 1))
     pos = sites["pos"].to_numpy()
     ids = sites["id"].to_numpy() if "id" in sites else np.full(len(sites), ".", dtype=object)
     ref, alt = sites["ref"].to_numpy(), sites["alt"].to_numpy()
+    k = np.rint(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) * STATS_SCALE).astype(np.int64)
+    sums = np.stack([k.sum(axis=1), (k * k).sum(axis=1)], axis=1)
     out = []
     for a in range(0, len(sites), step):
         b = min(a + step, len(sites))
-        g = genotype_arrays(p[a:b])
+        g = genotype_arrays(k[a:b] / STATS_SCALE)
         gt = 2 * g["gt"][:, 0::2] + g["gt"][:, 1::2]
         # GP printed in thousandths that sum to exactly 1: the heterozygote takes the remainder.
         g0 = thousandths(g["gp"][..., 0])
@@ -129,16 +138,15 @@ def format_records(
         take0 = g0 >= g2
         g0, g2 = g0 - over * take0, g2 - over * ~take0
         fields = dosage_fields(gt, thousandths(g["ds"], top=2000), g0, 1000 - g0 - g2, g2)
-        af, r2 = g["af"], g["r2"]
+        info = info_strings(sums[a:b, 0], sums[a:b, 1], 2 * n, typed[a:b])
         for i in range(b - a):
             j = a + i
-            flag = "TYPED" if typed[j] else "IMP"
             out.append(
                 f"{chrom}\t{pos[j]}\t{ids[j] or '.'}\t{ref[j]}\t{alt[j]}\t.\tPASS\t"
-                f"AF={af[i]:.4g};R2={r2[i]:.3f};{flag}\tGT:DS:GP\t".encode()
+                f"{info[i]}\tGT:DS:GP\t".encode()
             )
             out.append(fields[i] + b"\n")
-    return b"".join(out)
+    return b"".join(out), sums
 
 
 def prov_name(predictor: object) -> str:
@@ -171,6 +179,9 @@ class _Job:
     batch_haplotypes: int = 1024  # target haplotypes per predictor call
     method: str = ""  # the method's name in the VCF header and the report
     prior: PriorStore | None = None  # the engine's P(ALT), for predictors that refine it
+    # per window written: positions and the integer sums INFO AF/R2 come from (ligate.write_stats)
+    stats: list = field(default_factory=list)
+    whole_target: AlignedTarget | None = None  # the whole target when ``target`` is one batch
 
     def __post_init__(self) -> None:
         self.chrom = str(self.sites["chrom"].iloc[0])
@@ -199,6 +210,8 @@ def impute(
     threads: int = 1,
     states_dir: str | os.PathLike | None = None,
     engine_params: EngineParams | None = None,
+    sample_batch: tuple[int, int] | None = None,
+    stats_out: str | os.PathLike | None = None,
 ) -> dict:
     """Impute every reference site for the samples of a harmonised target; returns the run report.
 
@@ -206,12 +219,18 @@ def impute(
     ``target_mask`` stage writes both). ``k`` neighbours are retrieved per haplotype window unless the
     predictor says how many it needs (``predictor.k``; 0 = none). A predictor with ``needs_prior``
     gets the copying-model engine's P(ALT) (state index ``states_dir``, settings ``engine_params``).
+    ``sample_batch`` (first, count): impute only these target samples (one job of a cohort split
+    into batches; the engine's error rate is still estimated on the whole target, so that every batch
+    uses the same); ``stats_out``: where to write the sums INFO is recomputed from when the batches
+    are merged (``ragimpute.ligate``).
     """
     import faiss
 
     t0 = time.perf_counter()
     faiss.omp_set_num_threads(max(1, threads))
-    job = _open_inputs(target_vcf, windows_dir, mask_store, mask_hash, index_dir, predictor, k)
+    job = _open_inputs(
+        target_vcf, windows_dir, mask_store, mask_hash, index_dir, predictor, k, sample_batch
+    )
     job.batch_haplotypes = batch_haplotypes
     device = getattr(predictor, "device", "cpu")
     if str(device).startswith("cuda"):
@@ -229,10 +248,15 @@ def impute(
             Path(out_vcf).parent,
             batch_haplotypes,
             threads,
+            job.whole_target,
         )
     prov = _provenance(job, provenance, engine_report)
     job.method = prov["method"]
     filled, seconds = _write_vcf(job, out_vcf, contig_length, prov)
+    if stats_out:
+        pos = np.concatenate([p for p, _ in job.stats]) if job.stats else np.zeros(0, np.int64)
+        sums = np.concatenate([x for _, x in job.stats]) if job.stats else np.zeros((0, 2))
+        write_stats(stats_out, pos, sums[:, 0], sums[:, 1], job.n_hap)
     report = {
         "ragimpute": __version__,
         **prov,
@@ -265,9 +289,10 @@ def _open_inputs(
     index_dir: str | os.PathLike,
     predictor: Predictor,
     k: int,
+    sample_batch: tuple[int, int] | None = None,
 ) -> _Job:
-    """The windows, the mask, the target and the index, each refused with the stage to re-run when it
-    does not belong with the others."""
+    """The windows, the mask, the target (or one batch of its samples) and the index, each refused
+    with the stage to re-run when it does not belong with the others."""
     sites, slh = sites_with_hash(windows_dir)
     windows = load_windows(windows_dir)
     mask = load_mask_for(mask_store, mask_hash, slh, "target_mask")
@@ -299,7 +324,17 @@ def _open_inputs(
             raise ArtifactError(
                 f"index {index_dir} holds other reference samples than {reference.path}; rebuild it"
             )
-    return _Job(sites, windows, mask, reference, target, typed, index, k_query, predictor)
+    whole = target
+    if sample_batch is not None:
+        first, count = sample_batch
+        cols = slice(2 * first, 2 * (first + count))
+        target = replace(target, samples=target.samples[first : first + count],
+                         alleles=target.alleles[:, cols])  # fmt: skip
+        if not target.samples:
+            raise InputError(target_vcf, f"no target sample in batch {sample_batch}", "Check it")
+    job = _Job(sites, windows, mask, reference, target, typed, index, k_query, predictor)
+    job.whole_target = whole
+    return job
 
 
 def _provenance(job: _Job, provenance: dict | None, engine_report: dict) -> dict:
@@ -367,7 +402,8 @@ def _impute_window(job: _Job, w: int, a: int, b: int) -> tuple[bytes, int]:
     # Observed calls are written as observed, whatever the predictor returned there.
     obs = ~missing[:, own] & ~masked[own][None, :]
     p[obs] = alleles[:, own][obs]
-    records = format_records(job.chrom, job.sites.iloc[a + own], p.T, job.typed[a + own])
+    records, sums = format_records(job.chrom, job.sites.iloc[a + own], p.T, job.typed[a + own])
+    job.stats.append((job.pos[a + own], sums))
     return records, int(missing[:, own].sum())
 
 
@@ -418,9 +454,11 @@ def _counts(job: _Job, filled: int) -> dict:
 
 
 def _engine_prior(
-    windows_dir, states_dir, mask_hash, params, target, where, batch_haplotypes, threads
+    windows_dir, states_dir, mask_hash, params, target, where, batch_haplotypes, threads, whole
 ):
-    """The engine's P(ALT) for every target haplotype at every site (a PriorStore) and its report."""
+    """The engine's P(ALT) for every target haplotype at every site (a PriorStore) and its report.
+    The error rate, when estimated, is estimated on ``whole`` (the whole target, of which ``target``
+    may be one batch of samples), so that every batch is imputed alike."""
     if states_dir is None:
         raise ValueError("the copying model needs its state index (states_dir)")
     index, meta = load_states(states_dir, mask_hash, params)
@@ -434,12 +472,17 @@ def _engine_prior(
             "A sample cannot be imputed from itself: remove it from the target or the panel",
         )
     engine = Engine(chunk, params, index)
+    estimated = params.error is None
+    if estimated:
+        whole_query = np.ascontiguousarray(whole.alleles.T, dtype=np.int8)
+        engine.params = replace(params, error=engine.estimate_error(whole_query, threads=threads))
+        log.info("copying model: allele mismatch rate estimated at %.2e", engine.params.error)
     query = np.ascontiguousarray(target.alleles.T, dtype=np.int8)  # (haplotypes, typed sites)
     run = run_engine(engine, query, where, batch_haplotypes, threads)
     report = {
         "params": params.to_dict(),
         "error": run.error,
-        "error_estimated": run.error_estimated,
+        "error_estimated": estimated,
         "states": min(params.states, chunk.n_ref),
         "reference_splits": meta["splits"],
         "reference_samples": meta["samples"],
@@ -465,7 +508,7 @@ def run_impute_stage(
     target_vcf: str | os.PathLike,
     windows_dir: str | os.PathLike,
     mask_store: str | os.PathLike,
-    index_root: str | os.PathLike,
+    index_dir: str | os.PathLike | None,
     out_vcf: str | os.PathLike,
     report_json: str | os.PathLike,
     options: dict | None = None,
@@ -475,11 +518,14 @@ def run_impute_stage(
     checkpoint: str | os.PathLike | None = None,
     device: str = "auto",
     threads: int = 1,
-    states_root: str | os.PathLike | None = None,
+    states_dir: str | os.PathLike | None = None,
     engine: dict | None = None,
+    sample_batch: tuple[int, int] | None = None,
+    stats_out: str | os.PathLike | None = None,
 ) -> dict:
     """Build the predictor for ``method``, impute, and write the VCF and its JSON report (with the
-    target alignment counts from ``alignment_json``)."""
+    target alignment counts from ``alignment_json``). ``index_dir`` / ``states_dir``: the window
+    index and the state index of the target's mask (the methods that use them)."""
     t0 = time.perf_counter()
     if method not in PREDICTOR_FACTORIES:
         raise InputError(
@@ -506,7 +552,7 @@ def run_impute_stage(
         windows_dir,
         mask_store,
         mask_hash,
-        Path(index_root) / mask_hash,
+        index_dir,
         predictor,
         out_vcf,
         k=k,
@@ -514,9 +560,13 @@ def run_impute_stage(
         contig_length=length,
         provenance=provenance,
         threads=threads,
-        states_dir=Path(states_root) / mask_hash if states_root else None,
+        states_dir=states_dir,
         engine_params=engine_params(engine),
+        sample_batch=sample_batch,
+        stats_out=stats_out,
     )
+    if sample_batch is not None:
+        report["sample_batch"] = {"first": sample_batch[0], "count": sample_batch[1]}
     report["alignment"] = {
         key: alignment.get(key)
         for key in (
@@ -565,8 +615,8 @@ def impute_target(
     from .targets import harmonise_target
     from .tokens import run_tokenize_stage
 
-    res = Path(results)
-    windows, store = res / "windows" / chrom, res / "masks" / chrom
+    layout = Layout(str(results))
+    windows, store = Path(layout.windows(chrom)), Path(layout.mask_store(chrom))
     aligned = Path(aligned_dir or f"{out_vcf}.aligned")
     info = harmonise_target(
         target_vcf,
@@ -579,35 +629,28 @@ def impute_target(
         panel_vcf,
         reference_splits=list(reference_splits),
     )
-    index_root = res / "index" / chrom
-    if method in ("retrieval", "model") and not (index_root / info["hash"] / "meta.json").exists():
-        tokens = res / "tokens" / chrom / info["hash"] / "train.parquet"
-        run_tokenize_stage(windows, store, info["hash"], "train", tokens)
-        build_index(tokens, index_root / info["hash"], kind=index_kind, threads=threads)
-    states_root = res / "states" / chrom
+    h = info["hash"]
+    index_dir = Path(layout.index(chrom, h))
+    if method in ("retrieval", "model") and not (index_dir / "meta.json").exists():
+        tokens = Path(layout.tokens(chrom, h, "train"))
+        run_tokenize_stage(windows, store, h, "train", tokens)
+        build_index(tokens, index_dir, kind=index_kind, threads=threads)
+    states_dir = Path(layout.states(chrom, h))
     params = engine_params(engine)
-    states_meta = states_root / info["hash"] / "meta.json"
     if method in ("copying", "model"):
-        meta = read_json(states_meta) if states_meta.exists() else {}
+        meta = read_json(states_dir / "meta.json") if (states_dir / "meta.json").exists() else {}
         fresh = meta.get("splits") == list(reference_splits) and all(
-            meta.get(k) == getattr(params, k) for k in INDEX_SETTINGS
+            meta.get(key) == getattr(params, key) for key in INDEX_SETTINGS
         )
         if not fresh:
-            build_states(
-                windows,
-                store,
-                info["hash"],
-                list(reference_splits),
-                states_root / info["hash"],
-                params,
-            )
+            build_states(windows, store, h, list(reference_splits), states_dir, params)
     return run_impute_stage(
         method,
         aligned / "alignment.json",
         aligned / "target.vcf.gz",
         windows,
         store,
-        index_root,
+        index_dir,
         out_vcf,
         report_json or f"{out_vcf}.json",
         options=options,
@@ -617,6 +660,6 @@ def impute_target(
         checkpoint=checkpoint,
         device=device,
         threads=threads,
-        states_root=states_root,
+        states_dir=states_dir,
         engine=engine,
     )

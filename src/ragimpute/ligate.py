@@ -116,3 +116,32 @@ def ligate(parts: list[tuple[str | os.PathLike, int, int]], out_vcf: str | os.Pa
                     n += 1
             kept.append(n)
     return {"chunks": len(parts), "records": kept, "output": str(Path(out_vcf))}
+
+
+def merge_batch_stage(
+    vcfs: list[str], stats: list[str], out_vcf: str | os.PathLike, report_json: str | os.PathLike
+) -> dict:
+    """The merge_batches rule: the merged VCF, and one report from the batches' reports (counts
+    summed over the batches, each batch's time and memory kept)."""
+    from .atomic import read_json, write_json
+
+    info = merge_batches(list(zip(vcfs, stats, strict=True)), out_vcf)
+    reports = [read_json(str(v)[: -len(".vcf.gz")] + ".json") for v in vcfs]
+    report = dict(reports[0])
+    report.pop("sample_batch", None)
+    report.update(
+        output=str(out_vcf),
+        samples=info["samples"],
+        missing_alleles_imputed_at_typed_sites=sum(
+            r.get("missing_alleles_imputed_at_typed_sites", 0) for r in reports
+        ),
+        batches=[
+            {
+                "output": str(v),
+                **{k: r.get(k) for k in ("sample_batch", "wall_seconds", "peak_rss_mb")},
+            }
+            for v, r in zip(vcfs, reports, strict=True)
+        ],
+    )
+    write_json(report_json, report)
+    return report

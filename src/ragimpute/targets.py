@@ -203,8 +203,10 @@ def read_target(
     sites: pd.DataFrame,
     allow_unphased: bool = False,
     hint: str = PHASING_HINT,
+    region: tuple[int, int] | None = None,
 ) -> AlignedTarget:
-    """Read ``chrom`` of a phased target VCF/BCF and align it to the reference ``sites``
+    """Read ``chrom`` (or its ``region``: first, last bp, a chunk) of a phased target VCF/BCF and
+    align it to the reference ``sites``
     (columns pos, ref, alt; positions increasing). With ``allow_unphased``, unphased heterozygotes
     are read too (``AlignedTarget.unphased``; the workflow's ``phase`` stage phases them); else they
     are an error with ``hint``."""
@@ -222,8 +224,9 @@ def read_target(
             "The target does not overlap the reference on this chromosome; check `chromosomes:` "
             "and that target and reference use the same genome build",
         ) from e
-    region = ["-r", contig] if _is_indexed(path) else ["-t", contig]
-    text = _bcftools_query(path, "-f", "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", *region)
+    where = contig if region is None else f"{contig}:{region[0]}-{region[1]}"
+    where_arg = ["-r", where] if _is_indexed(path) else ["-t", where]
+    text = _bcftools_query(path, "-f", "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", *where_arg)
 
     skipped = dict.fromkeys(TARGET_SKIP_REASONS, 0)
     recs: list[tuple[str, int, str, str]] = []
@@ -373,6 +376,7 @@ def harmonise_target(
     panel_vcf: str | os.PathLike | None = None,
     reference_splits: list[str] | tuple[str, ...] = ("train",),
     phase: str | None = None,
+    region: tuple[int, int] | None = None,
 ) -> dict:
     """The ``target_mask`` stage: align the target, write it harmonised to the reference (reference
     naming and orientation, typed sites only: what Beagle, Minimac4 and our imputation all read),
@@ -395,7 +399,7 @@ def harmonise_target(
     sites, slh = sites_with_hash(windows_dir)
     split = load_split(split_tsv)
     reference_samples = [s for name in reference_splits for s in split[name]]
-    target = read_target(target_vcf, chrom, sites, allow_unphased=allow, hint=hint)
+    target = read_target(target_vcf, chrom, sites, allow_unphased=allow, hint=hint, region=region)
     check_disjoint(reference_samples, target.samples, target_vcf)
     target = apply_missing_rule(target, max_missing)
 
@@ -465,7 +469,9 @@ def _panel_at_sites(panel_vcf, windows_dir, chrom, samples, pass_only):
     from .windows import sites_with_hash
 
     sites, _ = sites_with_hash(windows_dir)
-    panel = read_panel(panel_vcf, chrom, samples=samples, pass_only=pass_only)
+    # the windowed sites' span: the whole chromosome, or one chunk of it
+    span = (int(sites["pos"].iloc[0]), int(sites["pos"].iloc[-1])) if len(sites) else None
+    panel = read_panel(panel_vcf, chrom, samples=samples, pass_only=pass_only, region=span)
     if not np.array_equal(panel.sites["pos"].to_numpy(), sites["pos"].to_numpy()):
         raise InputError(
             windows_dir,

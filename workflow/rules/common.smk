@@ -7,8 +7,9 @@ import sys
 from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 from snakemake.utils import validate
 
-from ragimpute.demo import ADMIXED_TARGETS
-from ragimpute.impute import EXTERNAL_METHODS, PREDICTOR_FACTORIES
+from ragimpute.chunks import Unit, plan_chunks
+from ragimpute.layout import Layout
+from ragimpute.methods import EXTERNAL_METHODS, OUR_METHODS
 from ragimpute.smk import config_problems
 from ragimpute.split import SPLITS
 
@@ -23,7 +24,9 @@ if _problems:
     )
 validate(config, schema="../../config/schema.yaml")
 
-RESULTS = config["results"]
+# Every path of a run comes from the layout (src/ragimpute/layout.py).
+L = Layout(config["results"])
+ADMIXED_TARGETS = "ADMIX"  # the admixed demo's target population (ragimpute.demo)
 # demo keys that are not the simulation's (demo_targets and the map switch)
 DEMO_NOT_SIMULATION = (
     "unphased_targets",
@@ -69,24 +72,12 @@ def check_input_files():
 check_input_files()
 
 
-wildcard_constraints:
-    chrom=r"[^/]+",
-    mask_hash=r"[0-9a-f]{16}",
-    split="|".join(SPLITS),
-    method="|".join([*PREDICTOR_FACTORIES, *EXTERNAL_METHODS]),
-
-
-def res(path):
-    """A path under the results directory (outputs, logs and Snakemake benchmarks all live there)."""
-    return os.path.join(RESULTS, path)
-
-
 def logs(path):
-    return res(os.path.join("logs", path))
+    return L.log(path)
 
 
 def bench(path):
-    return res(os.path.join("benchmarks", path))
+    return L.bench(path)
 
 
 def use_demo():
@@ -94,12 +85,12 @@ def use_demo():
 
 
 def panel_vcf():
-    return res("demo/panel.vcf.gz") if use_demo() else config["panel"]["vcf"]
+    return L.demo("panel.vcf.gz") if use_demo() else config["panel"]["vcf"]
 
 
 def array_manifest():
     if use_demo():
-        return res("demo/array_sites.tsv")
+        return L.demo("array_sites.tsv")
     return config["panel"]["array_manifest"] or None
 
 
@@ -118,7 +109,7 @@ def genetic_map():
     if config["panel"]["genetic_map"]:
         return config["panel"]["genetic_map"]
     if demo_map_used():
-        return res("demo/genetic_map.map")
+        return L.demo("genetic_map.map")
     return []
 
 
@@ -127,7 +118,7 @@ def tool_map(wildcards):
     every reference site as our windows hold it), when a map is used."""
     if not genetic_map():
         return []
-    return res(f"targets/{wildcards.chrom}/genetic_map.map")
+    return L.targets(wildcards.unit, "genetic_map.map")
 
 
 def check_tool_args():
@@ -161,7 +152,7 @@ def reference_splits():
 def demo_populations():
     """The admixed demo's populations: its ADMIX samples are the held-out targets."""
     if use_demo() and config["demo"]["admixed"] and not config["split"]["table"]:
-        return res("demo/populations.tsv")
+        return L.demo("populations.tsv")
     return []
 
 
@@ -169,6 +160,7 @@ def split_table():
     return config["split"]["table"] or []
 
 
+@functools.cache
 def chromosomes():
     if config["chromosomes"]:
         return [str(c) for c in config["chromosomes"]]
@@ -177,6 +169,107 @@ def chromosomes():
     from ragimpute.vcf_io import vcf_records_contigs
 
     return vcf_records_contigs(config["panel"]["vcf"])
+
+
+# -- units: a chromosome, or the chunks of one (chunks.length; src/ragimpute/chunks.py) ------------
+
+
+def chromosome_length(chrom):
+    """The last bp of a chromosome, for cutting it into chunks: the demo's length, or the panel's
+    ##contig length."""
+    if use_demo():
+        return int(config["demo"]["sequence_length"])
+    from ragimpute.vcf_io import resolve_contig
+    from ragimpute.vcf_write import contig_lengths
+
+    contig = resolve_contig(panel_vcf(), chrom)
+    length = contig_lengths(panel_vcf()).get(contig)
+    if not length:
+        raise WorkflowError(
+            f"chunks.length is set but the panel's header gives no length for contig {contig} "
+            f"({panel_vcf()}): add ##contig lines with lengths (bcftools reheader --fai), or leave "
+            "chunks.length at 0"
+        )
+    return int(length)
+
+
+@functools.cache
+def chunk_plan():
+    """chromosome -> its units, in order."""
+    c = config["chunks"]
+    plan = {}
+    for chrom in chromosomes():
+        if not c["length"]:
+            plan[chrom] = (Unit(chrom, chrom, 0, 0, 0, 0),)
+            continue
+        gmap = None
+        if c["unit"] == "cm" and config["panel"]["genetic_map"]:
+            from ragimpute.genmap import read_genetic_map
+
+            gmap = read_genetic_map(config["panel"]["genetic_map"], chrom)
+        units_ = plan_chunks(
+            chrom,
+            1,
+            chromosome_length(chrom),
+            c["length"],
+            c["overlap"],
+            c["unit"],
+            gmap,
+        )
+        plan[chrom] = tuple(units_)
+    return plan
+
+
+def units():
+    """Every unit of the run: chromosomes, or their chunks."""
+    return [u.name for chrom in chromosomes() for u in chunk_plan()[chrom]]
+
+
+@functools.cache
+def unit_info(name):
+    for chrom in chromosomes():
+        for u in chunk_plan()[chrom]:
+            if u.name == name:
+                return u
+    raise WorkflowError(
+        f"{name} is not a unit of this run (chromosomes: {chromosomes()})"
+    )
+
+
+def unit_chrom(wildcards):
+    """The chromosome a unit lies on, as the panel names it."""
+    return unit_info(wildcards.unit).chrom
+
+
+def unit_region(wildcards):
+    """(first, last) bp of a chunk; None for a whole chromosome."""
+    u = unit_info(wildcards.unit)
+    return None if u.name == u.chrom else [u.start, u.end]
+
+
+def unit_core(wildcards):
+    """(first, last) bp of the sites a chunk contributes to the ligated output; None if whole."""
+    u = unit_info(wildcards.unit)
+    return None if u.name == u.chrom else [u.core_start, u.core_end]
+
+
+def chunked_chromosomes():
+    return [c for c in chromosomes() if len(chunk_plan()[c]) > 1]
+
+
+def _alternation(names):
+    """A regex matching exactly these names (none: a regex that matches nothing)."""
+    import re
+
+    return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
+
+
+wildcard_constraints:
+    unit=_alternation(units()),
+    chrom=_alternation(chromosomes()),
+    mask_hash=r"[0-9a-f]{16}",
+    split="|".join(SPLITS),
+    method="|".join([*OUR_METHODS, *EXTERNAL_METHODS]),
 
 
 def mask_array_input(wildcards):
@@ -191,15 +284,15 @@ def mask_array_input(wildcards):
     return manifest
 
 
-def mask_hashes(chrom):
-    """Hashes of the masks the config asks for on ``chrom`` (known once the mask checkpoint ran)."""
-    with checkpoints.mask.get(chrom=chrom).output[0].open() as f:
+def mask_hashes(unit):
+    """Hashes of the masks the config asks for on ``unit`` (known once the mask checkpoint ran)."""
+    with checkpoints.mask.get(unit=unit).output[0].open() as f:
         return json.load(f)["hashes"]
 
 
 def stored_mask(wildcards):
     """The content-addressed mask file; written by the mask checkpoint, which no rule can re-make."""
-    path = res(f"masks/{wildcards.chrom}/{wildcards.mask_hash}/mask.parquet")
+    path = L.mask(wildcards.unit, wildcards.mask_hash)
     if not os.path.exists(path):
         raise WorkflowError(
             f"{path} is missing (deleted?). It is written by the `mask` checkpoint: run "
@@ -209,55 +302,55 @@ def stored_mask(wildcards):
     return path
 
 
-def index_outputs(chrom):
+def index_outputs(unit):
     out = []
-    for h in mask_hashes(chrom):
-        out.append(res(f"index/{chrom}/{h}"))
-        out += [res(f"retrieval/{chrom}/{h}/{s}.parquet") for s in SPLITS]
+    for h in mask_hashes(unit):
+        out.append(L.index(unit, h))
+        out += [L.retrieval(unit, h, s) for s in SPLITS]
     return out
 
 
-def for_each_chromosome(paths_of):
-    """``paths_of(chrom)`` gathered over all chromosomes, for input functions.
+def for_each_unit(paths_of):
+    """``paths_of(unit)`` gathered over all units, for input functions.
 
-    A chromosome whose checkpoint (e.g. ``mask``) has not run yet contributes that checkpoint's
-    output instead; Snakemake re-evaluates the function when it is done. Letting the first
-    IncompleteCheckpointException escape would hide the other chromosomes from the DAG until that
-    checkpoint finished, and the chromosomes would run one after the other instead of in parallel.
+    A unit whose checkpoint (e.g. ``mask``) has not run yet contributes that checkpoint's output
+    instead; Snakemake re-evaluates the function when it is done. Letting the first
+    IncompleteCheckpointException escape would hide the other units from the DAG until that
+    checkpoint finished, and the units would run one after the other instead of in parallel.
     """
     out = []
-    for chrom in chromosomes():
+    for unit in units():
         try:
-            out += paths_of(chrom)
+            out += paths_of(unit)
         except IncompleteCheckpointException as e:
             out.append(e.targetfile)
     return out
 
 
 def train_inputs(wildcards):
-    """Windows of every chromosome, and the train/val tokens (and retrieval tables) of every mask."""
+    """Windows of every unit, and the train/val tokens (retrieval tables, priors) of every mask."""
     out = {"sites": [], "truth": [], "tokens": [], "retrieval": [], "prior": []}
-    for chrom in chromosomes():
-        out["sites"].append(res(f"windows/{chrom}/sites.parquet"))
-        out["truth"] += [
-            res(f"windows/{chrom}/haplotypes/{s}.parquet") for s in ("train", "val")
-        ]
-        for h in mask_hashes(chrom):
+    for unit in units():
+        out["sites"].append(L.sites(unit))
+        out["truth"] += [L.haplotypes(unit, s) for s in ("train", "val")]
+        for h in mask_hashes(unit):
             for s in ("train", "val"):
-                out["tokens"].append(res(f"tokens/{chrom}/{h}/{s}.parquet"))
+                out["tokens"].append(L.tokens(unit, h, s))
                 if config["train"]["mode"] == "token":
-                    out["retrieval"].append(res(f"retrieval/{chrom}/{h}/{s}.parquet"))
+                    out["retrieval"].append(L.retrieval(unit, h, s))
                 if config["train"]["prior"]:
-                    out["prior"].append(res(f"prior/{chrom}/{h}/{s}.parquet"))
+                    out["prior"].append(L.prior(unit, h, s))
     return out
 
 
 def get_final_output(wildcards):
-    out = for_each_chromosome(
-        lambda chrom: [res(f"windows/{chrom}/windows.json"), *index_outputs(chrom)]
+    out = for_each_unit(
+        lambda unit: [L.windows(unit, "windows.json"), *index_outputs(unit)]
     )
-    if "model" in config["evaluate"]["methods"]:  # the network is opt-in (docs/model.md)
-        out.append(res("model/model.pt"))
+    if (
+        "model" in config["evaluate"]["methods"]
+    ):  # the network is opt-in (docs/model.md)
+        out.append(L.model("model.pt"))
     out += imputation_outputs()
     return out
 
@@ -271,13 +364,13 @@ def own_target():
 
 
 def target_vcf(wildcards):
-    return own_target() or res(f"targets/{wildcards.chrom}/target.vcf.gz")
+    return own_target() or L.targets(wildcards.unit, "target.vcf.gz")
 
 
 def truth_vcf(wildcards):
     if own_target():
         return config["impute"]["truth_vcf"]
-    return res(f"targets/{wildcards.chrom}/truth.vcf.gz")
+    return L.targets(wildcards.unit, "truth.vcf.gz")
 
 
 def can_evaluate():
@@ -295,70 +388,68 @@ def demo_target_array(wildcards):
     return manifest
 
 
-def target_hash(chrom):
-    """Hash of the target's mask (known once the target_mask checkpoint ran)."""
-    with checkpoints.target_mask.get(chrom=chrom).output.alignment.open() as f:
-        return json.load(f)["hash"]
-
-
-def alignment(chrom):
-    """The target_mask checkpoint's alignment.json (known once it ran)."""
-    with checkpoints.target_mask.get(chrom=chrom).output.alignment.open() as f:
+def alignment(unit):
+    """The target_mask checkpoint's alignment.json of a unit (known once it ran)."""
+    with checkpoints.target_mask.get(unit=unit).output.alignment.open() as f:
         return json.load(f)
 
 
-def needs_phasing(chrom):
+def target_hash(unit):
+    """Hash of the target's mask (known once the target_mask checkpoint ran)."""
+    return alignment(unit)["hash"]
+
+
+def needs_phasing(unit):
     """impute.phase always, or auto and the target has an unphased heterozygote."""
-    return bool(alignment(chrom).get("phasing", {}).get("needs_phasing"))
+    return bool(alignment(unit).get("phasing", {}).get("needs_phasing"))
 
 
-def imputation_target(chrom):
+def imputation_target(unit):
     """The target our methods and Minimac4 impute: phased by the `phase` rule when it needs phasing,
     else the harmonised target as it is."""
-    if needs_phasing(chrom):
+    if needs_phasing(unit):
         phaser = config["impute"]["phaser"]
         if not phaser_available(phaser):
             raise WorkflowError(
-                f"the target of chromosome {chrom} has unphased genotypes "
-                f"({alignment(chrom)['phasing']['unphased_heterozygotes']} heterozygotes) and "
+                f"the target of {unit} has unphased genotypes "
+                f"({alignment(unit)['phasing']['unphased_heterozygotes']} heterozygotes) and "
                 f"impute.phaser is {phaser}, which is not installed (not on PATH). Install it "
                 "(apt-get install beagle; or SHAPEIT5's phase_common), choose the other phaser "
                 "(impute.phaser), or give a phased target (and impute.phase: never)."
             )
-        return res(f"targets/{chrom}/phased/target.vcf.gz")
-    return res(f"targets/{chrom}/aligned/target.vcf.gz")
+        return L.phased(unit, "target.vcf.gz")
+    return L.aligned(unit, "target.vcf.gz")
 
 
 def imputation_target_input(wildcards):
-    return imputation_target(wildcards.chrom)
+    return imputation_target(wildcards.unit)
 
 
 def impute_inputs(wildcards):
-    chrom = wildcards.chrom
+    unit = wildcards.unit
     out = {
-        "alignment": res(f"targets/{chrom}/aligned/alignment.json"),
-        "target": imputation_target(chrom),
-        "sites": res(f"windows/{chrom}/sites.parquet"),
-        "windows": res(f"windows/{chrom}/windows.parquet"),
-        "reference": res(f"windows/{chrom}/haplotypes/train.parquet"),
-        "index": res(f"index/{chrom}/{target_hash(chrom)}"),
+        "alignment": L.aligned(unit, "alignment.json"),
+        "target": imputation_target(unit),
+        "sites": L.sites(unit),
+        "windows": L.windows(unit, "windows.parquet"),
+        "reference": L.haplotypes(unit, "train"),
+        "mask": L.mask(unit, target_hash(unit)),
         "panel": panel_vcf(),
     }
+    if wildcards.method in ("retrieval", "model"):  # the window index
+        out["index"] = L.index(unit, target_hash(unit))
     if wildcards.method == "model":
-        out["model"] = res("model/model.pt")
+        out["model"] = L.model("model.pt")
     if wildcards.method in ("copying", "model"):
-        out["states"] = res(f"states/{chrom}/{target_hash(chrom)}")
+        out["states"] = L.states(unit, target_hash(unit))
     return out
 
 
 def states_inputs(wildcards):
     return {
-        "sites": res(f"windows/{wildcards.chrom}/sites.parquet"),
-        "windows": res(f"windows/{wildcards.chrom}/windows.parquet"),
-        "haplotypes": [
-            res(f"windows/{wildcards.chrom}/haplotypes/{s}.parquet")
-            for s in reference_splits()
-        ],
+        "sites": L.sites(wildcards.unit),
+        "windows": L.windows(wildcards.unit, "windows.parquet"),
+        "haplotypes": [L.haplotypes(wildcards.unit, s) for s in reference_splits()],
         "mask": stored_mask(wildcards),
     }
 
@@ -404,19 +495,56 @@ def _methods():
     return tuple(out)
 
 
+# -- sample batches and chunks: one VCF per chromosome ---------------------------------------------
+
+
+def batch_count(unit):
+    """Target sample batches of a unit (impute.batch_samples; 1 when not batching)."""
+    size = config["impute"]["batch_samples"]
+    if not size:
+        return 1
+    return max(1, -(-int(alignment(unit)["samples"]) // size))
+
+
+def batch_names(unit):
+    return [f"b{i:03d}" for i in range(batch_count(unit))]
+
+
+def batch_inputs(wildcards):
+    """The batch VCFs of one unit and method, with the sums their INFO is recomputed from."""
+    names = batch_names(wildcards.unit)
+    return {
+        "vcfs": [L.batch(wildcards.unit, wildcards.method, b) for b in names],
+        "stats": [
+            L.batch(wildcards.unit, wildcards.method, b, ".stats.npz") for b in names
+        ],
+    }
+
+
+def chunk_vcfs(wildcards):
+    """The imputed VCFs of a chunked chromosome's chunks, in order."""
+    return [L.imputed(u.name, wildcards.method) for u in chunk_plan()[wildcards.chrom]]
+
+
+def chunk_cores(wildcards):
+    return [[u.core_start, u.core_end] for u in chunk_plan()[wildcards.chrom]]
+
+
 def imputed_vcfs(chrom):
-    return [res(f"impute/{chrom}/{m}.vcf.gz") for m in methods()]
+    """A chromosome's imputed VCFs (ligated from its chunks when it is chunked)."""
+    return [L.imputed(chrom, m) for m in methods()]
 
 
 def evaluation_tables(wildcards):
     return [
-        res(f"evaluation/{chrom}/{m}/sites.tsv.gz")
-        for chrom in chromosomes()
-        for m in methods()
+        L.evaluation(unit, m, "sites.tsv.gz") for unit in units() for m in methods()
     ]
 
 
 def imputation_outputs():
+    """Every chromosome's imputed VCF per method (ligated from its chunks when chunked), and the
+    comparison when there is a truth to score against."""
+    out = [vcf for chrom in chromosomes() for vcf in imputed_vcfs(chrom)]
     if can_evaluate():
-        return [res("evaluation/comparison.tsv")]
-    return [vcf for chrom in chromosomes() for vcf in imputed_vcfs(chrom)]
+        out.append(L.comparison("comparison.tsv"))
+    return out

@@ -1,11 +1,11 @@
 rule demo_panel:
     output:
-        vcf=res("demo/panel.vcf.gz"),
-        tbi=res("demo/panel.vcf.gz.tbi"),
-        array=res("demo/array_sites.tsv"),
-        info=res("demo/demo.json"),
-        populations=res("demo/populations.tsv"),
-        genetic_map=res("demo/genetic_map.map"),
+        vcf=L.demo("panel.vcf.gz"),
+        tbi=L.demo("panel.vcf.gz.tbi"),
+        array=L.demo("array_sites.tsv"),
+        info=L.demo("demo.json"),
+        populations=L.demo("populations.tsv"),
+        genetic_map=L.demo("genetic_map.map"),
     log:
         logs("demo_panel.log"),
     benchmark:
@@ -25,8 +25,8 @@ rule split:
         table=split_table(),
         populations=demo_populations(),
     output:
-        tsv=res("split/samples.tsv"),
-        json=res("split/samples.json"),
+        tsv=L.split("samples.tsv"),
+        json=L.split("samples.json"),
     log:
         logs("split.log"),
     benchmark:

@@ -4,20 +4,22 @@
 
 rule evaluate:
     input:
-        imputed=res("impute/{chrom}/{method}.vcf.gz"),
+        imputed=L.imputed("{unit}", "{method}"),
         truth=truth_vcf,
-        sites=res("windows/{chrom}/sites.parquet"),
-        typed=res("targets/{chrom}/aligned/target.vcf.gz"),
+        sites=L.sites("{unit}"),
+        typed=L.aligned("{unit}", "target.vcf.gz"),
     output:
-        sites=res("evaluation/{chrom}/{method}/sites.tsv.gz"),
-        bins=res("evaluation/{chrom}/{method}/bins.tsv"),
-        summary=res("evaluation/{chrom}/{method}/summary.json"),
+        sites=L.evaluation("{unit}", "{method}", "sites.tsv.gz"),
+        bins=L.evaluation("{unit}", "{method}", "bins.tsv"),
+        summary=L.evaluation("{unit}", "{method}", "summary.json"),
     log:
-        logs("evaluate/{chrom}/{method}.log"),
+        logs("evaluate/{unit}/{method}.log"),
     benchmark:
-        bench("evaluate/{chrom}/{method}.tsv")
+        bench("evaluate/{unit}/{method}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
+    params:
+        core=unit_core,
     script:
         "../scripts/evaluate.py"
 
@@ -27,22 +29,22 @@ rule compare:
         evaluation_tables,
     output:
         table=report(
-            res("evaluation/comparison.tsv"),
+            L.comparison("comparison.tsv"),
             category="Imputation accuracy",
             caption="../report/comparison.rst",
         ),
         calibration=report(
-            res("evaluation/calibration.tsv"),
+            L.comparison("calibration.tsv"),
             category="Imputation accuracy",
             caption="../report/calibration.rst",
         ),
         r2_plot=report(
-            res("evaluation/r2_by_maf.png"),
+            L.comparison("r2_by_maf.png"),
             category="Imputation accuracy",
             caption="../report/r2_by_maf.rst",
         ),
         calibration_plot=report(
-            res("evaluation/r2_calibration.png"),
+            L.comparison("r2_calibration.png"),
             category="Imputation accuracy",
             caption="../report/r2_calibration.rst",
         ),

@@ -14,20 +14,22 @@ EXTERNAL_TOOL = os.path.join(
 rule reference_vcf:
     input:
         panel=panel_vcf(),
-        split=res("split/samples.tsv"),
-        sites=res("windows/{chrom}/sites.parquet"),
+        split=L.split("samples.tsv"),
+        sites=L.sites("{unit}"),
     output:
-        vcf=res("targets/{chrom}/reference.vcf.gz"),
-        tbi=res("targets/{chrom}/reference.vcf.gz.tbi"),
+        vcf=L.targets("{unit}", "reference.vcf.gz"),
+        tbi=L.targets("{unit}", "reference.vcf.gz.tbi"),
     log:
-        logs("reference_vcf/{chrom}.log"),
+        logs("reference_vcf/{unit}.log"),
     benchmark:
-        bench("reference_vcf/{chrom}.tsv")
+        bench("reference_vcf/{unit}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
     params:
         pass_only=config["panel"]["pass_only"],
         splits=reference_splits(),
+        chrom=unit_chrom,
+        region=unit_region,
     script:
         "../scripts/reference_vcf.py"
 
@@ -36,23 +38,25 @@ rule reference_vcf:
 rule demo_targets:
     input:
         panel=panel_vcf(),
-        split=res("split/samples.tsv"),
-        sites=res("windows/{chrom}/sites.parquet"),
+        split=L.split("samples.tsv"),
+        sites=L.sites("{unit}"),
         array=demo_target_array,
     output:
-        target=res("targets/{chrom}/target.vcf.gz"),
-        target_tbi=res("targets/{chrom}/target.vcf.gz.tbi"),
-        truth=res("targets/{chrom}/truth.vcf.gz"),
-        truth_tbi=res("targets/{chrom}/truth.vcf.gz.tbi"),
-        report=res("targets/{chrom}/target.json"),
+        target=L.targets("{unit}", "target.vcf.gz"),
+        target_tbi=L.targets("{unit}", "target.vcf.gz.tbi"),
+        truth=L.targets("{unit}", "truth.vcf.gz"),
+        truth_tbi=L.targets("{unit}", "truth.vcf.gz.tbi"),
+        report=L.targets("{unit}", "target.json"),
     log:
-        logs("demo_targets/{chrom}.log"),
+        logs("demo_targets/{unit}.log"),
     benchmark:
-        bench("demo_targets/{chrom}.tsv")
+        bench("demo_targets/{unit}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
     params:
         pass_only=config["panel"]["pass_only"],
+        chrom=unit_chrom,
+        region=unit_region,
         noise={
             "unphased": config["demo"]["unphased_targets"],
             "genotype_error": config["demo"]["genotype_error"],
@@ -68,27 +72,29 @@ rule demo_targets:
 checkpoint target_mask:
     input:
         target=target_vcf,
-        split=res("split/samples.tsv"),
-        sites=res("windows/{chrom}/sites.parquet"),
+        split=L.split("samples.tsv"),
+        sites=L.sites("{unit}"),
         # after the training masks: both write into the same store
-        masks=res("masks/{chrom}/current.json"),
+        masks=L.current_masks("{unit}"),
         panel=panel_vcf(),
     output:
-        alignment=res("targets/{chrom}/aligned/alignment.json"),
-        vcf=res("targets/{chrom}/aligned/target.vcf.gz"),
-        tbi=res("targets/{chrom}/aligned/target.vcf.gz.tbi"),
-        unmatched=res("targets/{chrom}/aligned/unmatched.tsv"),
+        alignment=L.aligned("{unit}", "alignment.json"),
+        vcf=L.aligned("{unit}", "target.vcf.gz"),
+        tbi=L.aligned("{unit}", "target.vcf.gz.tbi"),
+        unmatched=L.aligned("{unit}", "unmatched.tsv"),
     log:
-        logs("target_mask/{chrom}.log"),
+        logs("target_mask/{unit}.log"),
     benchmark:
-        bench("target_mask/{chrom}.tsv")
+        bench("target_mask/{unit}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
     params:
-        store=lambda wildcards: res(f"masks/{wildcards.chrom}"),
+        store=lambda wildcards: L.mask_store(wildcards.unit),
         max_missing=config["impute"]["max_missing"],
         splits=reference_splits(),
         phase=config["impute"]["phase"],
+        chrom=unit_chrom,
+        region=unit_region,
     script:
         "../scripts/target_mask.py"
 
@@ -98,13 +104,13 @@ checkpoint target_mask:
 # interpolated and extrapolated as Beagle does), so that every method gets the same information.
 rule tool_map:
     input:
-        sites=res("windows/{chrom}/sites.parquet"),
+        sites=L.sites("{unit}"),
     output:
-        res("targets/{chrom}/genetic_map.map"),
+        L.targets("{unit}", "genetic_map.map"),
     log:
-        logs("tool_map/{chrom}.log"),
+        logs("tool_map/{unit}.log"),
     benchmark:
-        bench("tool_map/{chrom}.tsv")
+        bench("tool_map/{unit}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
     script:
@@ -117,19 +123,19 @@ rule tool_map:
 # are checked to come back unchanged; missing calls are kept missing (every method imputes them).
 rule phase:
     input:
-        target=res("targets/{chrom}/aligned/target.vcf.gz"),
-        tbi=res("targets/{chrom}/aligned/target.vcf.gz.tbi"),
-        reference=res("targets/{chrom}/reference.vcf.gz"),
-        reference_tbi=res("targets/{chrom}/reference.vcf.gz.tbi"),
+        target=L.aligned("{unit}", "target.vcf.gz"),
+        tbi=L.aligned("{unit}", "target.vcf.gz.tbi"),
+        reference=L.targets("{unit}", "reference.vcf.gz"),
+        reference_tbi=L.targets("{unit}", "reference.vcf.gz.tbi"),
         genetic_map=tool_map,
     output:
-        vcf=res("targets/{chrom}/phased/target.vcf.gz"),
-        tbi=res("targets/{chrom}/phased/target.vcf.gz.tbi"),
-        report=res("targets/{chrom}/phased/phase.json"),
+        vcf=L.phased("{unit}", "target.vcf.gz"),
+        tbi=L.phased("{unit}", "target.vcf.gz.tbi"),
+        report=L.phased("{unit}", "phase.json"),
     log:
-        logs("phase/{chrom}.log"),
+        logs("phase/{unit}.log"),
     benchmark:
-        bench("phase/{chrom}.tsv")
+        bench("phase/{unit}.tsv")
     conda:
         "../../envs/phase.yaml"
     threads: config["impute"]["threads"]
@@ -144,35 +150,111 @@ rule phase:
         "../scripts/phase.py"
 
 
-rule impute:
+# Our methods. With impute.batch_samples, each batch of target samples is a job of its own and the
+# batches are merged (merge_batches); otherwise one job imputes every target of the unit.
+IMPUTE_PARAMS = dict(
+    options=lambda wildcards: config["baselines"].get(wildcards.method, {}),
+    k=config["retrieval"]["k"],
+    batch_haplotypes=config["impute"]["batch_haplotypes"],
+    device=config["impute"]["device"],
+    engine=config["engine"],
+)
+
+if config["impute"]["batch_samples"]:
+
+    rule impute:
+        input:
+            unpack(impute_inputs),
+        output:
+            vcf=L.batch("{unit}", "{method}", "{batch}"),
+            tbi=L.batch("{unit}", "{method}", "{batch}", ".vcf.gz.tbi"),
+            report=L.batch("{unit}", "{method}", "{batch}", ".json"),
+            stats=L.batch("{unit}", "{method}", "{batch}", ".stats.npz"),
+        log:
+            logs("impute/{unit}/{method}.{batch}.log"),
+        benchmark:
+            bench("impute/{unit}/{method}.{batch}.tsv")
+        wildcard_constraints:
+            method="|".join(OUR_METHODS),
+            batch=r"b\d{3}",
+        conda:
+            "../../envs/ragimpute.yaml"
+        threads: config["impute"]["threads"]
+        resources:
+            mem_mb=8000,
+        params:
+            **IMPUTE_PARAMS,
+            sample_batch=lambda wildcards: [
+                int(wildcards.batch[1:]) * config["impute"]["batch_samples"],
+                config["impute"]["batch_samples"],
+            ],
+        script:
+            "../scripts/impute.py"
+
+    # The batches side by side: every target sample, INFO AF and R2 recomputed over all of them.
+    rule merge_batches:
+        input:
+            unpack(batch_inputs),
+        output:
+            vcf=L.imputed("{unit}", "{method}"),
+            tbi=L.imputed("{unit}", "{method}", ".vcf.gz.tbi"),
+            report=L.imputed("{unit}", "{method}", ".json"),
+        log:
+            logs("merge_batches/{unit}/{method}.log"),
+        benchmark:
+            bench("merge_batches/{unit}/{method}.tsv")
+        wildcard_constraints:
+            method="|".join(OUR_METHODS),
+        conda:
+            "../../envs/ragimpute.yaml"
+        script:
+            "../scripts/merge_batches.py"
+
+else:
+
+    rule impute:
+        input:
+            unpack(impute_inputs),
+        output:
+            vcf=L.imputed("{unit}", "{method}"),
+            tbi=L.imputed("{unit}", "{method}", ".vcf.gz.tbi"),
+            report=L.imputed("{unit}", "{method}", ".json"),
+        log:
+            logs("impute/{unit}/{method}.log"),
+        benchmark:
+            bench("impute/{unit}/{method}.tsv")
+        wildcard_constraints:
+            method="|".join(OUR_METHODS),
+        conda:
+            "../../envs/ragimpute.yaml"
+        threads: config["impute"]["threads"]
+        resources:
+            mem_mb=8000,
+        params:
+            **IMPUTE_PARAMS,
+        script:
+            "../scripts/impute.py"
+
+
+# A chunked chromosome's VCF: each site from the chunk whose core holds it (every method alike).
+rule ligate:
     input:
-        unpack(impute_inputs),
+        chunk_vcfs,
     output:
-        vcf=res("impute/{chrom}/{method}.vcf.gz"),
-        tbi=res("impute/{chrom}/{method}.vcf.gz.tbi"),
-        report=res("impute/{chrom}/{method}.json"),
+        vcf=L.imputed("{chrom}", "{method}"),
+        tbi=L.imputed("{chrom}", "{method}", ".vcf.gz.tbi"),
     log:
-        logs("impute/{chrom}/{method}.log"),
+        logs("ligate/{chrom}/{method}.log"),
     benchmark:
-        bench("impute/{chrom}/{method}.tsv")
+        bench("ligate/{chrom}/{method}.tsv")
     wildcard_constraints:
-        method="|".join(PREDICTOR_FACTORIES),
+        chrom=_alternation(chunked_chromosomes()),
     conda:
         "../../envs/ragimpute.yaml"
-    threads: config["impute"]["threads"]
-    resources:
-        mem_mb=8000,
     params:
-        options=lambda wildcards: config["baselines"].get(wildcards.method, {}),
-        k=config["retrieval"]["k"],
-        batch_haplotypes=config["impute"]["batch_haplotypes"],
-        device=config["impute"]["device"],
-        store=lambda wildcards: res(f"masks/{wildcards.chrom}"),
-        index_root=lambda wildcards: res(f"index/{wildcards.chrom}"),
-        states_root=lambda wildcards: res(f"states/{wildcards.chrom}"),
-        engine=config["engine"],
+        cores=chunk_cores,
     script:
-        "../scripts/impute.py"
+        "../scripts/ligate.py"
 
 
 # Beagle 5.4 on the same reference and harmonised target; its own log is appended to ours. Through
@@ -180,24 +262,24 @@ rule impute:
 # its output is a placeholder that says why, and the method is left out of the comparison.
 rule beagle:
     input:
-        ref=res("targets/{chrom}/reference.vcf.gz"),
-        target=res("targets/{chrom}/aligned/target.vcf.gz"),
+        ref=L.targets("{unit}", "reference.vcf.gz"),
+        target=L.aligned("{unit}", "target.vcf.gz"),
         runner=EXTERNAL_TOOL,
         genetic_map=tool_map,
     output:
-        vcf=res("impute/{chrom}/beagle.vcf.gz"),
-        tbi=res("impute/{chrom}/beagle.vcf.gz.tbi"),
+        vcf=L.imputed("{unit}", "beagle"),
+        tbi=L.imputed("{unit}", "beagle", ".vcf.gz.tbi"),
     log:
-        logs("impute/{chrom}/beagle.log"),
+        logs("impute/{unit}/beagle.log"),
     benchmark:
-        bench("impute/{chrom}/beagle.tsv")
+        bench("impute/{unit}/beagle.tsv")
     conda:
         "../../envs/beagle.yaml"
     threads: config["impute"]["threads"]
     resources:
         mem_mb=config["baselines"]["beagle"]["mem_mb"],
     params:
-        tmp=lambda wildcards: res(f"impute/{wildcards.chrom}/.beagle.tmp"),
+        tmp=lambda wildcards: L.imputed(wildcards.unit, ".beagle", ".tmp"),
         seed=config["baselines"]["beagle"]["seed"],
         args=config["baselines"]["beagle"]["args"],
         java_mb=lambda wildcards, resources: int(0.85 * resources.mem_mb),
@@ -215,13 +297,13 @@ rule beagle:
 
 rule minimac4_reference:
     input:
-        res("targets/{chrom}/reference.vcf.gz"),
+        L.targets("{unit}", "reference.vcf.gz"),
     output:
-        res("targets/{chrom}/reference.msav"),
+        L.targets("{unit}", "reference.msav"),
     log:
-        logs("minimac4_reference/{chrom}.log"),
+        logs("minimac4_reference/{unit}.log"),
     benchmark:
-        bench("minimac4_reference/{chrom}.tsv")
+        bench("minimac4_reference/{unit}.tsv")
     conda:
         "../../envs/minimac4.yaml"
     shell:
@@ -235,13 +317,13 @@ rule minimac4_target:
     input:
         imputation_target_input,
     output:
-        vcf=res("targets/{chrom}/aligned/minimac4.vcf.gz"),
-        tbi=res("targets/{chrom}/aligned/minimac4.vcf.gz.tbi"),
-        report=res("targets/{chrom}/aligned/minimac4.json"),
+        vcf=L.aligned("{unit}", "minimac4.vcf.gz"),
+        tbi=L.aligned("{unit}", "minimac4.vcf.gz.tbi"),
+        report=L.aligned("{unit}", "minimac4.json"),
     log:
-        logs("minimac4_target/{chrom}.log"),
+        logs("minimac4_target/{unit}.log"),
     benchmark:
-        bench("minimac4_target/{chrom}.tsv")
+        bench("minimac4_target/{unit}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
     script:
@@ -250,22 +332,22 @@ rule minimac4_target:
 
 rule minimac4:
     input:
-        ref=res("targets/{chrom}/reference.msav"),
-        target=res("targets/{chrom}/aligned/minimac4.vcf.gz"),
+        ref=L.targets("{unit}", "reference.msav"),
+        target=L.aligned("{unit}", "minimac4.vcf.gz"),
         runner=EXTERNAL_TOOL,
         genetic_map=tool_map,
     output:
-        vcf=res("impute/{chrom}/minimac4.vcf.gz"),
-        tbi=res("impute/{chrom}/minimac4.vcf.gz.tbi"),
+        vcf=L.imputed("{unit}", "minimac4"),
+        tbi=L.imputed("{unit}", "minimac4", ".vcf.gz.tbi"),
     log:
-        logs("impute/{chrom}/minimac4.log"),
+        logs("impute/{unit}/minimac4.log"),
     benchmark:
-        bench("impute/{chrom}/minimac4.tsv")
+        bench("impute/{unit}/minimac4.tsv")
     conda:
         "../../envs/minimac4.yaml"
     threads: config["impute"]["threads"]
     params:
-        tmp=lambda wildcards: res(f"impute/{wildcards.chrom}/.minimac4.tmp.vcf.gz"),
+        tmp=lambda wildcards: L.imputed(wildcards.unit, ".minimac4", ".tmp.vcf.gz"),
         args=config["baselines"]["minimac4"]["args"],
         map=lambda wildcards, input: (
             f"--map {input.genetic_map}" if input.genetic_map else ""

@@ -1,12 +1,12 @@
 rule index:
     input:
-        res("tokens/{chrom}/{mask_hash}/train.parquet"),
+        L.tokens("{unit}", "{mask_hash}", "train"),
     output:
-        directory(res("index/{chrom}/{mask_hash}")),
+        directory(L.index("{unit}", "{mask_hash}")),
     log:
-        logs("index/{chrom}/{mask_hash}.log"),
+        logs("index/{unit}/{mask_hash}.log"),
     benchmark:
-        bench("index/{chrom}/{mask_hash}.tsv")
+        bench("index/{unit}/{mask_hash}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
     threads: config["index"]["threads"]
@@ -21,14 +21,14 @@ rule index:
 
 rule retrieve:
     input:
-        tokens=res("tokens/{chrom}/{mask_hash}/{split}.parquet"),
-        index=res("index/{chrom}/{mask_hash}"),
+        tokens=L.tokens("{unit}", "{mask_hash}", "{split}"),
+        index=L.index("{unit}", "{mask_hash}"),
     output:
-        res("retrieval/{chrom}/{mask_hash}/{split}.parquet"),
+        L.retrieval("{unit}", "{mask_hash}", "{split}"),
     log:
-        logs("retrieve/{chrom}/{mask_hash}/{split}.log"),
+        logs("retrieve/{unit}/{mask_hash}/{split}.log"),
     benchmark:
-        bench("retrieve/{chrom}/{mask_hash}/{split}.tsv")
+        bench("retrieve/{unit}/{mask_hash}/{split}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
     threads: config["index"]["threads"]
@@ -44,18 +44,18 @@ rule states:
     input:
         unpack(states_inputs),
     output:
-        directory(res("states/{chrom}/{mask_hash}")),
+        directory(L.states("{unit}", "{mask_hash}")),
     log:
-        logs("states/{chrom}/{mask_hash}.log"),
+        logs("states/{unit}/{mask_hash}.log"),
     benchmark:
-        bench("states/{chrom}/{mask_hash}.tsv")
+        bench("states/{unit}/{mask_hash}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
     resources:
         mem_mb=4000,
     params:
         splits=reference_splits(),
-        store=lambda wildcards: res(f"masks/{wildcards.chrom}"),
+        store=lambda wildcards: L.mask_store(wildcards.unit),
         engine={k: config["engine"][k] for k in ("step_cm", "span_steps", "seed")},
     script:
         "../scripts/states.py"

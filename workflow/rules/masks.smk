@@ -1,36 +1,36 @@
 # A checkpoint: the hashes of the masks it makes decide the paths of the tokens and indexes.
-# The content-addressed store masks/{chrom}/{hash}/ is written only when that hash is new, so an
+# The content-addressed store masks/{unit}/{hash}/ is written only when that hash is new, so an
 # earlier mask setting finds its tokens and index already built.
 checkpoint mask:
     input:
-        sites=res("windows/{chrom}/sites.parquet"),
+        sites=L.sites("{unit}"),
         array=mask_array_input,
     output:
-        res("masks/{chrom}/current.json"),
+        L.current_masks("{unit}"),
     log:
-        logs("mask/{chrom}.log"),
+        logs("mask/{unit}.log"),
     benchmark:
-        bench("mask/{chrom}.tsv")
+        bench("mask/{unit}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
     params:
         spec=config["mask"],
-        store=lambda wildcards: res(f"masks/{wildcards.chrom}"),
+        store=lambda wildcards: L.mask_store(wildcards.unit),
     script:
         "../scripts/mask.py"
 
 
 rule tokenize:
     input:
-        windows=res("windows/{chrom}/windows.parquet"),
-        haplotypes=res("windows/{chrom}/haplotypes/{split}.parquet"),
+        windows=L.windows("{unit}", "windows.parquet"),
+        haplotypes=L.haplotypes("{unit}", "{split}"),
         mask=stored_mask,
     output:
-        res("tokens/{chrom}/{mask_hash}/{split}.parquet"),
+        L.tokens("{unit}", "{mask_hash}", "{split}"),
     log:
-        logs("tokenize/{chrom}/{mask_hash}/{split}.log"),
+        logs("tokenize/{unit}/{mask_hash}/{split}.log"),
     benchmark:
-        bench("tokenize/{chrom}/{mask_hash}/{split}.tsv")
+        bench("tokenize/{unit}/{mask_hash}/{split}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
     script:

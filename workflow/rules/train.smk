@@ -2,24 +2,24 @@
 # other train samples; val: from the train split): what the network learns to correct.
 rule prior:
     input:
-        sites=res("windows/{chrom}/sites.parquet"),
-        windows=res("windows/{chrom}/windows.parquet"),
-        reference=res("windows/{chrom}/haplotypes/train.parquet"),
-        queries=res("windows/{chrom}/haplotypes/{split}.parquet"),
+        sites=L.sites("{unit}"),
+        windows=L.windows("{unit}", "windows.parquet"),
+        reference=L.haplotypes("{unit}", "train"),
+        queries=L.haplotypes("{unit}", "{split}"),
         mask=stored_mask,
     output:
-        res("prior/{chrom}/{mask_hash}/{split}.parquet"),
+        L.prior("{unit}", "{mask_hash}", "{split}"),
     log:
-        logs("prior/{chrom}/{mask_hash}/{split}.log"),
+        logs("prior/{unit}/{mask_hash}/{split}.log"),
     benchmark:
-        bench("prior/{chrom}/{mask_hash}/{split}.tsv")
+        bench("prior/{unit}/{mask_hash}/{split}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
     threads: config["impute"]["threads"]
     resources:
         mem_mb=8000,
     params:
-        store=lambda wildcards: res(f"masks/{wildcards.chrom}"),
+        store=lambda wildcards: L.mask_store(wildcards.unit),
         engine=config["engine"],
         batch_haplotypes=config["impute"]["batch_haplotypes"],
     script:
@@ -30,18 +30,18 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        model=res("model/model.pt"),
+        model=L.model("model.pt"),
         metrics=report(
-            res("model/metrics.csv"),
+            L.model("metrics.csv"),
             category="Training",
             caption="../report/train_metrics.rst",
         ),
         curves=report(
-            res("model/curves.png"),
+            L.model("curves.png"),
             category="Training",
             caption="../report/train_curves.rst",
         ),
-        summary=res("model/train.json"),
+        summary=L.model("train.json"),
     log:
         logs("train.log"),
     benchmark:
@@ -55,6 +55,6 @@ rule train:
     params:
         cfg=config["train"],
         k=config["retrieval"]["k"],
-        masks=lambda wildcards: {c: mask_hashes(c) for c in chromosomes()},
+        masks=lambda wildcards: {u: mask_hashes(u) for u in units()},
     script:
         "../scripts/train.py"

@@ -1,20 +1,18 @@
 rule window:
     input:
         panel=panel_vcf(),
-        split=res("split/samples.tsv"),
+        split=L.split("samples.tsv"),
         genetic_map=genetic_map(),
     output:
-        sites=res("windows/{chrom}/sites.parquet"),
-        windows=res("windows/{chrom}/windows.parquet"),
-        haplotypes=expand(
-            res("windows/{{chrom}}/haplotypes/{split}.parquet"), split=SPLITS
-        ),
-        skipped=res("windows/{chrom}/skipped.tsv"),
-        summary=res("windows/{chrom}/windows.json"),
+        sites=L.sites("{unit}"),
+        windows=L.windows("{unit}", "windows.parquet"),
+        haplotypes=[L.haplotypes("{unit}", s) for s in SPLITS],
+        skipped=L.windows("{unit}", "skipped.tsv"),
+        summary=L.windows("{unit}", "windows.json"),
     log:
-        logs("window/{chrom}.log"),
+        logs("window/{unit}.log"),
     benchmark:
-        bench("window/{chrom}.tsv")
+        bench("window/{unit}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
     resources:
@@ -23,5 +21,7 @@ rule window:
         length=config["windows"]["length"],
         overlap=config["windows"]["overlap"],
         pass_only=config["panel"]["pass_only"],
+        chrom=unit_chrom,
+        region=unit_region,
     script:
         "../scripts/window.py"

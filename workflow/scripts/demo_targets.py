@@ -10,7 +10,7 @@ run(
     split_tsv=snakemake.input.split,
     windows_dir=Path(snakemake.input.sites).parent,
     array_manifest=snakemake.input.array,
-    chrom=snakemake.wildcards.chrom,
+    chrom=snakemake.params.chrom,
     target_vcf=snakemake.output.target,
     truth_vcf=snakemake.output.truth,
     pass_only=snakemake.params.pass_only,

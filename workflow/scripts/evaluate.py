@@ -12,4 +12,5 @@ run(
     typed_vcf=snakemake.input.typed,
     method=snakemake.wildcards.method,
     out_dir=Path(snakemake.output.bins).parent,
+    core=snakemake.params.core,
 )

@@ -3,24 +3,28 @@ from pathlib import Path
 from ragimpute.impute import run_impute_stage
 from ragimpute.smk import run
 
+inp = snakemake.input
+batch = snakemake.params.get("sample_batch")
 run(
     snakemake,
     run_impute_stage,
     method=snakemake.wildcards.method,
-    alignment_json=snakemake.input.alignment,
-    target_vcf=snakemake.input.target,
-    windows_dir=Path(snakemake.input.sites).parent,
-    mask_store=snakemake.params.store,
-    index_root=snakemake.params.index_root,
+    alignment_json=inp.alignment,
+    target_vcf=inp.target,
+    windows_dir=Path(inp.sites).parent,
+    mask_store=Path(inp.mask).parent.parent,
+    index_dir=inp.get("index"),
     out_vcf=snakemake.output.vcf,
     report_json=snakemake.output.report,
     options=dict(snakemake.params.options),
     k=snakemake.params.k,
     batch_haplotypes=snakemake.params.batch_haplotypes,
-    panel_vcf=snakemake.input.panel,
-    checkpoint=snakemake.input.get("model"),
+    panel_vcf=inp.panel,
+    checkpoint=inp.get("model"),
     device=snakemake.params.device,
     threads=snakemake.threads,
-    states_root=snakemake.params.states_root,
+    states_dir=inp.get("states"),
     engine=dict(snakemake.params.engine),
+    sample_batch=tuple(batch) if batch else None,
+    stats_out=snakemake.output.get("stats"),
 )

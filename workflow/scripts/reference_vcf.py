@@ -9,7 +9,7 @@ run(
     panel_vcf=snakemake.input.panel,
     split_tsv=snakemake.input.split,
     windows_dir=Path(snakemake.input.sites).parent,
-    chrom=snakemake.wildcards.chrom,
+    chrom=snakemake.params.chrom,
     out_vcf=snakemake.output.vcf,
     pass_only=snakemake.params.pass_only,
     splits=list(snakemake.params.splits),

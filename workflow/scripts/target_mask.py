@@ -11,9 +11,10 @@ run(
     split_tsv=snakemake.input.split,
     mask_store=snakemake.params.store,
     out_dir=Path(snakemake.output.alignment).parent,
-    chrom=snakemake.wildcards.chrom,
+    chrom=snakemake.params.chrom,
     max_missing=snakemake.params.max_missing,
     panel_vcf=snakemake.input.panel,
     reference_splits=list(snakemake.params.splits),
     phase=snakemake.params.phase,
+    region=snakemake.params.region,
 )

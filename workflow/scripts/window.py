@@ -8,10 +8,11 @@ run(
     run_window_stage,
     panel_vcf=snakemake.input.panel,
     split_tsv=snakemake.input.split,
-    chrom=snakemake.wildcards.chrom,
+    chrom=snakemake.params.chrom,
     length=snakemake.params.length,
     overlap=snakemake.params.overlap,
     out_dir=Path(snakemake.output.sites).parent,
     pass_only=snakemake.params.pass_only,
     genetic_map=snakemake.input.genetic_map or None,
+    region=snakemake.params.region,
 )
