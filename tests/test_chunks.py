@@ -149,7 +149,7 @@ def test_ligated_chunks_match_the_unchunked_chromosome(tmp_path):
         )
 
     methods = tmp_path / "methods.yaml"
-    methods.write_text("evaluate:\n  methods: [af, copying]\n")
+    methods.write_text("evaluate:\n  methods: [af, copying]\n")  # after the chunks config's
     runs = {}
     for name, extra in (("whole", ()), ("chunked", (REPO / ".test" / "chunks" / "config.yaml",))):
         wd = tmp_path / name

@@ -23,17 +23,15 @@ from pathlib import Path
 
 import pytest
 from workflow_runs import (
-    CHROMS,
     REPO,
     SNAKEFILE,
     TINY,
-    TWO_CHROM,
     compare_runs,
     expected_resources,
     job_blocks,
     jobs_in_log,
     load_profile,
-    local_two_chrom_run,
+    snakemake,
     wildcard_dict,
     workflow_rules,
 )
@@ -137,14 +135,23 @@ def minutes(limit: str) -> int:
     return (int(days or 0) * 24 + h) * 60 + m + (s > 0)
 
 
+# The chromosome in two chunks, the targets in two batches: every kind of job of a scaled run (per
+# chunk, per batch, the merges and the ligation) goes through sbatch. (Two chromosomes side by side:
+# tests/test_scatter.py, locally.)
+CHUNKS = REPO / ".test" / "chunks" / "config.yaml"
+
+
 def test_pipeline_under_slurm(cluster, tmp_path_factory, tmp_path):
-    local = local_two_chrom_run(tmp_path_factory)
+    local_wd = tmp_path / "local"
+    local_wd.mkdir()
+    r = snakemake(local_wd, "--cores", "2", configs=(TINY, CHUNKS))
+    assert r.returncode == 0, r.stderr[-4000:]
     wd = tmp_path / "cluster"
     wd.mkdir()
     profiles = ["--profile", str(REPO / "profiles" / "slurm")]
     profiles += ["--profile", str(REPO / "profiles" / "slurm-local")]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(wd)]
-    cmd += ["--configfile", str(TINY), str(TWO_CHROM), *profiles]
+    cmd += ["--configfile", str(TINY), str(CHUNKS), *profiles]
     t0 = time.monotonic()
     rc, log, stopped = run_watched(cmd, wd, TIMEOUT_S)
     elapsed = time.monotonic() - t0
@@ -162,23 +169,41 @@ def test_pipeline_under_slurm(cluster, tmp_path_factory, tmp_path):
     assert set().union(*in_slurm.values()) == main_jobs
     # nothing ran on the submit host (only target rules such as `all`, which run nothing)
     assert not [b for b in job_blocks(log) if b["local"] and b["output"]]
-    assert {rule for rule, _ in main_jobs} >= {"demo_panel", "split", "window", "mask", "index"}
+    rules = {rule for rule, _ in main_jobs}
+    assert rules >= {"demo_panel", "split", "window", "mask", "index", "states", "impute", "beagle"}
+    assert rules >= {"merge_batches", "ligate"}  # the batches merged, the chunks ligated
 
-    # -- chromosomes in jobs of their own, side by side ------------------------------------------
-    def chroms(jobs):
+    # -- chunks in jobs of their own, side by side; batches too ----------------------------------
+    units = ["20.c000", "20.c001"]
+
+    def units_of(jobs):
         return {wildcard_dict(w).get("unit") for _, w in jobs} - {None}
 
-    assert all(len(chroms(jobs)) <= 1 for jobs in in_slurm.values()), in_slurm
-    for rule in ("window", "mask", "index"):
-        by_chrom = {
-            c: [
+    assert all(len(units_of(jobs)) <= 1 for jobs in in_slurm.values()), in_slurm
+    for rule in ("window", "mask", "states"):
+        by_unit = {
+            u: [
                 i
                 for i, jobs in in_slurm.items()
-                if any(r_ == rule and wildcard_dict(w).get("unit") == c for r_, w in jobs)
+                if any(r_ == rule and wildcard_dict(w).get("unit") == u for r_, w in jobs)
             ]
-            for c in CHROMS
+            for u in units
         }
-        assert all(len(v) == 1 for v in by_chrom.values()), (rule, by_chrom)
+        assert all(len(v) == 1 for v in by_unit.values()), (rule, by_unit)
+    batches = {
+        (wildcard_dict(w)["unit"], wildcard_dict(w)["batch"])
+        for jobs in in_slurm.values()
+        for r_, w in jobs
+        if r_ == "impute" and wildcard_dict(w).get("method") == "copying"
+    }
+    assert batches == {(u, b) for u in units for b in ("b000", "b001")}
+    ligated = {
+        wildcard_dict(w).get("chrom")
+        for jobs in in_slurm.values()
+        for r_, w in jobs
+        if r_ == "ligate"
+    }
+    assert ligated == {"20"}
 
     info = {}
     for i in ids:
@@ -192,7 +217,7 @@ def test_pipeline_under_slurm(cluster, tmp_path_factory, tmp_path):
         assert info.keys() == set(ids)
     assert all(f["JobState"] == "COMPLETED" for f in info.values()), info
 
-    window = [i for i, jobs in in_slurm.items() if {r_ for r_, _ in jobs} == {"window"}]
+    window = [i for i, jobs in in_slurm.items() if {r_ for r_, _ in jobs} == {"window"}][:2]
     if set(window) <= info.keys():
         spans = [
             (
@@ -202,7 +227,7 @@ def test_pipeline_under_slurm(cluster, tmp_path_factory, tmp_path):
             for i in window
         ]
         (s1, e1), (s2, e2) = spans
-        assert s1 <= e2 and s2 <= e1, f"the chromosomes' window jobs did not overlap: {spans}"
+        assert s1 <= e2 and s2 <= e1, f"two window jobs did not overlap in time: {spans}"
 
     # -- the profile's requests are what SLURM received ------------------------------------------
     blocks = {(b["rule"], b["wildcards"]): b for b in job_blocks(log) if b["output"]}
@@ -227,5 +252,5 @@ def test_pipeline_under_slurm(cluster, tmp_path_factory, tmp_path):
     assert checked >= 4  # demo_panel, split, 2 x window, 2 x mask at least
 
     # -- same artifacts as the local run ---------------------------------------------------------
-    assert compare_runs(local.workdir, wd) == []
+    assert compare_runs(local_wd, wd) == []
     print(f"SLURM run: {len(ids)} sbatch jobs, {elapsed:.0f} s")

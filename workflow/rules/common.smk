@@ -303,10 +303,13 @@ def stored_mask(wildcards):
 
 
 def index_outputs(unit):
+    """The window index of every mask; the retrieval tables too when the network is trained (they are
+    its training data: `snakemake retrieve_all` builds them in any case)."""
     out = []
     for h in mask_hashes(unit):
         out.append(L.index(unit, h))
-        out += [L.retrieval(unit, h, s) for s in SPLITS]
+        if "model" in config["evaluate"]["methods"]:
+            out += [L.retrieval(unit, h, s) for s in SPLITS]
     return out
 
 
