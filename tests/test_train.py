@@ -326,3 +326,87 @@ def test_distributed_training_with_two_cpu_processes(tiny, tmp_path):
     assert m2["train_n_5-50%"].iloc[0] == pytest.approx(m1["train_n_5-50%"].iloc[0], rel=0.2)
     assert single["processes"] == 1
     assert os.path.exists(tmp_path / "m/model.pt")
+
+
+def test_sampled_epochs_train_the_examples_asked_for_from_several_windows(tiny, tmp_path):
+    """Issue 12: train.examples_per_epoch haplotype windows per epoch, drawn across the windows, read
+    through a cache that holds train.cache_windows of them."""
+    cfg = TrainConfig(**{**FAST, "examples_per_epoch": 40, "cache_windows": 2})
+    summary = train(cfg, inputs(tiny), tmp_path / "m", tmp_path / "s")
+    m = pd.read_csv(tmp_path / "m/metrics.csv")
+    assert list(m["examples"]) == [40, 40]  # every tiny window hides sites: no batch is skipped
+    assert (m["windows_read"] >= 2).all() and (m["cache_peak_windows"] <= 2).all()
+    assert (m["haplotype_windows_per_s"] > 0).all() and (m["peak_rss_mb"] > 0).all()
+    assert summary["config"]["examples_per_epoch"] == 40
+    ck = torch.load(tmp_path / "m/model.pt", weights_only=False)
+    assert (
+        ck["train_config"]["examples_per_epoch"] == 40 and "cache_windows" not in ck["train_config"]
+    )
+
+
+def test_the_window_cache_bounds_memory_and_changes_nothing(tiny, tmp_path):
+    """One window held at a time (the tiny run has 4): every window is read, none stays, and the
+    model is byte for byte the one of a cache that holds them all."""
+    cfg = {**FAST, "epochs": 1}
+    train(TrainConfig(**cfg), inputs(tiny), tmp_path / "all", tmp_path / "s_all")
+    train(TrainConfig(**cfg, cache_windows=1), inputs(tiny), tmp_path / "one", tmp_path / "s_one")
+    m = pd.read_csv(tmp_path / "one/metrics.csv")
+    assert m["cache_peak_windows"].max() == 1 and m["windows_read"].min() > 4
+    assert (tmp_path / "one/model.pt").read_bytes() == (tmp_path / "all/model.pt").read_bytes()
+
+
+def test_training_data_holds_at_most_the_cache(tiny):
+    from ragimpute.train_data import load_chromosome, load_training_data
+
+    data = load_training_data(inputs(tiny), cache_windows=2)
+    h = tiny["hashes"][0]
+    for w in data.windows:  # a pass over everything, as validation makes
+        for split in ("train", "val"):
+            assert w.tokens[(h, split)].shape == w.priors[(h, split)].shape
+            assert data.tables["20"][(h, split)][w.window].ids.shape[0] == w.truth[split].shape[0]
+        assert data.cache.held <= 2
+    assert data.cache.peak == 2 and data.cache.loads == len(data.windows) == 4
+    # the digests, made window by window, do not depend on what the cache holds
+    _, extra = load_chromosome(inputs(tiny)[0])
+    assert extra["identity"] == data.identity["20"]
+
+
+def test_retrieval_tables_are_read_a_window_at_a_time_whatever_their_row_groups(tiny, tmp_path):
+    import pyarrow.parquet as pq
+
+    r, h = Path(tiny["results"]), tiny["hashes"][0]
+    path = r / f"retrieval/20/{h}/val.parquet"
+    assert pq.ParquetFile(path).num_row_groups == 4  # one per window, as the retrieve stage writes
+    tokens = TokenTable(r / f"tokens/20/{h}/val.parquet")
+    odd = tmp_path / "odd.parquet"  # an earlier version's table: other row groups
+    pq.write_table(pq.read_table(path), odd, row_group_size=7)
+    a, b = read_retrieval(path, tokens), read_retrieval(odd, tokens)
+    assert sorted(a) == sorted(b) == [0, 1, 2, 3]
+    for w in a:
+        np.testing.assert_array_equal(a[w].ids, b[w].ids)
+        np.testing.assert_array_equal(a[w].distances, b[w].distances)
+
+
+def test_a_sampled_run_resumes_exactly(tiny, tmp_path, monkeypatch):
+    """Batches are drawn from the epoch's own generator: a run that fails in epoch 1 and is run again
+    ends with the weights of an uninterrupted one."""
+    import ragimpute.train as train_module
+
+    cfg = TrainConfig(**{**FAST, "epochs": 3, "examples_per_epoch": 48, "cache_windows": 2})
+    train(cfg, inputs(tiny), tmp_path / "ref", tmp_path / "ref_state")
+    real = train_module._train_epoch
+
+    def fail_in_epoch_1(run, ep):
+        if ep.number == 1:
+            raise KeyboardInterrupt("killed")
+        real(run, ep)
+
+    monkeypatch.setattr(train_module, "_train_epoch", fail_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, inputs(tiny), tmp_path / "out", tmp_path / "state")
+    assert torch.load(tmp_path / "state/ckpt.pt", weights_only=False)["epoch"] == 0
+    monkeypatch.setattr(train_module, "_train_epoch", real)
+    train(cfg, inputs(tiny), tmp_path / "out", tmp_path / "state")
+    assert (tmp_path / "out/model.pt").read_bytes() == (tmp_path / "ref/model.pt").read_bytes()
+    ref, out = pd.read_csv(tmp_path / "ref/metrics.csv"), pd.read_csv(tmp_path / "out/metrics.csv")
+    np.testing.assert_array_equal(out["val_r2"], ref["val_r2"])

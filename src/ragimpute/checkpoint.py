@@ -32,14 +32,30 @@ if TYPE_CHECKING:
     from .train_data import ChromInputs
 
 
+# Settings added to the train section after runs were first fingerprinted, with the value that leaves
+# training as it was: recorded (in the identity and in model.pt) only when set otherwise, so that a run
+# that does not use them keeps its fingerprint and its model.pt bytes, and resumes its checkpoint.
+ADDED_SETTINGS = {"examples_per_epoch": 0}
+# Settings that change how a run uses the machine, not what it computes: never in the identity.
+MACHINE_SETTINGS = ("log_every", "threads", "device", "cache_windows")
+
+
+def recorded_config(cfg: TrainConfig) -> dict:
+    """The train config as model.pt records it: without the added settings left at their defaults,
+    nor the window cache (it bounds memory, the weights do not depend on it)."""
+    return {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k != "cache_windows" and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])
+    }
+
+
 def identity(cfg: TrainConfig, inputs: list[ChromInputs], data: dict | None = None) -> dict:
     """What a run trains on: the train config, the chromosomes and masks, and (``data``: per chromosome
-    the ``identity`` of ``load_chromosome``) the samples of each split, the site list and a digest of
+    the ``identity`` of ``train_data.Chromosome``) the samples of each split, the site list and a digest of
     every table read. Paths are left out, so that the same data in another directory is the same run."""
     return {
-        "cfg": {
-            k: v for k, v in asdict(cfg).items() if k not in ("log_every", "threads", "device")
-        },
+        "cfg": {k: v for k, v in recorded_config(cfg).items() if k not in MACHINE_SETTINGS},
         "inputs": [(i.chrom, i.hashes) for i in inputs],
         "version": __version__,
         "data": data or {},
@@ -247,7 +263,7 @@ class Checkpoints:
             "model": model.state_dict(),
             "model_args": asdict(model.cfg),
             "vocab": VOCAB,
-            "train_config": asdict(self.cfg),
+            "train_config": recorded_config(self.cfg),
             "mask_hashes": {i.chrom: i.hashes for i in self.inputs},
             "epoch": row["epoch"],
             "val": {k: v for k, v in row.items() if k.startswith("val_")},

@@ -4,11 +4,20 @@ A new user can run the whole pipeline with no download. The panel is phased and 
 Jukes-Cantor mutation model leaves a few multi-allelic sites in it, which exercise the skip counting
 of the windowing stage as real panels do.
 
-Two histories: one population that grew (the default), or ``admixed``: the American admixture model
+Three histories: one population that grew (the default); ``admixed``: the American admixture model
 of Browning et al. (2018, stdpopsim's AmericanAdmixture_4B18): African, European and East Asian
 populations, and an admixed population founded 12 generations ago from them (1/6, 1/3, 1/2). With
 ``admixed`` the reference samples come from the three source populations and the held-out targets
-are admixed (``populations.tsv`` says who is who; the split stage puts every ADMIX sample in test).
+are admixed (``populations.tsv`` says who is who; the split stage puts every ADMIX sample in test);
+or ``out_of_africa``: the three-population model of Gutenkunst et al. (2009, stdpopsim's
+OutOfAfrica_3G09), YRI, CEU and CHB, the panel's samples split evenly between them (as 1000 Genomes
+samples continents).
+
+A target cohort (``cohort_samples`` > 0) is simulated with the panel, from the same history (the
+panel's populations, evenly; the admixed population under ``admixed``) and kept out of it: a
+genotyped cohort of any size, not a split of the panel. It is written as ``cohort.vcf.gz`` (phased
+genotypes at the array sites) and ``cohort_truth.vcf.gz`` (every panel site, for the first
+``cohort_truth_samples`` of them, or all), beside the panel; ``cohort.json`` counts what was written.
 
 Recombination is uniform (``recombination_rate``) unless ``hotspots`` > 0: then each chromosome gets
 that many narrow hotspots (``hotspot_width_bp`` wide, ``hotspot_intensity`` times the background
@@ -21,7 +30,7 @@ The held-out targets can be made what a genotyping array delivers (``ArrayNoise`
 
 from __future__ import annotations
 
-import io
+import contextlib
 import os
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -30,11 +39,11 @@ from pathlib import Path
 import msprime
 import numpy as np
 import pandas as pd
+import pysam
 
 from . import __version__
-from .atomic import write_json, write_tsv
+from .atomic import atomic_path, scratch_dir, write_json, write_tsv
 from .logs import log
-from .vcf_io import write_bgzip_vcf
 
 
 @dataclass
@@ -63,6 +72,13 @@ class DemoSpec:
     hotspots: int = 0
     hotspot_width_bp: int = 2_000
     hotspot_intensity: float = 40.0
+    # The out-of-Africa history (Gutenkunst et al. 2009): n_samples split evenly between YRI, CEU and
+    # CHB. The growth parameters above are then unused.
+    out_of_africa: bool = False
+    # A target cohort simulated with the panel and kept out of it (0: none): cohort.vcf.gz at the
+    # array sites, cohort_truth.vcf.gz at every panel site for the first cohort_truth_samples (0: all).
+    cohort_samples: int = 0
+    cohort_truth_samples: int = 0
 
 
 @dataclass
@@ -138,17 +154,60 @@ def _american_admixture() -> msprime.Demography:
     return d
 
 
+def _out_of_africa() -> msprime.Demography:
+    """Gutenkunst et al. 2009 (OutOfAfrica_3G09): YRI, CEU and CHB; generation time 25 years."""
+    t_af, t_b, t_eu_as = 220e3 / 25, 140e3 / 25, 21.2e3 / 25
+    r_eu, r_as = 0.004, 0.0055
+    d = msprime.Demography()
+    d.add_population(name="YRI", initial_size=12300)
+    d.add_population(name="CEU", initial_size=1000 / np.exp(-r_eu * t_eu_as), growth_rate=r_eu)
+    d.add_population(name="CHB", initial_size=510 / np.exp(-r_as * t_eu_as), growth_rate=r_as)
+    d.add_population(name="OOA", initial_size=2100)  # the ancestors of CEU and CHB
+    d.add_population(name="AMH", initial_size=12300)  # anatomically modern humans
+    d.add_population(name="ANC", initial_size=7300)
+    d.set_symmetric_migration_rate(["YRI", "CEU"], 3e-5)
+    d.set_symmetric_migration_rate(["YRI", "CHB"], 1.9e-5)
+    d.set_symmetric_migration_rate(["CEU", "CHB"], 9.6e-5)
+    d.add_population_split(time=t_eu_as, derived=["CEU", "CHB"], ancestral="OOA")
+    d.add_symmetric_migration_rate_change(time=t_eu_as, populations=["YRI", "OOA"], rate=25e-5)
+    d.add_population_split(time=t_b, derived=["YRI", "OOA"], ancestral="AMH")
+    d.add_population_split(time=t_af, derived=["AMH"], ancestral="ANC")
+    d.sort_events()
+    return d
+
+
+def _even(n: int, populations: list[str]) -> dict[str, int]:
+    k = len(populations)
+    return {p: n // k + (i < n % k) for i, p in enumerate(populations)}
+
+
 def sample_counts(spec: DemoSpec) -> dict[str, int]:
     """Individuals simulated per population, in the order they appear in the panel."""
+    if spec.out_of_africa:
+        return _even(spec.n_samples, ["YRI", "CEU", "CHB"])
     if not spec.admixed:
         return {"pop": spec.n_samples}
-    each = [spec.n_samples // 3 + (i < spec.n_samples % 3) for i in range(3)]
-    return {"AFR": each[0], "EUR": each[1], "ASIA": each[2], ADMIXED_TARGETS: spec.admixed_samples}
+    each = _even(spec.n_samples, ["AFR", "EUR", "ASIA"])
+    return {**each, ADMIXED_TARGETS: spec.admixed_samples}
+
+
+def cohort_counts(spec: DemoSpec) -> dict[str, int]:
+    """The target cohort's individuals per population: the panel's populations evenly, or the
+    admixed population under ``admixed`` (whose targets are admixed)."""
+    if spec.cohort_samples <= 0:
+        return {}
+    if spec.admixed:
+        return {ADMIXED_TARGETS: spec.cohort_samples}
+    return _even(spec.cohort_samples, list(sample_counts(spec)))
 
 
 def _demography(spec: DemoSpec) -> msprime.Demography:
+    if spec.admixed and spec.out_of_africa:
+        raise ValueError("demo: admixed and out_of_africa are two histories; choose one")
     if spec.admixed:
         return _american_admixture()
+    if spec.out_of_africa:
+        return _out_of_africa()
     demography = msprime.Demography()
     rate = float(np.log(spec.present_ne / spec.ancestral_ne) / spec.growth_generations)
     demography.add_population(name="pop", initial_size=spec.present_ne, growth_rate=rate)
@@ -209,8 +268,16 @@ def simulate_chromosome(spec: DemoSpec, chrom_index: int):
     recombination = (
         recombination_map(spec, chrom_index) if spec.hotspots > 0 else spec.recombination_rate
     )
+    samples = sample_counts(spec)
+    if spec.cohort_samples > 0:  # the panel's individuals first, then the cohort's
+        samples = [
+            msprime.SampleSet(n, population=p)
+            for counts in (sample_counts(spec), cohort_counts(spec))
+            for p, n in counts.items()
+            if n
+        ]
     ts = msprime.sim_ancestry(
-        samples=sample_counts(spec),
+        samples=samples,
         ploidy=2,
         demography=_demography(spec),
         sequence_length=spec.sequence_length,
@@ -220,16 +287,52 @@ def simulate_chromosome(spec: DemoSpec, chrom_index: int):
     return msprime.sim_mutations(ts, rate=spec.mutation_rate, random_seed=int(seeds[1]))
 
 
-def _vcf_text(ts, chrom: str, names: list[str]) -> str:
-    buf = io.StringIO()
+class _PanelHeader:
+    """A file-like sink for ``ts.write_vcf``: the body passes through to ``out``; the header is kept
+    for the first chromosome only, with ``contigs`` (every chromosome's) and ``provenance`` before its
+    ``#CHROM`` line, as one VCF of several chromosomes needs."""
+
+    def __init__(self, out, first: bool, contigs, provenance: str):
+        self.out, self.first, self.contigs, self.provenance = out, first, contigs, provenance
+        self._head: list[str] = []
+        self._body = False
+
+    def write(self, text: str) -> None:
+        if self._body:
+            self.out.write(text)
+            return
+        self._head.append(text)
+        head = "".join(self._head)
+        at = head.find("#CHROM")
+        end = head.find("\n", at) if at >= 0 else -1
+        if end < 0:
+            return
+        self._body = True
+        lines = head[: end + 1].splitlines(keepends=True)
+        if self.first:
+            contig = next(ln for ln in lines if ln.startswith("##contig"))
+            keep = [ln for ln in lines[:-1] if not ln.startswith("##contig")]
+            self.out.write("".join([*keep, *self.contigs(contig), self.provenance, lines[-1]]))
+        self.out.write(head[end + 1 :])
+
+
+def _contig_lines(chromosomes: list[str]):
+    """Every chromosome's ``##contig`` line, made from the first one's (they share their length)."""
+
+    def lines(first: str) -> list[str]:
+        return [first.replace(f"ID={chromosomes[0]},", f"ID={c},", 1) for c in chromosomes]
+
+    return lines
+
+
+def _write_chromosome_vcf(f, ts, chrom: str, names: list[str], first: bool, header) -> None:
     ts.write_vcf(
-        buf,
+        _PanelHeader(f, first, *header),
         contig_id=chrom,
         individual_names=names,
         # msprime positions start at 0; VCF's at 1.
         position_transform=lambda p: np.asarray(p).astype(np.int64) + 1,
     )
-    return buf.getvalue()
 
 
 def array_sites(ts, chrom: str, spec: DemoSpec) -> pd.DataFrame:
@@ -251,44 +354,49 @@ def array_sites(ts, chrom: str, spec: DemoSpec) -> pd.DataFrame:
 
 
 def make_demo(spec: DemoSpec, vcf_out: str | os.PathLike, array_out: str | os.PathLike) -> dict:
-    """Simulate every chromosome, write a bgzipped + tabix-indexed VCF and the array manifest."""
+    """Simulate every chromosome, write a bgzipped + tabix-indexed VCF and the array manifest (and,
+    with ``cohort_samples``, the target cohort). The VCF is streamed to disk chromosome by chromosome:
+    a panel of any size is never held as text."""
     counts = sample_counts(spec)
     populations = [p for p, n in counts.items() for _ in range(n)]
     names = [f"{spec.sample_prefix}{i:04d}" for i in range(len(populations))]
-    header: list[str] = []
-    contigs: list[str] = []
-    body: list[str] = []
-    arrays = []
-    maps = []
-    stats = {}
-    for i, chrom in enumerate(spec.chromosomes):
-        rate_map = recombination_map(spec, i)
-        maps.append(plink_map_rows(rate_map, chrom))
-        ts = simulate_chromosome(spec, i)
-        text = _vcf_text(ts, chrom, names)
-        lines = text.splitlines(keepends=True)
-        head = [ln for ln in lines if ln.startswith("#")]
-        contigs += [ln for ln in head if ln.startswith("##contig")]
-        if not header:
-            header = [ln for ln in head if not ln.startswith("##contig")]
-        body += [ln for ln in lines if not ln.startswith("#")]
-        arr = array_sites(ts, chrom, spec)
-        arrays.append(arr)
-        stats[chrom] = {
-            "sites": ts.num_sites,
-            "mutations": ts.num_mutations,
-            "array_sites": len(arr),
-            "map_cm": round(float(maps[-1]["cm"].iloc[-1]), 6),
-            "hotspots": max(spec.hotspots, 0),
-        }
-        log.info("chromosome %s: %d sites, %d array sites", chrom, ts.num_sites, len(arr))
+    vcf_out = Path(vcf_out)
     provenance = (
         f"##ragimpute_demo=<version={__version__},seed={spec.seed},msprime={msprime.__version__}>\n"
     )
-    text = "".join(header[:-1] + contigs + [provenance, header[-1]] + body)
-
-    vcf_out = Path(vcf_out)
-    write_bgzip_vcf(text, vcf_out)
+    header = (_contig_lines([str(c) for c in spec.chromosomes]), provenance)
+    arrays, maps, stats = [], [], {}
+    with contextlib.ExitStack() as stack:
+        d = stack.enter_context(scratch_dir(vcf_out))
+        cohort = None
+        if spec.cohort_samples > 0:
+            scratch = stack.enter_context(scratch_dir(vcf_out.parent / COHORT_VCF))
+            cohort = _CohortWriter(spec, vcf_out.parent, scratch, len(names), provenance)
+        with open(Path(d) / "panel.vcf", "w") as f:
+            for i, chrom in enumerate(spec.chromosomes):
+                chrom = str(chrom)
+                rate_map = recombination_map(spec, i)
+                maps.append(plink_map_rows(rate_map, chrom))
+                ts = simulate_chromosome(spec, i)
+                panel = ts if cohort is None else _panel_only(ts, len(names))
+                _write_chromosome_vcf(f, panel, chrom, names, i == 0, header)
+                arr = array_sites(panel, chrom, spec)
+                arrays.append(arr)
+                stats[chrom] = {
+                    "sites": panel.num_sites,
+                    "mutations": panel.num_mutations,
+                    "array_sites": len(arr),
+                    "map_cm": round(float(maps[-1]["cm"].iloc[-1]), 6),
+                    "hotspots": max(spec.hotspots, 0),
+                }
+                if cohort is not None:
+                    stats[chrom]["cohort"] = cohort.add(ts, panel, chrom, arr)
+                log.info(
+                    "chromosome %s: %d sites, %d array sites", chrom, panel.num_sites, len(arr)
+                )
+        _bgzip_and_index(Path(d) / "panel.vcf", vcf_out)
+        if cohort is not None:
+            cohort.close()
     write_tsv(array_out, pd.concat(arrays, ignore_index=True))
     write_plink_map_rows(Path(vcf_out).parent / "genetic_map.map", pd.concat(maps))
     write_tsv(
@@ -302,8 +410,141 @@ def make_demo(spec: DemoSpec, vcf_out: str | os.PathLike, array_out: str | os.Pa
         "ragimpute": __version__,
         "msprime": msprime.__version__,
     }
+    if cohort is not None:
+        info["cohort"] = cohort.summary()
     write_json(Path(vcf_out).parent / "demo.json", info)
     return info
+
+
+def _bgzip_and_index(plain: Path, out: Path) -> None:
+    """bgzip + tabix-index a VCF file; the data file lands first, then its (newer) index."""
+    with atomic_path(out, suffix=".vcf.gz") as gz:
+        pysam.tabix_compress(str(plain), str(gz), force=True)
+        pysam.tabix_index(str(gz), preset="vcf", force=True)
+        os.replace(str(gz) + ".tbi", plain.with_suffix(".tbi"))
+    os.replace(plain.with_suffix(".tbi"), str(out) + ".tbi")
+
+
+def _panel_only(ts, n_panel: int):
+    """The panel's part of a simulation of panel and cohort: its individuals (the first ``n_panel``)
+    and the sites that vary among them or that they all carry."""
+    return ts.simplify(samples=ts.samples()[: 2 * n_panel], filter_populations=False)
+
+
+COHORT_VCF, COHORT_TRUTH_VCF = "cohort.vcf.gz", "cohort_truth.vcf.gz"
+
+
+class _CohortWriter:
+    """The cohort's VCFs, streamed chromosome by chromosome: its phased genotypes at the array sites
+    (``cohort.vcf.gz``) and, for the first ``cohort_truth_samples``, at every panel site
+    (``cohort_truth.vcf.gz``), with the panel's REF and ALT. A site where a cohort haplotype carries an
+    allele the panel lacks is left out of both (counted)."""
+
+    BLOCK = 2000  # sites formatted at a time
+
+    def __init__(self, spec: DemoSpec, out_dir: Path, scratch: Path, n_panel: int, provenance: str):
+        self.spec, self.out_dir, self.n_panel = spec, Path(out_dir), n_panel
+        n = spec.cohort_samples
+        self.n_truth = min(n, spec.cohort_truth_samples) if spec.cohort_truth_samples > 0 else n
+        self.names = [f"{spec.sample_prefix}C{i:05d}" for i in range(n)]
+        self.populations = [p for p, k in cohort_counts(spec).items() for _ in range(k)]
+        self._scratch = Path(scratch)
+        contigs = "".join(
+            f"##contig=<ID={c},length={int(spec.sequence_length)}>\n" for c in spec.chromosomes
+        )
+        head = (
+            "##fileformat=VCFv4.2\n##source=ragimpute demo cohort\n"
+            '##FILTER=<ID=PASS,Description="All filters passed">\n'
+            '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+            + contigs
+            + provenance
+            + "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t"
+        )
+        self._files = {}
+        for name, samples in (
+            (COHORT_VCF, self.names),
+            (COHORT_TRUTH_VCF, self.names[: self.n_truth]),
+        ):
+            f = pysam.BGZFile(str(self._scratch / name), "wb")
+            f.write((head + "\t".join(samples) + "\n").encode())
+            self._files[name] = f
+        self.counts = {"typed_sites": 0, "truth_sites": 0, "sites_left_out": 0}
+
+    def add(self, ts, panel, chrom: str, array: pd.DataFrame) -> dict:
+        """Write one chromosome (``ts``: panel and cohort; ``panel``: the panel's part of it)."""
+        before = dict(self.counts)
+        cohort = ts.samples()[2 * self.n_panel :]
+        typed = set(array["pos"].tolist())
+        panel_sites = panel.variants(samples=panel.samples()[:1])  # the panel's alleles per site
+        site = next(panel_sites, None)
+        rows: list[tuple] = []
+        for var in ts.variants(samples=cohort):
+            if site is None or var.site.position != site.site.position:
+                continue  # a site of the cohort only: the panel cannot impute it
+            alleles = site.alleles
+            site = next(panel_sites, None)
+            index = np.array([alleles.index(a) if a in alleles else -1 for a in var.alleles])
+            g = index[var.genotypes]
+            if (g < 0).any():
+                self.counts["sites_left_out"] += 1
+                continue
+            pos = int(var.site.position) + 1
+            rows.append((pos, alleles[0], ",".join(alleles[1:]) or ".", g.astype(np.uint8)))
+            if len(rows) == self.BLOCK:
+                self._write(chrom, rows, typed)
+                rows = []
+        self._write(chrom, rows, typed)
+        return {k: self.counts[k] - before[k] for k in self.counts}
+
+    def _write(self, chrom: str, rows: list[tuple], typed: set[int]) -> None:
+        if not rows:
+            return
+        text = _genotype_text(np.stack([r[3] for r in rows]))
+        n_truth = 4 * self.n_truth  # bytes of the first n_truth samples' genotypes
+        for (pos, ref, alt, _), line in zip(rows, text, strict=True):
+            prefix = f"{chrom}\t{pos}\t.\t{ref}\t{alt}\t.\tPASS\t.\tGT\t".encode()
+            if pos in typed:
+                self._files[COHORT_VCF].write(prefix + line.tobytes())
+                self.counts["typed_sites"] += 1
+            if self.n_truth:
+                self._files[COHORT_TRUTH_VCF].write(prefix + line[: n_truth - 1].tobytes() + b"\n")
+                self.counts["truth_sites"] += 1
+
+    def close(self) -> None:
+        """Compress the last blocks, index, and move both VCFs (then their indexes) into place."""
+        for name, f in self._files.items():
+            f.close()
+            pysam.tabix_index(str(self._scratch / name), preset="vcf", force=True)
+        for name in self._files:
+            os.replace(self._scratch / name, self.out_dir / name)
+            os.replace(self._scratch / f"{name}.tbi", self.out_dir / f"{name}.tbi")
+        write_tsv(
+            self.out_dir / "cohort_populations.tsv",
+            pd.DataFrame({"sample": self.names, "population": self.populations}),
+        )
+        write_json(self.out_dir / "cohort.json", self.summary())
+
+    def summary(self) -> dict:
+        return {
+            "samples": len(self.names),
+            "truth_samples": self.n_truth,
+            "populations": cohort_counts(self.spec),
+            "vcf": COHORT_VCF,
+            "truth_vcf": COHORT_TRUTH_VCF,
+            **self.counts,
+        }
+
+
+def _genotype_text(g: np.ndarray) -> np.ndarray:
+    """(sites, 2 * samples) allele indices -> (sites, 4 * samples) bytes ``a|b\t...a|b\n``."""
+    m, h = g.shape
+    out = np.empty((m, h // 2, 4), dtype=np.uint8)
+    out[:, :, 0] = g[:, 0::2] + ord("0")
+    out[:, :, 1] = ord("|")
+    out[:, :, 2] = g[:, 1::2] + ord("0")
+    out[:, :, 3] = ord("\t")
+    out[:, -1, 3] = ord("\n")
+    return out.reshape(m, -1)
 
 
 def write_plink_map_rows(path: str | os.PathLike, rows: pd.DataFrame) -> None:

@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +44,16 @@ from .retrieval_providers import (
     make_provider,
 )
 from .tokens import MASK
-from .train_data import Batch, ChromInputs, TrainingData, Window, epoch_batches, load_training_data
+from .train_data import (
+    Batch,
+    ChromInputs,
+    TrainingData,
+    Window,
+    epoch_batches,
+    load_training_data,
+    n_sampled_batches,
+    sample_batches,
+)
 
 MODES = ("token", "embedding", "none")
 
@@ -72,6 +82,9 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     processes: int = 0  # DDP processes; 0 = one per GPU when more than one, else 1
     max_steps_per_epoch: int = 0  # 0 = every batch
+    # haplotype windows per epoch, drawn across every window of every chromosome; 0 = every one
+    examples_per_epoch: int = 0
+    cache_windows: int = 8  # windows whose arrays are held in memory at once (LRU)
     log_every: int = 100  # steps between progress lines; 0 = none
     preset: str = "small"
     prior: bool = (
@@ -85,6 +98,11 @@ class TrainConfig:
         if self.batch_size % 2:
             raise ValueError(
                 "train.batch_size must be even (both haplotypes of a sample go together)"
+            )
+        if self.examples_per_epoch < 0 or self.cache_windows < 1:
+            raise ValueError(
+                "train.examples_per_epoch must be >= 0 and train.cache_windows >= 1, got "
+                f"{self.examples_per_epoch} and {self.cache_windows}"
             )
 
     def model_config(self, use_prior: bool = False) -> ModelConfig:
@@ -177,6 +195,7 @@ class Epoch:
     acc: Accumulator = field(default_factory=Accumulator)
     n_hw: int = 0  # haplotype windows this process trained on
     train_seconds: float = 0.0
+    loads: int = 0  # windows the cache read while training (from ``data.cache.loads`` at the start)
 
 
 def train(
@@ -234,7 +253,7 @@ def _run(
 ) -> dict | None:
     """One process of the run (``mp.spawn`` calls it with the rank); the lead returns the summary."""
     proc = Process.start(rank, world, cfg)
-    data = load_training_data(inputs)
+    data = load_training_data(inputs, cfg.cache_windows)
     ckpts = Checkpoints(state_dir, cfg, inputs, data.identity)
     provider = make_provider(cfg.mode, cfg.k, data, proc.device, retrieval_factory)
     run = _new_run(cfg, proc, data, provider)
@@ -245,13 +264,18 @@ def _run(
     if proc.lead:
         model = run.state.model
         log.info(
-            "model %s: %d parameters, mode %s, device %s, %d windows, %d steps/epoch, %d mask(s)",
+            "model %s: %d parameters, mode %s, device %s, %d windows (%d held at a time), %d "
+            "steps/epoch%s, %d mask(s)",
             model.cfg,
             sum(p.numel() for p in model.parameters()),
             cfg.mode,
             proc.device,
             len(data.windows),
+            cfg.cache_windows,
             run.steps_per_epoch,
+            f" ({cfg.examples_per_epoch} haplotype windows sampled)"
+            if cfg.examples_per_epoch
+            else "",
             len(data.masks),
         )
 
@@ -285,7 +309,10 @@ def _new_run(
     model = ImputationModel(cfg.model_config(use_prior=data.with_prior)).to(proc.device)
     net = torch.nn.parallel.DistributedDataParallel(model) if proc.distributed else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n_batches = len(epoch_batches(data.windows, cfg.batch_size, np.random.default_rng(0)))
+    if cfg.examples_per_epoch:
+        n_batches = n_sampled_batches(cfg.examples_per_epoch, cfg.batch_size)
+    else:
+        n_batches = len(epoch_batches(data.windows, cfg.batch_size, np.random.default_rng(0)))
     steps_per_epoch = n_batches // proc.world
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -299,7 +326,9 @@ def _new_run(
 def _train_epoch(run: Run, ep: Epoch) -> None:
     cfg, proc = run.cfg, run.proc
     torch.manual_seed(cfg.seed * 100_003 + ep.number * 1_009 + proc.rank)
-    batches = epoch_batches(run.data.windows, cfg.batch_size, ep.rng)
+    _reset_peak_memory(proc.device)
+    loads = run.data.cache.loads
+    batches = _epoch_batches(run, ep)
     batches = batches[proc.rank :: proc.world][: run.steps_per_epoch]
     embedding = isinstance(run.provider, EmbeddingRetrieval)
     if embedding:
@@ -313,6 +342,18 @@ def _train_epoch(run: Run, ep: Epoch) -> None:
             _log_progress(run, ep, step, len(batches))
     proc.sum(ep.acc)
     ep.train_seconds = time.perf_counter() - ep.started
+    ep.loads = run.data.cache.loads - loads
+
+
+def _epoch_batches(run: Run, ep: Epoch) -> list[tuple[int, np.ndarray]]:
+    """Every batch (``examples_per_epoch`` 0), or that many haplotype windows sampled across the
+    genome, grouped so that the window cache reads each window once; from the epoch's generator."""
+    cfg = run.cfg
+    if cfg.examples_per_epoch:
+        return sample_batches(
+            run.data.windows, cfg.batch_size, cfg.examples_per_epoch, ep.rng, cfg.cache_windows
+        )
+    return epoch_batches(run.data.windows, cfg.batch_size, ep.rng)
 
 
 def _refresh(run: Run, ep: Epoch, step: int) -> None:
@@ -383,6 +424,10 @@ def _end_of_epoch(run: Run, ep: Epoch, ckpts: Checkpoints) -> None:
     row["haplotype_windows_per_s"] = (
         round(ep.n_hw * run.proc.world / ep.train_seconds, 1) if ep.train_seconds else float("nan")
     )
+    row["examples"] = ep.n_hw * run.proc.world  # haplotype windows trained on, every process
+    row["windows_read"] = ep.loads  # windows the lead's cache read while training
+    row["cache_peak_windows"] = data.cache.peak  # the most windows held at once so far
+    row.update(_peak_memory(run.proc.device))
     row["lr"] = st.sched.get_last_lr()[0]
     st.history.append(row)
     improved = _finite(row["val_r2"]) and row["val_r2"] > st.best["val_r2"]
@@ -393,7 +438,8 @@ def _end_of_epoch(run: Run, ep: Epoch, ckpts: Checkpoints) -> None:
     else:
         st.bad_epochs += 1
     log.info(
-        "epoch %d: train loss %.4f r2 %.4f | val loss %.4f r2 %.4f (bins %s) f1 %.3f | %.1f s%s",
+        "epoch %d: train loss %.4f r2 %.4f | val loss %.4f r2 %.4f (bins %s) f1 %.3f | %.1f s, "
+        "%d haplotype windows at %.1f/s, %d windows read, peak RSS %.0f MB%s",
         ep.number,
         row["train_loss"],
         row["train_r2"],
@@ -402,6 +448,10 @@ def _end_of_epoch(run: Run, ep: Epoch, ckpts: Checkpoints) -> None:
         " ".join(f"{row[f'val_r2_{b}']:.3f}" for b in BIN_LABELS),
         row["val_f1"],
         row["seconds"],
+        row["examples"],
+        row["haplotype_windows_per_s"],
+        row["windows_read"],
+        row["peak_rss_mb"],
         " *best*" if improved else "",
     )
     st.epoch = ep.number
@@ -446,6 +496,38 @@ def evaluate(
             b.score(acc, sites, p_t.cpu().numpy())
     model.train(was)
     return acc
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start the epoch's peak memory: the process's high-water mark (Linux: /proc/self/clear_refs;
+    elsewhere the peak since the start) and the GPU's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory(device: torch.device) -> dict[str, float]:
+    """``peak_rss_mb``: this process's peak resident memory since ``_reset_peak_memory``, and
+    ``cuda_peak_mb`` on a GPU."""
+    peak = None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if peak is None:
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = ru / 1024 if sys.platform != "darwin" else ru / 2**20
+    out = {"peak_rss_mb": round(peak, 1)}
+    if device.type == "cuda":
+        out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
 
 
 def _finite(x: float) -> bool:
