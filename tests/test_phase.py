@@ -202,8 +202,8 @@ def test_missing_call_at_a_typed_site_is_imputed_and_flagged(env, phased, tmp_pa
     out = tmp_path / "copying.vcf.gz"
     report = run_impute_stage(
         "copying", d / "aligned" / "alignment.json", d / "phased" / "target.vcf.gz", env.windows,
-        env.store, env.results / "index" / CHROM, out, tmp_path / "copying.json", k=8,
-        panel_vcf=env.panel, states_root=states, engine={"states": 20, "candidates": 8},
+        env.store, None, out, tmp_path / "copying.json", k=8,
+        panel_vcf=env.panel, states_dir=states / h, engine={"states": 20, "candidates": 8},
     )  # fmt: skip
     assert report["missing_alleles_imputed_at_typed_sites"] == 4
     assert report["alignment"]["missing"]["alleles_missing_at_typed_sites"] == 4

@@ -361,8 +361,21 @@ def get_final_output(wildcards):
 # -- imputation and evaluation -------------------------------------------------------------------
 
 
+def demo_cohort():
+    """The demo's simulated target cohort (demo.cohort_samples) is the target, unless the user gives
+    one: imputed like your own targets, from the whole panel."""
+    return (
+        use_demo()
+        and config["demo"]["cohort_samples"] > 0
+        and not config["impute"]["target_vcf"]
+    )
+
+
 def own_target():
-    """The user's target VCF, or None: then the panel's held-out test split is the target."""
+    """The target VCF (yours, or the demo's cohort), or None: then the panel's held-out test split is
+    the target."""
+    if demo_cohort():
+        return L.demo("cohort.vcf.gz")
     return config["impute"]["target_vcf"] or None
 
 
@@ -371,13 +384,15 @@ def target_vcf(wildcards):
 
 
 def truth_vcf(wildcards):
+    if demo_cohort():
+        return L.demo("cohort_truth.vcf.gz")
     if own_target():
         return config["impute"]["truth_vcf"]
     return L.targets(wildcards.unit, "truth.vcf.gz")
 
 
 def can_evaluate():
-    return not own_target() or bool(config["impute"]["truth_vcf"])
+    return not own_target() or demo_cohort() or bool(config["impute"]["truth_vcf"])
 
 
 def demo_target_array(wildcards):

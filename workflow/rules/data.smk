@@ -1,5 +1,19 @@
+# With demo.cohort_samples, the demo also simulates a target cohort (demo/cohort*.vcf.gz).
+DEMO_COHORT = (
+    {
+        "cohort": L.demo("cohort.vcf.gz"),
+        "cohort_tbi": L.demo("cohort.vcf.gz.tbi"),
+        "cohort_truth": L.demo("cohort_truth.vcf.gz"),
+        "cohort_truth_tbi": L.demo("cohort_truth.vcf.gz.tbi"),
+    }
+    if config["demo"]["cohort_samples"] > 0
+    else {}
+)
+
+
 rule demo_panel:
     output:
+        **DEMO_COHORT,
         vcf=L.demo("panel.vcf.gz"),
         tbi=L.demo("panel.vcf.gz.tbi"),
         array=L.demo("array_sites.tsv"),
