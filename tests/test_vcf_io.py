@@ -22,6 +22,8 @@ from ragimpute import vcf_io
 from ragimpute.errors import InputError
 from ragimpute.vcf_io import (
     check_readable,
+    chrom_selection,
+    query_lines,
     read_panel,
     resolve_contig,
     vcf_records_contigs,
@@ -162,6 +164,36 @@ def test_only_the_requested_chromosome_is_read(tmp_path):
     assert read_panel(path, "21").sites["pos"].tolist() == [50]
     assert read_panel(path, "20").sites["pos"].tolist() == [100, 200]
     assert vcf_records_contigs(path) == ["20", "21"]
+
+
+@pytest.mark.parametrize("file_chrom", ["20", "chr20"])
+@pytest.mark.parametrize("contig_lines", [True, False])
+@pytest.mark.parametrize("indexed", [True, False])
+def test_chrom_selection_reads_no_record(tmp_path, monkeypatch, file_chrom, contig_lines, indexed):
+    """The records of a chromosome in either naming, found from the index or the header (not by
+    reading every record first), in files with and without an index and ##contig lines."""
+    recs = [_ok(100, chrom=file_chrom), _ok(200, chrom=file_chrom), _ok(50, chrom="21")]
+    contigs = (file_chrom, "21", "22") if contig_lines else None
+    path = write_vcf(tmp_path / "p.vcf.gz", vcf_text(recs, SAMPLES, contigs=contigs), index=indexed)
+
+    def no_query(*args, **kwargs):
+        raise AssertionError("the records were read")
+
+    with monkeypatch.context() as m:
+        m.setattr(vcf_io, "query_lines", no_query)
+        m.setattr(pysam.bcftools, "query", no_query)
+        chosen = {c: chrom_selection(path, c) for c in ("20", "chr20", "21", "22")}
+    for asked in ("20", "chr20"):
+        assert list(query_lines(path, "%CHROM\t%POS\n", chosen[asked])) == [
+            f"{file_chrom}\t100",
+            f"{file_chrom}\t200",
+        ]
+    assert list(query_lines(path, "%POS\n", chosen["21"])) == ["50"]
+    # a chromosome without records: None from the index, else a selection that finds nothing
+    if indexed:
+        assert chosen["22"] is None
+    else:
+        assert list(query_lines(path, "%POS\n", chosen["22"])) == []
 
 
 # -- skipped records -----------------------------------------------------------------------------

@@ -33,9 +33,9 @@ from .logs import log
 from .metrics import BIN_LABELS, MAF_BINS, maf_bin, r2_from_sums  # noqa: F401 (re-exported)
 from .plots import pyplot, save_png
 from .vcf_io import (
-    _bcftools_query,
     check_readable,
-    normalize_chrom,
+    chrom_selection,
+    query_lines,
     short_record_error,
     vcf_records_sites,
 )
@@ -49,22 +49,21 @@ COUNTS = ("n_gt", "n_conc", "n_nonref", "n_nonref_conc", "tp", "fp", "fn")
 # -- reading imputed and true genotypes ------------------------------------------------------------
 
 
-def _query(path: str, fmt: str, region: list[str]) -> str:
-    return _bcftools_query(path, "-f", fmt, *region)
+def _chrom_lines(path: str, fmt: str, chrom: str) -> list[str]:
+    """``bcftools query -f fmt`` lines of the records of ``chrom`` (either naming) in ``path``."""
+    contig = chrom_selection(path, chrom)
+    lines = [] if contig is None else [ln for ln in query_lines(path, fmt, contig) if ln]
+    if not lines:
+        raise _no_records(path, chrom)
+    return lines
 
 
-def _contig_in(path: str, chrom: str) -> list[str]:
-    """``-r``/``-t`` arguments selecting ``chrom`` (either naming) in ``path``."""
-    sites = vcf_records_sites(path)
-    names = [c for c in sites["chrom"].unique() if normalize_chrom(c) == normalize_chrom(chrom)]
-    if not names:
-        raise InputError(
-            path,
-            f"no records on chromosome {chrom}",
-            "Evaluate the imputed file against a truth VCF for the same chromosome",
-        )
-    indexed = any(os.path.exists(path + ext) for ext in (".tbi", ".csi"))
-    return ["-r" if indexed else "-t", names[0]]
+def _no_records(path: str, chrom: str) -> InputError:
+    return InputError(
+        path,
+        f"no records on chromosome {chrom}",
+        "Evaluate the imputed file against a truth VCF for the same chromosome",
+    )
 
 
 def alt_counts(gts: list[str], n: int) -> np.ndarray:
@@ -124,11 +123,8 @@ def read_dosages(path: str | os.PathLike, chrom: str) -> dict:
     fmt = "%CHROM\t%POS\t%REF\t%ALT\t" + (f"%INFO/{info}" if info else ".") + "\t"
     # "@" separates the GT and dose lists (GT strings hold "|", numbers hold ",").
     fmt += "[%GT\t]" + (f"@[%{dose}\t]" if dose else "") + "\n"
-    text = _query(path, fmt, _contig_in(path, chrom))
     fixed, gts, doses = [], [], []
-    for ln in text.split("\n"):
-        if not ln:
-            continue
+    for ln in _chrom_lines(path, fmt, chrom):
         parts = ln.split("\t", 5)
         fixed.append(parts[:5])
         g, _, d = parts[5].partition("@")
@@ -159,8 +155,8 @@ def read_truth(path: str | os.PathLike, chrom: str) -> dict:
     check_readable(path)
     with pysam.VariantFile(path) as vf:
         samples = list(vf.header.samples)
-    text = _query(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", _contig_in(path, chrom))
-    rows = [ln.split("\t", 4) for ln in text.split("\n") if ln]
+    lines = _chrom_lines(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", chrom)
+    rows = [ln.split("\t", 4) for ln in lines]
     if any(not r[4].strip("./|\t") for r in rows):
         # a record without a single true genotype: a line cut short reads like that
         short = short_record_error(path)

@@ -39,9 +39,8 @@ from .masks import store_mask
 from .split import check_disjoint
 from .vcf_io import (
     RecordFilter,
-    _bcftools_query,
-    _is_indexed,
     check_readable,
+    query_lines,
     resolve_contig,
     short_record_error,
     vcf_records_contigs,
@@ -222,14 +221,13 @@ def read_target(
             "The target does not overlap the reference on this chromosome; check `chromosomes:` "
             "and that target and reference use the same genome build",
         ) from e
-    region = ["-r", contig] if _is_indexed(path) else ["-t", contig]
-    text = _bcftools_query(path, "-f", "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", *region)
+    lines = query_lines(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", contig)
 
     skipped = dict.fromkeys(TARGET_SKIP_REASONS, 0)
     recs: list[tuple[str, int, str, str]] = []
     gts: list[str] = []
     records = RecordFilter(path, False, skipped)
-    for line in text.split("\n"):
+    for line in lines:
         if not line:
             continue
         c, pos_s, ref, alt, gt = line.split("\t", 4)

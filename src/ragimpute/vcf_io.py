@@ -155,39 +155,80 @@ def vcf_records_contigs(path: str | os.PathLike) -> list[str]:
     if _is_indexed(path):
         with pysam.VariantFile(str(path)) as vf:
             return [c for c in vf.index if next(vf.fetch(c), None) is not None]
-    out = _bcftools_query(path, "-f", "%CHROM\n")
     seen: dict[str, None] = {}
-    for c in out.split("\n"):
+    for c in query_lines(path, "%CHROM\n"):
         if c:
             seen.setdefault(c)
     return list(seen)
 
 
+def chrom_selection(path: str | os.PathLike, chrom: str) -> str | None:
+    """``chrom`` as ``path`` names it (``20`` or ``chr20``), for ``query_lines``, found without reading
+    the records: the indexed contig that holds records (None: none does); without an index, the
+    names of the ``##contig`` lines and both namings (``20,chr20``: a file need not declare its
+    contigs), which bcftools then filters the records by."""
+    want = normalize_chrom(chrom)
+    if not _is_indexed(path):
+        names = [c for c in vcf_contigs(path) if normalize_chrom(c) == want]
+        return ",".join(dict.fromkeys([*names, want, f"chr{want}"]))
+    with pysam.VariantFile(str(path)) as vf:
+        names = [c for c in vf.index if normalize_chrom(c) == want]
+        return next((c for c in names if next(vf.fetch(c), None) is not None), None)
+
+
 def vcf_records_sites(path: str | os.PathLike) -> pd.DataFrame:
     """chrom, pos, ref, alt of every record (no genotypes decoded)."""
     check_readable(path)
-    text = _bcftools_query(path, "-f", "%CHROM\t%POS\t%REF\t%ALT\n")
-    rows = [ln.split("\t") for ln in text.split("\n") if ln]
+    rows = [ln.split("\t") for ln in query_lines(path, "%CHROM\t%POS\t%REF\t%ALT\n") if ln]
     df = pd.DataFrame(rows, columns=["chrom", "pos", "ref", "alt"])
     df["pos"] = df["pos"].astype(np.int64)
     return df
 
 
-def _bcftools_query(path: str | os.PathLike, *args: str) -> str:
-    """``bcftools query`` output, or an InputError quoting what htslib said (not the partial output)."""
+def query_lines(
+    path: str | os.PathLike,
+    fmt: str,
+    contig: str | None = None,
+    region: tuple[int, int] | None = None,
+) -> Iterator[str]:
+    """The lines of ``bcftools query -f fmt`` (``fmt`` ends with a newline; the lines come without
+    it): of every record, of ``contig`` (a name, or several joined by commas) or of its ``region``
+    (first and last bp, inclusive). An indexed file is looked up (``-r``), any other one is read
+    through (``-t``).
+
+    pysam's bcftools returns its whole output as one string (it cannot write it to a file for us to
+    stream): for target-, truth- and region-sized reads. A file bcftools cannot read is an InputError
+    quoting what htslib said (naming the record when a line of a text VCF has too few columns).
+    """
+    path = str(path)
+    args = ["-f", fmt]
+    if contig is not None:
+        where = contig if region is None else f"{contig}:{region[0]}-{region[1]}"
+        args += ["-r" if _is_indexed(path) else "-t", where]
     try:
-        return pysam.bcftools.query(*args, str(path))
+        text = pysam.bcftools.query(*args, path)
     except pysam.utils.SamtoolsError as e:
-        short = short_record_error(path)
-        if short is not None:
-            raise short from e
-        # pysam's message holds all of stdout before stderr: keep only bcftools' own complaint
-        said = str(getattr(e, "value", e)).rpartition("stderr=")[2].strip()
-        raise InputError(
-            path,
-            f"bcftools could not read the file: {said[:500]}",
-            "Check that it is a valid, intact VCF/BCF",
-        ) from e
+        raise _query_error(path, e) from e
+    start = 0  # line by line, without a second copy of the text in a list of lines
+    while (end := text.find("\n", start)) >= 0:
+        yield text[start:end]
+        start = end + 1
+    if start < len(text):
+        yield text[start:]
+
+
+def _query_error(path: str, e: Exception) -> InputError:
+    """What to tell the user when ``bcftools query`` fails on ``path``."""
+    short = short_record_error(path)
+    if short is not None:
+        return short
+    # pysam's message holds all of stdout before stderr: keep only bcftools' own complaint
+    said = str(getattr(e, "value", e)).rpartition("stderr=")[2].strip()
+    return InputError(
+        path,
+        f"bcftools could not read the file: {said[:500]}",
+        "Check that it is a valid, intact VCF/BCF",
+    )
 
 
 def _first_short_record(path: str | os.PathLike, n_samples: int) -> tuple[str, int] | None:
@@ -326,20 +367,9 @@ def _query_rows(
 ) -> Iterator[list[str]]:
     """The same through ``bcftools query`` (BCF, unindexed files, FORMAT fields besides GT)."""
     fmt = "%CHROM\t%POS\t%ID\t%REF\t%ALT\t%FILTER[\t%GT]\n"
-    where = contig if region is None else f"{contig}:{region[0]}-{region[1]}"
-    region = ["-r", where] if _is_indexed(path) else ["-t", where]
-    try:
-        text = _bcftools_query(path, "-f", fmt, *region)
-    except InputError:
-        short = _first_short_record(path, n_samples)
-        if short is None:
-            raise
-        raise _short_record(path, short[0], short[1], n_samples) from None
-    start = 0  # line by line, without a second whole-chromosome copy in a list of lines
-    while (end := text.find("\n", start)) >= 0:
-        if end > start:
-            yield text[start:end].split("\t", 6)
-        start = end + 1
+    for line in query_lines(path, fmt, contig, region):
+        if line:
+            yield line.split("\t", 6)
 
 
 def _short_record(path: str, where: str, n_columns: int, n_samples: int) -> InputError:
