@@ -35,6 +35,7 @@ from .plots import pyplot, save_png
 from .vcf_io import (
     check_readable,
     chrom_selection,
+    decode_genotypes,
     query_lines,
     short_record_error,
     vcf_records_sites,
@@ -68,24 +69,10 @@ def _no_records(path: str, chrom: str) -> InputError:
 
 def alt_counts(gts: list[str], n: int) -> np.ndarray:
     """GT strings (``0|1``, ``1/1``, ``.|.``) per line, tab-terminated -> (n_lines, n) float ALT counts,
-    NaN where missing. Phase is ignored: scores compare genotypes."""
-    out = np.full((len(gts), n), np.nan)
-    width = 4 * n
-    lengths = np.fromiter((len(g) for g in gts), dtype=np.int64, count=len(gts))
-    fast = np.flatnonzero(lengths == width)
-    if len(fast):
-        buf = np.frombuffer("".join(gts[i] for i in fast).encode("ascii"), dtype=np.uint8)
-        buf = buf.reshape(len(fast), n, 4)
-        a, b = buf[:, :, 0], buf[:, :, 2]
-        ok = np.isin(a, (48, 49)) & np.isin(b, (48, 49))
-        out[fast] = np.where(ok, (a == 49).astype(float) + (b == 49), np.nan)
-    for i in np.flatnonzero(lengths != width):
-        fields = gts[i].rstrip("\t").split("\t")
-        for j, gt in enumerate(fields[:n]):
-            parts = gt.replace("/", "|").split("|")
-            if all(p in ("0", "1") for p in parts) and len(parts) == 2:
-                out[i, j] = float(parts.count("1"))
-    return out
+    NaN where missing or not a diploid 0/1 call. Phase is ignored: scores compare genotypes."""
+    g = decode_genotypes(gts, n, trailing_tab=True)
+    counts = g.alleles[:, 0::2] + g.alleles[:, 1::2].astype(np.float64)
+    return np.where(g.called, counts, np.nan)
 
 
 def _floats(lines: list[str], n: int, how: str = "plain") -> np.ndarray:

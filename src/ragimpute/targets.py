@@ -40,9 +40,11 @@ from .split import check_disjoint
 from .vcf_io import (
     RecordFilter,
     check_readable,
+    decode_genotypes,
     query_lines,
     resolve_contig,
     short_record_error,
+    split_fields,
     vcf_records_contigs,
     vcf_samples,
 )
@@ -89,12 +91,6 @@ class AlignedTarget:
     unphased: np.ndarray | None = None
 
 
-def decode_target_gt(gts: list[str], path: str, where: list[str], samples: list[str]) -> np.ndarray:
-    """``0|1\\t.|.\\t...`` lines -> (n, 2m) int8 (-1 missing). Homozygous unphased calls are accepted
-    (their phase is not in question); an unphased heterozygote is an error naming the record."""
-    return decode_target_calls(gts, path, where, samples)[0]
-
-
 def decode_target_calls(
     gts: list[str],
     path: str,
@@ -103,97 +99,55 @@ def decode_target_calls(
     allow_unphased: bool = False,
     hint: str = PHASING_HINT,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Genotype lines -> alleles (n, 2m) int8 (-1 missing) and (n, m) bool: the unphased
+    """Genotype lines (``[%GT\t]``) -> alleles (n, 2m) int8 (-1 missing) and (n, m) bool: the unphased
     heterozygotes (``0/1``; their two alleles are in no particular order). Unless ``allow_unphased``
-    (the workflow phases them), an unphased heterozygote is an error naming the record and ``hint``.
-    An unphased call with one missing allele (``./1``) has no phase to keep: it reads as missing."""
-    m = len(samples)
-    out = np.empty((len(gts), 2 * m), dtype=np.int8)
-    het_out = np.zeros((len(gts), m), dtype=bool)
-    width = 4 * m
-    lengths = np.fromiter((len(g) for g in gts), dtype=np.int64, count=len(gts))
-    fast = np.flatnonzero(lengths == width)
-    if len(fast):
-        buf = np.frombuffer("".join(gts[i] for i in fast).encode("ascii"), dtype=np.uint8)
-        buf = buf.reshape(len(fast), m, 4)
-        a, sep, b, tab = buf[:, :, 0], buf[:, :, 1], buf[:, :, 2], buf[:, :, 3]
-        ok_allele = lambda x: (x == ord("0")) | (x == ord("1")) | (x == ord("."))  # noqa: E731
-        ok = ok_allele(a) & ok_allele(b) & ((sep == ord("|")) | (sep == ord("/"))) & (tab == 9)
-        bad_rows = np.flatnonzero(~ok.all(axis=1))
-        good = np.setdiff1d(np.arange(len(fast)), bad_rows)
-        a0 = np.where(a == ord("."), -1, a.astype(np.int16) - ord("0")).astype(np.int8)
-        a1 = np.where(b == ord("."), -1, b.astype(np.int16) - ord("0")).astype(np.int8)
-        unphased = sep == ord("/")
-        het = unphased & (a0 >= 0) & (a1 >= 0) & (a0 != a1)
-        if het[good].any() and not allow_unphased:
-            r, j = np.argwhere(het[good])[0]
-            i = int(fast[good[r]])
-            raise InputError(
-                path,
-                f"genotypes are unphased (sample {samples[j]} has {gts[i].split(chr(9))[j]!r})",
-                hint,
-                record=where[i],
-            )
-        # An unphased call with one missing allele has no phase to keep: treat it as missing.
-        half = unphased & ((a0 < 0) != (a1 < 0))
-        a0[half] = -1
-        a1[half] = -1
-        rows = fast[good]
-        out[rows, 0::2] = a0[good]
-        out[rows, 1::2] = a1[good]
-        het_out[rows] = het[good]
-        slow = np.sort(np.concatenate([np.flatnonzero(lengths != width), fast[bad_rows]]))
-    else:
-        slow = np.arange(len(gts))
-    for i in slow:
-        out[i], het_out[i] = _decode_slow(gts[i], path, where[i], samples, allow_unphased, hint)
-    return out, het_out
+    (the workflow phases them), an unphased heterozygote is an error naming the record and ``hint``;
+    so is a call that is not diploid 0/1. Homozygous unphased calls are accepted (their phase is not
+    in question); an unphased call with one missing allele (``./1``) has no phase to keep: it reads
+    as missing."""
+    g = decode_genotypes(gts, len(samples), trailing_tab=True)
+    a = g.alleles
+    het = g.unphased & g.called & (a[:, 0::2] != a[:, 1::2])
+    bad = g.problem_rows(missing=False, unphased=False)
+    if not allow_unphased:
+        bad = np.union1d(bad, np.flatnonzero(het.any(axis=1)))
+    if len(bad):
+        i = int(bad[0])
+        _raise_bad_call(gts[i], path, where[i], samples, g.invalid[i], het[i], hint)
+    return a, het
 
 
-def _decode_slow(
+def _raise_bad_call(
     line: str,
     path: str,
     where: str,
     samples: list[str],
-    allow_unphased: bool = False,
-    hint: str = PHASING_HINT,
-) -> tuple[np.ndarray, np.ndarray]:
-    fields = line.rstrip("\t").split("\t")
+    invalid: np.ndarray,
+    het: np.ndarray,
+    hint: str,
+) -> None:
+    """The error of a target record: too many or too few fields, or the first sample whose call is
+    not a diploid 0/1 call (``invalid``) or an unphased heterozygote (``het``, when refused)."""
+    fields = split_fields(line, trailing_tab=True)
     if len(fields) != len(samples):
         raise InputError(path, f"{len(fields)} genotypes for {len(samples)} samples", record=where)
-    row = np.empty(2 * len(samples), dtype=np.int8)
-    het = np.zeros(len(samples), dtype=bool)
-    for j, (sample, gt) in enumerate(zip(samples, fields, strict=True)):
-        if gt in (".", "./.", ".|."):
-            row[2 * j : 2 * j + 2] = -1
-            continue
-        sep = "|" if "|" in gt else "/"
-        parts = gt.split(sep)
-        if len(parts) == 1:
-            raise InputError(
-                path,
-                f"haploid genotype {gt!r} for sample {sample}",
-                "Only diploid chromosomes are supported (leave out chrX/chrY/chrM)",
-                record=where,
-            )
-        if len(parts) != 2 or any(p not in ("0", "1", ".") for p in parts):
-            raise InputError(
-                path,
-                f"genotype {gt!r} for sample {sample} is not a diploid 0/1 call",
-                "Split multi-allelic records (`bcftools norm -m-any`) or check the file",
-                record=where,
-            )
-        a = [-1 if p == "." else int(p) for p in parts]
-        if sep == "/" and a[0] >= 0 and a[1] >= 0 and a[0] != a[1]:
-            if not allow_unphased:
-                raise InputError(
-                    path, f"genotypes are unphased (sample {sample} has {gt!r})", hint, where
-                )
-            het[j] = True
-        if sep == "/" and (a[0] < 0) != (a[1] < 0):
-            a = [-1, -1]
-        row[2 * j], row[2 * j + 1] = a
-    return row, het
+    j = int(np.flatnonzero(invalid | het)[0])
+    sample, gt = samples[j], fields[j]
+    if het[j]:
+        raise InputError(path, f"genotypes are unphased (sample {sample} has {gt!r})", hint, where)
+    if "|" not in gt and "/" not in gt:
+        raise InputError(
+            path,
+            f"haploid genotype {gt!r} for sample {sample}",
+            "Only diploid chromosomes are supported (leave out chrX/chrY/chrM)",
+            record=where,
+        )
+    raise InputError(
+        path,
+        f"genotype {gt!r} for sample {sample} is not a diploid 0/1 call",
+        "Split multi-allelic records (`bcftools norm -m-any`) or check the file",
+        record=where,
+    )
 
 
 def read_target(

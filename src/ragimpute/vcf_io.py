@@ -470,10 +470,140 @@ def _parse_rows(
     return kept, np.concatenate(chunks) if len(chunks) > 1 else chunks[0], skipped
 
 
+# -- the one GT decoder -----------------------------------------------------------------------------
+
+
+@dataclass
+class Genotypes:
+    """The GT fields of a block of records, decoded (``decode_genotypes``)."""
+
+    alleles: np.ndarray  # (records, 2 * samples) int8: 0 REF, 1 ALT, -1 missing or not a call
+    unphased: np.ndarray  # (records, samples) bool: written with '/'
+    invalid: np.ndarray  # (records, samples) bool: not a diploid call of '0', '1' and '.' alleles
+    miscounted: np.ndarray  # (records,) bool: the record has more or fewer fields than samples
+    clean: bool  # every call is phased, 0 or 1: nothing missing, unphased or invalid
+
+    @property
+    def called(self) -> np.ndarray:
+        """(records, samples) bool: both alleles known."""
+        return (self.alleles[:, 0::2] >= 0) & (self.alleles[:, 1::2] >= 0)
+
+    def problem_rows(self, missing: bool = True, unphased: bool = True) -> np.ndarray:
+        """Records with a call that is not a diploid 0/1 call or a field too many or too few, and
+        (as asked) one with a missing allele or an unphased call, in order."""
+        bad = self.miscounted | self.invalid.any(axis=1)
+        if missing:
+            bad |= (self.alleles < 0).any(axis=1)
+        if unphased:
+            bad |= self.unphased.any(axis=1)
+        return np.flatnonzero(bad)
+
+
 # Four bytes per genotype, "0|1\t", read as one little-endian uint32: masking the lowest bit of both
-# allele characters ('0' = 0x30, '1' = 0x31) leaves this constant exactly for the four valid calls.
+# allele characters ('0' = 0x30, '1' = 0x31) leaves this constant exactly for the four phased calls.
 _GT_MASK = np.uint32(0xFFFEFFFE)
 _GT_OK = np.uint32(0x09307C30)  # '0', '|', '0', '\t'
+_ALLELE = {"0": 0, "1": 1, ".": -1}
+_ALLELE_BYTES = np.frombuffer(b"01.", dtype=np.uint8)
+
+
+def decode_genotypes(gts: list[str], n_samples: int, trailing_tab: bool = False) -> Genotypes:
+    """Each record's GT fields, tab-separated (``0|1\t1/1\t.|.``; with ``trailing_tab`` each field
+    ends with a tab, as bcftools' ``[%GT\t]`` prints them) -> alleles and what is wrong with them.
+
+    The one decoder of the package: panels (which must be phased and complete), targets (which may
+    miss calls or be unphased) and truth VCFs (scored by ALT count) read their calls through it and
+    decide for themselves what is an error. Phased 0/1 calls are checked and decoded four bytes at a
+    time as one uint32; other records one field at a time. An unphased call with one allele missing
+    (``./1``) has no phase to keep: both of its alleles read as missing.
+    """
+    k, n = len(gts), n_samples
+    if k == 0 or n == 0:
+        return _checked(_decode_slowly(gts, n, trailing_tab, np.arange(k)))
+    width = 4 * n - (0 if trailing_tab else 1)
+    lengths = np.fromiter(map(len, gts), dtype=np.int64, count=k)
+    if (lengths == width).all():
+        text = "".join(gts) if trailing_tab else "\t".join(gts) + "\t"
+        if text.isascii():
+            words = np.frombuffer(text.encode("ascii"), dtype="<u4").reshape(k, n)
+            if ((words & _GT_MASK) == _GT_OK).all():
+                # bytes 0 and 2 of each word are the two alleles; their lowest bit is the allele
+                alleles = words.view(np.uint8).reshape(k, n, 4)[:, :, 0:3:2] & 1
+                alleles = np.ascontiguousarray(alleles).reshape(k, 2 * n).view(np.int8)
+                none = np.zeros((k, n), dtype=bool)
+                return Genotypes(alleles, none, none.copy(), np.zeros(k, dtype=bool), clean=True)
+    return _checked(_decode_bytes(gts, n, trailing_tab, lengths == width))
+
+
+def _checked(g: Genotypes) -> Genotypes:
+    g.clean = not len(g.problem_rows())
+    return g
+
+
+def _decode_bytes(
+    gts: list[str], n: int, trailing_tab: bool, right_length: np.ndarray
+) -> Genotypes:
+    """Records of the right length, field by field as bytes (``a``, separator, ``b``, tab); the rest,
+    and records with a field that is not a diploid call, go the slow way."""
+    fast = np.flatnonzero(right_length & np.fromiter(map(str.isascii, gts), bool, len(gts)))
+    if not len(fast):
+        return _decode_slowly(gts, n, trailing_tab, np.arange(len(gts)))
+    sep = "" if trailing_tab else "\t"
+    text = sep.join(gts[i] for i in fast) + sep
+    b = np.frombuffer(text.encode("ascii"), dtype=np.uint8).reshape(len(fast), n, 4)
+    a0, slash, a1, tab = b[:, :, 0], b[:, :, 1] == ord("/"), b[:, :, 2], b[:, :, 3]
+    ok = np.isin(a0, _ALLELE_BYTES) & np.isin(a1, _ALLELE_BYTES) & (tab == ord("\t"))
+    ok &= slash | (b[:, :, 1] == ord("|"))
+    good = ok.all(axis=1)
+    slow = np.setdiff1d(np.arange(len(gts)), fast[good])
+    out = _decode_slowly(gts, n, trailing_tab, slow)
+    x0 = np.where(a0 == ord("."), -1, a0.astype(np.int8) - ord("0")).astype(np.int8)[good]
+    x1 = np.where(a1 == ord("."), -1, a1.astype(np.int8) - ord("0")).astype(np.int8)[good]
+    un = slash[good]
+    half = un & ((x0 < 0) != (x1 < 0))
+    x0[half] = -1
+    x1[half] = -1
+    rows = fast[good]
+    out.alleles[rows, 0::2] = x0
+    out.alleles[rows, 1::2] = x1
+    out.unphased[rows] = un
+    return out
+
+
+def split_fields(line: str, trailing_tab: bool = False) -> list[str]:
+    """The GT fields of one record's line (``trailing_tab``: each field ends with a tab)."""
+    return (line[:-1] if trailing_tab and line.endswith("\t") else line).split("\t")
+
+
+def _decode_slowly(gts: list[str], n: int, trailing_tab: bool, rows: np.ndarray) -> Genotypes:
+    """A Genotypes for every record, with the records ``rows`` decoded field by field (the others
+    are left missing, for the caller to fill)."""
+    k = len(gts)
+    out = Genotypes(
+        np.full((k, 2 * n), -1, dtype=np.int8),
+        np.zeros((k, n), dtype=bool),
+        np.zeros((k, n), dtype=bool),
+        np.zeros(k, dtype=bool),
+        clean=False,
+    )
+    for i in rows:
+        fields = split_fields(gts[i], trailing_tab)
+        out.miscounted[i] = len(fields) != n
+        for j, gt in enumerate(fields[:n]):
+            if gt == ".":
+                continue
+            sep = "|" if "|" in gt else "/"
+            parts = gt.split(sep)
+            if len(parts) != 2 or parts[0] not in _ALLELE or parts[1] not in _ALLELE:
+                out.invalid[i, j] = True
+                continue
+            x0, x1 = _ALLELE[parts[0]], _ALLELE[parts[1]]
+            if sep == "/":
+                out.unphased[i, j] = True
+                if (x0 < 0) != (x1 < 0):
+                    x0 = x1 = -1
+            out.alleles[i, 2 * j], out.alleles[i, 2 * j + 1] = x0, x1
+    return out
 
 
 def _decode_gt(
@@ -481,27 +611,17 @@ def _decode_gt(
 ) -> np.ndarray:
     """Genotype strings ``0|1\t1|0...`` of every sample -> (n_sites, 2 * len(columns)) uint8 haplotypes
     of the samples in ``columns``, or an InputError naming the first bad genotype."""
-    n = len(all_samples)
-    width = 4 * n - 1
-    lengths = np.fromiter((len(g) for g in gts), dtype=np.int64, count=len(gts))
-    bad_len = np.flatnonzero(lengths != width)
-    if len(bad_len):
-        i = int(bad_len[0])
-        _raise_bad_genotype(path, kept[i], gts[i], all_samples)
-    text = "\t".join(gts) + "\t"
-    if not text.isascii():
-        i = next(i for i, g in enumerate(gts) if not g.isascii())
-        _raise_bad_genotype(path, kept[i], gts[i], all_samples)
-    words = np.frombuffer(text.encode("ascii"), dtype="<u4").reshape(len(gts), n)
-    ok = (words & _GT_MASK) == _GT_OK
-    if not ok.all():
-        i = int(np.flatnonzero(~ok.all(axis=1))[0])
-        _raise_bad_genotype(path, kept[i], gts[i], all_samples)
-    if not np.array_equal(columns, np.arange(n)):
-        words = np.take(words, columns, axis=1)  # far faster than words[:, columns] here
-    # bytes 0 and 2 of each word are the two alleles; their lowest bit is the allele
-    alleles = words.view(np.uint8).reshape(len(gts), len(columns), 4)[:, :, 0:3:2] & 1
-    return np.ascontiguousarray(alleles).reshape(len(gts), 2 * len(columns))
+    g = decode_genotypes(gts, len(all_samples))
+    if not g.clean:
+        bad = g.problem_rows()
+        if len(bad):
+            i = int(bad[0])
+            _raise_bad_genotype(path, kept[i], gts[i], all_samples)
+    haplotypes = g.alleles.view(np.uint8)
+    if np.array_equal(columns, np.arange(len(all_samples))):
+        return haplotypes
+    # a sample's two alleles as one uint16: np.take is far faster than haplotypes[:, cols] here
+    return np.take(haplotypes.view(np.uint16), columns, axis=1).view(np.uint8)
 
 
 def _raise_bad_genotype(path: str, rec: tuple, gt_line: str, all_samples: list[str]) -> None:
