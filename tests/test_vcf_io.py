@@ -30,8 +30,8 @@ from ragimpute.vcf_io import (
     vcf_records_contigs,
     vcf_records_sites,
     vcf_samples,
-    write_bgzip_vcf,
 )
+from ragimpute.vcf_write import write_bgzip_vcf
 
 SAMPLES = ["S1", "S2", "S3"]
 # read_panel reads an indexed VCF from tabix text lines, anything else through `bcftools query`:

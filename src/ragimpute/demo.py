@@ -34,7 +34,7 @@ import pandas as pd
 from . import __version__
 from .atomic import write_json, write_tsv
 from .logs import log
-from .vcf_io import write_bgzip_vcf
+from .vcf_write import write_bgzip_vcf
 
 
 @dataclass

@@ -1,7 +1,10 @@
-"""Reading phased VCF/BCF panels in bulk, with the checks users expect of a serious tool.
+"""Reading VCF/BCF files in bulk, with the checks users expect of a serious tool: the reading half of
+the VCF layer (``vcf_write`` writes).
 
-Genotypes are decoded through ``bcftools query`` (pysam's bundled bcftools) and parsed with numpy:
-pysam's per-sample Python objects are about two orders of magnitude slower on thousands of samples.
+Genotypes are read as text (straight from tabix, or through ``bcftools query``, pysam's bundled
+bcftools: ``query_lines``, the one wrapper) and decoded with numpy by one decoder
+(``decode_genotypes``) for panels, targets and truth VCFs alike: pysam's per-sample Python objects
+are about two orders of magnitude slower on thousands of samples.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import pandas as pd
 import pysam
 import pysam.bcftools
 
-from .atomic import atomic_path, scratch_dir
 from .errors import InputError
 
 # The empty BGZF block every bgzip/htslib writer ends a file with (SAM/BAM spec, section 4.1.2).
@@ -656,18 +658,3 @@ def _raise_bad_genotype(path: str, rec: tuple, gt_line: str, all_samples: list[s
         if any(x not in ("0", "1") for x in gt.split("|")):
             raise InputError(path, f"genotype {gt!r} for sample {sample} is not 0/1", record=where)
     raise InputError(path, "malformed genotype field", record=where)
-
-
-def write_bgzip_vcf(text: str, out: str | os.PathLike) -> None:
-    """bgzip + tabix-index VCF text; the data file lands first, then its (newer) index."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with scratch_dir(out) as d:
-        plain = Path(d) / "x.vcf"
-        plain.write_text(text)
-        with atomic_path(out, suffix=".vcf.gz") as gz:
-            pysam.tabix_compress(str(plain), str(gz), force=True)
-            pysam.tabix_index(str(gz), preset="vcf", force=True)
-            tbi_tmp = Path(str(gz) + ".tbi")
-            os.replace(tbi_tmp, Path(d) / "x.tbi")
-        os.replace(Path(d) / "x.tbi", str(out) + ".tbi")
