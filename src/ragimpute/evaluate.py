@@ -320,18 +320,86 @@ def evaluate(
         # A tool that could not take the input: nothing imputed, every scored site counted as not
         # in its output, and the reason carried to summary.json (and from there to compare).
         log.warning("%s did not run on chromosome %s: %s", method, chrom, reason)
-        imp = {
-            "sites": pd.DataFrame(
-                {"chrom": [], "pos": [], "ref": [], "alt": [], "info_r2": []}
-            ).astype({"pos": np.int64, "info_r2": float}),
-            "samples": list(truth["samples"]),
-            "ds": np.zeros((0, len(truth["samples"]))),
-            "gt": np.zeros((0, len(truth["samples"]))),
-            "dose_field": None,
-            "info_field": None,
-        }
+        imp = _nothing_imputed(truth["samples"])
     typed = vcf_records_sites(typed_vcf)
+    samples, not_in_truth = _shared_samples(imp, truth, imputed_vcf, truth_vcf)
 
+    # Scored: reference sites present in the truth and not typed in the target.
+    t_idx, t_flip = match_to(ref, truth["sites"])
+    typed_idx, _ = match_to(ref, typed)
+    scored = (t_idx >= 0) & (typed_idx < 0)
+    i_idx, i_flip = match_to(ref, imp["sites"])
+    sel = np.flatnonzero(scored & (i_idx >= 0))
+    t_col = [truth["samples"].index(s) for s in samples]
+    i_pos = {s: i for i, s in enumerate(imp["samples"])}
+    i_col = [i_pos[s] for s in samples]
+
+    y = truth["gt"][t_idx[sel]][:, t_col]
+    y = np.where(t_flip[sel, None], 2 - y, y)
+    ds = imp["ds"][i_idx[sel]][:, i_col]
+    gt = imp["gt"][i_idx[sel]][:, i_col]
+    ds = np.where(i_flip[sel, None], 2 - ds, ds)
+    gt = np.where(i_flip[sel, None], 2 - gt, gt)
+
+    per_site = site_scores(ds, gt, y)
+    per_site.insert(0, "pos", ref["pos"].to_numpy()[sel])
+    per_site.insert(1, "maf", ref["maf"].to_numpy()[sel])
+    per_site.insert(2, "bin", maf_bin(per_site["maf"].to_numpy()))
+    per_site.insert(3, "info_r2", imp["sites"]["info_r2"].to_numpy()[i_idx[sel]])
+    per_site.insert(0, "chrom", chrom)
+    per_site.insert(0, "method", method)
+
+    bins = bin_table(per_site)
+    bins.insert(0, "method", method)
+    missed = scored & (i_idx < 0)
+    bins["n_sites_not_in_output"] = [
+        int((missed & (maf_bin(ref["maf"].to_numpy()) == b)).sum()) for b in range(len(BIN_LABELS))
+    ] + [int(missed.sum())]
+
+    summary = {
+        "method": method,
+        "chrom": chrom,
+        "imputed": str(imputed_vcf),
+        "truth": str(truth_vcf),
+        "samples_scored": len(samples),
+        "samples_imputed": len(imp["samples"]),
+        "samples_not_in_truth": len(not_in_truth),
+        "reference_sites": len(ref),
+        "typed_sites": int((typed_idx >= 0).sum()),
+        "scored_sites": int(scored.sum()),
+        "scored_sites_not_in_output": int(missed.sum()),
+        "truth_sites_not_in_reference": int(len(truth["sites"]) - (t_idx >= 0).sum()),
+        "dose_field": imp["dose_field"],
+        "info_field": imp["info_field"],
+        "ragimpute": __version__,
+        "all": bins.iloc[-1].drop(["method", "maf_bin"]).to_dict(),
+    }
+    if reason is not None:
+        summary.update(not_run=reason, samples_imputed=0, samples_scored=0)
+    _write_scores(Path(out_dir), per_site, bins, summary, len(samples))
+    return summary
+
+
+def _nothing_imputed(samples: list[str]) -> dict:
+    """What ``read_dosages`` returns for a VCF without records: the placeholder of a tool that did
+    not run."""
+    return {
+        "sites": pd.DataFrame({"chrom": [], "pos": [], "ref": [], "alt": [], "info_r2": []}).astype(
+            {"pos": np.int64, "info_r2": float}
+        ),
+        "samples": list(samples),
+        "ds": np.zeros((0, len(samples))),
+        "gt": np.zeros((0, len(samples))),
+        "dose_field": None,
+        "info_field": None,
+    }
+
+
+def _shared_samples(
+    imp: dict, truth: dict, imputed_vcf: str | os.PathLike, truth_vcf: str | os.PathLike
+) -> tuple[list[str], list[str]]:
+    """The truth's samples that were imputed (scored), and the imputed samples the truth lacks
+    (a warning); none shared is an error."""
     samples = [s for s in truth["samples"] if s in set(imp["samples"])]
     if not samples:
         raise InputError(
@@ -352,78 +420,29 @@ def evaluate(
             " ..." if len(not_in_truth) > 5 else "",
             len(samples),
         )
-    t_col = [truth["samples"].index(s) for s in samples]
-    i_pos = {s: i for i, s in enumerate(imp["samples"])}
-    i_col = [i_pos[s] for s in samples]
+    return samples, not_in_truth
 
-    # Scored: reference sites present in the truth and not typed in the target.
-    t_idx, t_flip = match_to(ref, truth["sites"])
-    typed_idx, _ = match_to(ref, typed)
-    scored = (t_idx >= 0) & (typed_idx < 0)
-    i_idx, i_flip = match_to(ref, imp["sites"])
-    present = scored & (i_idx >= 0)
-    sel = np.flatnonzero(present)
 
-    y = truth["gt"][t_idx[sel]][:, t_col]
-    y = np.where(t_flip[sel, None], 2 - y, y)
-    ds = imp["ds"][i_idx[sel]][:, i_col]
-    gt = imp["gt"][i_idx[sel]][:, i_col]
-    ds = np.where(i_flip[sel, None], 2 - ds, ds)
-    gt = np.where(i_flip[sel, None], 2 - gt, gt)
-
-    per_site = site_scores(ds, gt, y)
-    per_site.insert(0, "pos", ref["pos"].to_numpy()[sel])
-    per_site.insert(1, "maf", ref["maf"].to_numpy()[sel])
-    per_site.insert(2, "bin", maf_bin(per_site["maf"].to_numpy()))
-    per_site.insert(3, "info_r2", imp["sites"]["info_r2"].to_numpy()[i_idx[sel]])
-    per_site.insert(0, "chrom", chrom)
-    per_site.insert(0, "method", method)
-
-    bins = bin_table(per_site)
-    bins.insert(0, "method", method)
-    bins["n_sites_not_in_output"] = [
-        int((scored & (i_idx < 0) & (maf_bin(ref["maf"].to_numpy()) == b)).sum())
-        for b in range(len(BIN_LABELS))
-    ] + [int((scored & (i_idx < 0)).sum())]
-
-    out = Path(out_dir)
+def _write_scores(
+    out: Path, per_site: pd.DataFrame, bins: pd.DataFrame, summary: dict, n_samples: int
+) -> None:
+    """``sites.tsv.gz``, ``bins.tsv`` and ``summary.json``, and the headline in the log."""
     with atomic_path(out / "sites.tsv.gz", suffix=".tsv.gz") as tmp:
         per_site.to_csv(tmp, sep="\t", index=False, compression="gzip")
     write_tsv(out / "bins.tsv", bins)
-    summary = {
-        "method": method,
-        "chrom": chrom,
-        "imputed": str(imputed_vcf),
-        "truth": str(truth_vcf),
-        "samples_scored": len(samples),
-        "samples_imputed": len(imp["samples"]),
-        "samples_not_in_truth": len(not_in_truth),
-        "reference_sites": len(ref),
-        "typed_sites": int((typed_idx >= 0).sum()),
-        "scored_sites": int(scored.sum()),
-        "scored_sites_not_in_output": int((scored & (i_idx < 0)).sum()),
-        "truth_sites_not_in_reference": int(len(truth["sites"]) - (t_idx >= 0).sum()),
-        "dose_field": imp["dose_field"],
-        "info_field": imp["info_field"],
-        "ragimpute": __version__,
-        "all": bins.iloc[-1].drop(["method", "maf_bin"]).to_dict(),
-    }
-    if reason is not None:
-        summary.update(not_run=reason, samples_imputed=0, samples_scored=0)
     write_json(out / "summary.json", summary)
     a = summary["all"]
     log.info(
         "%s on %s: %d sites x %d samples scored, r2 %.4f, concordance %.4f, NRC %.4f, F1 %.4f",
-        method,
-        chrom,
+        summary["method"],
+        summary["chrom"],
         a["n_sites"],
-        len(samples),
+        n_samples,
         a["r2"],
         a["concordance"],
         a["nonref_concordance"],
         a["alt_f1"],
     )
-    return summary
 
 
 # -- comparison across methods and chromosomes ----------------------------------------------------

@@ -164,88 +164,37 @@ def read_target(
     path = str(path)
     check_readable(path)
     samples = vcf_samples(path)
-    held = vcf_records_contigs(path)
-    try:
-        contig = resolve_contig(path, chrom, available=held)
-    except InputError as e:
-        raise InputError(
-            path,
-            f"no records on chromosome {chrom} (the target has records on: "
-            f"{', '.join(held[:10]) or 'none'})",
-            "The target does not overlap the reference on this chromosome; check `chromosomes:` "
-            "and that target and reference use the same genome build",
-        ) from e
-    lines = query_lines(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", contig)
-
-    skipped = dict.fromkeys(TARGET_SKIP_REASONS, 0)
-    recs: list[tuple[str, int, str, str]] = []
-    gts: list[str] = []
-    records = RecordFilter(path, False, skipped)
-    for line in lines:
-        if not line:
-            continue
-        c, pos_s, ref, alt, gt = line.split("\t", 4)
-        pos = int(pos_s)
-        if not records.keep(c, pos, ref, alt):
-            continue
-        recs.append((c, pos, ref, alt))
-        gts.append(gt)
-
-    if any(not g.strip("./|\t") for g in gts):
-        # a record without a single called allele: a line cut short reads like that
-        short = short_record_error(path)
-        if short is not None:
-            raise short
-    n_records = len(recs) + sum(skipped.values())
-    where = [f"{r[0]}:{r[1]}" for r in recs]
-    ref_pos = sites["pos"].to_numpy(dtype=np.int64)
-    ref_ref = sites["ref"].to_numpy().astype(str)
-    ref_alt = sites["alt"].to_numpy().astype(str)
-    t_pos = np.fromiter((r[1] for r in recs), dtype=np.int64, count=len(recs))
-    t_ref = np.array([r[2] for r in recs], dtype=str)
-    t_alt = np.array([r[3] for r in recs], dtype=str)
-    idx = np.searchsorted(ref_pos, t_pos)
-    idx_c = np.minimum(idx, max(len(ref_pos) - 1, 0))
-    at_pos = (idx < len(ref_pos)) & (ref_pos[idx_c] == t_pos)
-    same = at_pos & (ref_ref[idx_c] == t_ref) & (ref_alt[idx_c] == t_alt)
-    swapped = at_pos & (ref_ref[idx_c] == t_alt) & (ref_alt[idx_c] == t_ref)
-    matched = same | swapped
-    reason = np.where(at_pos, "allele_mismatch", "not_in_reference")
-    unmatched = pd.DataFrame(
-        {
-            "chrom": [recs[i][0] for i in np.flatnonzero(~matched)],
-            "pos": t_pos[~matched],
-            "ref": t_ref[~matched],
-            "alt": t_alt[~matched],
-            "reason": reason[~matched],
-        }
-    )
-    if not matched.any():
+    contig = _target_contig(path, chrom)
+    recs, gts, skipped = _target_records(path, contig)
+    match = _SiteMatch(recs, sites)
+    if not match.matched.any():
         raise InputError(
             path,
             f"none of its {len(recs)} SNV records on chromosome {contig} matches a reference site by "
-            f"position and alleles ({int(at_pos.sum())} share a position)",
+            f"position and alleles ({int(match.at_pos.sum())} share a position)",
             "The target does not overlap the reference: check that both use the same genome build "
             "(liftover with `bcftools +liftover` or CrossMap) and the same strand",
         )
-    keep = np.flatnonzero(matched)
+    keep = np.flatnonzero(match.matched)
+    where = [f"{recs[i][0]}:{recs[i][1]}" for i in keep]
     alleles, unphased = decode_target_calls(
-        [gts[i] for i in keep], path, [where[i] for i in keep], samples, allow_unphased, hint
+        [gts[i] for i in keep], path, where, samples, allow_unphased, hint
     )
-    flip = swapped[keep]
+    flip = match.swapped[keep]
     alleles[flip] = np.where(alleles[flip] >= 0, 1 - alleles[flip], -1)
     ref_chrom = str(sites["chrom"].iloc[0]) if "chrom" in sites else contig
+    unmatched = match.unmatched()
     report = {
         "target": path,
         "target_chrom": contig,
         "reference_chrom": ref_chrom,
         "chrom_renamed": contig != ref_chrom,
         "samples": len(samples),
-        "records": n_records,
+        "records": len(recs) + sum(skipped.values()),
         "skipped": skipped,
         "snv_records": len(recs),
-        "matched": int(matched.sum()),
-        "flipped": int(swapped.sum()),
+        "matched": int(match.matched.sum()),
+        "flipped": int(match.swapped.sum()),
         "unmatched": {r: int((unmatched["reason"] == r).sum()) for r in UNMATCHED_REASONS},
         "reference_sites": len(sites),
         "unphased_heterozygotes": int(unphased.sum()),
@@ -254,23 +203,92 @@ def read_target(
     log.info(
         "%s: %d records on %s, %d matched (%d flipped), %d unmatched, skipped %s",
         path,
-        n_records,
+        report["records"],
         contig,
         report["matched"],
         report["flipped"],
         len(unmatched),
         ", ".join(f"{k}={v}" for k, v in skipped.items() if v) or "none",
     )
-    return AlignedTarget(
-        path,
-        contig,
-        samples,
-        idx[keep].astype(np.int64),
-        alleles,
-        report,
-        unmatched,
-        unphased if allow_unphased else None,
-    )
+    site = match.idx[keep].astype(np.int64)
+    unphased_kept = unphased if allow_unphased else None
+    return AlignedTarget(path, contig, samples, site, alleles, report, unmatched, unphased_kept)
+
+
+def _target_contig(path: str, chrom: str) -> str:
+    """``chrom`` as the target names it, among the contigs that hold its records."""
+    held = vcf_records_contigs(path)
+    try:
+        return resolve_contig(path, chrom, available=held)
+    except InputError as e:
+        raise InputError(
+            path,
+            f"no records on chromosome {chrom} (the target has records on: "
+            f"{', '.join(held[:10]) or 'none'})",
+            "The target does not overlap the reference on this chromosome; check `chromosomes:` "
+            "and that target and reference use the same genome build",
+        ) from e
+
+
+def _target_records(
+    path: str, contig: str
+) -> tuple[list[tuple[str, int, str, str]], list[str], dict[str, int]]:
+    """(chrom, pos, ref, alt) and the GT fields of the target's biallelic SNVs on ``contig``, and the
+    records skipped by reason; out-of-order records are an error, a line cut short too."""
+    skipped = dict.fromkeys(TARGET_SKIP_REASONS, 0)
+    recs: list[tuple[str, int, str, str]] = []
+    gts: list[str] = []
+    records = RecordFilter(path, False, skipped)
+    for line in query_lines(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", contig):
+        if not line:
+            continue
+        c, pos_s, ref, alt, gt = line.split("\t", 4)
+        pos = int(pos_s)
+        if not records.keep(c, pos, ref, alt):
+            continue
+        recs.append((c, pos, ref, alt))
+        gts.append(gt)
+    if any(not g.strip("./|\t") for g in gts):
+        # a record without a single called allele: a line cut short reads like that
+        short = short_record_error(path)
+        if short is not None:
+            raise short
+    return recs, gts, skipped
+
+
+class _SiteMatch:
+    """Target SNVs (chrom, pos, ref, alt) against the reference ``sites``, by position and alleles:
+    ``idx`` the reference site at each one's position (where ``at_pos``), ``same`` or ``swapped``
+    alleles (REF/ALT the other way round), ``matched`` either."""
+
+    def __init__(self, recs: list[tuple[str, int, str, str]], sites: pd.DataFrame):
+        ref_pos = sites["pos"].to_numpy(dtype=np.int64)
+        ref_ref = sites["ref"].to_numpy().astype(str)
+        ref_alt = sites["alt"].to_numpy().astype(str)
+        self.chrom = [r[0] for r in recs]
+        self.pos = np.fromiter((r[1] for r in recs), dtype=np.int64, count=len(recs))
+        self.ref = np.array([r[2] for r in recs], dtype=str)
+        self.alt = np.array([r[3] for r in recs], dtype=str)
+        self.idx = np.searchsorted(ref_pos, self.pos)
+        idx_c = np.minimum(self.idx, max(len(ref_pos) - 1, 0))
+        self.at_pos = (self.idx < len(ref_pos)) & (ref_pos[idx_c] == self.pos)
+        self.same = self.at_pos & (ref_ref[idx_c] == self.ref) & (ref_alt[idx_c] == self.alt)
+        self.swapped = self.at_pos & (ref_ref[idx_c] == self.alt) & (ref_alt[idx_c] == self.ref)
+        self.matched = self.same | self.swapped
+
+    def unmatched(self) -> pd.DataFrame:
+        """The records that match no reference site, with the reason (``unmatched.tsv``)."""
+        no = ~self.matched
+        reason = np.where(self.at_pos, "allele_mismatch", "not_in_reference")
+        return pd.DataFrame(
+            {
+                "chrom": [self.chrom[i] for i in np.flatnonzero(no)],
+                "pos": self.pos[no],
+                "ref": self.ref[no],
+                "alt": self.alt[no],
+                "reason": reason[no],
+            }
+        )
 
 
 def apply_missing_rule(target: AlignedTarget, max_missing: float) -> AlignedTarget:
