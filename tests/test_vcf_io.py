@@ -34,8 +34,8 @@ from ragimpute.vcf_io import (
 from ragimpute.vcf_write import write_bgzip_vcf
 
 SAMPLES = ["S1", "S2", "S3"]
-# read_panel reads an indexed VCF from tabix text lines, anything else through `bcftools query`:
-# every check runs on both paths.
+# read_panel reads an indexed VCF as text lines from tabix, an unindexed one from the file itself
+# (and a BCF as htslib formats its records): every check runs on each way.
 FORMS = {"plain": (None, False), "bgzip": ("bgzip", False), "indexed": ("bgzip", True)}
 
 
@@ -100,6 +100,61 @@ def test_genotypes_with_other_format_fields(tmp_path, form):
     path = _write(tmp_path, vcf_text(recs, SAMPLES, fmt="GT:DS"), form)
     panel = read_panel(path, "20", samples=["S3", "S1"])
     np.testing.assert_array_equal(panel.haplotypes, [[0, 0, 0, 1], [0, 1, 1, 0]])
+
+
+@pytest.mark.parametrize("form", [*FORMS, "bcf"])
+def test_gt_among_other_format_fields_is_read_as_bcftools_reads_it(tmp_path, form):
+    """GT first, GT after another field (not what the spec allows, but htslib reads it), a sample
+    column cut after GT: the GT read is what `bcftools query %GT` prints."""
+    lines = [
+        ("100", "A", "C", "GT:DS", "0|1:1.0", "1|1:2.0", "0|0:0.0"),
+        ("200", "G", "T", "DS:GT", "0.9:1|0", "0.1:0|0", "1.0:0|1"),
+        ("300", "G", "T", "GT:DS", "1|1", "0|1:1.0", "0|0:0.0"),
+    ]
+    text = vcf_text([], SAMPLES) + "".join(
+        "\t".join(["20", pos, ".", ref, alt, ".", "PASS", ".", *rest]) + "\n"
+        for pos, ref, alt, *rest in lines
+    )
+    path = _write(tmp_path, text, "indexed" if form == "bcf" else form)
+    if form == "bcf":
+        bcf = tmp_path / "panel.bcf"
+        pysam.bcftools.view("-Ob", "-o", str(bcf), str(path), catch_stdout=False)
+        path = bcf
+    panel = read_panel(path, "20")
+    gts = pysam.bcftools.query("-f", "[%GT\t]\n", str(path)).split("\n")[:3]
+    want = [[int(a) for gt in line.split() for a in gt.split("|")] for line in gts]
+    np.testing.assert_array_equal(panel.haplotypes, want)
+    assert want[1] == [1, 0, 0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_record_without_gt_is_a_missing_genotype(tmp_path, form):
+    recs = [_ok(100), ("20", 200, "A", "G", "PASS", ["1.0", "2.0", "0.0"]), _ok(300)]
+    text = vcf_text(recs, SAMPLES).replace("\tGT\t1.0", "\tDS\t1.0")
+    path = _write(tmp_path, text, form)
+    with pytest.raises(InputError, match=r"missing genotype '\.' for sample S1 \(at 20:200\)"):
+        read_panel(path, "20")
+
+
+@pytest.mark.parametrize("form", [*FORMS, "bcf"])
+def test_panel_stream_blocks_make_the_panel(demo, tmp_path, monkeypatch, form):
+    """The blocks of PanelStream, one after the other, are read_panel's panel; the skipped counts are
+    complete when the iteration ends."""
+    text = gzip.decompress(demo.vcf.read_bytes()).decode()
+    if form == "bcf":
+        path = tmp_path / "panel.bcf"
+        pysam.bcftools.view("-Ob", "-o", str(path), str(demo.vcf), catch_stdout=False)
+    else:
+        path = _write(tmp_path, text, form)
+    whole = read_panel(path, "20")
+    monkeypatch.setattr(vcf_io, "_CHUNK_RECORDS", 100)
+    stream = vcf_io.PanelStream(path, "20")
+    blocks = list(stream)
+    assert [len(s) for s, _ in blocks[:-1]] == [100] * (len(blocks) - 1)
+    assert all(len(s) == len(h) for s, h in blocks)
+    pd.testing.assert_frame_equal(vcf_io.site_table([x for s, _ in blocks for x in s]), whole.sites)
+    np.testing.assert_array_equal(np.concatenate([h for _, h in blocks]), whole.haplotypes)
+    assert stream.skipped == whole.skipped and sum(whole.skipped.values()) > 0
 
 
 @needs_bcftools

@@ -1,16 +1,20 @@
 """Reading VCF/BCF files in bulk, with the checks users expect of a serious tool: the reading half of
 the VCF layer (``vcf_write`` writes).
 
-Genotypes are read as text (straight from tabix, or through ``bcftools query``, pysam's bundled
-bcftools: ``query_lines``, the one wrapper) and decoded with numpy by one decoder
-(``decode_genotypes``) for panels, targets and truth VCFs alike: pysam's per-sample Python objects
-are about two orders of magnitude slower on thousands of samples.
+Genotypes are read as text and decoded with numpy by one decoder (``decode_genotypes``) for panels,
+targets and truth VCFs alike: pysam's per-sample Python objects are about two orders of magnitude
+slower on thousands of samples. Panels are read record by record as VCF text lines (from tabix, from
+the file, or as htslib formats a BCF's records: ``PanelStream``, so that a chromosome streams);
+targets, truth and imputed VCFs through ``bcftools query`` (pysam's bundled bcftools: ``query_lines``,
+the one wrapper).
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,89 +293,218 @@ def read_panel(
     region: tuple[int, int] | None = None,
 ) -> Panel:
     """Read the biallelic SNVs of ``chrom`` (or of its ``region``, first and last bp inclusive: a
-    chunk) with phased genotypes of ``samples`` (all by default).
+    chunk) with phased genotypes of ``samples`` (all by default), as one matrix (``PanelStream``
+    reads the same block by block).
 
     Multi-allelic, non-SNV, ALT-less and (with ``pass_only``) filtered records are skipped and counted.
     Unphased or missing genotypes, unsorted or duplicate positions are errors naming the record.
     """
-    path = str(path)
-    check_readable(path)
-    all_samples = vcf_samples(path)
-    contig = resolve_contig(path, chrom)
-    if samples is None:
-        columns = np.arange(len(all_samples))
-        samples = list(all_samples)
-    else:
-        pos_of = {s: i for i, s in enumerate(all_samples)}
-        missing = [s for s in samples if s not in pos_of]
-        if missing:
-            raise InputError(path, f"samples not in the VCF: {', '.join(missing[:5])}")
-        columns = np.array([pos_of[s] for s in samples], dtype=np.int64)
+    stream = PanelStream(path, chrom, samples, pass_only, region)
+    kept: list[Site] = []
+    blocks: list[np.ndarray] = []
+    for sites, haplotypes in stream:
+        kept += sites
+        blocks.append(haplotypes)
+    return Panel(
+        stream.path,
+        stream.chrom,
+        site_table(kept),
+        list(stream.samples),
+        np.concatenate(blocks) if len(blocks) > 1 else blocks[0],
+        stream.skipped,
+    )
 
-    # An indexed, GT-only VCF (the usual reference panel) is read as text lines straight from
-    # tabix, which is several times faster than having bcftools format them again; anything else
-    # (BCF, no index, more FORMAT fields) goes through `bcftools query`.
-    result = None
-    if _is_indexed(path) and not _is_bcf(path):
-        try:
-            rows = _tabix_rows(path, contig, len(all_samples), region)
-            result = _parse_rows(rows, path, pass_only, all_samples, columns)
-        except _NotGTOnly:
-            result = None
-    if result is None:
-        rows = _query_rows(path, contig, len(all_samples), region)
-        result = _parse_rows(rows, path, pass_only, all_samples, columns)
-    kept, haplotypes, skipped = result
-    if not kept:
-        raise InputError(
-            path,
-            f"no biallelic SNV records on chromosome {contig} (skipped: "
-            + ", ".join(f"{k}={v}" for k, v in skipped.items() if v)
-            + ")",
-            "Check `chromosomes:` and the FILTER column (`panel.pass_only`)",
-        )
+
+Site = tuple[str, int, str, str, str]  # chrom, pos, id, ref, alt
+
+
+def site_table(kept: list[Site]) -> pd.DataFrame:
+    """chrom, pos, id, ref, alt of kept records, as ``Panel.sites``."""
     sites = pd.DataFrame(kept, columns=["chrom", "pos", "id", "ref", "alt"])
     sites["pos"] = sites["pos"].astype(np.int64)
-    return Panel(path, contig, sites, list(samples), haplotypes, skipped)
+    return sites
 
 
-class _NotGTOnly(Exception):
-    """A record has FORMAT fields besides GT: the tabix fast path cannot cut out the genotypes."""
+# Records whose genotype text is decoded at a time: the text is ~4 bytes per sample and record, the
+# haplotypes 2, so decoding as we go keeps memory to a block (the window stage) or near the size of
+# the haplotype matrix (read_panel).
+_CHUNK_RECORDS = 2048
+
+
+class PanelStream:
+    """The biallelic SNVs of ``chrom`` (or of its ``region``) of a panel with the phased haplotypes of
+    ``samples`` (all by default), read block by block: memory is one block, whatever the length of
+    the chromosome. ``read_panel`` gathers the blocks; the window stage writes them out window by
+    window.
+
+    Iterating yields ``(sites, haplotypes)``: up to ``_CHUNK_RECORDS`` kept records ``(chrom, pos,
+    id, ref, alt)`` and their (records, 2 * len(samples)) uint8 haplotypes (``Panel.haplotypes``).
+    ``skipped`` counts the records left out so far by reason; it is complete once the iteration
+    ends, which is an error when no biallelic SNV was found. The same checks as ``read_panel``
+    (missing, unphased or haploid calls, unsorted or duplicate records) stop the iteration at the
+    record that fails them.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        chrom: str,
+        samples: list[str] | None = None,
+        pass_only: bool = True,
+        region: tuple[int, int] | None = None,
+    ):
+        self.path = str(path)
+        check_readable(self.path)
+        self.all_samples = vcf_samples(self.path)
+        self.chrom = resolve_contig(self.path, chrom)
+        if samples is None:
+            self.columns = np.arange(len(self.all_samples))
+            samples = list(self.all_samples)
+        else:
+            pos_of = {s: i for i, s in enumerate(self.all_samples)}
+            missing = [s for s in samples if s not in pos_of]
+            if missing:
+                raise InputError(self.path, f"samples not in the VCF: {', '.join(missing[:5])}")
+            self.columns = np.array([pos_of[s] for s in samples], dtype=np.int64)
+        self.samples = list(samples)
+        self.pass_only = pass_only
+        self.region = region
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self.n_sites = 0
+
+    def __iter__(self) -> Iterator[tuple[list[Site], np.ndarray]]:
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self.n_sites = 0
+        records = RecordFilter(self.path, self.pass_only, self.skipped)
+        kept: list[Site] = []
+        gts: list[str] = []
+        for chrom, pos_s, vid, ref, alt, filt, gt in _panel_rows(
+            self.path, self.chrom, len(self.all_samples), self.region
+        ):
+            pos = int(pos_s)
+            if not records.keep(chrom, pos, ref, alt, filt):
+                continue
+            kept.append((chrom, pos, vid, ref, alt))
+            gts.append(gt)
+            if len(gts) == _CHUNK_RECORDS:
+                yield kept, self._haplotypes(kept, gts)
+                kept, gts = [], []
+        if gts:
+            yield kept, self._haplotypes(kept, gts)
+        if not self.n_sites:
+            raise InputError(
+                self.path,
+                f"no biallelic SNV records on chromosome {self.chrom} (skipped: "
+                + ", ".join(f"{k}={v}" for k, v in self.skipped.items() if v)
+                + ")",
+                "Check `chromosomes:` and the FILTER column (`panel.pass_only`)",
+            )
+
+    def _haplotypes(self, kept: list[Site], gts: list[str]) -> np.ndarray:
+        self.n_sites += len(kept)
+        return _decode_gt(gts, self.path, kept, self.all_samples, self.columns)
 
 
 def _is_bcf(path: str) -> bool:
-    with pysam.BGZFile(path, "rb") as f:
-        return f.read(3) == b"BCF"
+    with open(path, "rb") as f:
+        head = f.read(3)
+    if head[:2] == b"\x1f\x8b":
+        with pysam.BGZFile(path, "rb") as f:
+            head = f.read(3)
+    return head == b"BCF"
 
 
-def _tabix_rows(
+def _panel_rows(
     path: str, contig: str, n_samples: int, region: tuple[int, int] | None = None
 ) -> Iterator[list[str]]:
-    """``[chrom, pos, id, ref, alt, filter, genotypes]`` per record, from the VCF text lines."""
+    """``[chrom, pos, id, ref, alt, filter, genotypes]`` per record of ``contig`` (or of its
+    ``region``), from the records as VCF text lines: straight from tabix (an indexed VCF), from
+    htslib (a BCF, each record formatted as text) or from the file itself (an unindexed VCF).
+
+    An indexed file gives the records that overlap the region (as tabix and ``bcftools -r`` do), an
+    unindexed one those whose POS is in it (as ``bcftools -t``).
+    """
+    if _is_bcf(path):
+        lines = _bcf_lines(path, contig, region)
+    elif _is_indexed(path):
+        lines = _tabix_lines(path, contig, region)
+    else:
+        lines = _vcf_lines(path, contig, region)
+    for line in lines:
+        f = line.split("\t", 9)
+        if len(f) < 10:
+            raise _short_record(path, f"{f[0]}:{f[1] if len(f) > 1 else '?'}", len(f), n_samples)
+        yield [f[0], f[1], f[2], f[3], f[4], f[6], _gt_only(f[8], f[9])]
+
+
+def _tabix_lines(path: str, contig: str, region: tuple[int, int] | None) -> Iterator[str]:
     # index= explicitly: TabixFile looks only for .tbi by itself, and CSI indexes are common
     with pysam.TabixFile(path, parser=None, index=_index_file(path)) as tbx:
         if contig not in tbx.contigs:
             return
-        lines = tbx.fetch(contig) if region is None else tbx.fetch(contig, region[0] - 1, region[1])
-        for line in lines:
-            f = line.split("\t", 9)
-            if len(f) < 10:
-                raise _short_record(
-                    path, f"{f[0]}:{f[1] if len(f) > 1 else '?'}", len(f), n_samples
-                )
-            if f[8] != "GT":
-                raise _NotGTOnly
-            yield [f[0], f[1], f[2], f[3], f[4], f[6], f[9]]
+        yield from (
+            tbx.fetch(contig) if region is None else tbx.fetch(contig, region[0] - 1, region[1])
+        )
 
 
-def _query_rows(
-    path: str, contig: str, n_samples: int, region: tuple[int, int] | None = None
-) -> Iterator[list[str]]:
-    """The same through ``bcftools query`` (BCF, unindexed files, FORMAT fields besides GT)."""
-    fmt = "%CHROM\t%POS\t%ID\t%REF\t%ALT\t%FILTER[\t%GT]\n"
-    for line in query_lines(path, fmt, contig, region):
-        if line:
-            yield line.split("\t", 6)
+def _bcf_lines(path: str, contig: str, region: tuple[int, int] | None) -> Iterator[str]:
+    try:
+        with pysam.VariantFile(path) as vf:
+            if vf.index is None:
+                records = (r for r in vf if r.chrom == contig and _in(r.pos, region))
+            elif contig not in set(vf.index):
+                return
+            elif region is None:
+                records = vf.fetch(contig)
+            else:
+                records = vf.fetch(contig, region[0] - 1, region[1])
+            for record in records:
+                yield str(record).rstrip("\n")
+    except (OSError, ValueError) as e:
+        raise InputError(
+            path, f"htslib could not read the file: {e}", "Check that it is a valid, intact BCF"
+        ) from e
+
+
+def _vcf_lines(path: str, contig: str, region: tuple[int, int] | None) -> Iterator[str]:
+    start = contig + "\t"
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+        with (gzip.open if gz else open)(path, "rt", errors="replace", newline="\n") as f:
+            for line in f:
+                if line.startswith(start) and (
+                    region is None or _in(int(line.split("\t", 2)[1]), region)
+                ):
+                    yield line.rstrip("\n")
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(
+            path,
+            f"the file cannot be read to the end: {e}",
+            "It is damaged: fetch it again, or rewrite it from an intact source",
+        ) from e
+
+
+def _in(pos: int, region: tuple[int, int] | None) -> bool:
+    return region is None or region[0] <= pos <= region[1]
+
+
+_AFTER_GT = re.compile(r":[^\t]*")
+
+
+def _gt_only(fmt: str, text: str) -> str:
+    """The GT of each sample column of a record with FORMAT ``fmt``, tab-separated, as bcftools'
+    ``%GT`` prints it (``.`` where a record or a sample has none)."""
+    if fmt == "GT":
+        return text
+    keys = fmt.split(":")
+    if keys[0] == "GT":
+        return _AFTER_GT.sub("", text)
+    if "GT" not in keys:
+        return "\t".join(["."] * (text.count("\t") + 1))
+    k = keys.index("GT")
+    parts = (f.split(":") for f in text.split("\t"))
+    return "\t".join(p[k] if len(p) > k else "." for p in parts)
 
 
 def _short_record(path: str, where: str, n_columns: int, n_samples: int) -> InputError:
@@ -432,44 +565,6 @@ class RecordFilter:
             )
         self.last_kept = pos
         return True
-
-
-# Records whose genotype text is decoded at a time: the text is ~4 bytes per sample and record, the
-# haplotypes 2, so decoding as we go keeps peak memory near the size of the haplotype matrix.
-_CHUNK_RECORDS = 2048
-
-
-def _parse_rows(
-    rows: Iterator[list[str]],
-    path: str,
-    pass_only: bool,
-    all_samples: list[str],
-    columns: np.ndarray,
-) -> tuple[list[tuple[str, int, str, str, str]], np.ndarray, dict[str, int]]:
-    """Keep biallelic SNVs and decode their haplotypes, count the rest, check the order."""
-    skipped = dict.fromkeys(SKIP_REASONS, 0)
-    kept: list[tuple[str, int, str, str, str]] = []
-    gts: list[str] = []
-    chunks: list[np.ndarray] = []
-
-    def decode() -> None:
-        chunks.append(_decode_gt(gts, path, kept[-len(gts) :], all_samples, columns))
-        gts.clear()
-
-    records = RecordFilter(path, pass_only, skipped)
-    for chrom, pos_s, vid, ref, alt, filt, gt in rows:
-        pos = int(pos_s)
-        if not records.keep(chrom, pos, ref, alt, filt):
-            continue
-        kept.append((chrom, pos, vid, ref, alt))
-        gts.append(gt)
-        if len(gts) == _CHUNK_RECORDS:
-            decode()
-    if gts:
-        decode()
-    if not chunks:
-        return kept, np.zeros((0, 2 * len(columns)), dtype=np.uint8), skipped
-    return kept, np.concatenate(chunks) if len(chunks) > 1 else chunks[0], skipped
 
 
 # -- the one GT decoder -----------------------------------------------------------------------------
