@@ -325,10 +325,16 @@ def site_table(kept: list[Site]) -> pd.DataFrame:
     return sites
 
 
-# Records whose genotype text is decoded at a time: the text is ~4 bytes per sample and record, the
-# haplotypes 2, so decoding as we go keeps memory to a block (the window stage) or near the size of
-# the haplotype matrix (read_panel).
+# Records whose genotype text is decoded at a time: at most _CHUNK_RECORDS, and about _CHUNK_BYTES of
+# genotype text (~4 bytes per sample and record; the haplotypes take 2), so that a block takes about
+# the same memory whatever the number of samples, and decoding as we go keeps memory to a few blocks
+# (the window stage) or near the size of the haplotype matrix (read_panel).
 _CHUNK_RECORDS = 2048
+_CHUNK_BYTES = 8 << 20
+
+
+def _block_records(n_samples: int) -> int:
+    return max(1, min(_CHUNK_RECORDS, _CHUNK_BYTES // max(4 * n_samples, 1)))
 
 
 class PanelStream:
@@ -337,8 +343,8 @@ class PanelStream:
     the chromosome. ``read_panel`` gathers the blocks; the window stage writes them out window by
     window.
 
-    Iterating yields ``(sites, haplotypes)``: up to ``_CHUNK_RECORDS`` kept records ``(chrom, pos,
-    id, ref, alt)`` and their (records, 2 * len(samples)) uint8 haplotypes (``Panel.haplotypes``).
+    Iterating yields ``(sites, haplotypes)``: a block of kept records ``(chrom, pos, id, ref,
+    alt)`` (up to ``_CHUNK_RECORDS``, and ~``_CHUNK_BYTES`` of genotype text) and their (records, 2 * len(samples)) uint8 haplotypes (``Panel.haplotypes``).
     ``skipped`` counts the records left out so far by reason; it is complete once the iteration
     ends, which is an error when no biallelic SNV was found. The same checks as ``read_panel``
     (missing, unphased or haploid calls, unsorted or duplicate records) stop the iteration at the
@@ -378,6 +384,7 @@ class PanelStream:
         records = RecordFilter(self.path, self.pass_only, self.skipped)
         kept: list[Site] = []
         gts: list[str] = []
+        block = _block_records(len(self.all_samples))
         for chrom, pos_s, vid, ref, alt, filt, gt in _panel_rows(
             self.path, self.chrom, len(self.all_samples), self.region
         ):
@@ -386,7 +393,7 @@ class PanelStream:
                 continue
             kept.append((chrom, pos, vid, ref, alt))
             gts.append(gt)
-            if len(gts) == _CHUNK_RECORDS:
+            if len(gts) == block:
                 yield kept, self._haplotypes(kept, gts)
                 kept, gts = [], []
         if gts:
