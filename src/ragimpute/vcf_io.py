@@ -330,7 +330,7 @@ def site_table(kept: list[Site]) -> pd.DataFrame:
 # the same memory whatever the number of samples, and decoding as we go keeps memory to a few blocks
 # (the window stage) or near the size of the haplotype matrix (read_panel).
 _CHUNK_RECORDS = 2048
-_CHUNK_BYTES = 8 << 20
+_CHUNK_BYTES = 4 << 20
 
 
 def _block_records(n_samples: int) -> int:
