@@ -388,6 +388,16 @@ def test_record_with_missing_columns(tmp_path, form):
     assert "a record has 10 columns, the header names 3 samples (so 12 are needed)" in str(e.value)
 
 
+@pytest.mark.parametrize("form", ["plain", "bgzip"])
+def test_position_that_is_not_a_number(tmp_path, form):
+    text = vcf_text([_ok(100), _ok(200), _ok(300)], SAMPLES).replace("\t200\t", "\t2x0\t", 1)
+    path = _write(tmp_path, text, form)
+    with pytest.raises(InputError, match=r"position '2x0' is not a whole number \(at 20:2x0\)"):
+        read_panel(path, "20")
+    with pytest.raises(InputError, match=r"position '2x0' is not a whole number"):
+        read_panel(path, "20", region=(150, 250))
+
+
 def test_plain_gzip_is_refused_with_the_fix(tmp_path):
     path = write_vcf(tmp_path / "p.vcf.gz", vcf_text([_ok(100)], SAMPLES), "gzip")
     with pytest.raises(

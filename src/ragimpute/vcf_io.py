@@ -344,8 +344,8 @@ class PanelStream:
     window.
 
     Iterating yields ``(sites, haplotypes)``: a block of kept records ``(chrom, pos, id, ref,
-    alt)`` (up to ``_CHUNK_RECORDS``, and ~``_CHUNK_BYTES`` of genotype text) and their (records, 2 * len(samples)) uint8 haplotypes (``Panel.haplotypes``).
-    ``skipped`` counts the records left out so far by reason; it is complete once the iteration
+    alt)`` (up to ``_CHUNK_RECORDS``, and ~``_CHUNK_BYTES`` of genotype text) and their
+    (records, 2 * len(samples)) uint8 haplotypes (``Panel.haplotypes``). ``skipped`` counts the records left out so far by reason; it is complete once the iteration
     ends, which is an error when no biallelic SNV was found. The same checks as ``read_panel``
     (missing, unphased or haploid calls, unsorted or duplicate records) stop the iteration at the
     record that fails them.
@@ -441,6 +441,13 @@ def _panel_rows(
         f = line.split("\t", 9)
         if len(f) < 10:
             raise _short_record(path, f"{f[0]}:{f[1] if len(f) > 1 else '?'}", len(f), n_samples)
+        if not f[1].isdigit():
+            raise InputError(
+                path,
+                f"position {f[1]!r} is not a whole number",
+                "Fix or remove that line",
+                record=f"{f[0]}:{f[1]}",
+            )
         yield [f[0], f[1], f[2], f[3], f[4], f[6], _gt_only(f[8], f[9])]
 
 
@@ -480,9 +487,7 @@ def _vcf_lines(path: str, contig: str, region: tuple[int, int] | None) -> Iterat
             gz = f.read(2) == b"\x1f\x8b"
         with (gzip.open if gz else open)(path, "rt", errors="replace", newline="\n") as f:
             for line in f:
-                if line.startswith(start) and (
-                    region is None or _in(int(line.split("\t", 2)[1]), region)
-                ):
+                if line.startswith(start) and (region is None or _pos_in(line, region)):
                     yield line.rstrip("\n")
     except (OSError, EOFError, zlib.error) as e:
         raise InputError(
@@ -494,6 +499,12 @@ def _vcf_lines(path: str, contig: str, region: tuple[int, int] | None) -> Iterat
 
 def _in(pos: int, region: tuple[int, int] | None) -> bool:
     return region is None or region[0] <= pos <= region[1]
+
+
+def _pos_in(line: str, region: tuple[int, int]) -> bool:
+    """Whether a text record's POS is in ``region`` (a bad POS: yes, for the reader to refuse)."""
+    pos = line.split("\t", 2)[1:2]
+    return not (pos and pos[0].isdigit()) or _in(int(pos[0]), region)
 
 
 _AFTER_GT = re.compile(r":[^\t]*")
