@@ -9,8 +9,9 @@ so its peak RSS is its own: ``VmHWM`` of the worker's own address space (``ru_ma
 count the parent's pages from before ``exec``), and GNU ``time -f %M`` for bcftools.
 ``python_baseline_rss_mb`` is that of a worker that only imports the same modules. Times are the median of ``--repeats`` runs.
 
-Windowing = ``ragimpute.windows.run_window_stage`` (read_panel + build_windows, all three splits
-written). The bcftools rows decode the same file to /dev/null with the bcftools CLI, one thread.
+Windowing = ``ragimpute.windows.run_window_stage`` (the panel streamed, all three splits written);
+reading = the same panel's records read and decoded alone (``vcf_io.PanelStream``), in a process of
+its own. The bcftools rows decode the same file to /dev/null with the bcftools CLI, one thread.
 Index rows: build every window's index from the train tokens, then query every haplotype of every
 split (train queries exclude their own sample, as the pipeline does), one FAISS thread. Window
 length/overlap, k and the HNSW degree are read from config/config.yaml, so the figures follow the
@@ -112,28 +113,30 @@ def _w_noop() -> dict:
 
 
 def _w_window(vcf: str, split: str, out: str) -> dict:
-    from ragimpute.split import SPLITS, load_split
-    from ragimpute.vcf_io import read_panel, vcf_samples
-    from ragimpute.windows import build_windows
+    from ragimpute.windows import run_window_stage
 
     t0 = time.perf_counter()
-    # the same calls as run_window_stage, timed apart
+    summary = run_window_stage(vcf, split, "20", WINDOW_LENGTH, WINDOW_OVERLAP, out)
+    return {
+        "seconds": round(time.perf_counter() - t0, 4),
+        "n_sites": summary["n_sites"],
+        "n_windows": summary["n_windows"],
+        "n_samples": sum(summary["samples"].values()),
+        "skipped": summary["skipped"],
+    }
+
+
+def _w_read(vcf: str, split: str) -> dict:
+    from ragimpute.split import SPLITS, load_split
+    from ragimpute.vcf_io import PanelStream, vcf_samples
+
+    t0 = time.perf_counter()
+    # the samples run_window_stage asks for
     sp = load_split(split)
     order = {s: i for i, s in enumerate(vcf_samples(vcf))}
     samples = sorted((s for n in SPLITS for s in sp[n]), key=order.get)
-    panel = read_panel(vcf, "20", samples=samples)
-    t1 = time.perf_counter()
-    summary = build_windows(panel, sp, WINDOW_LENGTH, WINDOW_OVERLAP, out)
-    t2 = time.perf_counter()
-    return {
-        "seconds": round(t2 - t0, 4),
-        "read_panel_seconds": round(t1 - t0, 4),
-        "build_windows_seconds": round(t2 - t1, 4),
-        "n_sites": summary["n_sites"],
-        "n_windows": summary["n_windows"],
-        "n_samples": len(samples),
-        "skipped": summary["skipped"],
-    }
+    n_sites = sum(len(sites) for sites, _ in PanelStream(vcf, "20", samples=samples))
+    return {"seconds": round(time.perf_counter() - t0, 4), "n_sites": n_sites}
 
 
 def _w_index(kind: str, tokens_dir: str, out: str, exact: str | None) -> dict:
@@ -186,7 +189,7 @@ def _w_index(kind: str, tokens_dir: str, out: str, exact: str | None) -> dict:
     return result
 
 
-WORKERS = {"noop": _w_noop, "window": _w_window, "index": _w_index}
+WORKERS = {"noop": _w_noop, "window": _w_window, "read": _w_read, "index": _w_index}
 
 
 # -- the benchmark (parent process) --------------------------------------------------------------
@@ -247,6 +250,10 @@ def bench_panel(name: str, data: Path, repeats: int) -> dict:
         lambda: worker("window", vcf=str(p["vcf"]), split=str(p["split"]), out=str(windows_dir)),
     )
     res["windowing"] = {**best, "runs": runs}
+    best, runs = median_of(
+        repeats, lambda: worker("read", vcf=str(p["vcf"]), split=str(p["split"]))
+    )
+    res["reading"] = {**best, "runs": runs}
     res["bcftools"] = bcftools_decode(p["vcf"], repeats)
     res["index"] = {}
     for mask_name, cfg in MASKS.items():
@@ -278,12 +285,12 @@ def bench_panel(name: str, data: Path, repeats: int) -> dict:
 def print_tables(report: dict) -> None:
     print(f"\n## Windowing ({report['machine']['cpus']} CPUs, median of {report['repeats']})\n")
     print(
-        "| panel | sites | windows | read_panel s | build_windows s | windowing s | peak RSS MB "
+        "| panel | sites | windows | reading s | windowing s | peak RSS MB (reading) "
         "| bcftools view -Ou s | bcftools view -Ov s | windowing / -Ou | windowing / -Ov |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in report["panels"].items():
-        w, b = r["windowing"], r["bcftools"]
+        w, rd, b = r["windowing"], r["reading"], r["bcftools"]
         ou = b.get("bcftools view -Ou", {}).get("seconds")
         ov = b.get("bcftools view -Ov", {}).get("seconds")
 
@@ -292,8 +299,8 @@ def print_tables(report: dict) -> None:
 
         label = f"{name} ({r['spec']['n_samples']} x {r['spec']['sequence_length'] / 1e6:g} Mb)"
         print(
-            f"| {label} | {w['n_sites']} | {w['n_windows']} | {w['read_panel_seconds']:.2f} "
-            f"| {w['build_windows_seconds']:.2f} | {w['seconds']:.2f} | {w['peak_rss_mb']:.0f} "
+            f"| {label} | {w['n_sites']} | {w['n_windows']} | {rd['seconds']:.2f} "
+            f"| {w['seconds']:.2f} | {w['peak_rss_mb']:.0f} ({rd['peak_rss_mb']:.0f}) "
             f"| {ou if ou is not None else 'n/a'} | {ov if ov is not None else 'n/a'} | {ratio(ou)} | {ratio(ov)} |"
         )
     print(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pysam
 import pytest
 from impute_data import CHROM, shared_env, vcf_lines, write_bgzip
 
@@ -22,6 +23,7 @@ from ragimpute.evaluate import (
     evaluate,
     maf_bin,
     read_dosages,
+    read_truth,
     site_scores,
 )
 from ragimpute.impute import impute_target
@@ -224,6 +226,28 @@ def test_other_tools_outputs_score_the_same(env, imputed, tmp_path, how):
     )
     assert got["info_field"] == ("DR2" if how == "beagle" else "R2")
     assert got["dose_field"] == ("HDS" if how == "hds" else "DS")
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+def test_truth_in_other_naming_without_contig_lines(env, tmp_path, indexed):
+    """The truth's chromosome is found in either naming, with or without an index and ##contig
+    lines; a chromosome the truth does not hold is an error naming it."""
+    header, records = vcf_lines(env.truth)
+    header = [h for h in header if not h.startswith("##contig")]
+    for r in records:
+        r[0] = f"chr{CHROM}"
+    path = write_bgzip(tmp_path / "truth.vcf.gz", header, records)
+    if indexed:
+        pysam.tabix_index(str(path), preset="vcf", force=True)
+    ref = read_truth(env.truth, CHROM)
+    got = read_truth(path, CHROM)
+    assert (got["sites"]["chrom"] == f"chr{CHROM}").all()
+    pd.testing.assert_frame_equal(
+        got["sites"].drop(columns="chrom"), ref["sites"].drop(columns="chrom")
+    )
+    np.testing.assert_array_equal(got["gt"], ref["gt"])
+    with pytest.raises(InputError, match="no records on chromosome 21.*same chromosome"):
+        read_truth(path, "21")
 
 
 def test_imputed_samples_not_in_truth(env, imputed, tmp_path):

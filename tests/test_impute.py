@@ -20,8 +20,9 @@ from impute_data import (
 
 from ragimpute.cli import main as cli_main
 from ragimpute.errors import InputError
-from ragimpute.impute import PREDICTOR_FACTORIES, genotype_arrays, impute_target
+from ragimpute.impute import PREDICTOR_FACTORIES, impute_target
 from ragimpute.tokens import MASK
+from ragimpute.vcf_write import genotype_arrays
 
 HAS_BCFTOOLS = shutil.which("bcftools") is not None
 

@@ -22,17 +22,20 @@ from ragimpute import vcf_io
 from ragimpute.errors import InputError
 from ragimpute.vcf_io import (
     check_readable,
+    chrom_selection,
+    decode_genotypes,
+    query_lines,
     read_panel,
     resolve_contig,
     vcf_records_contigs,
     vcf_records_sites,
     vcf_samples,
-    write_bgzip_vcf,
 )
+from ragimpute.vcf_write import write_bgzip_vcf
 
 SAMPLES = ["S1", "S2", "S3"]
-# read_panel reads an indexed VCF from tabix text lines, anything else through `bcftools query`:
-# every check runs on both paths.
+# read_panel reads an indexed VCF as text lines from tabix, an unindexed one from the file itself
+# (and a BCF as htslib formats its records): every check runs on each way.
 FORMS = {"plain": (None, False), "bgzip": ("bgzip", False), "indexed": ("bgzip", True)}
 
 
@@ -99,6 +102,61 @@ def test_genotypes_with_other_format_fields(tmp_path, form):
     np.testing.assert_array_equal(panel.haplotypes, [[0, 0, 0, 1], [0, 1, 1, 0]])
 
 
+@pytest.mark.parametrize("form", [*FORMS, "bcf"])
+def test_gt_among_other_format_fields_is_read_as_bcftools_reads_it(tmp_path, form):
+    """GT first, GT after another field (not what the spec allows, but htslib reads it), a sample
+    column cut after GT: the GT read is what `bcftools query %GT` prints."""
+    lines = [
+        ("100", "A", "C", "GT:DS", "0|1:1.0", "1|1:2.0", "0|0:0.0"),
+        ("200", "G", "T", "DS:GT", "0.9:1|0", "0.1:0|0", "1.0:0|1"),
+        ("300", "G", "T", "GT:DS", "1|1", "0|1:1.0", "0|0:0.0"),
+    ]
+    text = vcf_text([], SAMPLES) + "".join(
+        "\t".join(["20", pos, ".", ref, alt, ".", "PASS", ".", *rest]) + "\n"
+        for pos, ref, alt, *rest in lines
+    )
+    path = _write(tmp_path, text, "indexed" if form == "bcf" else form)
+    if form == "bcf":
+        bcf = tmp_path / "panel.bcf"
+        pysam.bcftools.view("-Ob", "-o", str(bcf), str(path), catch_stdout=False)
+        path = bcf
+    panel = read_panel(path, "20")
+    gts = pysam.bcftools.query("-f", "[%GT\t]\n", str(path)).split("\n")[:3]
+    want = [[int(a) for gt in line.split() for a in gt.split("|")] for line in gts]
+    np.testing.assert_array_equal(panel.haplotypes, want)
+    assert want[1] == [1, 0, 0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_record_without_gt_is_a_missing_genotype(tmp_path, form):
+    recs = [_ok(100), ("20", 200, "A", "G", "PASS", ["1.0", "2.0", "0.0"]), _ok(300)]
+    text = vcf_text(recs, SAMPLES).replace("\tGT\t1.0", "\tDS\t1.0")
+    path = _write(tmp_path, text, form)
+    with pytest.raises(InputError, match=r"missing genotype '\.' for sample S1 \(at 20:200\)"):
+        read_panel(path, "20")
+
+
+@pytest.mark.parametrize("form", [*FORMS, "bcf"])
+def test_panel_stream_blocks_make_the_panel(demo, tmp_path, monkeypatch, form):
+    """The blocks of PanelStream, one after the other, are read_panel's panel; the skipped counts are
+    complete when the iteration ends."""
+    text = gzip.decompress(demo.vcf.read_bytes()).decode()
+    if form == "bcf":
+        path = tmp_path / "panel.bcf"
+        pysam.bcftools.view("-Ob", "-o", str(path), str(demo.vcf), catch_stdout=False)
+    else:
+        path = _write(tmp_path, text, form)
+    whole = read_panel(path, "20")
+    monkeypatch.setattr(vcf_io, "_CHUNK_RECORDS", 100)
+    stream = vcf_io.PanelStream(path, "20")
+    blocks = list(stream)
+    assert [len(s) for s, _ in blocks[:-1]] == [100] * (len(blocks) - 1)
+    assert all(len(s) == len(h) for s, h in blocks)
+    pd.testing.assert_frame_equal(vcf_io.site_table([x for s, _ in blocks for x in s]), whole.sites)
+    np.testing.assert_array_equal(np.concatenate([h for _, h in blocks]), whole.haplotypes)
+    assert stream.skipped == whole.skipped and sum(whole.skipped.values()) > 0
+
+
 @needs_bcftools
 def test_read_panel_equals_bcftools_cli(demo):
     panel = read_panel(demo.vcf, "20")
@@ -162,6 +220,36 @@ def test_only_the_requested_chromosome_is_read(tmp_path):
     assert read_panel(path, "21").sites["pos"].tolist() == [50]
     assert read_panel(path, "20").sites["pos"].tolist() == [100, 200]
     assert vcf_records_contigs(path) == ["20", "21"]
+
+
+@pytest.mark.parametrize("file_chrom", ["20", "chr20"])
+@pytest.mark.parametrize("contig_lines", [True, False])
+@pytest.mark.parametrize("indexed", [True, False])
+def test_chrom_selection_reads_no_record(tmp_path, monkeypatch, file_chrom, contig_lines, indexed):
+    """The records of a chromosome in either naming, found from the index or the header (not by
+    reading every record first), in files with and without an index and ##contig lines."""
+    recs = [_ok(100, chrom=file_chrom), _ok(200, chrom=file_chrom), _ok(50, chrom="21")]
+    contigs = (file_chrom, "21", "22") if contig_lines else None
+    path = write_vcf(tmp_path / "p.vcf.gz", vcf_text(recs, SAMPLES, contigs=contigs), index=indexed)
+
+    def no_query(*args, **kwargs):
+        raise AssertionError("the records were read")
+
+    with monkeypatch.context() as m:
+        m.setattr(vcf_io, "query_lines", no_query)
+        m.setattr(pysam.bcftools, "query", no_query)
+        chosen = {c: chrom_selection(path, c) for c in ("20", "chr20", "21", "22")}
+    for asked in ("20", "chr20"):
+        assert list(query_lines(path, "%CHROM\t%POS\n", chosen[asked])) == [
+            f"{file_chrom}\t100",
+            f"{file_chrom}\t200",
+        ]
+    assert list(query_lines(path, "%POS\n", chosen["21"])) == ["50"]
+    # a chromosome without records: None from the index, else a selection that finds nothing
+    if indexed:
+        assert chosen["22"] is None
+    else:
+        assert list(query_lines(path, "%POS\n", chosen["22"])) == []
 
 
 # -- skipped records -----------------------------------------------------------------------------
@@ -300,6 +388,16 @@ def test_record_with_missing_columns(tmp_path, form):
     assert "a record has 10 columns, the header names 3 samples (so 12 are needed)" in str(e.value)
 
 
+@pytest.mark.parametrize("form", ["plain", "bgzip"])
+def test_position_that_is_not_a_number(tmp_path, form):
+    text = vcf_text([_ok(100), _ok(200), _ok(300)], SAMPLES).replace("\t200\t", "\t2x0\t", 1)
+    path = _write(tmp_path, text, form)
+    with pytest.raises(InputError, match=r"position '2x0' is not a whole number \(at 20:2x0\)"):
+        read_panel(path, "20")
+    with pytest.raises(InputError, match=r"position '2x0' is not a whole number"):
+        read_panel(path, "20", region=(150, 250))
+
+
 def test_plain_gzip_is_refused_with_the_fix(tmp_path):
     path = write_vcf(tmp_path / "p.vcf.gz", vcf_text([_ok(100)], SAMPLES), "gzip")
     with pytest.raises(
@@ -406,6 +504,55 @@ def test_bad_record_deep_in_a_big_file_is_found(tmp_path, form, chunk, monkeypat
         InputError, match=rf"unphased genotype '1/0' for sample S41 \(at 20:{pos}\)"
     ):
         read_panel(path, "20")
+
+
+# -- the one GT decoder ----------------------------------------------------------------------------
+
+ODD_CALLS = [".", "./.", ".|.", "./1", "1/.", ".|1", "0|.", "0/1", "1/0", "0/0", "1/1", "1", "0",
+             "0|2", "2/1", "0|1|1", "", "01|1", "é|0", "0x1"]  # fmt: skip
+
+
+def naive_call(gt: str) -> tuple[int, int, bool, bool]:
+    """(allele, allele, unphased, invalid) of one GT field, as the decoder's contract says."""
+    if gt == ".":
+        return -1, -1, False, False
+    sep = "|" if "|" in gt else "/"
+    parts = gt.split(sep)
+    if len(parts) != 2 or any(p not in ("0", "1", ".") for p in parts):
+        return -1, -1, False, True
+    a = [-1 if p == "." else int(p) for p in parts]
+    if sep == "/" and (a[0] < 0) != (a[1] < 0):
+        a = [-1, -1]
+    return a[0], a[1], sep == "/", False
+
+
+@pytest.mark.parametrize("trailing_tab", [False, True])
+def test_decode_genotypes_equals_field_by_field(trailing_tab):
+    """The vectorised paths (phased 0/1 four bytes at a time; any call of the right width) agree with
+    decoding every field on its own, on clean blocks and blocks with odd calls and odd field counts."""
+    rng = np.random.default_rng(3)
+    phased = ["0|0", "0|1", "1|0", "1|1"]
+    for trial in range(60):
+        n, k = int(rng.integers(1, 6)), int(rng.integers(0, 30))
+        odd = trial % 3
+        rows = []
+        for _ in range(k):
+            fields = list(rng.choice(phased, n))
+            if odd and rng.random() < 0.3:
+                fields[int(rng.integers(n))] = str(rng.choice(ODD_CALLS))
+            if odd == 2 and n > 1 and rng.random() < 0.1:
+                fields = fields[:-1] if rng.random() < 0.5 else fields + ["0|1"]
+            rows.append(fields)
+        gts = [("".join(f + "\t" for f in r) if trailing_tab else "\t".join(r)) for r in rows]
+        g = decode_genotypes(gts, n, trailing_tab=trailing_tab)
+        assert g.alleles.shape == (k, 2 * n) and g.alleles.dtype == np.int8
+        for i, fields in enumerate(rows):
+            assert g.miscounted[i] == (len(fields) != n)
+            for j in range(n):
+                want = naive_call(fields[j]) if j < len(fields) else (-1, -1, False, False)
+                got = (*g.alleles[i, 2 * j : 2 * j + 2].tolist(), g.unphased[i, j], g.invalid[i, j])
+                assert tuple(got) == want, (fields, j)
+        assert g.clean == all(len(r) == n and set(r) <= set(phased) for r in rows)
 
 
 # -- writing ---------------------------------------------------------------------------------------

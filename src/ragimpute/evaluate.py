@@ -33,9 +33,10 @@ from .logs import log
 from .metrics import BIN_LABELS, MAF_BINS, maf_bin, r2_from_sums  # noqa: F401 (re-exported)
 from .plots import pyplot, save_png
 from .vcf_io import (
-    _bcftools_query,
     check_readable,
-    normalize_chrom,
+    chrom_selection,
+    decode_genotypes,
+    query_lines,
     short_record_error,
     vcf_records_sites,
 )
@@ -49,44 +50,32 @@ COUNTS = ("n_gt", "n_conc", "n_nonref", "n_nonref_conc", "tp", "fp", "fn")
 # -- reading imputed and true genotypes ------------------------------------------------------------
 
 
-def _query(path: str, fmt: str, region: list[str]) -> str:
-    return _bcftools_query(path, "-f", fmt, *region)
+def _chrom_lines(
+    path: str, fmt: str, chrom: str, region: tuple[int, int] | None = None
+) -> list[str]:
+    """``bcftools query -f fmt`` lines of the records of ``chrom`` (either naming) in ``path``, or of
+    its ``region`` (first, last bp: a chunk's core, so that memory follows the chunk)."""
+    contig = chrom_selection(path, chrom)
+    lines = [] if contig is None else [ln for ln in query_lines(path, fmt, contig, region) if ln]
+    if not lines:
+        raise _no_records(path, chrom)
+    return lines
 
 
-def _contig_in(path: str, chrom: str) -> list[str]:
-    """``-r``/``-t`` arguments selecting ``chrom`` (either naming) in ``path``."""
-    sites = vcf_records_sites(path)
-    names = [c for c in sites["chrom"].unique() if normalize_chrom(c) == normalize_chrom(chrom)]
-    if not names:
-        raise InputError(
-            path,
-            f"no records on chromosome {chrom}",
-            "Evaluate the imputed file against a truth VCF for the same chromosome",
-        )
-    indexed = any(os.path.exists(path + ext) for ext in (".tbi", ".csi"))
-    return ["-r" if indexed else "-t", names[0]]
+def _no_records(path: str, chrom: str) -> InputError:
+    return InputError(
+        path,
+        f"no records on chromosome {chrom}",
+        "Evaluate the imputed file against a truth VCF for the same chromosome",
+    )
 
 
 def alt_counts(gts: list[str], n: int) -> np.ndarray:
     """GT strings (``0|1``, ``1/1``, ``.|.``) per line, tab-terminated -> (n_lines, n) float ALT counts,
-    NaN where missing. Phase is ignored: scores compare genotypes."""
-    out = np.full((len(gts), n), np.nan)
-    width = 4 * n
-    lengths = np.fromiter((len(g) for g in gts), dtype=np.int64, count=len(gts))
-    fast = np.flatnonzero(lengths == width)
-    if len(fast):
-        buf = np.frombuffer("".join(gts[i] for i in fast).encode("ascii"), dtype=np.uint8)
-        buf = buf.reshape(len(fast), n, 4)
-        a, b = buf[:, :, 0], buf[:, :, 2]
-        ok = np.isin(a, (48, 49)) & np.isin(b, (48, 49))
-        out[fast] = np.where(ok, (a == 49).astype(float) + (b == 49), np.nan)
-    for i in np.flatnonzero(lengths != width):
-        fields = gts[i].rstrip("\t").split("\t")
-        for j, gt in enumerate(fields[:n]):
-            parts = gt.replace("/", "|").split("|")
-            if all(p in ("0", "1") for p in parts) and len(parts) == 2:
-                out[i, j] = float(parts.count("1"))
-    return out
+    NaN where missing or not a diploid 0/1 call. Phase is ignored: scores compare genotypes."""
+    g = decode_genotypes(gts, n, trailing_tab=True)
+    counts = g.alleles[:, 0::2] + g.alleles[:, 1::2].astype(np.float64)
+    return np.where(g.called, counts, np.nan)
 
 
 def _floats(lines: list[str], n: int, how: str = "plain") -> np.ndarray:
@@ -105,7 +94,9 @@ def _floats(lines: list[str], n: int, how: str = "plain") -> np.ndarray:
     return arr[:, :, 0]
 
 
-def read_dosages(path: str | os.PathLike, chrom: str) -> dict:
+def read_dosages(
+    path: str | os.PathLike, chrom: str, region: tuple[int, int] | None = None
+) -> dict:
     """Sites, samples, dosages (DS, else HDS, else GP, else GT), best-guess ALT counts and INFO R2
     (R2, else Beagle's DR2) of an imputed VCF from any tool; no ##contig lines or index needed."""
     path = str(path)
@@ -124,11 +115,8 @@ def read_dosages(path: str | os.PathLike, chrom: str) -> dict:
     fmt = "%CHROM\t%POS\t%REF\t%ALT\t" + (f"%INFO/{info}" if info else ".") + "\t"
     # "@" separates the GT and dose lists (GT strings hold "|", numbers hold ",").
     fmt += "[%GT\t]" + (f"@[%{dose}\t]" if dose else "") + "\n"
-    text = _query(path, fmt, _contig_in(path, chrom))
     fixed, gts, doses = [], [], []
-    for ln in text.split("\n"):
-        if not ln:
-            continue
+    for ln in _chrom_lines(path, fmt, chrom, region):
         parts = ln.split("\t", 5)
         fixed.append(parts[:5])
         g, _, d = parts[5].partition("@")
@@ -153,14 +141,14 @@ def read_dosages(path: str | os.PathLike, chrom: str) -> dict:
     }
 
 
-def read_truth(path: str | os.PathLike, chrom: str) -> dict:
-    """True genotypes (ALT counts, NaN where missing) of a VCF/BCF."""
+def read_truth(path: str | os.PathLike, chrom: str, region: tuple[int, int] | None = None) -> dict:
+    """True genotypes (ALT counts, NaN where missing) of a VCF/BCF (of ``region`` only, if given)."""
     path = str(path)
     check_readable(path)
     with pysam.VariantFile(path) as vf:
         samples = list(vf.header.samples)
-    text = _query(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", _contig_in(path, chrom))
-    rows = [ln.split("\t", 4) for ln in text.split("\n") if ln]
+    lines = _chrom_lines(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", chrom, region)
+    rows = [ln.split("\t", 4) for ln in lines]
     if any(not r[4].strip("./|\t") for r in rows):
         # a record without a single true genotype: a line cut short reads like that
         short = short_record_error(path)
@@ -333,26 +321,94 @@ def evaluate(
     if core is not None:
         ref = ref[(ref["pos"] >= core[0]) & (ref["pos"] <= core[1])].reset_index(drop=True)
     chrom = str(ref["chrom"].iloc[0])
-    truth = read_truth(truth_vcf, chrom)
+    truth = read_truth(truth_vcf, chrom, core)
     reason = not_run_reason(imputed_vcf)
     if reason is None:
-        imp = read_dosages(imputed_vcf, chrom)
+        imp = read_dosages(imputed_vcf, chrom, core)
     else:
         # A tool that could not take the input: nothing imputed, every scored site counted as not
         # in its output, and the reason carried to summary.json (and from there to compare).
         log.warning("%s did not run on chromosome %s: %s", method, chrom, reason)
-        imp = {
-            "sites": pd.DataFrame(
-                {"chrom": [], "pos": [], "ref": [], "alt": [], "info_r2": []}
-            ).astype({"pos": np.int64, "info_r2": float}),
-            "samples": list(truth["samples"]),
-            "ds": np.zeros((0, len(truth["samples"]))),
-            "gt": np.zeros((0, len(truth["samples"]))),
-            "dose_field": None,
-            "info_field": None,
-        }
+        imp = _nothing_imputed(truth["samples"])
     typed = vcf_records_sites(typed_vcf)
+    samples, not_in_truth = _shared_samples(imp, truth, imputed_vcf, truth_vcf)
 
+    # Scored: reference sites present in the truth and not typed in the target.
+    t_idx, t_flip = match_to(ref, truth["sites"])
+    typed_idx, _ = match_to(ref, typed)
+    scored = (t_idx >= 0) & (typed_idx < 0)
+    i_idx, i_flip = match_to(ref, imp["sites"])
+    sel = np.flatnonzero(scored & (i_idx >= 0))
+    t_col = [truth["samples"].index(s) for s in samples]
+    i_pos = {s: i for i, s in enumerate(imp["samples"])}
+    i_col = [i_pos[s] for s in samples]
+
+    y = truth["gt"][t_idx[sel]][:, t_col]
+    y = np.where(t_flip[sel, None], 2 - y, y)
+    ds = imp["ds"][i_idx[sel]][:, i_col]
+    gt = imp["gt"][i_idx[sel]][:, i_col]
+    ds = np.where(i_flip[sel, None], 2 - ds, ds)
+    gt = np.where(i_flip[sel, None], 2 - gt, gt)
+
+    per_site = site_scores(ds, gt, y)
+    per_site.insert(0, "pos", ref["pos"].to_numpy()[sel])
+    per_site.insert(1, "maf", ref["maf"].to_numpy()[sel])
+    per_site.insert(2, "bin", maf_bin(per_site["maf"].to_numpy()))
+    per_site.insert(3, "info_r2", imp["sites"]["info_r2"].to_numpy()[i_idx[sel]])
+    per_site.insert(0, "chrom", chrom)
+    per_site.insert(0, "method", method)
+
+    bins = bin_table(per_site)
+    bins.insert(0, "method", method)
+    missed = scored & (i_idx < 0)
+    bins["n_sites_not_in_output"] = [
+        int((missed & (maf_bin(ref["maf"].to_numpy()) == b)).sum()) for b in range(len(BIN_LABELS))
+    ] + [int(missed.sum())]
+
+    summary = {
+        "method": method,
+        "chrom": chrom,
+        "imputed": str(imputed_vcf),
+        "truth": str(truth_vcf),
+        "samples_scored": len(samples),
+        "samples_imputed": len(imp["samples"]),
+        "samples_not_in_truth": len(not_in_truth),
+        "reference_sites": len(ref),
+        "typed_sites": int((typed_idx >= 0).sum()),
+        "scored_sites": int(scored.sum()),
+        "scored_sites_not_in_output": int(missed.sum()),
+        "truth_sites_not_in_reference": int(len(truth["sites"]) - (t_idx >= 0).sum()),
+        "dose_field": imp["dose_field"],
+        "info_field": imp["info_field"],
+        "ragimpute": __version__,
+        "all": bins.iloc[-1].drop(["method", "maf_bin"]).to_dict(),
+    }
+    if reason is not None:
+        summary.update(not_run=reason, samples_imputed=0, samples_scored=0)
+    _write_scores(Path(out_dir), per_site, bins, summary, len(samples))
+    return summary
+
+
+def _nothing_imputed(samples: list[str]) -> dict:
+    """What ``read_dosages`` returns for a VCF without records: the placeholder of a tool that did
+    not run."""
+    return {
+        "sites": pd.DataFrame({"chrom": [], "pos": [], "ref": [], "alt": [], "info_r2": []}).astype(
+            {"pos": np.int64, "info_r2": float}
+        ),
+        "samples": list(samples),
+        "ds": np.zeros((0, len(samples))),
+        "gt": np.zeros((0, len(samples))),
+        "dose_field": None,
+        "info_field": None,
+    }
+
+
+def _shared_samples(
+    imp: dict, truth: dict, imputed_vcf: str | os.PathLike, truth_vcf: str | os.PathLike
+) -> tuple[list[str], list[str]]:
+    """The truth's samples that were imputed (scored), and the imputed samples the truth lacks
+    (a warning); none shared is an error."""
     samples = [s for s in truth["samples"] if s in set(imp["samples"])]
     if not samples:
         raise InputError(
@@ -373,78 +429,29 @@ def evaluate(
             " ..." if len(not_in_truth) > 5 else "",
             len(samples),
         )
-    t_col = [truth["samples"].index(s) for s in samples]
-    i_pos = {s: i for i, s in enumerate(imp["samples"])}
-    i_col = [i_pos[s] for s in samples]
+    return samples, not_in_truth
 
-    # Scored: reference sites present in the truth and not typed in the target.
-    t_idx, t_flip = match_to(ref, truth["sites"])
-    typed_idx, _ = match_to(ref, typed)
-    scored = (t_idx >= 0) & (typed_idx < 0)
-    i_idx, i_flip = match_to(ref, imp["sites"])
-    present = scored & (i_idx >= 0)
-    sel = np.flatnonzero(present)
 
-    y = truth["gt"][t_idx[sel]][:, t_col]
-    y = np.where(t_flip[sel, None], 2 - y, y)
-    ds = imp["ds"][i_idx[sel]][:, i_col]
-    gt = imp["gt"][i_idx[sel]][:, i_col]
-    ds = np.where(i_flip[sel, None], 2 - ds, ds)
-    gt = np.where(i_flip[sel, None], 2 - gt, gt)
-
-    per_site = site_scores(ds, gt, y)
-    per_site.insert(0, "pos", ref["pos"].to_numpy()[sel])
-    per_site.insert(1, "maf", ref["maf"].to_numpy()[sel])
-    per_site.insert(2, "bin", maf_bin(per_site["maf"].to_numpy()))
-    per_site.insert(3, "info_r2", imp["sites"]["info_r2"].to_numpy()[i_idx[sel]])
-    per_site.insert(0, "chrom", chrom)
-    per_site.insert(0, "method", method)
-
-    bins = bin_table(per_site)
-    bins.insert(0, "method", method)
-    bins["n_sites_not_in_output"] = [
-        int((scored & (i_idx < 0) & (maf_bin(ref["maf"].to_numpy()) == b)).sum())
-        for b in range(len(BIN_LABELS))
-    ] + [int((scored & (i_idx < 0)).sum())]
-
-    out = Path(out_dir)
+def _write_scores(
+    out: Path, per_site: pd.DataFrame, bins: pd.DataFrame, summary: dict, n_samples: int
+) -> None:
+    """``sites.tsv.gz``, ``bins.tsv`` and ``summary.json``, and the headline in the log."""
     with atomic_path(out / "sites.tsv.gz", suffix=".tsv.gz") as tmp:
         per_site.to_csv(tmp, sep="\t", index=False, compression="gzip")
     write_tsv(out / "bins.tsv", bins)
-    summary = {
-        "method": method,
-        "chrom": chrom,
-        "imputed": str(imputed_vcf),
-        "truth": str(truth_vcf),
-        "samples_scored": len(samples),
-        "samples_imputed": len(imp["samples"]),
-        "samples_not_in_truth": len(not_in_truth),
-        "reference_sites": len(ref),
-        "typed_sites": int((typed_idx >= 0).sum()),
-        "scored_sites": int(scored.sum()),
-        "scored_sites_not_in_output": int((scored & (i_idx < 0)).sum()),
-        "truth_sites_not_in_reference": int(len(truth["sites"]) - (t_idx >= 0).sum()),
-        "dose_field": imp["dose_field"],
-        "info_field": imp["info_field"],
-        "ragimpute": __version__,
-        "all": bins.iloc[-1].drop(["method", "maf_bin"]).to_dict(),
-    }
-    if reason is not None:
-        summary.update(not_run=reason, samples_imputed=0, samples_scored=0)
     write_json(out / "summary.json", summary)
     a = summary["all"]
     log.info(
         "%s on %s: %d sites x %d samples scored, r2 %.4f, concordance %.4f, NRC %.4f, F1 %.4f",
-        method,
-        chrom,
+        summary["method"],
+        summary["chrom"],
         a["n_sites"],
-        len(samples),
+        n_samples,
         a["r2"],
         a["concordance"],
         a["nonref_concordance"],
         a["alt_f1"],
     )
-    return summary
 
 
 # -- comparison across methods and chromosomes ----------------------------------------------------

@@ -33,7 +33,7 @@ from .engine import Engine, EngineParams
 from .errors import ArtifactError, InputError
 from .index import HaplotypeIndex, QueryBlock
 from .layout import Layout
-from .ligate import STATS_SCALE, write_stats
+from .ligate import write_stats
 from .logs import Progress, log
 from .masks import Mask, load_mask_for
 from .methods import EXTERNAL_METHODS
@@ -42,14 +42,7 @@ from .prior import PriorStore, run_engine
 from .states import INDEX_SETTINGS, build_states, load_chunk, load_states
 from .targets import AlignedTarget, read_target
 from .tokens import MASK, tokenize_block
-from .vcf_write import (
-    bgzip_vcf_writer,
-    contig_lengths,
-    dosage_fields,
-    header_lines,
-    info_strings,
-    thousandths,
-)
+from .vcf_write import INFO_LINES, bgzip_vcf_writer, contig_lengths, format_records, header_lines
 from .windows import WindowedTable, load_windows, sites_with_hash
 
 
@@ -69,84 +62,6 @@ PREDICTOR_FACTORIES: dict[str, Callable[[dict], Predictor]] = {
     "copying": lambda opts: PriorPredictor(),
     "model": _model_predictor,
 }
-
-INFO_LINES = [
-    '##INFO=<ID=AF,Number=A,Type=Float,Description="Estimated ALT allele frequency: mean DS / 2 over '
-    'the targets">',
-    '##INFO=<ID=R2,Number=1,Type=Float,Description="Estimated imputation r-squared: variance of the '
-    'haplotype ALT dosages / (AF * (1 - AF)), as Minimac Rsq; 0 where AF is 0 or 1">',
-    '##INFO=<ID=IMP,Number=0,Type=Flag,Description="Imputed: not typed in the target">',
-    '##INFO=<ID=TYPED,Number=0,Type=Flag,Description="Typed in the target (missing calls imputed)">',
-    '##FORMAT=<ID=GT,Number=1,Type=String,Description="Phased best-guess genotype (argmax GP)">',
-    '##FORMAT=<ID=DS,Number=A,Type=Float,Description="ALT dosage: P(ALT) of haplotype 1 + haplotype 2">',
-    '##FORMAT=<ID=GP,Number=G,Type=Float,Description="Genotype probabilities of 0/0, 0/1, 1/1">',
-]
-
-
-def genotype_arrays(p: np.ndarray) -> dict[str, np.ndarray]:
-    """Haplotype ALT probabilities (n_sites, 2n) -> DS, GP, GT alleles, INFO AF and R2.
-
-    ``gt`` is (n_sites, 2n) alleles consistent with GP: argmax GP, a heterozygote phased with ALT on the
-    haplotype with the larger probability (haplotype 1 on ties).
-    """
-    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
-    p0, p1 = p[:, 0::2], p[:, 1::2]
-    gp = np.stack([(1 - p0) * (1 - p1), p0 * (1 - p1) + p1 * (1 - p0), p0 * p1], axis=-1)
-    g = gp.argmax(axis=-1)
-    gt = np.empty(p.shape, dtype=np.int8)
-    gt[:, 0::2] = (g == 2) | ((g == 1) & (p0 > p1))
-    gt[:, 1::2] = (g == 2) | ((g == 1) & (p0 <= p1))
-    af = p.mean(axis=1) if p.shape[1] else np.zeros(len(p))
-    var = (p * p).mean(axis=1) - af * af if p.shape[1] else np.zeros(len(p))
-    denom = af * (1 - af)
-    ok = denom > 1e-12
-    r2 = np.zeros(len(p))
-    r2[ok] = np.clip(var[ok] / denom[ok], 0.0, 1.0)
-    return {"ds": p0 + p1, "gp": gp, "gt": gt, "af": af, "r2": r2}
-
-
-def format_records(
-    chrom: str,
-    sites: pd.DataFrame,
-    p: np.ndarray,
-    typed: np.ndarray,
-    block: int = 1 << 21,
-) -> tuple[bytes, np.ndarray]:
-    """VCF record lines of ``sites`` from haplotype probabilities ``p`` (n_sites, 2n), formatted
-    ``block`` genotypes at a time (memory: ~30 bytes per genotype of a block); also (n_sites, 2) the
-    integer sums of P(ALT) x 65535 and of its square over the haplotypes, from which INFO AF and R2
-    are computed (exactly, so that batches of targets merged later give the same INFO).
-
-    P(ALT) is first rounded to 1/65535 (far below the printed thousandths), the one value every
-    field is computed from."""
-    n = p.shape[1] // 2
-    step = max(1, block // max(n, 1))
-    pos = sites["pos"].to_numpy()
-    ids = sites["id"].to_numpy() if "id" in sites else np.full(len(sites), ".", dtype=object)
-    ref, alt = sites["ref"].to_numpy(), sites["alt"].to_numpy()
-    k = np.rint(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) * STATS_SCALE).astype(np.int64)
-    sums = np.stack([k.sum(axis=1), (k * k).sum(axis=1)], axis=1)
-    out = []
-    for a in range(0, len(sites), step):
-        b = min(a + step, len(sites))
-        g = genotype_arrays(k[a:b] / STATS_SCALE)
-        gt = 2 * g["gt"][:, 0::2] + g["gt"][:, 1::2]
-        # GP printed in thousandths that sum to exactly 1: the heterozygote takes the remainder.
-        g0 = thousandths(g["gp"][..., 0])
-        g2 = thousandths(g["gp"][..., 2])
-        over = np.maximum(g0 + g2 - 1000, 0)
-        take0 = g0 >= g2
-        g0, g2 = g0 - over * take0, g2 - over * ~take0
-        fields = dosage_fields(gt, thousandths(g["ds"], top=2000), g0, 1000 - g0 - g2, g2)
-        info = info_strings(sums[a:b, 0], sums[a:b, 1], 2 * n, typed[a:b])
-        for i in range(b - a):
-            j = a + i
-            out.append(
-                f"{chrom}\t{pos[j]}\t{ids[j] or '.'}\t{ref[j]}\t{alt[j]}\t.\tPASS\t"
-                f"{info[i]}\tGT:DS:GP\t".encode()
-            )
-            out.append(fields[i] + b"\n")
-    return b"".join(out), sums
 
 
 def prov_name(predictor: object) -> str:

@@ -25,8 +25,6 @@ from .atomic import atomic_path
 from .errors import ArtifactError
 from .vcf_write import bgzip_vcf_writer, info_strings
 
-STATS_SCALE = 65535
-
 
 def write_stats(
     path: str | os.PathLike, pos: np.ndarray, p_sum: np.ndarray, p_sq: np.ndarray, n_hap: int

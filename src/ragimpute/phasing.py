@@ -34,7 +34,7 @@ from . import __version__
 from .atomic import scratch_dir, write_json
 from .errors import InputError, ToolError
 from .logs import log
-from .vcf_io import _bcftools_query, vcf_samples
+from .vcf_io import query_lines, vcf_samples
 from .vcf_write import contig_lengths, write_phased_vcf
 
 PHASERS = ("beagle", "shapeit5")
@@ -77,9 +77,8 @@ def read_calls(path: str | os.PathLike) -> Calls:
 
     path = str(path)
     samples = vcf_samples(path)
-    text = _bcftools_query(path, "-f", "%CHROM\t%POS\t%ID\t%REF\t%ALT\t[%GT\t]\n")
     rows, gts = [], []
-    for line in text.split("\n"):
+    for line in query_lines(path, "%CHROM\t%POS\t%ID\t%REF\t%ALT\t[%GT\t]\n"):
         if line:
             c, pos, vid, ref, alt, gt = line.split("\t", 5)
             rows.append((c, int(pos), vid, ref, alt))

@@ -39,11 +39,12 @@ from .masks import store_mask
 from .split import check_disjoint
 from .vcf_io import (
     RecordFilter,
-    _bcftools_query,
-    _is_indexed,
     check_readable,
+    decode_genotypes,
+    query_lines,
     resolve_contig,
     short_record_error,
+    split_fields,
     vcf_records_contigs,
     vcf_samples,
 )
@@ -90,12 +91,6 @@ class AlignedTarget:
     unphased: np.ndarray | None = None
 
 
-def decode_target_gt(gts: list[str], path: str, where: list[str], samples: list[str]) -> np.ndarray:
-    """``0|1\\t.|.\\t...`` lines -> (n, 2m) int8 (-1 missing). Homozygous unphased calls are accepted
-    (their phase is not in question); an unphased heterozygote is an error naming the record."""
-    return decode_target_calls(gts, path, where, samples)[0]
-
-
 def decode_target_calls(
     gts: list[str],
     path: str,
@@ -104,97 +99,55 @@ def decode_target_calls(
     allow_unphased: bool = False,
     hint: str = PHASING_HINT,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Genotype lines -> alleles (n, 2m) int8 (-1 missing) and (n, m) bool: the unphased
+    """Genotype lines (``[%GT\t]``) -> alleles (n, 2m) int8 (-1 missing) and (n, m) bool: the unphased
     heterozygotes (``0/1``; their two alleles are in no particular order). Unless ``allow_unphased``
-    (the workflow phases them), an unphased heterozygote is an error naming the record and ``hint``.
-    An unphased call with one missing allele (``./1``) has no phase to keep: it reads as missing."""
-    m = len(samples)
-    out = np.empty((len(gts), 2 * m), dtype=np.int8)
-    het_out = np.zeros((len(gts), m), dtype=bool)
-    width = 4 * m
-    lengths = np.fromiter((len(g) for g in gts), dtype=np.int64, count=len(gts))
-    fast = np.flatnonzero(lengths == width)
-    if len(fast):
-        buf = np.frombuffer("".join(gts[i] for i in fast).encode("ascii"), dtype=np.uint8)
-        buf = buf.reshape(len(fast), m, 4)
-        a, sep, b, tab = buf[:, :, 0], buf[:, :, 1], buf[:, :, 2], buf[:, :, 3]
-        ok_allele = lambda x: (x == ord("0")) | (x == ord("1")) | (x == ord("."))  # noqa: E731
-        ok = ok_allele(a) & ok_allele(b) & ((sep == ord("|")) | (sep == ord("/"))) & (tab == 9)
-        bad_rows = np.flatnonzero(~ok.all(axis=1))
-        good = np.setdiff1d(np.arange(len(fast)), bad_rows)
-        a0 = np.where(a == ord("."), -1, a.astype(np.int16) - ord("0")).astype(np.int8)
-        a1 = np.where(b == ord("."), -1, b.astype(np.int16) - ord("0")).astype(np.int8)
-        unphased = sep == ord("/")
-        het = unphased & (a0 >= 0) & (a1 >= 0) & (a0 != a1)
-        if het[good].any() and not allow_unphased:
-            r, j = np.argwhere(het[good])[0]
-            i = int(fast[good[r]])
-            raise InputError(
-                path,
-                f"genotypes are unphased (sample {samples[j]} has {gts[i].split(chr(9))[j]!r})",
-                hint,
-                record=where[i],
-            )
-        # An unphased call with one missing allele has no phase to keep: treat it as missing.
-        half = unphased & ((a0 < 0) != (a1 < 0))
-        a0[half] = -1
-        a1[half] = -1
-        rows = fast[good]
-        out[rows, 0::2] = a0[good]
-        out[rows, 1::2] = a1[good]
-        het_out[rows] = het[good]
-        slow = np.sort(np.concatenate([np.flatnonzero(lengths != width), fast[bad_rows]]))
-    else:
-        slow = np.arange(len(gts))
-    for i in slow:
-        out[i], het_out[i] = _decode_slow(gts[i], path, where[i], samples, allow_unphased, hint)
-    return out, het_out
+    (the workflow phases them), an unphased heterozygote is an error naming the record and ``hint``;
+    so is a call that is not diploid 0/1. Homozygous unphased calls are accepted (their phase is not
+    in question); an unphased call with one missing allele (``./1``) has no phase to keep: it reads
+    as missing."""
+    g = decode_genotypes(gts, len(samples), trailing_tab=True)
+    a = g.alleles
+    het = g.unphased & g.called & (a[:, 0::2] != a[:, 1::2])
+    bad = g.problem_rows(missing=False, unphased=False)
+    if not allow_unphased:
+        bad = np.union1d(bad, np.flatnonzero(het.any(axis=1)))
+    if len(bad):
+        i = int(bad[0])
+        _raise_bad_call(gts[i], path, where[i], samples, g.invalid[i], het[i], hint)
+    return a, het
 
 
-def _decode_slow(
+def _raise_bad_call(
     line: str,
     path: str,
     where: str,
     samples: list[str],
-    allow_unphased: bool = False,
-    hint: str = PHASING_HINT,
-) -> tuple[np.ndarray, np.ndarray]:
-    fields = line.rstrip("\t").split("\t")
+    invalid: np.ndarray,
+    het: np.ndarray,
+    hint: str,
+) -> None:
+    """The error of a target record: too many or too few fields, or the first sample whose call is
+    not a diploid 0/1 call (``invalid``) or an unphased heterozygote (``het``, when refused)."""
+    fields = split_fields(line, trailing_tab=True)
     if len(fields) != len(samples):
         raise InputError(path, f"{len(fields)} genotypes for {len(samples)} samples", record=where)
-    row = np.empty(2 * len(samples), dtype=np.int8)
-    het = np.zeros(len(samples), dtype=bool)
-    for j, (sample, gt) in enumerate(zip(samples, fields, strict=True)):
-        if gt in (".", "./.", ".|."):
-            row[2 * j : 2 * j + 2] = -1
-            continue
-        sep = "|" if "|" in gt else "/"
-        parts = gt.split(sep)
-        if len(parts) == 1:
-            raise InputError(
-                path,
-                f"haploid genotype {gt!r} for sample {sample}",
-                "Only diploid chromosomes are supported (leave out chrX/chrY/chrM)",
-                record=where,
-            )
-        if len(parts) != 2 or any(p not in ("0", "1", ".") for p in parts):
-            raise InputError(
-                path,
-                f"genotype {gt!r} for sample {sample} is not a diploid 0/1 call",
-                "Split multi-allelic records (`bcftools norm -m-any`) or check the file",
-                record=where,
-            )
-        a = [-1 if p == "." else int(p) for p in parts]
-        if sep == "/" and a[0] >= 0 and a[1] >= 0 and a[0] != a[1]:
-            if not allow_unphased:
-                raise InputError(
-                    path, f"genotypes are unphased (sample {sample} has {gt!r})", hint, where
-                )
-            het[j] = True
-        if sep == "/" and (a[0] < 0) != (a[1] < 0):
-            a = [-1, -1]
-        row[2 * j], row[2 * j + 1] = a
-    return row, het
+    j = int(np.flatnonzero(invalid | het)[0])
+    sample, gt = samples[j], fields[j]
+    if het[j]:
+        raise InputError(path, f"genotypes are unphased (sample {sample} has {gt!r})", hint, where)
+    if "|" not in gt and "/" not in gt:
+        raise InputError(
+            path,
+            f"haploid genotype {gt!r} for sample {sample}",
+            "Only diploid chromosomes are supported (leave out chrX/chrY/chrM)",
+            record=where,
+        )
+    raise InputError(
+        path,
+        f"genotype {gt!r} for sample {sample} is not a diploid 0/1 call",
+        "Split multi-allelic records (`bcftools norm -m-any`) or check the file",
+        record=where,
+    )
 
 
 def read_target(
@@ -213,90 +166,37 @@ def read_target(
     path = str(path)
     check_readable(path)
     samples = vcf_samples(path)
-    held = vcf_records_contigs(path)
-    try:
-        contig = resolve_contig(path, chrom, available=held)
-    except InputError as e:
-        raise InputError(
-            path,
-            f"no records on chromosome {chrom} (the target has records on: "
-            f"{', '.join(held[:10]) or 'none'})",
-            "The target does not overlap the reference on this chromosome; check `chromosomes:` "
-            "and that target and reference use the same genome build",
-        ) from e
-    where = contig if region is None else f"{contig}:{region[0]}-{region[1]}"
-    where_arg = ["-r", where] if _is_indexed(path) else ["-t", where]
-    text = _bcftools_query(path, "-f", "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", *where_arg)
-
-    skipped = dict.fromkeys(TARGET_SKIP_REASONS, 0)
-    recs: list[tuple[str, int, str, str]] = []
-    gts: list[str] = []
-    records = RecordFilter(path, False, skipped)
-    for line in text.split("\n"):
-        if not line:
-            continue
-        c, pos_s, ref, alt, gt = line.split("\t", 4)
-        pos = int(pos_s)
-        if not records.keep(c, pos, ref, alt):
-            continue
-        recs.append((c, pos, ref, alt))
-        gts.append(gt)
-
-    if any(not g.strip("./|\t") for g in gts):
-        # a record without a single called allele: a line cut short reads like that
-        short = short_record_error(path)
-        if short is not None:
-            raise short
-    n_records = len(recs) + sum(skipped.values())
-    where = [f"{r[0]}:{r[1]}" for r in recs]
-    ref_pos = sites["pos"].to_numpy(dtype=np.int64)
-    ref_ref = sites["ref"].to_numpy().astype(str)
-    ref_alt = sites["alt"].to_numpy().astype(str)
-    t_pos = np.fromiter((r[1] for r in recs), dtype=np.int64, count=len(recs))
-    t_ref = np.array([r[2] for r in recs], dtype=str)
-    t_alt = np.array([r[3] for r in recs], dtype=str)
-    idx = np.searchsorted(ref_pos, t_pos)
-    idx_c = np.minimum(idx, max(len(ref_pos) - 1, 0))
-    at_pos = (idx < len(ref_pos)) & (ref_pos[idx_c] == t_pos)
-    same = at_pos & (ref_ref[idx_c] == t_ref) & (ref_alt[idx_c] == t_alt)
-    swapped = at_pos & (ref_ref[idx_c] == t_alt) & (ref_alt[idx_c] == t_ref)
-    matched = same | swapped
-    reason = np.where(at_pos, "allele_mismatch", "not_in_reference")
-    unmatched = pd.DataFrame(
-        {
-            "chrom": [recs[i][0] for i in np.flatnonzero(~matched)],
-            "pos": t_pos[~matched],
-            "ref": t_ref[~matched],
-            "alt": t_alt[~matched],
-            "reason": reason[~matched],
-        }
-    )
-    if not matched.any():
+    contig = _target_contig(path, chrom)
+    recs, gts, skipped = _target_records(path, contig, region)
+    match = _SiteMatch(recs, sites)
+    if not match.matched.any():
         raise InputError(
             path,
             f"none of its {len(recs)} SNV records on chromosome {contig} matches a reference site by "
-            f"position and alleles ({int(at_pos.sum())} share a position)",
+            f"position and alleles ({int(match.at_pos.sum())} share a position)",
             "The target does not overlap the reference: check that both use the same genome build "
             "(liftover with `bcftools +liftover` or CrossMap) and the same strand",
         )
-    keep = np.flatnonzero(matched)
+    keep = np.flatnonzero(match.matched)
+    where = [f"{recs[i][0]}:{recs[i][1]}" for i in keep]
     alleles, unphased = decode_target_calls(
-        [gts[i] for i in keep], path, [where[i] for i in keep], samples, allow_unphased, hint
+        [gts[i] for i in keep], path, where, samples, allow_unphased, hint
     )
-    flip = swapped[keep]
+    flip = match.swapped[keep]
     alleles[flip] = np.where(alleles[flip] >= 0, 1 - alleles[flip], -1)
     ref_chrom = str(sites["chrom"].iloc[0]) if "chrom" in sites else contig
+    unmatched = match.unmatched()
     report = {
         "target": path,
         "target_chrom": contig,
         "reference_chrom": ref_chrom,
         "chrom_renamed": contig != ref_chrom,
         "samples": len(samples),
-        "records": n_records,
+        "records": len(recs) + sum(skipped.values()),
         "skipped": skipped,
         "snv_records": len(recs),
-        "matched": int(matched.sum()),
-        "flipped": int(swapped.sum()),
+        "matched": int(match.matched.sum()),
+        "flipped": int(match.swapped.sum()),
         "unmatched": {r: int((unmatched["reason"] == r).sum()) for r in UNMATCHED_REASONS},
         "reference_sites": len(sites),
         "unphased_heterozygotes": int(unphased.sum()),
@@ -305,23 +205,93 @@ def read_target(
     log.info(
         "%s: %d records on %s, %d matched (%d flipped), %d unmatched, skipped %s",
         path,
-        n_records,
+        report["records"],
         contig,
         report["matched"],
         report["flipped"],
         len(unmatched),
         ", ".join(f"{k}={v}" for k, v in skipped.items() if v) or "none",
     )
-    return AlignedTarget(
-        path,
-        contig,
-        samples,
-        idx[keep].astype(np.int64),
-        alleles,
-        report,
-        unmatched,
-        unphased if allow_unphased else None,
-    )
+    site = match.idx[keep].astype(np.int64)
+    unphased_kept = unphased if allow_unphased else None
+    return AlignedTarget(path, contig, samples, site, alleles, report, unmatched, unphased_kept)
+
+
+def _target_contig(path: str, chrom: str) -> str:
+    """``chrom`` as the target names it, among the contigs that hold its records."""
+    held = vcf_records_contigs(path)
+    try:
+        return resolve_contig(path, chrom, available=held)
+    except InputError as e:
+        raise InputError(
+            path,
+            f"no records on chromosome {chrom} (the target has records on: "
+            f"{', '.join(held[:10]) or 'none'})",
+            "The target does not overlap the reference on this chromosome; check `chromosomes:` "
+            "and that target and reference use the same genome build",
+        ) from e
+
+
+def _target_records(
+    path: str, contig: str, region: tuple[int, int] | None = None
+) -> tuple[list[tuple[str, int, str, str]], list[str], dict[str, int]]:
+    """(chrom, pos, ref, alt) and the GT fields of the target's biallelic SNVs on ``contig`` (or its
+    ``region``), and the records skipped by reason; out-of-order records are an error, a line cut
+    short too."""
+    skipped = dict.fromkeys(TARGET_SKIP_REASONS, 0)
+    recs: list[tuple[str, int, str, str]] = []
+    gts: list[str] = []
+    records = RecordFilter(path, False, skipped)
+    for line in query_lines(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", contig, region):
+        if not line:
+            continue
+        c, pos_s, ref, alt, gt = line.split("\t", 4)
+        pos = int(pos_s)
+        if not records.keep(c, pos, ref, alt):
+            continue
+        recs.append((c, pos, ref, alt))
+        gts.append(gt)
+    if any(not g.strip("./|\t") for g in gts):
+        # a record without a single called allele: a line cut short reads like that
+        short = short_record_error(path)
+        if short is not None:
+            raise short
+    return recs, gts, skipped
+
+
+class _SiteMatch:
+    """Target SNVs (chrom, pos, ref, alt) against the reference ``sites``, by position and alleles:
+    ``idx`` the reference site at each one's position (where ``at_pos``), ``same`` or ``swapped``
+    alleles (REF/ALT the other way round), ``matched`` either."""
+
+    def __init__(self, recs: list[tuple[str, int, str, str]], sites: pd.DataFrame):
+        ref_pos = sites["pos"].to_numpy(dtype=np.int64)
+        ref_ref = sites["ref"].to_numpy().astype(str)
+        ref_alt = sites["alt"].to_numpy().astype(str)
+        self.chrom = [r[0] for r in recs]
+        self.pos = np.fromiter((r[1] for r in recs), dtype=np.int64, count=len(recs))
+        self.ref = np.array([r[2] for r in recs], dtype=str)
+        self.alt = np.array([r[3] for r in recs], dtype=str)
+        self.idx = np.searchsorted(ref_pos, self.pos)
+        idx_c = np.minimum(self.idx, max(len(ref_pos) - 1, 0))
+        self.at_pos = (self.idx < len(ref_pos)) & (ref_pos[idx_c] == self.pos)
+        self.same = self.at_pos & (ref_ref[idx_c] == self.ref) & (ref_alt[idx_c] == self.alt)
+        self.swapped = self.at_pos & (ref_ref[idx_c] == self.alt) & (ref_alt[idx_c] == self.ref)
+        self.matched = self.same | self.swapped
+
+    def unmatched(self) -> pd.DataFrame:
+        """The records that match no reference site, with the reason (``unmatched.tsv``)."""
+        no = ~self.matched
+        reason = np.where(self.at_pos, "allele_mismatch", "not_in_reference")
+        return pd.DataFrame(
+            {
+                "chrom": [self.chrom[i] for i in np.flatnonzero(no)],
+                "pos": self.pos[no],
+                "ref": self.ref[no],
+                "alt": self.alt[no],
+                "reason": reason[no],
+            }
+        )
 
 
 def apply_missing_rule(target: AlignedTarget, max_missing: float) -> AlignedTarget:

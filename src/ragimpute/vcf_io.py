@@ -1,13 +1,20 @@
-"""Reading phased VCF/BCF panels in bulk, with the checks users expect of a serious tool.
+"""Reading VCF/BCF files in bulk, with the checks users expect of a serious tool: the reading half of
+the VCF layer (``vcf_write`` writes).
 
-Genotypes are decoded through ``bcftools query`` (pysam's bundled bcftools) and parsed with numpy:
-pysam's per-sample Python objects are about two orders of magnitude slower on thousands of samples.
+Genotypes are read as text and decoded with numpy by one decoder (``decode_genotypes``) for panels,
+targets and truth VCFs alike: pysam's per-sample Python objects are about two orders of magnitude
+slower on thousands of samples. Panels are read record by record as VCF text lines (from tabix, from
+the file, or as htslib formats a BCF's records: ``PanelStream``, so that a chromosome streams);
+targets, truth and imputed VCFs through ``bcftools query`` (pysam's bundled bcftools: ``query_lines``,
+the one wrapper).
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +24,6 @@ import pandas as pd
 import pysam
 import pysam.bcftools
 
-from .atomic import atomic_path, scratch_dir
 from .errors import InputError
 
 # The empty BGZF block every bgzip/htslib writer ends a file with (SAM/BAM spec, section 4.1.2).
@@ -155,39 +161,82 @@ def vcf_records_contigs(path: str | os.PathLike) -> list[str]:
     if _is_indexed(path):
         with pysam.VariantFile(str(path)) as vf:
             return [c for c in vf.index if next(vf.fetch(c), None) is not None]
-    out = _bcftools_query(path, "-f", "%CHROM\n")
     seen: dict[str, None] = {}
-    for c in out.split("\n"):
+    for c in query_lines(path, "%CHROM\n"):
         if c:
             seen.setdefault(c)
     return list(seen)
 
 
+def chrom_selection(path: str | os.PathLike, chrom: str) -> str | None:
+    """``chrom`` as ``path`` names it (``20`` or ``chr20``), for ``query_lines``, found without reading
+    the records: the indexed contig that holds records (None: none does); without an index, the
+    names of the ``##contig`` lines and both namings (``20,chr20``: a file need not declare its
+    contigs), which bcftools then filters the records by."""
+    want = normalize_chrom(chrom)
+    if not _is_indexed(path):
+        names = [c for c in vcf_contigs(path) if normalize_chrom(c) == want]
+        return ",".join(dict.fromkeys([*names, want, f"chr{want}"]))
+    with pysam.VariantFile(str(path)) as vf:
+        names = [c for c in vf.index if normalize_chrom(c) == want]
+        return next((c for c in names if next(vf.fetch(c), None) is not None), None)
+
+
 def vcf_records_sites(path: str | os.PathLike) -> pd.DataFrame:
     """chrom, pos, ref, alt of every record (no genotypes decoded)."""
     check_readable(path)
-    text = _bcftools_query(path, "-f", "%CHROM\t%POS\t%REF\t%ALT\n")
-    rows = [ln.split("\t") for ln in text.split("\n") if ln]
+    rows = [ln.split("\t") for ln in query_lines(path, "%CHROM\t%POS\t%REF\t%ALT\n") if ln]
     df = pd.DataFrame(rows, columns=["chrom", "pos", "ref", "alt"])
     df["pos"] = df["pos"].astype(np.int64)
     return df
 
 
-def _bcftools_query(path: str | os.PathLike, *args: str) -> str:
-    """``bcftools query`` output, or an InputError quoting what htslib said (not the partial output)."""
+def query_lines(
+    path: str | os.PathLike,
+    fmt: str,
+    contig: str | None = None,
+    region: tuple[int, int] | None = None,
+) -> Iterator[str]:
+    """The lines of ``bcftools query -f fmt`` (``fmt`` ends with a newline; the lines come without
+    it): of every record, of ``contig`` (a name, or several joined by commas) or of its ``region``
+    (first and last bp, inclusive). An indexed file is looked up (``-r``), any other one is read
+    through (``-t``).
+
+    pysam's bcftools returns its whole output as one string (it cannot write it to a file for us to
+    stream): for target-, truth- and region-sized reads. A file bcftools cannot read is an InputError
+    quoting what htslib said (naming the record when a line of a text VCF has too few columns).
+    """
+    path = str(path)
+    args = ["-f", fmt]
+    if contig is not None:
+        where = contig
+        if region is not None:
+            where = ",".join(f"{c}:{region[0]}-{region[1]}" for c in contig.split(","))
+        args += ["-r" if _is_indexed(path) else "-t", where]
     try:
-        return pysam.bcftools.query(*args, str(path))
+        text = pysam.bcftools.query(*args, path)
     except pysam.utils.SamtoolsError as e:
-        short = short_record_error(path)
-        if short is not None:
-            raise short from e
-        # pysam's message holds all of stdout before stderr: keep only bcftools' own complaint
-        said = str(getattr(e, "value", e)).rpartition("stderr=")[2].strip()
-        raise InputError(
-            path,
-            f"bcftools could not read the file: {said[:500]}",
-            "Check that it is a valid, intact VCF/BCF",
-        ) from e
+        raise _query_error(path, e) from e
+    start = 0  # line by line, without a second copy of the text in a list of lines
+    while (end := text.find("\n", start)) >= 0:
+        yield text[start:end]
+        start = end + 1
+    if start < len(text):
+        yield text[start:]
+
+
+def _query_error(path: str, e: Exception) -> InputError:
+    """What to tell the user when ``bcftools query`` fails on ``path``."""
+    short = short_record_error(path)
+    if short is not None:
+        return short
+    # pysam's message holds all of stdout before stderr: keep only bcftools' own complaint
+    said = str(getattr(e, "value", e)).rpartition("stderr=")[2].strip()
+    return InputError(
+        path,
+        f"bcftools could not read the file: {said[:500]}",
+        "Check that it is a valid, intact VCF/BCF",
+    )
 
 
 def _first_short_record(path: str | os.PathLike, n_samples: int) -> tuple[str, int] | None:
@@ -246,100 +295,236 @@ def read_panel(
     region: tuple[int, int] | None = None,
 ) -> Panel:
     """Read the biallelic SNVs of ``chrom`` (or of its ``region``, first and last bp inclusive: a
-    chunk) with phased genotypes of ``samples`` (all by default).
+    chunk) with phased genotypes of ``samples`` (all by default), as one matrix (``PanelStream``
+    reads the same block by block).
 
     Multi-allelic, non-SNV, ALT-less and (with ``pass_only``) filtered records are skipped and counted.
     Unphased or missing genotypes, unsorted or duplicate positions are errors naming the record.
     """
-    path = str(path)
-    check_readable(path)
-    all_samples = vcf_samples(path)
-    contig = resolve_contig(path, chrom)
-    if samples is None:
-        columns = np.arange(len(all_samples))
-        samples = list(all_samples)
-    else:
-        pos_of = {s: i for i, s in enumerate(all_samples)}
-        missing = [s for s in samples if s not in pos_of]
-        if missing:
-            raise InputError(path, f"samples not in the VCF: {', '.join(missing[:5])}")
-        columns = np.array([pos_of[s] for s in samples], dtype=np.int64)
+    stream = PanelStream(path, chrom, samples, pass_only, region)
+    kept: list[Site] = []
+    blocks: list[np.ndarray] = []
+    for sites, haplotypes in stream:
+        kept += sites
+        blocks.append(haplotypes)
+    return Panel(
+        stream.path,
+        stream.chrom,
+        site_table(kept),
+        list(stream.samples),
+        np.concatenate(blocks) if len(blocks) > 1 else blocks[0],
+        stream.skipped,
+    )
 
-    # An indexed, GT-only VCF (the usual reference panel) is read as text lines straight from
-    # tabix, which is several times faster than having bcftools format them again; anything else
-    # (BCF, no index, more FORMAT fields) goes through `bcftools query`.
-    result = None
-    if _is_indexed(path) and not _is_bcf(path):
-        try:
-            rows = _tabix_rows(path, contig, len(all_samples), region)
-            result = _parse_rows(rows, path, pass_only, all_samples, columns)
-        except _NotGTOnly:
-            result = None
-    if result is None:
-        rows = _query_rows(path, contig, len(all_samples), region)
-        result = _parse_rows(rows, path, pass_only, all_samples, columns)
-    kept, haplotypes, skipped = result
-    if not kept:
-        raise InputError(
-            path,
-            f"no biallelic SNV records on chromosome {contig} (skipped: "
-            + ", ".join(f"{k}={v}" for k, v in skipped.items() if v)
-            + ")",
-            "Check `chromosomes:` and the FILTER column (`panel.pass_only`)",
-        )
+
+Site = tuple[str, int, str, str, str]  # chrom, pos, id, ref, alt
+
+
+def site_table(kept: list[Site]) -> pd.DataFrame:
+    """chrom, pos, id, ref, alt of kept records, as ``Panel.sites``."""
     sites = pd.DataFrame(kept, columns=["chrom", "pos", "id", "ref", "alt"])
     sites["pos"] = sites["pos"].astype(np.int64)
-    return Panel(path, contig, sites, list(samples), haplotypes, skipped)
+    return sites
 
 
-class _NotGTOnly(Exception):
-    """A record has FORMAT fields besides GT: the tabix fast path cannot cut out the genotypes."""
+# Records whose genotype text is decoded at a time: at most _CHUNK_RECORDS, and about _CHUNK_BYTES of
+# genotype text (~4 bytes per sample and record; the haplotypes take 2), so that a block takes about
+# the same memory whatever the number of samples, and decoding as we go keeps memory to a few blocks
+# (the window stage) or near the size of the haplotype matrix (read_panel).
+_CHUNK_RECORDS = 2048
+_CHUNK_BYTES = 4 << 20
+
+
+def _block_records(n_samples: int) -> int:
+    return max(1, min(_CHUNK_RECORDS, _CHUNK_BYTES // max(4 * n_samples, 1)))
+
+
+class PanelStream:
+    """The biallelic SNVs of ``chrom`` (or of its ``region``) of a panel with the phased haplotypes of
+    ``samples`` (all by default), read block by block: memory is one block, whatever the length of
+    the chromosome. ``read_panel`` gathers the blocks; the window stage writes them out window by
+    window.
+
+    Iterating yields ``(sites, haplotypes)``: a block of kept records ``(chrom, pos, id, ref,
+    alt)`` (up to ``_CHUNK_RECORDS``, and ~``_CHUNK_BYTES`` of genotype text) and their
+    (records, 2 * len(samples)) uint8 haplotypes (``Panel.haplotypes``). ``skipped`` counts the records left out so far by reason; it is complete once the iteration
+    ends, which is an error when no biallelic SNV was found. The same checks as ``read_panel``
+    (missing, unphased or haploid calls, unsorted or duplicate records) stop the iteration at the
+    record that fails them.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        chrom: str,
+        samples: list[str] | None = None,
+        pass_only: bool = True,
+        region: tuple[int, int] | None = None,
+    ):
+        self.path = str(path)
+        check_readable(self.path)
+        self.all_samples = vcf_samples(self.path)
+        self.chrom = resolve_contig(self.path, chrom)
+        if samples is None:
+            self.columns = np.arange(len(self.all_samples))
+            samples = list(self.all_samples)
+        else:
+            pos_of = {s: i for i, s in enumerate(self.all_samples)}
+            missing = [s for s in samples if s not in pos_of]
+            if missing:
+                raise InputError(self.path, f"samples not in the VCF: {', '.join(missing[:5])}")
+            self.columns = np.array([pos_of[s] for s in samples], dtype=np.int64)
+        self.samples = list(samples)
+        self.pass_only = pass_only
+        self.region = region
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self.n_sites = 0
+
+    def __iter__(self) -> Iterator[tuple[list[Site], np.ndarray]]:
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self.n_sites = 0
+        records = RecordFilter(self.path, self.pass_only, self.skipped)
+        kept: list[Site] = []
+        gts: list[str] = []
+        block = _block_records(len(self.all_samples))
+        for chrom, pos_s, vid, ref, alt, filt, gt in _panel_rows(
+            self.path, self.chrom, len(self.all_samples), self.region
+        ):
+            pos = int(pos_s)
+            if not records.keep(chrom, pos, ref, alt, filt):
+                continue
+            kept.append((chrom, pos, vid, ref, alt))
+            gts.append(gt)
+            if len(gts) == block:
+                yield kept, self._haplotypes(kept, gts)
+                kept, gts = [], []
+        if gts:
+            yield kept, self._haplotypes(kept, gts)
+        if not self.n_sites:
+            raise InputError(
+                self.path,
+                f"no biallelic SNV records on chromosome {self.chrom} (skipped: "
+                + ", ".join(f"{k}={v}" for k, v in self.skipped.items() if v)
+                + ")",
+                "Check `chromosomes:` and the FILTER column (`panel.pass_only`)",
+            )
+
+    def _haplotypes(self, kept: list[Site], gts: list[str]) -> np.ndarray:
+        self.n_sites += len(kept)
+        return _decode_gt(gts, self.path, kept, self.all_samples, self.columns)
 
 
 def _is_bcf(path: str) -> bool:
-    with pysam.BGZFile(path, "rb") as f:
-        return f.read(3) == b"BCF"
+    with open(path, "rb") as f:
+        head = f.read(3)
+    if head[:2] == b"\x1f\x8b":
+        with pysam.BGZFile(path, "rb") as f:
+            head = f.read(3)
+    return head == b"BCF"
 
 
-def _tabix_rows(
+def _panel_rows(
     path: str, contig: str, n_samples: int, region: tuple[int, int] | None = None
 ) -> Iterator[list[str]]:
-    """``[chrom, pos, id, ref, alt, filter, genotypes]`` per record, from the VCF text lines."""
+    """``[chrom, pos, id, ref, alt, filter, genotypes]`` per record of ``contig`` (or of its
+    ``region``), from the records as VCF text lines: straight from tabix (an indexed VCF), from
+    htslib (a BCF, each record formatted as text) or from the file itself (an unindexed VCF).
+
+    An indexed file gives the records that overlap the region (as tabix and ``bcftools -r`` do), an
+    unindexed one those whose POS is in it (as ``bcftools -t``).
+    """
+    if _is_bcf(path):
+        lines = _bcf_lines(path, contig, region)
+    elif _is_indexed(path):
+        lines = _tabix_lines(path, contig, region)
+    else:
+        lines = _vcf_lines(path, contig, region)
+    for line in lines:
+        f = line.split("\t", 9)
+        if len(f) < 10:
+            raise _short_record(path, f"{f[0]}:{f[1] if len(f) > 1 else '?'}", len(f), n_samples)
+        if not f[1].isdigit():
+            raise InputError(
+                path,
+                f"position {f[1]!r} is not a whole number",
+                "Fix or remove that line",
+                record=f"{f[0]}:{f[1]}",
+            )
+        yield [f[0], f[1], f[2], f[3], f[4], f[6], _gt_only(f[8], f[9])]
+
+
+def _tabix_lines(path: str, contig: str, region: tuple[int, int] | None) -> Iterator[str]:
     # index= explicitly: TabixFile looks only for .tbi by itself, and CSI indexes are common
     with pysam.TabixFile(path, parser=None, index=_index_file(path)) as tbx:
         if contig not in tbx.contigs:
             return
-        lines = tbx.fetch(contig) if region is None else tbx.fetch(contig, region[0] - 1, region[1])
-        for line in lines:
-            f = line.split("\t", 9)
-            if len(f) < 10:
-                raise _short_record(
-                    path, f"{f[0]}:{f[1] if len(f) > 1 else '?'}", len(f), n_samples
-                )
-            if f[8] != "GT":
-                raise _NotGTOnly
-            yield [f[0], f[1], f[2], f[3], f[4], f[6], f[9]]
+        yield from (
+            tbx.fetch(contig) if region is None else tbx.fetch(contig, region[0] - 1, region[1])
+        )
 
 
-def _query_rows(
-    path: str, contig: str, n_samples: int, region: tuple[int, int] | None = None
-) -> Iterator[list[str]]:
-    """The same through ``bcftools query`` (BCF, unindexed files, FORMAT fields besides GT)."""
-    fmt = "%CHROM\t%POS\t%ID\t%REF\t%ALT\t%FILTER[\t%GT]\n"
-    where = contig if region is None else f"{contig}:{region[0]}-{region[1]}"
-    region = ["-r", where] if _is_indexed(path) else ["-t", where]
+def _bcf_lines(path: str, contig: str, region: tuple[int, int] | None) -> Iterator[str]:
     try:
-        text = _bcftools_query(path, "-f", fmt, *region)
-    except InputError:
-        short = _first_short_record(path, n_samples)
-        if short is None:
-            raise
-        raise _short_record(path, short[0], short[1], n_samples) from None
-    start = 0  # line by line, without a second whole-chromosome copy in a list of lines
-    while (end := text.find("\n", start)) >= 0:
-        if end > start:
-            yield text[start:end].split("\t", 6)
-        start = end + 1
+        with pysam.VariantFile(path) as vf:
+            if vf.index is None:
+                records = (r for r in vf if r.chrom == contig and _in(r.pos, region))
+            elif contig not in set(vf.index):
+                return
+            elif region is None:
+                records = vf.fetch(contig)
+            else:
+                records = vf.fetch(contig, region[0] - 1, region[1])
+            for record in records:
+                yield str(record).rstrip("\n")
+    except (OSError, ValueError) as e:
+        raise InputError(
+            path, f"htslib could not read the file: {e}", "Check that it is a valid, intact BCF"
+        ) from e
+
+
+def _vcf_lines(path: str, contig: str, region: tuple[int, int] | None) -> Iterator[str]:
+    start = contig + "\t"
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+        with (gzip.open if gz else open)(path, "rt", errors="replace", newline="\n") as f:
+            for line in f:
+                if line.startswith(start) and (region is None or _pos_in(line, region)):
+                    yield line.rstrip("\n")
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(
+            path,
+            f"the file cannot be read to the end: {e}",
+            "It is damaged: fetch it again, or rewrite it from an intact source",
+        ) from e
+
+
+def _in(pos: int, region: tuple[int, int] | None) -> bool:
+    return region is None or region[0] <= pos <= region[1]
+
+
+def _pos_in(line: str, region: tuple[int, int]) -> bool:
+    """Whether a text record's POS is in ``region`` (a bad POS: yes, for the reader to refuse)."""
+    pos = line.split("\t", 2)[1:2]
+    return not (pos and pos[0].isdigit()) or _in(int(pos[0]), region)
+
+
+_AFTER_GT = re.compile(r":[^\t]*")
+
+
+def _gt_only(fmt: str, text: str) -> str:
+    """The GT of each sample column of a record with FORMAT ``fmt``, tab-separated, as bcftools'
+    ``%GT`` prints it (``.`` where a record or a sample has none)."""
+    if fmt == "GT":
+        return text
+    keys = fmt.split(":")
+    if keys[0] == "GT":
+        return _AFTER_GT.sub("", text)
+    if "GT" not in keys:
+        return "\t".join(["."] * (text.count("\t") + 1))
+    k = keys.index("GT")
+    parts = (f.split(":") for f in text.split("\t"))
+    return "\t".join(p[k] if len(p) > k else "." for p in parts)
 
 
 def _short_record(path: str, where: str, n_columns: int, n_samples: int) -> InputError:
@@ -402,48 +587,140 @@ class RecordFilter:
         return True
 
 
-# Records whose genotype text is decoded at a time: the text is ~4 bytes per sample and record, the
-# haplotypes 2, so decoding as we go keeps peak memory near the size of the haplotype matrix.
-_CHUNK_RECORDS = 2048
+# -- the one GT decoder -----------------------------------------------------------------------------
 
 
-def _parse_rows(
-    rows: Iterator[list[str]],
-    path: str,
-    pass_only: bool,
-    all_samples: list[str],
-    columns: np.ndarray,
-) -> tuple[list[tuple[str, int, str, str, str]], np.ndarray, dict[str, int]]:
-    """Keep biallelic SNVs and decode their haplotypes, count the rest, check the order."""
-    skipped = dict.fromkeys(SKIP_REASONS, 0)
-    kept: list[tuple[str, int, str, str, str]] = []
-    gts: list[str] = []
-    chunks: list[np.ndarray] = []
+@dataclass
+class Genotypes:
+    """The GT fields of a block of records, decoded (``decode_genotypes``)."""
 
-    def decode() -> None:
-        chunks.append(_decode_gt(gts, path, kept[-len(gts) :], all_samples, columns))
-        gts.clear()
+    alleles: np.ndarray  # (records, 2 * samples) int8: 0 REF, 1 ALT, -1 missing or not a call
+    unphased: np.ndarray  # (records, samples) bool: written with '/'
+    invalid: np.ndarray  # (records, samples) bool: not a diploid call of '0', '1' and '.' alleles
+    miscounted: np.ndarray  # (records,) bool: the record has more or fewer fields than samples
+    clean: bool  # every call is phased, 0 or 1: nothing missing, unphased or invalid
 
-    records = RecordFilter(path, pass_only, skipped)
-    for chrom, pos_s, vid, ref, alt, filt, gt in rows:
-        pos = int(pos_s)
-        if not records.keep(chrom, pos, ref, alt, filt):
-            continue
-        kept.append((chrom, pos, vid, ref, alt))
-        gts.append(gt)
-        if len(gts) == _CHUNK_RECORDS:
-            decode()
-    if gts:
-        decode()
-    if not chunks:
-        return kept, np.zeros((0, 2 * len(columns)), dtype=np.uint8), skipped
-    return kept, np.concatenate(chunks) if len(chunks) > 1 else chunks[0], skipped
+    @property
+    def called(self) -> np.ndarray:
+        """(records, samples) bool: both alleles known."""
+        return (self.alleles[:, 0::2] >= 0) & (self.alleles[:, 1::2] >= 0)
+
+    def problem_rows(self, missing: bool = True, unphased: bool = True) -> np.ndarray:
+        """Records with a call that is not a diploid 0/1 call or a field too many or too few, and
+        (as asked) one with a missing allele or an unphased call, in order."""
+        bad = self.miscounted | self.invalid.any(axis=1)
+        if missing:
+            bad |= (self.alleles < 0).any(axis=1)
+        if unphased:
+            bad |= self.unphased.any(axis=1)
+        return np.flatnonzero(bad)
 
 
 # Four bytes per genotype, "0|1\t", read as one little-endian uint32: masking the lowest bit of both
-# allele characters ('0' = 0x30, '1' = 0x31) leaves this constant exactly for the four valid calls.
+# allele characters ('0' = 0x30, '1' = 0x31) leaves this constant exactly for the four phased calls.
 _GT_MASK = np.uint32(0xFFFEFFFE)
 _GT_OK = np.uint32(0x09307C30)  # '0', '|', '0', '\t'
+_ALLELE = {"0": 0, "1": 1, ".": -1}
+_ALLELE_BYTES = np.frombuffer(b"01.", dtype=np.uint8)
+
+
+def decode_genotypes(gts: list[str], n_samples: int, trailing_tab: bool = False) -> Genotypes:
+    """Each record's GT fields, tab-separated (``0|1\t1/1\t.|.``; with ``trailing_tab`` each field
+    ends with a tab, as bcftools' ``[%GT\t]`` prints them) -> alleles and what is wrong with them.
+
+    The one decoder of the package: panels (which must be phased and complete), targets (which may
+    miss calls or be unphased) and truth VCFs (scored by ALT count) read their calls through it and
+    decide for themselves what is an error. Phased 0/1 calls are checked and decoded four bytes at a
+    time as one uint32; other records one field at a time. An unphased call with one allele missing
+    (``./1``) has no phase to keep: both of its alleles read as missing.
+    """
+    k, n = len(gts), n_samples
+    if k == 0 or n == 0:
+        return _checked(_decode_slowly(gts, n, trailing_tab, np.arange(k)))
+    width = 4 * n - (0 if trailing_tab else 1)
+    lengths = np.fromiter(map(len, gts), dtype=np.int64, count=k)
+    if (lengths == width).all():
+        text = "".join(gts) if trailing_tab else "\t".join(gts) + "\t"
+        if text.isascii():
+            words = np.frombuffer(text.encode("ascii"), dtype="<u4").reshape(k, n)
+            if ((words & _GT_MASK) == _GT_OK).all():
+                # bytes 0 and 2 of each word are the two alleles; their lowest bit is the allele
+                alleles = words.view(np.uint8).reshape(k, n, 4)[:, :, 0:3:2] & 1
+                alleles = np.ascontiguousarray(alleles).reshape(k, 2 * n).view(np.int8)
+                none = np.zeros((k, n), dtype=bool)
+                return Genotypes(alleles, none, none.copy(), np.zeros(k, dtype=bool), clean=True)
+    return _checked(_decode_bytes(gts, n, trailing_tab, lengths == width))
+
+
+def _checked(g: Genotypes) -> Genotypes:
+    g.clean = not len(g.problem_rows())
+    return g
+
+
+def _decode_bytes(
+    gts: list[str], n: int, trailing_tab: bool, right_length: np.ndarray
+) -> Genotypes:
+    """Records of the right length, field by field as bytes (``a``, separator, ``b``, tab); the rest,
+    and records with a field that is not a diploid call, go the slow way."""
+    fast = np.flatnonzero(right_length & np.fromiter(map(str.isascii, gts), bool, len(gts)))
+    if not len(fast):
+        return _decode_slowly(gts, n, trailing_tab, np.arange(len(gts)))
+    sep = "" if trailing_tab else "\t"
+    text = sep.join(gts[i] for i in fast) + sep
+    b = np.frombuffer(text.encode("ascii"), dtype=np.uint8).reshape(len(fast), n, 4)
+    a0, slash, a1, tab = b[:, :, 0], b[:, :, 1] == ord("/"), b[:, :, 2], b[:, :, 3]
+    ok = np.isin(a0, _ALLELE_BYTES) & np.isin(a1, _ALLELE_BYTES) & (tab == ord("\t"))
+    ok &= slash | (b[:, :, 1] == ord("|"))
+    good = ok.all(axis=1)
+    slow = np.setdiff1d(np.arange(len(gts)), fast[good])
+    out = _decode_slowly(gts, n, trailing_tab, slow)
+    x0 = np.where(a0 == ord("."), -1, a0.astype(np.int8) - ord("0")).astype(np.int8)[good]
+    x1 = np.where(a1 == ord("."), -1, a1.astype(np.int8) - ord("0")).astype(np.int8)[good]
+    un = slash[good]
+    half = un & ((x0 < 0) != (x1 < 0))
+    x0[half] = -1
+    x1[half] = -1
+    rows = fast[good]
+    out.alleles[rows, 0::2] = x0
+    out.alleles[rows, 1::2] = x1
+    out.unphased[rows] = un
+    return out
+
+
+def split_fields(line: str, trailing_tab: bool = False) -> list[str]:
+    """The GT fields of one record's line (``trailing_tab``: each field ends with a tab)."""
+    return (line[:-1] if trailing_tab and line.endswith("\t") else line).split("\t")
+
+
+def _decode_slowly(gts: list[str], n: int, trailing_tab: bool, rows: np.ndarray) -> Genotypes:
+    """A Genotypes for every record, with the records ``rows`` decoded field by field (the others
+    are left missing, for the caller to fill)."""
+    k = len(gts)
+    out = Genotypes(
+        np.full((k, 2 * n), -1, dtype=np.int8),
+        np.zeros((k, n), dtype=bool),
+        np.zeros((k, n), dtype=bool),
+        np.zeros(k, dtype=bool),
+        clean=False,
+    )
+    for i in rows:
+        fields = split_fields(gts[i], trailing_tab)
+        out.miscounted[i] = len(fields) != n
+        for j, gt in enumerate(fields[:n]):
+            if gt == ".":
+                continue
+            sep = "|" if "|" in gt else "/"
+            parts = gt.split(sep)
+            if len(parts) != 2 or parts[0] not in _ALLELE or parts[1] not in _ALLELE:
+                out.invalid[i, j] = True
+                continue
+            x0, x1 = _ALLELE[parts[0]], _ALLELE[parts[1]]
+            if sep == "/":
+                out.unphased[i, j] = True
+                if (x0 < 0) != (x1 < 0):
+                    x0 = x1 = -1
+            out.alleles[i, 2 * j], out.alleles[i, 2 * j + 1] = x0, x1
+    return out
 
 
 def _decode_gt(
@@ -451,27 +728,17 @@ def _decode_gt(
 ) -> np.ndarray:
     """Genotype strings ``0|1\t1|0...`` of every sample -> (n_sites, 2 * len(columns)) uint8 haplotypes
     of the samples in ``columns``, or an InputError naming the first bad genotype."""
-    n = len(all_samples)
-    width = 4 * n - 1
-    lengths = np.fromiter((len(g) for g in gts), dtype=np.int64, count=len(gts))
-    bad_len = np.flatnonzero(lengths != width)
-    if len(bad_len):
-        i = int(bad_len[0])
-        _raise_bad_genotype(path, kept[i], gts[i], all_samples)
-    text = "\t".join(gts) + "\t"
-    if not text.isascii():
-        i = next(i for i, g in enumerate(gts) if not g.isascii())
-        _raise_bad_genotype(path, kept[i], gts[i], all_samples)
-    words = np.frombuffer(text.encode("ascii"), dtype="<u4").reshape(len(gts), n)
-    ok = (words & _GT_MASK) == _GT_OK
-    if not ok.all():
-        i = int(np.flatnonzero(~ok.all(axis=1))[0])
-        _raise_bad_genotype(path, kept[i], gts[i], all_samples)
-    if not np.array_equal(columns, np.arange(n)):
-        words = np.take(words, columns, axis=1)  # far faster than words[:, columns] here
-    # bytes 0 and 2 of each word are the two alleles; their lowest bit is the allele
-    alleles = words.view(np.uint8).reshape(len(gts), len(columns), 4)[:, :, 0:3:2] & 1
-    return np.ascontiguousarray(alleles).reshape(len(gts), 2 * len(columns))
+    g = decode_genotypes(gts, len(all_samples))
+    if not g.clean:
+        bad = g.problem_rows()
+        if len(bad):
+            i = int(bad[0])
+            _raise_bad_genotype(path, kept[i], gts[i], all_samples)
+    haplotypes = g.alleles.view(np.uint8)
+    if np.array_equal(columns, np.arange(len(all_samples))):
+        return haplotypes
+    # a sample's two alleles as one uint16: np.take is far faster than haplotypes[:, cols] here
+    return np.take(haplotypes.view(np.uint16), columns, axis=1).view(np.uint8)
 
 
 def _raise_bad_genotype(path: str, rec: tuple, gt_line: str, all_samples: list[str]) -> None:
@@ -506,18 +773,3 @@ def _raise_bad_genotype(path: str, rec: tuple, gt_line: str, all_samples: list[s
         if any(x not in ("0", "1") for x in gt.split("|")):
             raise InputError(path, f"genotype {gt!r} for sample {sample} is not 0/1", record=where)
     raise InputError(path, "malformed genotype field", record=where)
-
-
-def write_bgzip_vcf(text: str, out: str | os.PathLike) -> None:
-    """bgzip + tabix-index VCF text; the data file lands first, then its (newer) index."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with scratch_dir(out) as d:
-        plain = Path(d) / "x.vcf"
-        plain.write_text(text)
-        with atomic_path(out, suffix=".vcf.gz") as gz:
-            pysam.tabix_compress(str(plain), str(gz), force=True)
-            pysam.tabix_index(str(gz), preset="vcf", force=True)
-            tbi_tmp = Path(str(gz) + ".tbi")
-            os.replace(tbi_tmp, Path(d) / "x.tbi")
-        os.replace(Path(d) / "x.tbi", str(out) + ".tbi")

@@ -1,8 +1,10 @@
 """Writing VCFs that bcftools, plink2 and GWAS tools accept: streamed, bgzipped, tabix-indexed, atomic.
 
-Records are formatted from numpy arrays through lookup tables of pre-formatted numbers, so that a
-chromosome is written window by window without holding the whole text (or a Python object per
-genotype) in memory.
+The writing half of the VCF layer (``vcf_io`` reads): headers, phased GT records (harmonised
+targets, reference panels for the other tools) and imputed ``GT:DS:GP`` records with INFO AF/R2
+(``format_records``, from haplotype ALT probabilities). Records are formatted from numpy arrays
+through lookup tables of pre-formatted numbers, so that a chromosome is written window by window
+without holding the whole text (or a Python object per genotype) in memory.
 """
 
 from __future__ import annotations
@@ -88,6 +90,21 @@ def bgzip_vcf_writer(out: str | os.PathLike) -> Iterator[Callable[[str], None]]:
                 f.close()
             pysam.tabix_index(str(gz), preset="vcf", force=True)
             os.replace(str(gz) + ".tbi", Path(d) / "x.tbi")
+        os.replace(Path(d) / "x.tbi", str(out) + ".tbi")
+
+
+def write_bgzip_vcf(text: str, out: str | os.PathLike) -> None:
+    """bgzip + tabix-index VCF text; the data file lands first, then its (newer) index."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with scratch_dir(out) as d:
+        plain = Path(d) / "x.vcf"
+        plain.write_text(text)
+        with atomic_path(out, suffix=".vcf.gz") as gz:
+            pysam.tabix_compress(str(plain), str(gz), force=True)
+            pysam.tabix_index(str(gz), preset="vcf", force=True)
+            tbi_tmp = Path(str(gz) + ".tbi")
+            os.replace(tbi_tmp, Path(d) / "x.tbi")
         os.replace(Path(d) / "x.tbi", str(out) + ".tbi")
 
 
@@ -191,8 +208,94 @@ def write_phased_vcf(
             write(join_records(fixed, gt_strings(alleles[a:b], un)))
 
 
+# -- imputed records: GT:DS:GP from haplotype ALT probabilities ------------------------------------
+
+INFO_LINES = [
+    '##INFO=<ID=AF,Number=A,Type=Float,Description="Estimated ALT allele frequency: mean DS / 2 over '
+    'the targets">',
+    '##INFO=<ID=R2,Number=1,Type=Float,Description="Estimated imputation r-squared: variance of the '
+    'haplotype ALT dosages / (AF * (1 - AF)), as Minimac Rsq; 0 where AF is 0 or 1">',
+    '##INFO=<ID=IMP,Number=0,Type=Flag,Description="Imputed: not typed in the target">',
+    '##INFO=<ID=TYPED,Number=0,Type=Flag,Description="Typed in the target (missing calls imputed)">',
+    '##FORMAT=<ID=GT,Number=1,Type=String,Description="Phased best-guess genotype (argmax GP)">',
+    '##FORMAT=<ID=DS,Number=A,Type=Float,Description="ALT dosage: P(ALT) of haplotype 1 + haplotype 2">',
+    '##FORMAT=<ID=GP,Number=G,Type=Float,Description="Genotype probabilities of 0/0, 0/1, 1/1">',
+]
+
+
+def genotype_arrays(p: np.ndarray) -> dict[str, np.ndarray]:
+    """Haplotype ALT probabilities (n_sites, 2n) -> DS, GP, GT alleles, INFO AF and R2.
+
+    ``gt`` is (n_sites, 2n) alleles consistent with GP: argmax GP, a heterozygote phased with ALT on the
+    haplotype with the larger probability (haplotype 1 on ties).
+    """
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    p0, p1 = p[:, 0::2], p[:, 1::2]
+    gp = np.stack([(1 - p0) * (1 - p1), p0 * (1 - p1) + p1 * (1 - p0), p0 * p1], axis=-1)
+    g = gp.argmax(axis=-1)
+    gt = np.empty(p.shape, dtype=np.int8)
+    gt[:, 0::2] = (g == 2) | ((g == 1) & (p0 > p1))
+    gt[:, 1::2] = (g == 2) | ((g == 1) & (p0 <= p1))
+    af = p.mean(axis=1) if p.shape[1] else np.zeros(len(p))
+    var = (p * p).mean(axis=1) - af * af if p.shape[1] else np.zeros(len(p))
+    denom = af * (1 - af)
+    ok = denom > 1e-12
+    r2 = np.zeros(len(p))
+    r2[ok] = np.clip(var[ok] / denom[ok], 0.0, 1.0)
+    return {"ds": p0 + p1, "gp": gp, "gt": gt, "af": af, "r2": r2}
+
+
+# P(ALT) is rounded to 1/STATS_SCALE before any field is computed from it (ragimpute.ligate: the
+# exact integer sums merged batches recompute INFO from)
+STATS_SCALE = 65535
+
+
+def format_records(
+    chrom: str,
+    sites: pd.DataFrame,
+    p: np.ndarray,
+    typed: np.ndarray,
+    block: int = 1 << 21,
+) -> tuple[bytes, np.ndarray]:
+    """VCF record lines of ``sites`` from haplotype probabilities ``p`` (n_sites, 2n), formatted
+    ``block`` genotypes at a time (memory: ~30 bytes per genotype of a block); also (n_sites, 2) the
+    integer sums of P(ALT) x 65535 and of its square over the haplotypes, from which INFO AF and R2
+    are computed (exactly, so that batches of targets merged later give the same INFO).
+
+    P(ALT) is first rounded to 1/65535 (far below the printed thousandths), the one value every
+    field is computed from."""
+    n = p.shape[1] // 2
+    step = max(1, block // max(n, 1))
+    pos = sites["pos"].to_numpy()
+    ids = sites["id"].to_numpy() if "id" in sites else np.full(len(sites), ".", dtype=object)
+    ref, alt = sites["ref"].to_numpy(), sites["alt"].to_numpy()
+    k = np.rint(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) * STATS_SCALE).astype(np.int64)
+    sums = np.stack([k.sum(axis=1), (k * k).sum(axis=1)], axis=1)
+    out = []
+    for a in range(0, len(sites), step):
+        b = min(a + step, len(sites))
+        g = genotype_arrays(k[a:b] / STATS_SCALE)
+        gt = 2 * g["gt"][:, 0::2] + g["gt"][:, 1::2]
+        # GP printed in thousandths that sum to exactly 1: the heterozygote takes the remainder.
+        g0 = thousandths(g["gp"][..., 0])
+        g2 = thousandths(g["gp"][..., 2])
+        over = np.maximum(g0 + g2 - 1000, 0)
+        take0 = g0 >= g2
+        g0, g2 = g0 - over * take0, g2 - over * ~take0
+        fields = dosage_fields(gt, thousandths(g["ds"], top=2000), g0, 1000 - g0 - g2, g2)
+        info = info_strings(sums[a:b, 0], sums[a:b, 1], 2 * n, typed[a:b])
+        for i in range(b - a):
+            j = a + i
+            out.append(
+                f"{chrom}\t{pos[j]}\t{ids[j] or '.'}\t{ref[j]}\t{alt[j]}\t.\tPASS\t"
+                f"{info[i]}\tGT:DS:GP\t".encode()
+            )
+            out.append(fields[i] + b"\n")
+    return b"".join(out), sums
+
+
 def info_strings(
-    p_sum: np.ndarray, p_sq: np.ndarray, n_hap: int, typed: np.ndarray, scale: int = 65535
+    p_sum: np.ndarray, p_sq: np.ndarray, n_hap: int, typed: np.ndarray, scale: int = STATS_SCALE
 ) -> list[str]:
     """INFO of imputed records from exact integer sums over the target haplotypes of P(ALT) x scale
     (``p_sum``) and its square (``p_sq``): AF = mean P(ALT); R2 = variance of the haplotype dosages /

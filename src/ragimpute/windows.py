@@ -8,11 +8,16 @@ Artifacts (one directory per chromosome):
 - ``haplotypes/<split>.parquet``: one row per (window, sample, hap) with ``alleles`` (list of 0/1),
   one Parquet row group per window so that a window is read without the rest;
 - ``skipped.tsv``: records skipped per reason (multi-allelic, non-SNV, ...).
+
+The stage streams the panel (``write_windows``): a window's haplotypes are written as soon as its
+last site has been read, so that its memory is a window and a block of records, not a chromosome.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +44,7 @@ from .errors import ArtifactError, InputError
 from .genmap import GeneticMap, read_genetic_map, site_cm
 from .logs import log
 from .split import SPLITS
-from .vcf_io import Panel
+from .vcf_io import Panel, PanelStream, Site
 
 FORMAT_VERSION = 2  # 2: the cm column
 
@@ -49,12 +54,7 @@ def window_bounds(n_sites: int, length: int, overlap: int) -> np.ndarray:
 
     The last window may be shorter than ``length`` (the model pads it and masks the padding).
     """
-    if length < 1 or not 0 <= overlap < length:
-        raise InputError(
-            "windows",
-            f"need length >= 1 and 0 <= overlap < length, got length {length}, overlap {overlap}",
-            "Fix windows.length / windows.overlap in the config (--length / --overlap)",
-        )
+    check_window_params(length, overlap)
     if n_sites < 1:
         raise ValueError("no sites to window")
     stride = length - overlap
@@ -63,6 +63,15 @@ def window_bounds(n_sites: int, length: int, overlap: int) -> np.ndarray:
         starts.append(starts[-1] + stride)
     starts = np.asarray(starts, dtype=np.int64)
     return np.stack([starts, np.minimum(starts + length, n_sites)], axis=1)
+
+
+def check_window_params(length: int, overlap: int) -> None:
+    if length < 1 or not 0 <= overlap < length:
+        raise InputError(
+            "windows",
+            f"need length >= 1 and 0 <= overlap < length, got length {length}, overlap {overlap}",
+            "Fix windows.length / windows.overlap in the config (--length / --overlap)",
+        )
 
 
 def owner_windows(bounds: np.ndarray, n_sites: int) -> np.ndarray:
@@ -86,13 +95,32 @@ def site_list_hash(sites: pd.DataFrame) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def hap_columns(panel: Panel, samples: list[str]) -> np.ndarray:
-    pos = {s: i for i, s in enumerate(panel.samples)}
+def hap_columns(panel_samples: list[str], samples: list[str]) -> np.ndarray:
+    """Haplotype columns (``2 * j + phase``) of ``samples`` among a panel's ``panel_samples``."""
+    pos = {s: i for i, s in enumerate(panel_samples)}
     cols = np.empty(2 * len(samples), dtype=np.int64)
     for j, s in enumerate(samples):
         cols[2 * j] = 2 * pos[s]
         cols[2 * j + 1] = 2 * pos[s] + 1
     return cols
+
+
+class PanelBlocks:
+    """A panel already in memory as ``PanelStream`` gives one: blocks of (sites, haplotypes)."""
+
+    def __init__(self, panel: Panel, block: int = 2048):
+        self.path, self.chrom, self.samples = panel.path, panel.chrom, panel.samples
+        self.skipped = panel.skipped
+        self._panel, self._block = panel, block
+
+    def __iter__(self) -> Iterator[tuple[list[Site], np.ndarray]]:
+        rows = self._panel.sites[["chrom", "pos", "id", "ref", "alt"]]
+        for a in range(0, self._panel.n_sites, self._block):
+            b = min(a + self._block, self._panel.n_sites)
+            yield (
+                list(rows.iloc[a:b].itertuples(index=False, name=None)),
+                self._panel.haplotypes[a:b],
+            )
 
 
 def build_windows(
@@ -103,37 +131,78 @@ def build_windows(
     out_dir: str | os.PathLike,
     genetic_map: GeneticMap | None = None,
 ) -> dict:
-    """Write sites, windows and per-split haplotype tables for one chromosome."""
+    """Write sites, windows and per-split haplotype tables for one chromosome held in memory (the
+    window stage streams it instead: ``write_windows``, which this calls)."""
+    return write_windows(PanelBlocks(panel), split, length, overlap, out_dir, genetic_map)
+
+
+def write_windows(
+    panel: PanelStream | PanelBlocks,
+    split: dict[str, list[str]],
+    length: int,
+    overlap: int,
+    out_dir: str | os.PathLike,
+    genetic_map: GeneticMap | None = None,
+) -> dict:
+    """Write sites, windows and per-split haplotype tables for one chromosome, read block by block:
+    each window's haplotypes go out as soon as its last site has been read, so that memory holds
+    one window (and a block being read) of haplotypes, plus a few numbers per site for
+    ``sites.parquet``, whatever the length of the chromosome.
+
+    Nothing is replaced unless the whole panel was read: the tables are written to temporary files
+    until then. Their schema metadata (the site list hash, the number of windows) is known only at
+    the end; it is then written into their footers (``WindowedWriter``).
+    """
+    check_window_params(length, overlap)
     out = Path(out_dir)
-    n = panel.n_sites
-    bounds = window_bounds(n, length, overlap)
-    owner = owner_windows(bounds, n)
+    cols = {name: hap_columns(panel.samples, split[name]) for name in SPLITS}
+    sites = _SiteColumns(cols["train"])
+    cutter = _WindowCutter(length, overlap)
+    with contextlib.ExitStack() as stack:
+        writers = {
+            name: stack.enter_context(
+                windowed_writer(out / "haplotypes" / f"{name}.parquet", "alleles", split[name])
+            )
+            for name in SPLITS
+        }
 
-    # np.take here and below: fancy indexing along axis 1 is several times slower on large panels.
-    ref_cols = hap_columns(panel, split["train"])
-    ac = np.take(panel.haplotypes, ref_cols, axis=1).sum(axis=1, dtype=np.int64)
-    an = len(ref_cols)
-    af = ac / an
-    sites = panel.sites.copy()
-    sites["site"] = np.arange(n, dtype=np.int64)
-    sites["window"] = owner
-    sites["ac"] = ac
-    sites["an"] = an
-    sites["af"] = af
-    sites["maf"] = np.minimum(af, 1 - af)
-    sites["cm"] = site_cm(sites["pos"].to_numpy(), genetic_map)
-    slh = site_list_hash(sites)
-    meta = {"format_version": FORMAT_VERSION, "site_list_hash": slh, "chrom": panel.chrom}
-    write_parquet(out / "sites.parquet", pa.Table.from_pandas(sites, preserve_index=False), meta)
+        def write(windows: Iterator[np.ndarray]) -> None:
+            # transposed window by window: small blocks stay in cache, a whole-chromosome .T does not
+            for haplotypes in windows:
+                for name, writer in writers.items():
+                    writer.write(np.take(haplotypes, cols[name], axis=1).T)
 
+        for block_sites, haplotypes in panel:
+            sites.add(block_sites, haplotypes)
+            write(cutter.add(haplotypes))
+        write(cutter.finish())
+        bounds = np.asarray(cutter.bounds, dtype=np.int64)
+        table, meta = _write_sites(sites, bounds, panel.chrom, out, genetic_map)
+        for name, writer in writers.items():
+            writer.metadata = {**meta, "split": name, "n_windows": len(bounds)}
+    return _summary(panel, out, meta, len(table), bounds, split, length, overlap, genetic_map)
+
+
+def _write_sites(
+    sites: _SiteColumns,
+    bounds: np.ndarray,
+    chrom: str,
+    out: Path,
+    genetic_map: GeneticMap | None,
+) -> tuple[pd.DataFrame, dict]:
+    """``sites.parquet`` and ``windows.parquet``; returns the sites and the tables' metadata."""
+    table = sites.table(owner_windows(bounds, sites.n), genetic_map)
+    meta = {"format_version": FORMAT_VERSION, "site_list_hash": sites.hash(), "chrom": chrom}
+    write_parquet(out / "sites.parquet", pa.Table.from_pandas(table, preserve_index=False), meta)
+    pos = table["pos"].to_numpy()
     windows = pd.DataFrame(
         {
             "window": np.arange(len(bounds), dtype=np.int32),
-            "chrom": panel.chrom,
+            "chrom": chrom,
             "first_site": bounds[:, 0],
             "last_site": bounds[:, 1] - 1,
-            "first_pos": sites["pos"].to_numpy()[bounds[:, 0]],
-            "last_pos": sites["pos"].to_numpy()[bounds[:, 1] - 1],
+            "first_pos": pos[bounds[:, 0]],
+            "last_pos": pos[bounds[:, 1] - 1],
             "n_sites": bounds[:, 1] - bounds[:, 0],
             "overlap": np.r_[0, np.maximum(bounds[:-1, 1] - bounds[1:, 0], 0)],
         }
@@ -141,19 +210,21 @@ def build_windows(
     write_parquet(
         out / "windows.parquet", pa.Table.from_pandas(windows, preserve_index=False), meta
     )
+    return table, meta
 
-    for name in SPLITS:
-        cols = hap_columns(panel, split[name])
-        # transposed window by window: small blocks stay in cache, a whole-chromosome .T does not
-        blocks = (np.take(panel.haplotypes[a:b], cols, axis=1).T for a, b in bounds)
-        write_windowed(
-            out / "haplotypes" / f"{name}.parquet",
-            blocks,
-            "alleles",
-            split[name],
-            {**meta, "split": name, "n_windows": len(bounds)},
-        )
 
+def _summary(
+    panel: PanelStream | PanelBlocks,
+    out: Path,
+    meta: dict,
+    n: int,
+    bounds: np.ndarray,
+    split: dict[str, list[str]],
+    length: int,
+    overlap: int,
+    genetic_map: GeneticMap | None,
+) -> dict:
+    """``skipped.tsv`` and ``windows.json`` (returned), and the log line."""
     skipped = pd.DataFrame({"reason": list(panel.skipped), "records": list(panel.skipped.values())})
     write_tsv(out / "skipped.tsv", skipped)
     summary = {
@@ -182,6 +253,102 @@ def build_windows(
     return summary
 
 
+class _SiteColumns:
+    """What ``sites.parquet`` holds of each site as the blocks go by: the five VCF columns, the train
+    split's ALT count (``ref_cols``) and the site list hash (``site_list_hash``, fed line by line).
+    A few pointers and numbers per site, no genotype."""
+
+    def __init__(self, ref_cols: np.ndarray):
+        self.ref_cols = ref_cols
+        self.columns: dict[str, list] = {c: [] for c in ("chrom", "id", "ref", "alt")}
+        self.pos: list[np.ndarray] = []
+        self.ac: list[np.ndarray] = []
+        self._names: dict[str, str] = {}  # one string object per chromosome name
+        self._hash = hashlib.sha256()
+        self.n = 0
+
+    def add(self, sites: list[Site], haplotypes: np.ndarray) -> None:
+        chrom = [self._names.setdefault(s[0], s[0]) for s in sites]
+        self.columns["chrom"] += chrom
+        for i, c in ((2, "id"), (3, "ref"), (4, "alt")):
+            self.columns[c] += [s[i] for s in sites]
+        self.pos.append(np.fromiter((s[1] for s in sites), dtype=np.int64, count=len(sites)))
+        # np.take: fancy indexing along axis 1 is several times slower on large panels
+        ac = np.take(haplotypes, self.ref_cols, axis=1).sum(axis=1, dtype=np.int64)
+        self.ac.append(ac)
+        self._hash.update("".join(f"{s[0]}\t{s[1]}\t{s[3]}\t{s[4]}\n" for s in sites).encode())
+        self.n += len(sites)
+
+    def hash(self) -> str:
+        """``site_list_hash`` of the sites added."""
+        return self._hash.hexdigest()[:16]
+
+    def table(self, owner: np.ndarray, genetic_map: GeneticMap | None) -> pd.DataFrame:
+        """The ``sites.parquet`` table: the VCF columns, site index, owner window, reference
+        AC/AN/AF/MAF of the train split and cM."""
+        concat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
+        sites = pd.DataFrame(
+            {
+                "chrom": self.columns["chrom"],
+                "pos": concat(self.pos),
+                **{c: self.columns[c] for c in ("id", "ref", "alt")},
+            }
+        )
+        ac = concat(self.ac)
+        an = len(self.ref_cols)
+        af = ac / an
+        sites["site"] = np.arange(self.n, dtype=np.int64)
+        sites["window"] = owner
+        sites["ac"] = ac
+        sites["an"] = an
+        sites["af"] = af
+        sites["maf"] = np.minimum(af, 1 - af)
+        sites["cm"] = site_cm(sites["pos"].to_numpy(), genetic_map)
+        return sites
+
+
+class _WindowCutter:
+    """``window_bounds``, as the sites arrive in blocks: windows of ``length`` consecutive sites,
+    each starting ``length - overlap`` after the previous one, the last cut at the end. A window is
+    given out (its haplotypes) as soon as its last site has arrived, and the sites before the next
+    window's start are dropped; the last (shorter) window waits for ``finish``. ``bounds`` collects
+    the ``[start, stop)`` of the windows given out."""
+
+    def __init__(self, length: int, overlap: int):
+        check_window_params(length, overlap)
+        self.length, self.stride = length, length - overlap
+        self.bounds: list[tuple[int, int]] = []
+        self.next_start = 0  # first site of the next window
+        self.held: np.ndarray | None = None  # haplotypes of the sites from ``held_start`` on
+        self.held_start = 0
+        self.n = 0  # sites so far
+
+    def add(self, haplotypes: np.ndarray) -> Iterator[np.ndarray]:
+        """Take a block of sites' haplotypes; yield the windows it completes."""
+        if self.held is None or not len(self.held):
+            self.held = haplotypes
+        else:
+            self.held = np.concatenate([self.held, haplotypes])
+        self.n += len(haplotypes)
+        while self.next_start + self.length <= self.n:
+            yield self._window(self.next_start, self.next_start + self.length)
+            self.next_start += self.stride
+        # drop what no later window needs (a view: the memory goes with the next concatenate)
+        self.held = self.held[min(self.next_start, self.n) - self.held_start :]
+        self.held_start = min(self.next_start, self.n)
+
+    def finish(self) -> Iterator[np.ndarray]:
+        """After the last block: the window that ends at the last site, unless one just did."""
+        if self.n < 1:
+            raise ValueError("no sites to window")
+        if not self.bounds or self.bounds[-1][0] + self.length < self.n:
+            yield self._window(self.next_start, self.n)
+
+    def _window(self, a: int, b: int) -> np.ndarray:
+        self.bounds.append((a, b))
+        return self.held[a - self.held_start : b - self.held_start]
+
+
 # -- windowed tables: shared by haplotypes (``alleles``) and tokens (``tokens``) -------------------
 
 
@@ -199,38 +366,104 @@ def write_windowed(
     ``extra_columns`` are constant string columns (the mask hash on token tables): redundant with the
     schema metadata, but visible to anyone who opens the table in pandas or duckdb.
     """
-    n_rows = 2 * len(samples)
-    sample_col = pa.array(
-        np.repeat(np.asarray(samples, dtype=object), 2), pa.string()
-    ).dictionary_encode()
-    hap_col = pa.array(np.tile(np.array([0, 1], dtype=np.int8), len(samples)))
-    schema = pa.schema(
-        [
-            ("window", pa.int32()),
-            ("sample", sample_col.type),
-            ("hap", pa.int8()),
-            (column, pa.list_(pa.from_numpy_dtype(value_type))),
-        ]
-        + [(k, pa.string()) for k in (extra_columns or {})]
-    ).with_metadata({k: str(v) for k, v in metadata.items()})
+    with windowed_writer(path, column, samples, metadata, extra_columns, value_type) as writer:
+        for block in blocks:
+            writer.write(block)
+
+
+@contextlib.contextmanager
+def windowed_writer(
+    path: str | os.PathLike,
+    column: str,
+    samples: list[str],
+    metadata: dict | None = None,
+    extra_columns: dict[str, str] | None = None,
+    value_type: type = np.uint8,
+) -> Iterator[WindowedWriter]:
+    """A WindowedWriter for ``path``; the table appears there when the block ends without an error.
+
+    Its ``metadata`` (the schema metadata) may be changed until then: what it holds at the end is
+    written into the footer (``_set_footer_schema``), so that a table streamed before its metadata
+    was known is byte for byte the table written with that metadata from the start.
+    """
+    writer = WindowedWriter(column, samples, metadata, extra_columns, value_type)
     with atomic_path(path, suffix=".parquet") as tmp:
-        with pq.ParquetWriter(tmp, schema, **PARQUET_WRITE) as writer:
-            for w, block in enumerate(blocks):
-                if block.shape[0] != n_rows:
-                    raise ValueError(f"window {w}: {block.shape[0]} rows, expected {n_rows}")
-                length = block.shape[1]
-                offsets = pa.array(np.arange(n_rows + 1, dtype=np.int32) * length)
-                values = pa.ListArray.from_arrays(
-                    offsets, pa.array(np.ascontiguousarray(block).ravel())
-                )
-                arrays = [pa.array(np.full(n_rows, w, dtype=np.int32)), sample_col, hap_col, values]
-                arrays += [
-                    pa.array([v] * n_rows, pa.string()) for v in (extra_columns or {}).values()
-                ]
-                # an empty split (no sample) still gets one (empty) row group per window
-                writer.write_table(
-                    pa.Table.from_arrays(arrays, schema=schema), row_group_size=max(n_rows, 1)
-                )
+        started = writer.schema()
+        with pq.ParquetWriter(tmp, started, **PARQUET_WRITE) as parquet:
+            writer.parquet = parquet
+            yield writer
+        if writer.schema().metadata != started.metadata:
+            _set_footer_schema(tmp, writer.schema())
+
+
+class WindowedWriter:
+    """Writes the rows of a windowed table (``write_windowed``) one window, a row group, at a time."""
+
+    def __init__(
+        self,
+        column: str,
+        samples: list[str],
+        metadata: dict | None = None,
+        extra_columns: dict[str, str] | None = None,
+        value_type: type = np.uint8,
+    ):
+        self.metadata = dict(metadata or {})
+        self.n_rows = 2 * len(samples)
+        self.extra_columns = extra_columns or {}
+        self.sample_col = pa.array(
+            np.repeat(np.asarray(samples, dtype=object), 2), pa.string()
+        ).dictionary_encode()
+        self.hap_col = pa.array(np.tile(np.array([0, 1], dtype=np.int8), len(samples)))
+        self.fields = pa.schema(
+            [
+                ("window", pa.int32()),
+                ("sample", self.sample_col.type),
+                ("hap", pa.int8()),
+                (column, pa.list_(pa.from_numpy_dtype(value_type))),
+            ]
+            + [(k, pa.string()) for k in self.extra_columns]
+        )
+        self.parquet: pq.ParquetWriter | None = None
+        self.n_windows = 0
+
+    def schema(self) -> pa.Schema:
+        return self.fields.with_metadata({k: str(v) for k, v in self.metadata.items()})
+
+    def write(self, block: np.ndarray) -> None:
+        """The next window: (2 * samples, window length) values."""
+        w, n_rows = self.n_windows, self.n_rows
+        if block.shape[0] != n_rows:
+            raise ValueError(f"window {w}: {block.shape[0]} rows, expected {n_rows}")
+        length = block.shape[1]
+        offsets = pa.array(np.arange(n_rows + 1, dtype=np.int32) * length)
+        values = pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(block).ravel()))
+        arrays = [pa.array(np.full(n_rows, w, dtype=np.int32)), self.sample_col, self.hap_col]
+        arrays += [values] + [
+            pa.array([v] * n_rows, pa.string()) for v in self.extra_columns.values()
+        ]
+        # an empty split (no sample) still gets one (empty) row group per window
+        self.parquet.write_table(
+            pa.Table.from_arrays(arrays, schema=self.parquet.schema), row_group_size=max(n_rows, 1)
+        )
+        self.n_windows += 1
+
+
+def _set_footer_schema(path: Path, schema: pa.Schema) -> None:
+    """Give the Parquet file at ``path`` (written by a ParquetWriter with ``PARQUET_WRITE``, with the
+    same fields) the schema ``schema`` and its metadata: its footer is replaced by the one pyarrow
+    writes for ``schema`` and the same row groups, and the data pages stay as they are."""
+    empty = io.BytesIO()
+    pq.ParquetWriter(empty, schema, **PARQUET_WRITE).close()
+    footer = pq.read_metadata(io.BytesIO(empty.getvalue()))
+    footer.append_row_groups(pq.read_metadata(path))
+    new = io.BytesIO()
+    footer.write_metadata_file(new)  # magic, footer, its length, magic
+    with open(path, "r+b") as f:
+        f.seek(-8, os.SEEK_END)
+        old_length = int.from_bytes(f.read(4), "little")
+        f.seek(-8 - old_length, os.SEEK_END)
+        f.write(new.getvalue()[4:])
+        f.truncate()
 
 
 @dataclass
@@ -323,18 +556,20 @@ def run_window_stage(
     genetic_map: str | os.PathLike | None = None,
     region: tuple[int, int] | None = None,
 ) -> dict:
-    """The window stage of a chromosome, or of one chunk of it (``region``: first, last bp)."""
+    """The window stage of a chromosome, or of one chunk of it (``region``: first, last bp): the
+    panel is streamed (``write_windows``), so that memory does not grow with its length."""
     from .split import load_split
-    from .vcf_io import read_panel, vcf_samples
+    from .vcf_io import vcf_samples
 
+    check_window_params(length, overlap)
     split = load_split(split_tsv)
-    # Ask for the samples in file order: build_windows picks each split's columns anyway, and
-    # read_panel then has no columns to shuffle.
+    # Ask for the samples in file order: write_windows picks each split's columns anyway, and
+    # the reader then has no columns to shuffle.
     order = {s: i for i, s in enumerate(vcf_samples(panel_vcf))}
     samples = sorted((s for name in SPLITS for s in split[name]), key=lambda s: order.get(s, -1))
-    panel = read_panel(panel_vcf, chrom, samples=samples, pass_only=pass_only, region=region)
+    panel = PanelStream(panel_vcf, chrom, samples=samples, pass_only=pass_only, region=region)
     gmap = read_genetic_map(genetic_map, chrom) if genetic_map else None
-    return build_windows(panel, split, length, overlap, out_dir, gmap)
+    return write_windows(panel, split, length, overlap, out_dir, gmap)
 
 
 def sites_with_hash(windows_dir: str | os.PathLike) -> tuple[pd.DataFrame, str]:
