@@ -13,7 +13,7 @@ from impute_data import CHROM, imputed_records, shared_env
 from ragimpute.engine import EngineParams
 from ragimpute.errors import ArtifactError, MaskMismatchError
 from ragimpute.impute import impute_target
-from ragimpute.states import build_states, load_states
+from ragimpute.states import build_states, load_chunk, load_states, stale_reason
 from ragimpute.windows import run_window_stage
 
 
@@ -72,3 +72,38 @@ def test_state_index_refuses_another_mask_and_other_settings(env, tmp_path):
     with pytest.raises(ArtifactError, match="checksum"):
         load_states(out, env.train_hash, params)
     assert json.loads(meta_path.read_text())["mask_hash"] == env.train_hash
+
+
+def test_stale_or_corrupted_reference_bits_are_rebuilt_or_refused(env, tmp_path):
+    """Outside Snakemake the state index is rebuilt when a file is missing or it was built on
+    another reference; its reference bits are verified against their checksum when read."""
+    out = tmp_path / "states"
+    params = EngineParams()
+    assert stale_reason(out, env.windows, ["train"], params) == "none built yet"
+    meta = build_states(env.windows, env.store, env.train_hash, ["train"], out, params)
+    assert stale_reason(out, env.windows, ["train"], params) is None
+    assert "reference" in stale_reason(out, env.windows, ["train", "val"], params)
+    assert "span_steps" in stale_reason(out, env.windows, ["train"], EngineParams(span_steps=3))
+    bits = out / "reference.npy"
+    data = bytearray(bits.read_bytes())
+    data[-1] ^= 0xFF
+    bits.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="reference.npy does not match its checksum"):
+        load_chunk(out, env.windows, np.arange(meta["n_typed"]))
+    bits.unlink()
+    assert stale_reason(out, env.windows, ["train"], params) == "reference.npy missing"
+    with pytest.raises(ArtifactError, match="reference.npy missing"):
+        load_chunk(out, env.windows, np.arange(meta["n_typed"]))
+
+
+def test_impute_rebuilds_a_state_index_with_a_missing_file(env, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(env.results, results)
+    first = copying(env, results, tmp_path / "a.vcf.gz")
+    (bits,) = (results / "states").rglob("reference.npy")
+    bits.unlink()
+    second = copying(env, results, tmp_path / "b.vcf.gz")
+    assert bits.exists()
+    a, b = imputed_records(tmp_path / "a.vcf.gz"), imputed_records(tmp_path / "b.vcf.gz")
+    np.testing.assert_array_equal(a["ds"], b["ds"])
+    assert first["engine"]["states"] == second["engine"]["states"]

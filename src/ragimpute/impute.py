@@ -39,7 +39,7 @@ from .masks import Mask, load_mask_for
 from .methods import EXTERNAL_METHODS
 from .predictors import Predictor, PriorPredictor, WindowBatch
 from .prior import PriorStore, run_engine
-from .states import INDEX_SETTINGS, build_states, load_chunk, load_states
+from .states import build_states, load_chunk, load_states, stale_reason
 from .targets import AlignedTarget, read_target
 from .tokens import MASK, tokenize_block
 from .vcf_write import INFO_LINES, bgzip_vcf_writer, contig_lengths, format_records, header_lines
@@ -167,7 +167,7 @@ def impute(
         )
     prov = _provenance(job, provenance, engine_report)
     job.method = prov["method"]
-    filled, seconds = _write_vcf(job, out_vcf, contig_length, prov)
+    filled, seconds = _write_vcf(job, out_vcf, contig_length, prov, threads)
     if stats_out:
         pos = np.concatenate([p for p, _ in job.stats]) if job.stats else np.zeros(0, np.int64)
         sums = np.concatenate([x for _, x in job.stats]) if job.stats else np.zeros((0, 2))
@@ -276,13 +276,13 @@ def _meta_lines(prov: dict) -> list[str]:
 
 
 def _write_vcf(
-    job: _Job, out_vcf: str | os.PathLike, contig_length: int | None, prov: dict
+    job: _Job, out_vcf: str | os.PathLike, contig_length: int | None, prov: dict, threads: int
 ) -> tuple[int, float]:
     """The header, then window by window the records of the sites each owns, in position order.
     Returns the number of missing target alleles imputed at typed sites, and the seconds taken."""
     progress = Progress(len(job.windows), f"impute {job.method}", "windows")
     filled = 0
-    with contextlib.ExitStack() as cleanup, bgzip_vcf_writer(out_vcf) as write:
+    with contextlib.ExitStack() as cleanup, bgzip_vcf_writer(out_vcf, threads) as write:
         if job.prior is not None:
             cleanup.callback(job.prior.close)
         write(header_lines(job.chrom, contig_length, job.target.samples, _meta_lines(prov)))
@@ -553,11 +553,9 @@ def impute_target(
     states_dir = Path(layout.states(chrom, h))
     params = engine_params(engine)
     if method in ("copying", "model"):
-        meta = read_json(states_dir / "meta.json") if (states_dir / "meta.json").exists() else {}
-        fresh = meta.get("splits") == list(reference_splits) and all(
-            meta.get(key) == getattr(params, key) for key in INDEX_SETTINGS
-        )
-        if not fresh:
+        stale = stale_reason(states_dir, windows, list(reference_splits), params)
+        if stale:
+            log.info("building the state index %s (%s)", states_dir, stale)
             build_states(windows, store, h, list(reference_splits), states_dir, params)
     return run_impute_stage(
         method,

@@ -13,7 +13,7 @@ haplotype ``2*i + p`` is phase ``p`` of ``meta["samples"][i]``.
 The reference is the imputation reference (``meta["splits"]``: the train split for the demo's
 held-out targets, the whole panel for your own targets). Loading checks the mask hash (queries typed
 under another mask are refused, as by the window index), the engine settings it was built with, and
-the checksum of ``steps.parquet``.
+the checksums of ``steps.parquet`` and ``reference.npy``.
 """
 
 from __future__ import annotations
@@ -129,6 +129,39 @@ def build_states(
     return meta
 
 
+def stale_reason(
+    states_dir: str | os.PathLike,
+    windows_dir: str | os.PathLike,
+    splits: list[str],
+    params: EngineParams,
+) -> str | None:
+    """Why the state index in ``states_dir`` cannot serve ``splits`` of these windows with these
+    settings (None: it can). Outside Snakemake, which tracks the inputs itself, this decides a
+    rebuild."""
+    d = Path(states_dir)
+    if not (d / "meta.json").exists():
+        return "none built yet"
+    try:
+        meta = read_artifact_json(d / "meta.json", "states")
+    except ArtifactError as e:
+        return str(e)
+    missing = [f for f in ("steps.parquet", "reference.npy") if not (d / f).exists()]
+    if missing:
+        return f"{' and '.join(missing)} missing"
+    if (meta.get("format_version"), meta.get("engine_version")) != (FORMAT_VERSION, ENGINE_VERSION):
+        return "built by another version"
+    if meta.get("splits") != list(splits):
+        return f"built on the {'+'.join(meta.get('splits') or [])} reference"
+    for k in INDEX_SETTINGS:
+        if meta.get(k) != getattr(params, k):
+            return f"built with engine.{k} = {meta.get(k)}"
+    if meta.get("site_list_hash") != sites_with_hash(windows_dir)[1]:
+        return "built on another site list"
+    if meta.get("samples") != [s for t in reference_tables(windows_dir, splits) for s in t.samples]:
+        return "built on other reference samples"
+    return None
+
+
 def load_states(
     states_dir: str | os.PathLike, mask_hash: str, params: EngineParams
 ) -> tuple[StateIndex, dict]:
@@ -178,8 +211,12 @@ def load_chunk(
             f"state index {states_dir} was built on site list {meta['site_list_hash']}, the windows "
             f"are {slh}. {rebuild_hint('states')}"
         )
-    with reading(Path(states_dir) / "reference.npy", "states"):
-        packed = np.load(Path(states_dir) / "reference.npy")
+    path = Path(states_dir) / "reference.npy"
+    if not path.exists() or file_sha256(path) != meta["sha256"]["reference.npy"]:
+        state = "missing" if not path.exists() else "does not match its checksum in meta.json"
+        raise ArtifactError(f"{path} {state}. {rebuild_hint('states')}")
+    with reading(path, "states"):
+        packed = np.load(path)
     typed_site = np.asarray(typed_site, dtype=np.int64)
     return reference_chunk(packed, meta["n_haplotypes"], typed_site, sites)
 

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pysam
-from pysam.libcbgzf import BGZFile
+from numba import njit, prange
 
 from . import __version__
 from .atomic import atomic_path, scratch_dir
+from .bgzf import BgzfWriter
 
 # Phased genotype strings by 2 * allele0 + allele1; missing alleles are handled by ``gt_strings``.
 PHASED_GT = np.array(["0|0", "0|1", "1|0", "1|1"], dtype=object)
@@ -31,14 +32,51 @@ _THOUSANDTHS = np.array(
 )
 
 
-# The same numbers as bytes, right-padded with NUL (dropped when a record is assembled).
-_NUMBER_WIDTH = 5
-_THOUSANDTHS_BYTES = np.zeros((2001, _NUMBER_WIDTH), dtype=np.uint8)
+# The same numbers as bytes (right-padded with NUL) and their lengths, for the record formatter.
+_THOUSANDTHS_BYTES = np.zeros((2001, 5), dtype=np.uint8)
+_THOUSANDTHS_LEN = np.array([len(t) for t in _THOUSANDTHS], dtype=np.int64)
 for _i, _text in enumerate(_THOUSANDTHS):
     _THOUSANDTHS_BYTES[_i, : len(_text)] = np.frombuffer(_text.encode(), np.uint8)
 _PHASED_GT_BYTES = np.array([np.frombuffer(g.encode(), np.uint8) for g in PHASED_GT])
-# GT:DS:GP per sample: "g|g" ":" DS ":" GP0 "," GP1 "," GP2 TAB, each number at most 5 characters
-_FIELD_WIDTH = 3 + 1 + 4 * (_NUMBER_WIDTH + 1)
+
+
+@njit(cache=True)
+def _put(buf, at, number, table, lengths):
+    for c in range(lengths[number]):
+        buf[at + c] = table[number, c]
+    return at + lengths[number]
+
+
+@njit(parallel=True, cache=True)
+def _dosage_text(gt_code, ds, gp0, gp1, gp2, table, lengths, gt_bytes):
+    """One byte buffer of every record's sample columns, each record's ending in a newline; and
+    the end offset of each record in it."""
+    n_sites, n = gt_code.shape
+    size = np.zeros(n_sites, np.int64)
+    for i in prange(n_sites):
+        t = 0
+        for j in range(n):
+            t += 8 + lengths[ds[i, j]] + lengths[gp0[i, j]]
+            t += lengths[gp1[i, j]] + lengths[gp2[i, j]]
+        size[i] = t
+    ends = np.cumsum(size)
+    buf = np.empty(ends[-1] if n_sites else 0, np.uint8)
+    for i in prange(n_sites):
+        at = ends[i] - size[i]
+        for j in range(n):
+            for c in range(3):
+                buf[at + c] = gt_bytes[gt_code[i, j], c]
+            buf[at + 3] = 58  # ":"
+            at = _put(buf, at + 4, ds[i, j], table, lengths)
+            buf[at] = 58
+            at = _put(buf, at + 1, gp0[i, j], table, lengths)
+            buf[at] = 44  # ","
+            at = _put(buf, at + 1, gp1[i, j], table, lengths)
+            buf[at] = 44
+            at = _put(buf, at + 1, gp2[i, j], table, lengths)
+            buf[at] = 9 if j < n - 1 else 10  # tab, newline after the last sample
+            at += 1
+    return buf, ends
 
 
 def dosage_fields(
@@ -47,34 +85,25 @@ def dosage_fields(
     """Per-record ``GT:DS:GP`` sample columns (tab-separated bytes, no line end) from (sites, samples)
     arrays: GT code 2 * allele0 + allele1, DS in thousandths (0-2000), GP in thousandths (0-1000).
 
-    Built as one byte array from lookup tables (numbers printed as ``number_strings`` prints them):
-    no Python object per genotype.
+    Written by a compiled kernel from lookup tables (numbers printed as ``number_strings`` prints
+    them): no Python object per genotype.
     """
     n_sites, n = gt_code.shape
     if n == 0:
         return [b""] * n_sites
-    w = _NUMBER_WIDTH
-    b = np.zeros((n_sites, n, _FIELD_WIDTH), dtype=np.uint8)
-    b[..., 0:3] = _PHASED_GT_BYTES[gt_code]
-    b[..., 3] = ord(":")
-    b[..., 4 : 4 + w] = _THOUSANDTHS_BYTES[ds]
-    b[..., 4 + w] = ord(":")
-    for j, g in enumerate((gp0, gp1, gp2)):
-        start = 5 + w + j * (w + 1)
-        b[..., start : start + w] = _THOUSANDTHS_BYTES[g]
-        b[..., start + w] = ord(",") if j < 2 else ord("\t")
-    flat = b.reshape(n_sites, -1)
-    keep = flat != 0
-    ends = np.cumsum(keep.sum(axis=1))
-    data = flat[keep].tobytes()
+    arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (gt_code, ds, gp0, gp1, gp2)]
+    buf, ends = _dosage_text(*arrays, _THOUSANDTHS_BYTES, _THOUSANDTHS_LEN, _PHASED_GT_BYTES)
+    data = buf.tobytes()
     starts = np.r_[0, ends[:-1]]
-    return [data[a : e - 1] for a, e in zip(starts, ends, strict=True)]  # without the last tab
+    return [data[a : e - 1] for a, e in zip(starts, ends, strict=True)]  # without the newline
 
 
 @contextlib.contextmanager
-def bgzip_vcf_writer(out: str | os.PathLike) -> Iterator[Callable[[str], None]]:
-    """Yield ``write(text)`` (str or bytes); on success the bgzipped VCF and then its (newer) .tbi
-    appear atomically.
+def bgzip_vcf_writer(
+    out: str | os.PathLike, threads: int = 1
+) -> Iterator[Callable[[str | bytes], None]]:
+    """Yield ``write(text)`` (str or bytes); on success the bgzipped VCF (compressed on ``threads``
+    threads) and then its (newer) .tbi appear atomically.
 
     The caller writes records sorted by position; tabix refuses unsorted input, so a bug there fails
     here instead of producing a file that region queries read wrongly.
@@ -83,7 +112,7 @@ def bgzip_vcf_writer(out: str | os.PathLike) -> Iterator[Callable[[str], None]]:
     out.parent.mkdir(parents=True, exist_ok=True)
     with scratch_dir(out) as d:
         with atomic_path(out, suffix=".vcf.gz") as gz:
-            f = BGZFile(str(gz), "wb")
+            f = BgzfWriter(gz, threads)
             try:
                 yield lambda text: f.write(text if isinstance(text, bytes) else text.encode())
             finally:

@@ -1,0 +1,76 @@
+"""A BGZF writer that compresses blocks on several threads (as ``bgzip -@`` and Beagle's writer do).
+
+BGZF is a series of independent gzip members of at most 64 KiB, each carrying its compressed size
+in a ``BC`` extra field, ended by a fixed empty block (SAM/BAM specification, section 4.1); htslib,
+tabix and bcftools read it. zlib releases the GIL while it compresses, so blocks compressed in a
+thread pool use every core while the caller formats the next records.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO
+
+# uncompressed bytes per block: htslib's BGZF_BLOCK_SIZE (0xff00), so that even a stored
+# (incompressible) block fits the 64 KiB a block may take
+BLOCK = 0xFF00
+EOF_BLOCK = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+
+
+def compress_block(data: bytes, level: int) -> bytes:
+    """One BGZF block holding ``data`` (at most ``BLOCK`` bytes)."""
+    c = zlib.compressobj(level, zlib.DEFLATED, -15)
+    body = c.compress(data) + c.flush()
+    if len(body) + 26 > 0x10000:  # incompressible: stored blocks always fit
+        c = zlib.compressobj(0, zlib.DEFLATED, -15)
+        body = c.compress(data) + c.flush()
+    header = struct.pack("<4BI2BH2BHH", 31, 139, 8, 4, 0, 0, 255, 6, 66, 67, 2, len(body) + 25)
+    return header + body + struct.pack("<II", zlib.crc32(data), len(data))
+
+
+class BgzfWriter:
+    """``write(bytes)`` then ``close()``: a BGZF file compressed on ``threads`` threads, blocks in
+    order; level 6 (zlib's and htslib's default)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1, level: int = 6) -> None:
+        self._f: BinaryIO = open(path, "wb")
+        self._level = level
+        self._pool = ThreadPoolExecutor(max(1, threads)) if threads > 1 else None
+        self._pending: deque[Future] = deque()
+        self._max_pending = 4 * max(1, threads)
+        self._buf = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) >= BLOCK:
+            n = len(self._buf) - len(self._buf) % BLOCK
+            view = bytes(self._buf[:n])
+            del self._buf[:n]
+            for a in range(0, n, BLOCK):
+                self._submit(view[a : a + BLOCK])
+
+    def _submit(self, block: bytes) -> None:
+        if self._pool is None:
+            self._f.write(compress_block(block, self._level))
+            return
+        self._pending.append(self._pool.submit(compress_block, block, self._level))
+        while len(self._pending) > self._max_pending or (self._pending and self._pending[0].done()):
+            self._f.write(self._pending.popleft().result())
+
+    def close(self) -> None:
+        """Write what is buffered and the end-of-file block; the file is complete only after this."""
+        try:
+            if self._buf:
+                self._submit(bytes(self._buf))
+                self._buf.clear()
+            while self._pending:
+                self._f.write(self._pending.popleft().result())
+            self._f.write(EOF_BLOCK)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+            self._f.close()
