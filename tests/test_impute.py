@@ -22,7 +22,7 @@ from ragimpute.cli import main as cli_main
 from ragimpute.errors import InputError
 from ragimpute.impute import PREDICTOR_FACTORIES, impute_target
 from ragimpute.tokens import MASK
-from ragimpute.vcf_write import genotype_arrays
+from ragimpute.vcf_write import STATS_SCALE, genotype_arrays, genotype_codes
 
 HAS_BCFTOOLS = shutil.which("bcftools") is not None
 
@@ -179,6 +179,25 @@ def test_genotype_arrays_against_the_formulas():
         r2 = np.var(p[i]) / (af * (1 - af)) if 0 < af < 1 else 0.0
         assert g["af"][i] == pytest.approx(af)
         assert g["r2"][i] == pytest.approx(r2)
+
+
+def test_compiled_genotype_codes_equal_the_array_formulas():
+    """The record writer's kernel gives the GT, DS and GP of ``genotype_arrays`` in thousandths,
+    ties included (p0 = p1 heterozygotes, GP halfway between two thousandths)."""
+    rng = np.random.default_rng(1)
+    k = rng.integers(0, STATS_SCALE + 1, (400, 12))
+    k[:50] = rng.choice([0, STATS_SCALE // 2, STATS_SCALE // 2 + 1, STATS_SCALE], (50, 12))
+    k[50:60, 1::2] = k[50:60, 0::2]
+    gt, ds, g0, g1, g2 = genotype_codes(k)
+    g = genotype_arrays(k / STATS_SCALE)
+    np.testing.assert_array_equal(gt, 2 * g["gt"][:, 0::2] + g["gt"][:, 1::2])
+    np.testing.assert_array_equal(ds, np.clip(np.rint(g["ds"] * 1000), 0, 2000))
+    t0, t2 = (np.clip(np.rint(g["gp"][..., c] * 1000), 0, 1000) for c in (0, 2))
+    over = np.maximum(t0 + t2 - 1000, 0)
+    np.testing.assert_array_equal(g0, t0 - over * (t0 >= t2))
+    np.testing.assert_array_equal(g2, t2 - over * (t0 < t2))
+    np.testing.assert_array_equal(g0 + g1 + g2, 1000)
+    assert (g1 >= 0).all()
 
 
 # -- stitching ---------------------------------------------------------------------------------------

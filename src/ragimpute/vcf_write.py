@@ -274,6 +274,45 @@ def genotype_arrays(p: np.ndarray) -> dict[str, np.ndarray]:
     return {"ds": p0 + p1, "gp": gp, "gt": gt, "af": af, "r2": r2}
 
 
+def genotype_codes(k: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(n_sites, 2n) P(ALT) x STATS_SCALE (integers) -> (n_sites, n) GT codes (2 * allele0 +
+    allele1), DS in thousandths and GP in thousandths that sum to exactly 1000 (the heterozygote
+    takes the remainder): ``genotype_arrays`` of k / STATS_SCALE, rounded as ``thousandths``, computed
+    by a compiled kernel without the float arrays."""
+    k = np.ascontiguousarray(k, dtype=np.int64)
+    n_sites, n = k.shape[0], k.shape[1] // 2
+    codes = [np.empty((n_sites, n), np.int64) for _ in range(5)]
+    _genotype_codes(k, float(STATS_SCALE), *codes)
+    return tuple(codes)
+
+
+@njit(parallel=True, cache=True)
+def _genotype_codes(k, scale, gt, ds, g0, g1, g2):
+    for i in prange(k.shape[0]):
+        for j in range(gt.shape[1]):
+            p0 = k[i, 2 * j] / scale
+            p1 = k[i, 2 * j + 1] / scale
+            a = (1 - p0) * (1 - p1)
+            h = p0 * (1 - p1) + p1 * (1 - p0)
+            c = p0 * p1
+            best = 0 if a >= h and a >= c else (1 if h >= c else 2)  # first maximum, as argmax
+            if best == 1:
+                gt[i, j] = 2 if p0 > p1 else 1
+            else:
+                gt[i, j] = 3 * (best == 2)
+            ds[i, j] = min(max(np.rint((p0 + p1) * 1000), 0), 2000)
+            t0 = min(max(np.rint(a * 1000), 0), 1000)
+            t2 = min(max(np.rint(c * 1000), 0), 1000)
+            over = max(t0 + t2 - 1000, 0)
+            if t0 >= t2:
+                t0 -= over
+            else:
+                t2 -= over
+            g0[i, j] = t0
+            g1[i, j] = 1000 - t0 - t2
+            g2[i, j] = t2
+
+
 # P(ALT) is rounded to 1/STATS_SCALE before any field is computed from it (ragimpute.ligate: the
 # exact integer sums merged batches recompute INFO from)
 STATS_SCALE = 65535
@@ -303,15 +342,7 @@ def format_records(
     out = []
     for a in range(0, len(sites), step):
         b = min(a + step, len(sites))
-        g = genotype_arrays(k[a:b] / STATS_SCALE)
-        gt = 2 * g["gt"][:, 0::2] + g["gt"][:, 1::2]
-        # GP printed in thousandths that sum to exactly 1: the heterozygote takes the remainder.
-        g0 = thousandths(g["gp"][..., 0])
-        g2 = thousandths(g["gp"][..., 2])
-        over = np.maximum(g0 + g2 - 1000, 0)
-        take0 = g0 >= g2
-        g0, g2 = g0 - over * take0, g2 - over * ~take0
-        fields = dosage_fields(gt, thousandths(g["ds"], top=2000), g0, 1000 - g0 - g2, g2)
+        fields = dosage_fields(*genotype_codes(k[a:b]))
         info = info_strings(sums[a:b, 0], sums[a:b, 1], 2 * n, typed[a:b])
         for i in range(b - a):
             j = a + i
