@@ -258,18 +258,32 @@ def _composite(cand, n_slots, slot_of, stretch_hap):
     return filled
 
 
+@njit(cache=True)
+def _hits(q, stretch_hap, n, step_of, ref_typed):
+    """(M, n) uint8: 1 where state k copies the query's allele at typed site m, 0 where it does not,
+    2 where the query's allele is missing (no emission). Gathered once per haplotype so that the
+    forward and backward passes read a dense row instead of two indirections per state."""
+    M = len(q)
+    hit = np.empty((M, n), np.uint8)
+    for m in range(M):
+        a = q[m]
+        row = stretch_hap[step_of[m]]
+        if a < 0:
+            hit[m, :] = 2
+        else:
+            for k in range(n):
+                hit[m, k] = ref_typed[m, row[k]] == a
+    return hit
+
+
 @njit(cache=True, fastmath=True)
-def _alpha_step(prev, out, m, q, step_of, stretch_hap, ref_typed, n, rho, err):
-    """Forward values at typed site m from those at m - 1 (normalised to sum 1)."""
-    s = step_of[m]
-    a = q[m]
-    stay = 1.0 - rho[m]
-    add = rho[m] / n
+def _alpha_step(prev, out, hit, n, rho_m, etab):
+    """Forward values at a typed site (its ``hit`` row) from those at the one before (normalised)."""
+    stay = 1.0 - rho_m
+    add = rho_m / n
     total = 0.0
     for k in range(n):
-        x = stay * prev[k] + add
-        if a >= 0:
-            x *= (1.0 - err) if ref_typed[m, stretch_hap[s, k]] == a else err
+        x = (stay * prev[k] + add) * etab[hit[k]]
         out[k] = x
         total += x
     inv = 1.0 / total
@@ -278,35 +292,25 @@ def _alpha_step(prev, out, m, q, step_of, stretch_hap, ref_typed, n, rho, err):
 
 
 @njit(cache=True, fastmath=True)
-def _alpha_first(out, q, step_of, stretch_hap, ref_typed, n, err):
-    s = step_of[0]
-    a = q[0]
+def _alpha_first(out, hit, n, etab):
     total = 0.0
     for k in range(n):
-        x = 1.0
-        if a >= 0:
-            x = (1.0 - err) if ref_typed[0, stretch_hap[s, k]] == a else err
-        out[k] = x
-        total += x
+        out[k] = etab[hit[k]]
+        total += out[k]
     inv = 1.0 / total
     for k in range(n):
         out[k] *= inv
 
 
 @njit(cache=True, fastmath=True)
-def _beta_step(b, m1, q, step_of, stretch_hap, ref_typed, n, rho, err, tmp):
-    """Backward values at typed site m1 - 1 from those at m1, in place (normalised)."""
-    s = step_of[m1]
-    a = q[m1]
+def _beta_step(b, hit, n, rho_m1, etab, tmp):
+    """Backward values at typed site m1 - 1 from those at m1 (its ``hit`` row), in place (normalised)."""
     total = 0.0
     for k in range(n):
-        e = 1.0
-        if a >= 0:
-            e = (1.0 - err) if ref_typed[m1, stretch_hap[s, k]] == a else err
-        tmp[k] = e * b[k]
+        tmp[k] = etab[hit[k]] * b[k]
         total += tmp[k]
-    stay = 1.0 - rho[m1]
-    add = rho[m1] * total / n
+    stay = 1.0 - rho_m1
+    add = rho_m1 * total / n
     norm = 0.0
     for k in range(n):
         x = stay * tmp[k] + add
@@ -353,20 +357,20 @@ def _switch_probabilities(dist_cm, ne, n_panel):
 
 
 @njit(cache=True, fastmath=True)
-def _forward(q, stretch_hap, n, step_of, ref_typed, rho, err, block):
+def _forward(hit, n, rho, etab, block):
     """Forward values at every ``block``-th typed site (ckpt) and at all of the last block (blk):
     the backward pass recomputes the others a block at a time, so memory is O(M / block + block)."""
-    M = len(q)
+    M = hit.shape[0]
     n_blocks = (M + block - 1) // block
     last0 = (n_blocks - 1) * block
     ckpt = np.empty((n_blocks, n), np.float32)
     blk = np.empty((block, n), np.float32)
     a = np.empty(n, np.float32)
     a2 = np.empty(n, np.float32)
-    _alpha_first(a, q, step_of, stretch_hap, ref_typed, n, err)
+    _alpha_first(a, hit[0], n, etab)
     for m in range(M):
         if m > 0:
-            _alpha_step(a, a2, m, q, step_of, stretch_hap, ref_typed, n, rho, err)
+            _alpha_step(a, a2, hit[m], n, rho[m], etab)
             a, a2 = a2, a
         if m % block == 0:
             ckpt[m // block, :] = a
@@ -432,7 +436,9 @@ def _impute_one(
     N = len(out_col)
     rho = _switch_probabilities(dist_cm, ne, n_panel)
     n_blocks = (M + block - 1) // block
-    ckpt, blk = _forward(q, stretch_hap, n, step_of, ref_typed, rho, err, block)
+    etab = np.array([err, 1.0 - err, 1.0], np.float32)  # emission by hit code
+    hit = _hits(q, stretch_hap, n, step_of, ref_typed)
+    ckpt, blk = _forward(hit, n, rho, etab, block)
     b = np.full(n, 1.0 / n, np.float32)
     tmp = np.empty(n, np.float32)
     post = np.empty(n, np.float32)
@@ -451,12 +457,10 @@ def _impute_one(
         if j != n_blocks - 1:
             blk[0, :] = ckpt[j, :]
             for m in range(c0 + 1, c1):
-                _alpha_step(
-                    blk[m - c0 - 1], blk[m - c0], m, q, step_of, stretch_hap, ref_typed, n, rho, err
-                )
+                _alpha_step(blk[m - c0 - 1], blk[m - c0], hit[m], n, rho[m], etab)
         for m in range(c1 - 1, c0 - 1, -1):
             if m < M - 1:
-                _beta_step(b, m + 1, q, step_of, stretch_hap, ref_typed, n, rho, err, tmp)
+                _beta_step(b, hit[m + 1], n, rho[m + 1], etab, tmp)
             dos, wrong, n_cur, kept = _site_posterior(
                 blk[m - c0],
                 b,
