@@ -10,11 +10,12 @@ same threads:
   ``ragimpute impute --method copying`` (harmonises the target, builds the state index, runs the
   copying-model engine, writes the VCF). "ours" below is the sum of both, "impute" the second alone.
 
-Each command runs in its own process under GNU time (wall seconds, peak RSS). Accuracy (aggregate
+Each command runs in its own process under GNU time (wall seconds, peak RSS), ``--repeats`` times
+(3) interleaved with the other tool's runs; the medians are reported. Accuracy (aggregate
 dosage r² over untyped sites) is computed for both from the output VCFs against the truth. Prints a
 table, writes benchmarks/results/scaling.json and the plot benchmarks/results/scaling.png.
 
-    python benchmarks/bench_scaling.py                         # the full grid (~30 min on 2 cores)
+    python benchmarks/bench_scaling.py                         # the full grid, 3 runs each (~15 min on 2 cores)
     python benchmarks/bench_scaling.py --quick                 # 2 points, for a smoke test
 """
 
@@ -95,6 +96,15 @@ def timed(cmd: list[str], log: Path) -> dict:
     return {"seconds": round(seconds, 2), "rss_mb": round(rss, 1)}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The median wall time and the median peak RSS of repeated runs of one command, and every run."""
+    return {
+        "seconds": round(float(np.median([r["seconds"] for r in runs])), 2),
+        "rss_mb": round(float(np.median([r["rss_mb"] for r in runs])), 1),
+        "runs": runs,
+    }
+
+
 def dosages(vcf: Path, pos: np.ndarray, n: int) -> np.ndarray:
     """DS (sites, samples) from an imputed VCF, by position."""
     import pysam.bcftools
@@ -115,7 +125,9 @@ def r2(ds: np.ndarray, truth: np.ndarray, sel: np.ndarray) -> float:
     return float(np.corrcoef(x[ok], y[ok])[0, 1] ** 2)
 
 
-def run_point(data: dict, n_ref: int, n_tgt: int, spacing: int, threads: int, work: Path) -> dict:
+def run_point(
+    data: dict, n_ref: int, n_tgt: int, spacing: int, threads: int, work: Path, repeats: int
+) -> dict:
     haps, pos = data["haps"], data["pos"]
     ref = haps[:, : 2 * (n_ref // 2)]
     tgt = haps[:, haps.shape[1] - 2 * n_tgt :]
@@ -135,7 +147,7 @@ def run_point(data: dict, n_ref: int, n_tgt: int, spacing: int, threads: int, wo
     write_vcf(d / "ref.vcf.gz", p, ref, ref_names)
     write_vcf(d / "target.vcf.gz", p[typed], tgt[typed], [f"T{i}" for i in range(n_tgt)])
     (d / "split.tsv").write_text("sample\tsplit\n" + "".join(f"{s}\ttrain\n" for s in ref_names))
-    ours_window = timed(
+    window_cmd = (
         [
             "ragimpute",
             "window",
@@ -154,7 +166,7 @@ def run_point(data: dict, n_ref: int, n_tgt: int, spacing: int, threads: int, wo
         ],
         d / "window.log",
     )
-    ours_impute = timed(
+    impute_cmd = (
         [
             "ragimpute",
             "impute",
@@ -177,7 +189,7 @@ def run_point(data: dict, n_ref: int, n_tgt: int, spacing: int, threads: int, wo
         ],
         d / "impute.log",
     )
-    beagle = timed(
+    beagle_cmd = (
         [
             "beagle",
             f"ref={d / 'ref.vcf.gz'}",
@@ -188,6 +200,11 @@ def run_point(data: dict, n_ref: int, n_tgt: int, spacing: int, threads: int, wo
         ],
         d / "beagle.log",
     )
+    runs = []
+    for _ in range(repeats):  # interleaved, so that a busy moment of the machine hits both tools
+        shutil.rmtree(d / "res" / "states", ignore_errors=True)  # every repeat builds it anew
+        runs.append([timed(*window_cmd), timed(*impute_cmd), timed(*beagle_cmd)])
+    ours_window, ours_impute, beagle = (median_run([r[i] for r in runs]) for i in range(3))
     untyped = np.ones(len(p), bool)
     untyped[typed] = False
     acc = {
@@ -267,10 +284,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--admixed", action="store_true", help="the admixed demo's demography")
     ap.add_argument("--quick", action="store_true", help="two small points only")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="runs of each command per point (medians reported)"
+    )
     ap.add_argument("--work", default=str(OUT / "scaling_work"))
     a = ap.parse_args()
     if a.quick:
         a.targets, a.references, a.fixed_reference, a.length = [10], [500], 500, 1_000_000
+        a.repeats = 1
     n_ref_samples = max([*a.references, a.fixed_reference]) // 2
     data = simulate(n_ref_samples, max(a.targets), a.length, a.seed, a.admixed)
     work = Path(a.work)
@@ -279,7 +300,7 @@ def main() -> None:
         points.append(
             {
                 "curve": "targets",
-                **run_point(data, a.fixed_reference, n_tgt, a.spacing, a.threads, work),
+                **run_point(data, a.fixed_reference, n_tgt, a.spacing, a.threads, work, a.repeats),
             }
         )
         print(json.dumps(points[-1]), flush=True)
@@ -287,7 +308,9 @@ def main() -> None:
         points.append(
             {
                 "curve": "reference",
-                **run_point(data, n_ref, 100 if not a.quick else 10, a.spacing, a.threads, work),
+                **run_point(
+                    data, n_ref, 100 if not a.quick else 10, a.spacing, a.threads, work, a.repeats
+                ),
             }
         )
         print(json.dumps(points[-1]), flush=True)
