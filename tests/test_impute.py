@@ -22,7 +22,7 @@ from ragimpute.cli import main as cli_main
 from ragimpute.errors import InputError
 from ragimpute.impute import PREDICTOR_FACTORIES, impute_target
 from ragimpute.tokens import MASK
-from ragimpute.vcf_write import STATS_SCALE, genotype_arrays, genotype_codes
+from ragimpute.vcf_write import STATS_SCALE, genotype_codes
 
 HAS_BCFTOOLS = shutil.which("bcftools") is not None
 
@@ -156,6 +156,29 @@ def test_demo_target_reuses_the_training_index(env, clean):
 
 
 # -- genotype arithmetic ---------------------------------------------------------------------------
+
+
+def genotype_arrays(p: np.ndarray) -> dict[str, np.ndarray]:
+    """The genotype arithmetic in float arrays (the writer's before its compiled kernel), kept as the
+    kernel's reference: haplotype ALT probabilities (n_sites, 2n) -> DS, GP, GT alleles, AF and R2.
+
+    ``gt`` is (n_sites, 2n) alleles consistent with GP: argmax GP, a heterozygote phased with ALT on the
+    haplotype with the larger probability (haplotype 1 on ties).
+    """
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    p0, p1 = p[:, 0::2], p[:, 1::2]
+    gp = np.stack([(1 - p0) * (1 - p1), p0 * (1 - p1) + p1 * (1 - p0), p0 * p1], axis=-1)
+    g = gp.argmax(axis=-1)
+    gt = np.empty(p.shape, dtype=np.int8)
+    gt[:, 0::2] = (g == 2) | ((g == 1) & (p0 > p1))
+    gt[:, 1::2] = (g == 2) | ((g == 1) & (p0 <= p1))
+    af = p.mean(axis=1) if p.shape[1] else np.zeros(len(p))
+    var = (p * p).mean(axis=1) - af * af if p.shape[1] else np.zeros(len(p))
+    denom = af * (1 - af)
+    ok = denom > 1e-12
+    r2 = np.zeros(len(p))
+    r2[ok] = np.clip(var[ok] / denom[ok], 0.0, 1.0)
+    return {"ds": p0 + p1, "gp": gp, "gt": gt, "af": af, "r2": r2}
 
 
 def test_genotype_arrays_against_the_formulas():

@@ -82,20 +82,21 @@ def _dosage_text(gt_code, ds, gp0, gp1, gp2, table, lengths, gt_bytes):
 def dosage_fields(
     gt_code: np.ndarray, ds: np.ndarray, gp0: np.ndarray, gp1: np.ndarray, gp2: np.ndarray
 ) -> list[bytes]:
-    """Per-record ``GT:DS:GP`` sample columns (tab-separated bytes, no line end) from (sites, samples)
-    arrays: GT code 2 * allele0 + allele1, DS in thousandths (0-2000), GP in thousandths (0-1000).
+    """Per-record ``GT:DS:GP`` sample columns (tab-separated bytes ending in a newline) from (sites,
+    samples) arrays: GT code 2 * allele0 + allele1, DS in thousandths (0-2000), GP in thousandths
+    (0-1000).
 
-    Written by a compiled kernel from lookup tables (numbers printed as ``number_strings`` prints
-    them): no Python object per genotype.
+    Written by a compiled kernel from lookup tables (numbers without trailing zeros: "0", "0.25",
+    "1"): no Python object per genotype.
     """
     n_sites, n = gt_code.shape
     if n == 0:
-        return [b""] * n_sites
+        return [b"\n"] * n_sites
     arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (gt_code, ds, gp0, gp1, gp2)]
     buf, ends = _dosage_text(*arrays, _THOUSANDTHS_BYTES, _THOUSANDTHS_LEN, _PHASED_GT_BYTES)
     data = buf.tobytes()
     starts = np.r_[0, ends[:-1]]
-    return [data[a : e - 1] for a, e in zip(starts, ends, strict=True)]  # without the newline
+    return [data[a:e] for a, e in zip(starts, ends, strict=True)]
 
 
 @contextlib.contextmanager
@@ -162,16 +163,6 @@ def header_lines(
         ),
     ]
     return "\n".join(lines) + "\n"
-
-
-def thousandths(x: np.ndarray, top: int = 1000) -> np.ndarray:
-    """Round to integer thousandths, clipped to [0, top]."""
-    return np.clip(np.rint(np.asarray(x, dtype=np.float64) * 1000), 0, top).astype(np.int64)
-
-
-def number_strings(x_thousandths: np.ndarray) -> np.ndarray:
-    """Object array of printed numbers for integer thousandths in [0, 2000]."""
-    return _THOUSANDTHS[x_thousandths]
 
 
 # Unphased genotype strings by the ALT count (a heterozygote is written 0/1, as arrays write it).
@@ -252,33 +243,12 @@ INFO_LINES = [
 ]
 
 
-def genotype_arrays(p: np.ndarray) -> dict[str, np.ndarray]:
-    """Haplotype ALT probabilities (n_sites, 2n) -> DS, GP, GT alleles, INFO AF and R2.
-
-    ``gt`` is (n_sites, 2n) alleles consistent with GP: argmax GP, a heterozygote phased with ALT on the
-    haplotype with the larger probability (haplotype 1 on ties).
-    """
-    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
-    p0, p1 = p[:, 0::2], p[:, 1::2]
-    gp = np.stack([(1 - p0) * (1 - p1), p0 * (1 - p1) + p1 * (1 - p0), p0 * p1], axis=-1)
-    g = gp.argmax(axis=-1)
-    gt = np.empty(p.shape, dtype=np.int8)
-    gt[:, 0::2] = (g == 2) | ((g == 1) & (p0 > p1))
-    gt[:, 1::2] = (g == 2) | ((g == 1) & (p0 <= p1))
-    af = p.mean(axis=1) if p.shape[1] else np.zeros(len(p))
-    var = (p * p).mean(axis=1) - af * af if p.shape[1] else np.zeros(len(p))
-    denom = af * (1 - af)
-    ok = denom > 1e-12
-    r2 = np.zeros(len(p))
-    r2[ok] = np.clip(var[ok] / denom[ok], 0.0, 1.0)
-    return {"ds": p0 + p1, "gp": gp, "gt": gt, "af": af, "r2": r2}
-
-
 def genotype_codes(k: np.ndarray) -> tuple[np.ndarray, ...]:
     """(n_sites, 2n) P(ALT) x STATS_SCALE (integers) -> (n_sites, n) GT codes (2 * allele0 +
     allele1), DS in thousandths and GP in thousandths that sum to exactly 1000 (the heterozygote
-    takes the remainder): ``genotype_arrays`` of k / STATS_SCALE, rounded as ``thousandths``, computed
-    by a compiled kernel without the float arrays."""
+    takes the remainder), from p = k / STATS_SCALE: GP = ((1-p0)(1-p1), p0(1-p1) + p1(1-p0), p0 p1),
+    GT = argmax GP, a heterozygote phased with ALT on the haplotype of larger p (haplotype 1 on
+    ties); DS = p0 + p1; each rounded half to even and clipped."""
     k = np.ascontiguousarray(k, dtype=np.int64)
     n_sites, n = k.shape[0], k.shape[1] // 2
     codes = [np.empty((n_sites, n), np.int64) for _ in range(5)]
@@ -350,7 +320,7 @@ def format_records(
                 f"{chrom}\t{pos[j]}\t{ids[j] or '.'}\t{ref[j]}\t{alt[j]}\t.\tPASS\t"
                 f"{info[i]}\tGT:DS:GP\t".encode()
             )
-            out.append(fields[i] + b"\n")
+            out.append(fields[i])
     return b"".join(out), sums
 
 
