@@ -41,7 +41,7 @@ from .engine import ENGINE_VERSION, Chunk, EngineParams, StateIndex
 from .errors import ArtifactError, MaskMismatchError, rebuild_hint
 from .logs import log
 from .masks import load_mask_for
-from .windows import WindowedTable, load_windows, packed_haplotypes, sites_with_hash
+from .windows import WindowedTable, load_windows, packed_haplotypes, sites_hash, sites_with_hash
 
 FORMAT_VERSION = 1
 # the settings a state index is built with: another value needs another index
@@ -155,11 +155,21 @@ def stale_reason(
     for k in INDEX_SETTINGS:
         if meta.get(k) != getattr(params, k):
             return f"built with engine.{k} = {meta.get(k)}"
-    if meta.get("site_list_hash") != sites_with_hash(windows_dir)[1]:
+    if meta.get("site_list_hash") != sites_hash(windows_dir):
         return "built on another site list"
     if meta.get("samples") != [s for t in reference_tables(windows_dir, splits) for s in t.samples]:
         return "built on other reference samples"
     return None
+
+
+def _verify(path: Path, meta: dict) -> None:
+    """``path`` (a file of the state index) exists and matches its checksum in ``meta``."""
+    if not path.exists():
+        raise ArtifactError(f"{path} missing. {rebuild_hint('states')}")
+    if file_sha256(path) != meta["sha256"][path.name]:
+        raise ArtifactError(
+            f"{path} does not match its checksum in meta.json (corrupted). {rebuild_hint('states')}"
+        )
 
 
 def load_states(
@@ -186,10 +196,7 @@ def load_states(
                 f"{d} was built with engine.{k} = {meta[k]}, the config asks for "
                 f"{getattr(params, k)}. {rebuild}"
             )
-    if file_sha256(steps_path) != meta["sha256"]["steps.parquet"]:
-        raise ArtifactError(
-            f"{steps_path} does not match its checksum in meta.json (corrupted); {rebuild}"
-        )
+    _verify(steps_path, meta)
     steps = read_parquet_df(steps_path, "states")
     with reading(steps_path, "states"):
         indexes = [
@@ -212,9 +219,7 @@ def load_chunk(
             f"are {slh}. {rebuild_hint('states')}"
         )
     path = Path(states_dir) / "reference.npy"
-    if not path.exists() or file_sha256(path) != meta["sha256"]["reference.npy"]:
-        state = "missing" if not path.exists() else "does not match its checksum in meta.json"
-        raise ArtifactError(f"{path} {state}. {rebuild_hint('states')}")
+    _verify(path, meta)
     with reading(path, "states"):
         packed = np.load(path)
     typed_site = np.asarray(typed_site, dtype=np.int64)

@@ -572,7 +572,8 @@ def run_window_stage(
     return write_windows(panel, split, length, overlap, out_dir, gmap)
 
 
-def sites_with_hash(windows_dir: str | os.PathLike) -> tuple[pd.DataFrame, str]:
+def sites_hash(windows_dir: str | os.PathLike) -> str:
+    """The site list hash of ``sites.parquet``, from its metadata (the table is not read)."""
     path = Path(windows_dir) / "sites.parquet"
     if not path.exists():
         raise ArtifactError(f"{path} is missing; run the window stage first")
@@ -581,4 +582,9 @@ def sites_with_hash(windows_dir: str | os.PathLike) -> tuple[pd.DataFrame, str]:
         raise ArtifactError(
             f"{path}: format {meta.get('format_version')}, expected {FORMAT_VERSION}; re-run windowing"
         )
-    return read_parquet_df(path, "window"), meta["site_list_hash"]
+    return meta["site_list_hash"]
+
+
+def sites_with_hash(windows_dir: str | os.PathLike) -> tuple[pd.DataFrame, str]:
+    slh = sites_hash(windows_dir)
+    return read_parquet_df(Path(windows_dir) / "sites.parquet", "window"), slh
