@@ -302,39 +302,25 @@ def plot(points: list[dict], path: Path) -> None:
 
     plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    lengths = sorted({p["length_mb"] for p in points})
+
+    def curves(col: int, m: str, style: str, fixed: str, x_key: str, label: str) -> None:
+        """Imputation wall time (row 0) and peak RSS (row 1) of ``m`` against ``x_key``, a curve per
+        value of ``fixed``."""
+        for v in sorted({p[fixed] for p in points}):
+            ps = sorted(
+                (p for p in points if p[fixed] == v and m in p["cost"]), key=lambda p: p[x_key]
+            )
+            if ps:
+                x = [p[x_key] for p in ps]
+                t = [stage_totals(p["jobs"]).loc[f"impute:{m}", "wall_s"] for p in ps]
+                rss = [p["cost"][m]["impute_max_rss_mb"] for p in ps]
+                axes[0, col].plot(x, t, style, label=label.format(m=m, v=v))
+                axes[1, col].plot(x, rss, style, label=label.format(m=m, v=v))
+
     targets = sorted({p["targets"] for p in points})
     for m, style in zip(METHODS, ("o-", "s--"), strict=True):
-        for n in targets:
-            ps = sorted(
-                (p for p in points if p["targets"] == n and m in p["cost"]),
-                key=lambda p: p["length_mb"],
-            )
-            if ps:
-                x = [p["length_mb"] for p in ps]
-                t = [stage_totals(p["jobs"]).loc[f"impute:{m}", "wall_s"] for p in ps]
-                axes[0, 0].plot(x, t, style, label=f"{m}, {n} targets")
-                axes[1, 0].plot(
-                    x,
-                    [p["cost"][m]["impute_max_rss_mb"] for p in ps],
-                    style,
-                    label=f"{m}, {n} targets",
-                )
-        for length in lengths:
-            ps = sorted(
-                (p for p in points if p["length_mb"] == length and m in p["cost"]),
-                key=lambda p: p["targets"],
-            )
-            if ps:
-                x = [p["targets"] for p in ps]
-                t = [stage_totals(p["jobs"]).loc[f"impute:{m}", "wall_s"] for p in ps]
-                axes[0, 1].plot(x, t, style, label=f"{m}, {length:g} Mb")
-                axes[1, 1].plot(
-                    x,
-                    [p["cost"][m]["impute_max_rss_mb"] for p in ps],
-                    style,
-                    label=f"{m}, {length:g} Mb",
-                )
+        curves(0, m, style, "targets", "length_mb", "{m}, {v} targets")
+        curves(1, m, style, "length_mb", "targets", "{m}, {v:g} Mb")
     # every stage's peak RSS at the largest target count, against length
     n = targets[-1]
     for stage in sorted({j["stage"] for p in points for j in p["jobs"]}):
