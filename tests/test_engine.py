@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 
 from ragimpute.engine import (
+    ALT_LISTED,
+    NOT_LISTED,
+    REF_LISTED,
     Chunk,
     Engine,
     EngineParams,
     StateIndex,
     interpolation_weights,
+    pack_reference,
+    reference_carriers,
     step_bounds,
 )
 
@@ -211,6 +216,41 @@ def test_output_does_not_depend_on_batch_block_or_threads(states, candidates):
     engine = Engine(chunk, EngineParams(**base))
     parts = np.concatenate([engine.impute(q[i : i + 1])[0] for i in range(len(q))])
     np.testing.assert_array_equal(parts, engine.impute(q)[0])  # batch size, and determinism
+
+
+def test_carrier_lists_hold_each_sites_minor_allele_carriers():
+    rng = np.random.default_rng(4)
+    n_ref, limit = 101, 10  # an odd panel: a minor allele is never half of it
+    freq = rng.choice([0.0, 0.005, 0.03, 0.08, 0.5, 0.93, 0.99, 1.0], size=400)
+    alleles = (rng.random((400, n_ref)) < freq[:, None]).astype(np.uint8)
+    ptr, hap, kind = reference_carriers(pack_reference(alleles), n_ref, limit)
+    for u in range(len(alleles)):
+        alt = int(alleles[u].sum())
+        listed = hap[ptr[u] : ptr[u + 1]]
+        if min(alt, n_ref - alt) > limit:
+            assert kind[u] == NOT_LISTED and len(listed) == 0
+            continue
+        allele = 1 if alt <= n_ref - alt else 0
+        assert kind[u] == (ALT_LISTED if allele else REF_LISTED)
+        np.testing.assert_array_equal(listed, np.flatnonzero(alleles[u] == allele))
+    assert {REF_LISTED, ALT_LISTED, NOT_LISTED} <= set(kind.tolist())
+
+
+@pytest.mark.parametrize("min_post", [0.0, 1e-3])
+def test_interpolation_by_carriers_equals_interpolation_by_state_bits(min_post):
+    """Untyped sites summed over their minor allele's carriers give what the kept states' reference
+    bits give (carriers of up to 100 of 256 haplotypes listed: most sites)."""
+    ref, tgt, pos, cm, typed = random_panel(8, n_sites=600, n_ref=256, n_typed=60)
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    q = tgt[typed].T.astype(np.int8)
+    engine = Engine(chunk, EngineParams(states=100, candidates=20, error=0.01,
+                                        min_posterior=min_post))  # fmt: skip
+    engine.carriers = ptr, hap, kind = reference_carriers(chunk.ref_packed, chunk.n_ref, 100)
+    assert (kind != NOT_LISTED).mean() > 0.5
+    by_carriers, _ = engine.impute(q)
+    engine.carriers = (np.zeros_like(ptr), hap[:0], np.full_like(kind, NOT_LISTED))
+    by_bits, _ = engine.impute(q)
+    np.testing.assert_allclose(by_carriers, by_bits, atol=1e-6)
 
 
 def test_estimated_error_follows_the_genotyping_error_rate():

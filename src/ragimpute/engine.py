@@ -111,6 +111,54 @@ def pack_reference(alleles: np.ndarray) -> np.ndarray:
     return np.packbits(np.asarray(alleles, dtype=np.uint8), axis=1, bitorder="little")
 
 
+# How a site's carriers are listed (``reference_carriers``): the haplotypes with REF, with ALT, or none.
+REF_LISTED, ALT_LISTED, NOT_LISTED = 0, 1, 2
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def reference_carriers(
+    ref_packed: np.ndarray, n_ref: int, limit: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The carriers of each site's minor allele in the reference, where there are at most ``limit``:
+    ``ptr`` (N + 1,) and ``hap`` (ptr[-1],) in CSR form, haplotypes increasing; ``kind`` (N,) which
+    allele they carry (ALT_LISTED, REF_LISTED; NOT_LISTED where there are more than ``limit``)."""
+    counts, kind = _carrier_counts(ref_packed, n_ref, limit)
+    ptr = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    hap = np.empty(ptr[-1], np.int32)
+    _carrier_lists(ref_packed, n_ref, kind, ptr, hap)
+    return ptr, hap, kind
+
+
+@njit(parallel=True, cache=True)
+def _carrier_counts(ref_packed, n_ref, limit):
+    n_sites, n_bytes = ref_packed.shape
+    counts = np.zeros(n_sites, np.int64)
+    kind = np.full(n_sites, NOT_LISTED, np.uint8)
+    for u in prange(n_sites):
+        alt = 0
+        for b in range(n_bytes):
+            alt += _POPCOUNT[ref_packed[u, b]]
+        minor = min(alt, n_ref - alt)
+        if minor <= limit:
+            counts[u] = minor
+            kind[u] = ALT_LISTED if alt == minor else REF_LISTED
+    return counts, kind
+
+
+@njit(parallel=True, cache=True)
+def _carrier_lists(ref_packed, n_ref, kind, ptr, hap):
+    for u in prange(len(kind)):
+        if kind[u] == NOT_LISTED:
+            continue
+        want = 1 if kind[u] == ALT_LISTED else 0
+        at = ptr[u]
+        for h in range(n_ref):
+            if ((ref_packed[u, h >> 3] >> (h & 7)) & 1) == want:
+                hap[at] = h
+                at += 1
+
+
 # -- state selection ---------------------------------------------------------------------------------
 
 
@@ -277,69 +325,108 @@ def _hits(q, stretch_hap, n, step_of, ref_typed):
 
 
 @njit(cache=True, fastmath=True)
-def _alpha_step(prev, out, hit, n, rho_m, etab):
-    """Forward values at a typed site (its ``hit`` row) from those at the one before (normalised)."""
-    stay = 1.0 - rho_m
-    add = rho_m / n
-    total = 0.0
-    for k in range(n):
-        x = (stay * prev[k] + add) * etab[hit[k]]
-        out[k] = x
-        total += x
-    inv = 1.0 / total
+def _alpha_step(prev, out, hit, n, rho_m, err):
+    """Forward values at a typed site (its ``hit`` row) from those at the one before (normalised).
+    In float32 with the emission computed from the hit (not looked up), so that the loops vectorise."""
+    stay = np.float32(1.0) - rho_m
+    add = rho_m / np.float32(n)
+    total = np.float32(0.0)
+    if hit[0] == 2:  # the query's allele is missing: no emission
+        for k in range(n):
+            x = stay * prev[k] + add
+            out[k] = x
+            total += x
+    else:
+        d = np.float32(1.0) - np.float32(2.0) * err
+        for k in range(n):
+            x = (stay * prev[k] + add) * (err + d * np.float32(hit[k]))
+            out[k] = x
+            total += x
+    inv = np.float32(1.0) / total
     for k in range(n):
         out[k] *= inv
 
 
 @njit(cache=True, fastmath=True)
-def _alpha_first(out, hit, n, etab):
-    total = 0.0
+def _alpha_first(out, hit, n, err):
+    total = np.float32(0.0)
+    d = np.float32(1.0) - np.float32(2.0) * err
     for k in range(n):
-        out[k] = etab[hit[k]]
+        out[k] = np.float32(1.0) if hit[k] == 2 else err + d * np.float32(hit[k])
         total += out[k]
-    inv = 1.0 / total
+    inv = np.float32(1.0) / total
     for k in range(n):
         out[k] *= inv
 
 
 @njit(cache=True, fastmath=True)
-def _beta_step(b, hit, n, rho_m1, etab, tmp):
+def _beta_step(b, hit, n, rho_m1, err, tmp):
     """Backward values at typed site m1 - 1 from those at m1 (its ``hit`` row), in place (normalised)."""
-    total = 0.0
-    for k in range(n):
-        tmp[k] = etab[hit[k]] * b[k]
-        total += tmp[k]
-    stay = 1.0 - rho_m1
-    add = rho_m1 * total / n
-    norm = 0.0
+    total = np.float32(0.0)
+    if hit[0] == 2:
+        for k in range(n):
+            tmp[k] = b[k]
+            total += b[k]
+    else:
+        d = np.float32(1.0) - np.float32(2.0) * err
+        for k in range(n):
+            x = (err + d * np.float32(hit[k])) * b[k]
+            tmp[k] = x
+            total += x
+    stay = np.float32(1.0) - rho_m1
+    add = rho_m1 * total / np.float32(n)
+    norm = np.float32(0.0)
     for k in range(n):
         x = stay * tmp[k] + add
         b[k] = x
         norm += x
-    inv = 1.0 / norm
+    inv = np.float32(1.0) / norm
     for k in range(n):
         b[k] *= inv
 
 
 @njit(cache=True, fastmath=True)
-def _interval(out_col, u0, u1, lam, af, ref_packed, cur, nx, left_only):
+def _interval(out_col, u0, u1, lam, af, ref_packed, carriers, cur, nx, left_only):
     """P(ALT) at sites u0..u1-1: posterior of the left typed site (cur) and, unless ``left_only``,
     the right one (nx), mixed by ``lam``; dropped states' mass takes the allele frequency.
-    ``cur`` and ``nx`` are (haplotypes, posteriors, how many, dropped mass) of the states kept."""
-    cur_h, cur_p, n_cur, cur_res = cur
-    nx_h, nx_p, n_nx, nx_res = nx
+
+    ``cur`` and ``nx`` are (haplotypes, posteriors, how many, kept mass, dropped mass, posterior by
+    reference haplotype) of the states kept. A site's sum over the kept states is read either off
+    the reference bits of those states or, when the site's minor allele has fewer carriers than
+    that, off the posterior of its carriers (most sites are rare, and the sum is then a handful of
+    reads instead of one per kept state); both give the same sum."""
+    cur_h, cur_p, n_cur, cur_kept, cur_res, cur_w = cur
+    nx_h, nx_p, n_nx, nx_kept, nx_res, nx_w = nx
+    ptr, hap, kind = carriers
+    budget = n_cur if left_only else n_cur + n_nx
+    reads = 1 if left_only else 2
     for u in range(u0, u1):
+        c0, c1 = ptr[u], ptr[u + 1]
+        by_carrier = kind[u] != NOT_LISTED and reads * (c1 - c0) <= budget
+        alt_listed = kind[u] == ALT_LISTED
         x = cur_res * af[u]
-        for j in range(n_cur):
-            h = cur_h[j]
-            x += cur_p[j] * ((ref_packed[u, h >> 3] >> (h & 7)) & 1)
+        if by_carrier:
+            s = 0.0
+            for i in range(c0, c1):
+                s += cur_w[hap[i]]
+            x += s if alt_listed else cur_kept - s
+        else:
+            for j in range(n_cur):
+                h = cur_h[j]
+                x += cur_p[j] * ((ref_packed[u, h >> 3] >> (h & 7)) & 1)
         if left_only:
             out_col[u] = x
             continue
         y = nx_res * af[u]
-        for j in range(n_nx):
-            h = nx_h[j]
-            y += nx_p[j] * ((ref_packed[u, h >> 3] >> (h & 7)) & 1)
+        if by_carrier:
+            s = 0.0
+            for i in range(c0, c1):
+                s += nx_w[hap[i]]
+            y += s if alt_listed else nx_kept - s
+        else:
+            for j in range(n_nx):
+                h = nx_h[j]
+                y += nx_p[j] * ((ref_packed[u, h >> 3] >> (h & 7)) & 1)
         w = lam[u]
         out_col[u] = (1.0 - w) * x + w * y
 
@@ -357,7 +444,7 @@ def _switch_probabilities(dist_cm, ne, n_panel):
 
 
 @njit(cache=True, fastmath=True)
-def _forward(hit, n, rho, etab, block):
+def _forward(hit, n, rho, err, block):
     """Forward values at every ``block``-th typed site (ckpt) and at all of the last block (blk):
     the backward pass recomputes the others a block at a time, so memory is O(M / block + block)."""
     M = hit.shape[0]
@@ -367,10 +454,10 @@ def _forward(hit, n, rho, etab, block):
     blk = np.empty((block, n), np.float32)
     a = np.empty(n, np.float32)
     a2 = np.empty(n, np.float32)
-    _alpha_first(a, hit[0], n, etab)
+    _alpha_first(a, hit[0], n, err)
     for m in range(M):
         if m > 0:
-            _alpha_step(a, a2, hit[m], n, rho[m], etab)
+            _alpha_step(a, a2, hit[m], n, rho[m], err)
             a, a2 = a2, a
         if m % block == 0:
             ckpt[m // block, :] = a
@@ -380,32 +467,43 @@ def _forward(hit, n, rho, etab, block):
 
 
 @njit(cache=True, fastmath=True)
-def _site_posterior(alpha, b, post, m, q, step_of, stretch_hap, ref_typed, n, min_post, hs, ps):
+def _site_posterior(
+    alpha, b, post, m, q, hit, step_of, stretch_hap, ref_typed, n, min_post, hs, ps, w, n_stale
+):
     """Posterior at typed site m from its forward (alpha) and backward (b) values: the states of
-    posterior at least ``min_post`` go to hs / ps. Returns (P(ALT), posterior of the states that
-    disagree with the query, states kept, their posterior mass)."""
-    total = 0.0
+    posterior at least ``min_post`` go to hs / ps, and their posterior by reference haplotype to w
+    (unless it is empty), after the ``n_stale`` haplotypes hs held before are cleared from it.
+    Returns (P(ALT), posterior of the states that disagree with the query, states kept, their
+    posterior mass)."""
+    if len(w):
+        for i in range(n_stale):
+            w[hs[i]] = 0.0
+    total = np.float32(0.0)
     for k in range(n):
         post[k] = alpha[k] * b[k]
         total += post[k]
-    inv = 1.0 / total
-    s = step_of[m]
+    inv = np.float32(1.0) / total
+    row = stretch_hap[step_of[m]]
     dos = 0.0
     wrong = 0.0
     n_kept = 0
     kept = 0.0
     for k in range(n):
         p = post[k] * inv
-        h = stretch_hap[s, k]
-        allele = ref_typed[m, h]
+        if q[m] >= 0:  # the state's allele is the query's where it hits
+            allele = hit[k] if q[m] == 1 else 1 - hit[k]
+            wrong += p * (1 - hit[k])
+        else:
+            allele = ref_typed[m, row[k]]
         dos += p * allele
-        if q[m] >= 0 and allele != q[m]:
-            wrong += p
         if p >= min_post:
-            hs[n_kept] = h
+            hs[n_kept] = row[k]
             ps[n_kept] = p
             n_kept += 1
             kept += p
+    if len(w):
+        for i in range(n_kept):
+            w[hs[i]] += ps[i]
     return dos, wrong, n_kept, kept
 
 
@@ -425,10 +523,12 @@ def _impute_one(
     lam,
     af,
     ref_packed,
+    carriers,
     min_post,
     out_col,
 ):
-    """Forward-backward for one haplotype; writes P(ALT) at every site into out_col (N,).
+    """Forward-backward for one haplotype; writes P(ALT) at every site into out_col (N,), or
+    nothing when out_col is empty (the error rate's estimation needs only the returned counts).
 
     Returns (expected mismatches at its observed typed sites, observed typed sites).
     """
@@ -436,18 +536,24 @@ def _impute_one(
     N = len(out_col)
     rho = _switch_probabilities(dist_cm, ne, n_panel)
     n_blocks = (M + block - 1) // block
-    etab = np.array([err, 1.0 - err, 1.0], np.float32)  # emission by hit code
+    e32 = np.float32(err)
     hit = _hits(q, stretch_hap, n, step_of, ref_typed)
-    ckpt, blk = _forward(hit, n, rho, etab, block)
+    ckpt, blk = _forward(hit, n, rho, e32, block)
     b = np.full(n, 1.0 / n, np.float32)
     tmp = np.empty(n, np.float32)
     post = np.empty(n, np.float32)
-    # the states kept at the current typed site (cur) and at the next one (nx), read by _interval
+    # the states kept at the current typed site (cur) and at the next one (nx), read by _interval,
+    # also as posterior by reference haplotype (cur_w, nx_w; zero elsewhere)
     cur_h = np.empty(n, np.int32)
     cur_p = np.empty(n, np.float32)
     nx_h = np.empty(n, np.int32)
     nx_p = np.empty(n, np.float32)
+    n_w = n_panel if N else 0
+    cur_w = np.zeros(n_w, np.float32)
+    nx_w = np.zeros(n_w, np.float32)
     n_nx = 0
+    n_stale = 0  # entries of cur_h (the states of two typed sites on) still set in cur_w
+    nx_kept = 0.0
     nx_res = 0.0
     mism = 0.0
     n_obs = 0
@@ -457,16 +563,17 @@ def _impute_one(
         if j != n_blocks - 1:
             blk[0, :] = ckpt[j, :]
             for m in range(c0 + 1, c1):
-                _alpha_step(blk[m - c0 - 1], blk[m - c0], hit[m], n, rho[m], etab)
+                _alpha_step(blk[m - c0 - 1], blk[m - c0], hit[m], n, rho[m], e32)
         for m in range(c1 - 1, c0 - 1, -1):
             if m < M - 1:
-                _beta_step(b, hit[m + 1], n, rho[m + 1], etab, tmp)
+                _beta_step(b, hit[m + 1], n, rho[m + 1], e32, tmp)
             dos, wrong, n_cur, kept = _site_posterior(
                 blk[m - c0],
                 b,
                 post,
                 m,
                 q,
+                hit[m],
                 step_of,
                 stretch_hap,
                 ref_typed,
@@ -474,24 +581,26 @@ def _impute_one(
                 min_post,
                 cur_h,
                 cur_p,
+                cur_w,
+                n_stale,
             )
-            out_col[typed_site[m]] = dos
             if q[m] >= 0:
                 mism += wrong
                 n_obs += 1
+            if N == 0:
+                continue
+            out_col[typed_site[m]] = dos
             cur_res = max(1.0 - kept, 0.0)
             # the untyped sites up to the next typed site, from both; past the last, from this one
-            cur = (cur_h, cur_p, n_cur, cur_res)
-            nx = (nx_h, nx_p, n_nx, nx_res)
+            cur = (cur_h, cur_p, n_cur, kept, cur_res, cur_w)
+            nx = (nx_h, nx_p, n_nx, nx_kept, nx_res, nx_w)
             last = m == M - 1
             hi = N if last else typed_site[m + 1]
-            _interval(out_col, typed_site[m] + 1, hi, lam, af, ref_packed, cur, nx, last)
+            _interval(out_col, typed_site[m] + 1, hi, lam, af, ref_packed, carriers, cur, nx, last)
             if m == 0:  # ... and before the first typed site, from it alone
-                _interval(out_col, 0, typed_site[0], lam, af, ref_packed, cur, nx, True)
-            cur_h, nx_h = nx_h, cur_h
-            cur_p, nx_p = nx_p, cur_p
-            n_nx = n_cur
-            nx_res = cur_res
+                _interval(out_col, 0, typed_site[0], lam, af, ref_packed, carriers, cur, nx, True)
+            cur_h, nx_h, cur_p, nx_p, cur_w, nx_w = nx_h, cur_h, nx_p, cur_p, nx_w, cur_w
+            n_stale, n_nx, nx_kept, nx_res = n_nx, n_cur, kept, cur_res
     return mism, n_obs
 
 
@@ -513,11 +622,12 @@ def _impute_batch(
     lam,
     af,
     ref_packed,
+    carriers,
     min_post,
     out,
     stats,
 ):
-    """Every query haplotype (rows of q) in parallel; out (Q, N), stats (Q, 2)."""
+    """Every query haplotype (rows of q) in parallel; out (Q, N) or (Q, 0), stats (Q, 2)."""
     Q = q.shape[0]
     S = cand.shape[1]
     for i in prange(Q):
@@ -552,6 +662,7 @@ def _impute_batch(
             lam,
             af,
             ref_packed,
+            carriers,
             min_post,
             out[i],
         )
@@ -632,6 +743,11 @@ class Engine:
         self.step_of = index.step_of()
         self.dist_cm = np.r_[0.0, np.diff(cm_t)].astype(np.float64)
         self.lam = interpolation_weights(chunk.cm, chunk.pos, chunk.typed_site)
+        # listing a site's carriers pays only where they are fewer than the states kept; at most
+        # n_ref / 32 of them, the carrier lists take at most the reference bits' memory
+        self.carriers = reference_carriers(
+            chunk.ref_packed, chunk.n_ref, min(params.states, chunk.n_ref // 32)
+        )
 
     def candidates(self, query: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
         """(Q, S, candidates) nearest reference haplotypes per step; (Q, S, 0) when the panel is used
@@ -668,9 +784,11 @@ class Engine:
         error: float | None = None,
         threads: int | None = None,
         device: str | None = None,
+        interpolate: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """P(ALT) (Q, N) at every site for query haplotypes (Q, M) typed at the chunk's typed sites
         (-1 = missing); also (Q, 2): expected mismatches and observed typed sites per haplotype.
+        Without ``interpolate``, only the latter is computed (P(ALT) is (Q, 0)).
 
         ``exclude`` (Q, E): reference haplotypes each query must not copy (its own sample, when the
         query is in the reference). ``error`` overrides ``params.error`` (which must then be set).
@@ -700,7 +818,7 @@ class Engine:
 
             return impute_torch(self, query, float(err), device, None if exclude is None else ex)
         cand = self.candidates(query, None if exclude is None else ex)
-        out = np.empty((len(query), self.chunk.n_sites), dtype=np.float32)
+        out = np.empty((len(query), self.chunk.n_sites if interpolate else 0), dtype=np.float32)
         stats = np.zeros((len(query), 2), dtype=np.float64)
         if threads:
             numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
@@ -722,6 +840,7 @@ class Engine:
             self.lam,
             self.chunk.af,
             self.chunk.ref_packed,
+            self.carriers,
             float(p.min_posterior),
             out,
             stats,
@@ -750,7 +869,9 @@ class Engine:
         ex = None if exclude is None else np.asarray(exclude)[rows]
         err = 1e-3
         for _ in range(rounds):
-            _, stats = self.impute(q, ex, error=err, threads=threads, device=device)
+            _, stats = self.impute(
+                q, ex, error=err, threads=threads, device=device, interpolate=False
+            )
             seen = stats[:, 1].sum()
             if seen == 0:
                 return err
