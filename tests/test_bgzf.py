@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 import pysam
+import pysam.bcftools
 import pytest
 
 from ragimpute.bgzf import BLOCK, EOF_BLOCK, BgzfWriter
