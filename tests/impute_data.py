@@ -108,7 +108,8 @@ def imputed_records(path: Path) -> dict:
             out["alt"].append(rec.alts[0])
             out["gt"].append([rec.samples[s]["GT"] for s in rec.samples])
             out["ds"].append([rec.samples[s]["DS"][0] for s in rec.samples])
-            out["gp"].append([rec.samples[s]["GP"] for s in rec.samples])
+            if "GP" in rec.format:
+                out["gp"].append([rec.samples[s]["GP"] for s in rec.samples])
             out["info"].append(dict(rec.info))
     for key in ("pos", "ds", "gp"):
         out[key] = np.asarray(out[key], dtype=float)

@@ -3,16 +3,20 @@ check, and a chromosome imputed in one pass whatever the windows, with no seam a
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 
 import numpy as np
+import pysam
+import pysam.bcftools
 import pytest
-from impute_data import CHROM, imputed_records, shared_env
+from impute_data import CHROM, imputed_records, shared_env, vcf_lines, write_bgzip
 
 from ragimpute.engine import EngineParams
 from ragimpute.errors import ArtifactError, MaskMismatchError
 from ragimpute.impute import impute_target
+from ragimpute.predictors import PriorPredictor
 from ragimpute.states import build_states, load_chunk, load_states, stale_reason
 from ragimpute.windows import run_window_stage
 
@@ -22,9 +26,9 @@ def env(tmp_path_factory):
     return shared_env(tmp_path_factory)
 
 
-def copying(env, results, out, **kw):
+def copying(env, results, out, target=None, **kw):
     return impute_target(
-        results, CHROM, env.split, env.target, "copying", out, panel_vcf=env.panel,
+        results, CHROM, env.split, target or env.target, "copying", out, panel_vcf=env.panel,
         reference_splits=("train",), **kw,
     )  # fmt: skip
 
@@ -107,3 +111,43 @@ def test_impute_rebuilds_a_state_index_with_a_missing_file(env, tmp_path):
     a, b = imputed_records(tmp_path / "a.vcf.gz"), imputed_records(tmp_path / "b.vcf.gz")
     np.testing.assert_array_equal(a["ds"], b["ds"])
     assert first["engine"]["states"] == second["engine"]["states"]
+
+
+def _records(path) -> list[str]:
+    with gzip.open(path, "rt") as f:
+        return [line for line in f if not line.startswith("#")]
+
+
+def test_copying_records_from_the_prior_store_equal_the_general_path(env, tmp_path, monkeypatch):
+    """``copying`` is written straight from the prior store's rounded values; the path every other
+    predictor takes (P(ALT) as floats, observed calls written over it, rounded again) gives the same
+    records, with missing calls at typed sites imputed alike."""
+    header, records = vcf_lines(env.target)
+    for r in records[3:6]:  # one allele missing at three typed sites
+        r[9] = ".|" + r[9][2]
+    target = write_bgzip(tmp_path / "missing.vcf.gz", header, records)
+    fast = copying(env, env.results, tmp_path / "fast.vcf.gz", target=target, max_missing=0.5)
+    monkeypatch.setattr(PriorPredictor, "returns_prior", False)
+    slow = copying(env, env.results, tmp_path / "slow.vcf.gz", target=target, max_missing=0.5)
+    assert fast["missing_alleles_imputed_at_typed_sites"] == 3
+    assert slow["missing_alleles_imputed_at_typed_sites"] == 3
+    assert _records(tmp_path / "fast.vcf.gz") == _records(tmp_path / "slow.vcf.gz")
+
+
+def test_without_gp_records_are_gt_ds_with_the_same_genotypes(env, tmp_path):
+    copying(env, env.results, tmp_path / "gp.vcf.gz")
+    copying(env, env.results, tmp_path / "ds.vcf.gz", gp=False)
+    with_gp, without = (
+        imputed_records(tmp_path / "gp.vcf.gz"),
+        imputed_records(tmp_path / "ds.vcf.gz"),
+    )
+    assert "ID=GP" in str(with_gp["header"]) and "ID=GP" not in str(without["header"])
+    fields = [r.split("\t") for r in _records(tmp_path / "ds.vcf.gz")]
+    assert {f[8] for f in fields} == {"GT:DS"}
+    np.testing.assert_array_equal(without["ds"], with_gp["ds"])
+    gp_fields = [r.split("\t") for r in _records(tmp_path / "gp.vcf.gz")]
+    assert [[c.split(":")[0] for c in f[9:]] for f in fields] == [
+        [c.split(":")[0] for c in f[9:]] for f in gp_fields
+    ]
+    text = pysam.bcftools.view("-H", str(tmp_path / "ds.vcf.gz"))  # htslib reads it
+    assert len(text.splitlines()) == len(fields)

@@ -153,6 +153,7 @@ def _impute(a: argparse.Namespace) -> None:
         k=a.k,
         max_missing=a.max_missing,
         batch_haplotypes=a.batch,
+        gp=a.gp,
         panel_vcf=a.panel,
         checkpoint=a.checkpoint,
         device=a.device,
@@ -375,6 +376,12 @@ def _impute_parser(sub: Subparsers) -> None:
         help="target haplotypes per predictor call",
     )
     s.add_argument("--threads", type=int, default=default("impute.threads"))
+    s.add_argument(
+        "--gp",
+        action=argparse.BooleanOptionalAction,
+        default=default("impute.gp"),
+        help="write GP (GT:DS:GP); --no-gp writes GT:DS, as Beagle does by default",
+    )
     s.add_argument("--index-kind", choices=choices("index.kind"), default=default("index.kind"))
     s.add_argument(
         "--set",

@@ -38,11 +38,20 @@ from .logs import Progress, log
 from .masks import Mask, load_mask_for
 from .methods import EXTERNAL_METHODS
 from .predictors import Predictor, PriorPredictor, WindowBatch
+from .prior import SCALE as PRIOR_SCALE
 from .prior import PriorStore, run_engine
 from .states import build_states, load_chunk, load_states, stale_reason
 from .targets import AlignedTarget, read_target
 from .tokens import MASK, tokenize_block
-from .vcf_write import INFO_LINES, bgzip_vcf_writer, contig_lengths, format_records, header_lines
+from .vcf_write import (
+    GP_LINE,
+    INFO_LINES,
+    bgzip_vcf_writer,
+    contig_lengths,
+    format_coded_records,
+    format_records,
+    header_lines,
+)
 from .windows import WindowedTable, load_windows, sites_with_hash
 
 
@@ -94,6 +103,7 @@ class _Job:
     batch_haplotypes: int = 1024  # target haplotypes per predictor call
     method: str = ""  # the method's name in the VCF header and the report
     prior: PriorStore | None = None  # the engine's P(ALT), for predictors that refine it
+    gp: bool = True  # write GP (GT:DS:GP), or GT:DS
     # per window written: positions and the integer sums INFO AF/R2 come from (ligate.write_stats)
     stats: list = field(default_factory=list)
     whole_target: AlignedTarget | None = None  # the whole target when ``target`` is one batch
@@ -127,6 +137,7 @@ def impute(
     engine_params: EngineParams | None = None,
     sample_batch: tuple[int, int] | None = None,
     stats_out: str | os.PathLike | None = None,
+    gp: bool = True,
 ) -> dict:
     """Impute every reference site for the samples of a harmonised target; returns the run report.
 
@@ -137,7 +148,8 @@ def impute(
     ``sample_batch`` (first, count): impute only these target samples (one job of a cohort split
     into batches; the engine's error rate is still estimated on the whole target, so that every batch
     uses the same); ``stats_out``: where to write the sums INFO is recomputed from when the batches
-    are merged (``ragimpute.ligate``).
+    are merged (``ragimpute.ligate``). ``gp``: records are ``GT:DS:GP``, else ``GT:DS`` (Beagle's
+    default; a third of the bytes to write).
     """
     import faiss
 
@@ -147,6 +159,7 @@ def impute(
         target_vcf, windows_dir, mask_store, mask_hash, index_dir, predictor, k, sample_batch
     )
     job.batch_haplotypes = batch_haplotypes
+    job.gp = gp
     device = getattr(predictor, "device", "cpu")
     if str(device).startswith("cuda"):
         import torch
@@ -268,9 +281,9 @@ def _provenance(job: _Job, provenance: dict | None, engine_report: dict) -> dict
     }
 
 
-def _meta_lines(prov: dict) -> list[str]:
+def _meta_lines(prov: dict, gp: bool) -> list[str]:
     return [
-        *INFO_LINES,
+        *(line for line in INFO_LINES if gp or line != GP_LINE),
         "##ragimpute_impute=<" + ",".join(f"{key}={v}" for key, v in prov.items()) + ">",
     ]
 
@@ -285,7 +298,7 @@ def _write_vcf(
     with contextlib.ExitStack() as cleanup, bgzip_vcf_writer(out_vcf, threads) as write:
         if job.prior is not None:
             cleanup.callback(job.prior.close)
-        write(header_lines(job.chrom, contig_length, job.target.samples, _meta_lines(prov)))
+        write(header_lines(job.chrom, contig_length, job.target.samples, _meta_lines(prov, job.gp)))
         for w, (a, b) in enumerate(job.windows[["first_site", "last_site"]].to_numpy()):
             records, n_filled = _impute_window(job, w, a, b + 1)
             if records:
@@ -301,6 +314,8 @@ def _impute_window(job: _Job, w: int, a: int, b: int) -> tuple[bytes, int]:
     own = np.flatnonzero(job.owner[a:b] == w)
     if not len(own):
         return b"", 0
+    if getattr(job.predictor, "returns_prior", False):
+        return _prior_records(job, a + own)
     masked = job.mask.masked[a:b]
     cols = job.trow[a:b]
     alleles = np.zeros((job.n_hap, b - a), dtype=np.int8)
@@ -317,9 +332,28 @@ def _impute_window(job: _Job, w: int, a: int, b: int) -> tuple[bytes, int]:
     # Observed calls are written as observed, whatever the predictor returned there.
     obs = ~missing[:, own] & ~masked[own][None, :]
     p[obs] = alleles[:, own][obs]
-    records, sums = format_records(job.chrom, job.sites.iloc[a + own], p.T, job.typed[a + own])
+    records, sums = format_records(
+        job.chrom, job.sites.iloc[a + own], p.T, job.typed[a + own], gp=job.gp
+    )
     job.stats.append((job.pos[a + own], sums))
     return records, int(missing[:, own].sum())
+
+
+def _prior_records(job: _Job, sites: np.ndarray) -> tuple[bytes, int]:
+    """``_impute_window`` for a predictor that returns the engine's P(ALT) as it is (``copying``):
+    the records are formatted from the prior store's rounded values directly, with the target's
+    observed calls written as observed (the same bytes as the general path, without its passes
+    over the window: tokens, retrieval, floats)."""
+    s0, s1 = int(sites[0]), int(sites[-1]) + 1
+    k = job.prior.read_codes(s0, s1)[sites - s0]  # (sites, haplotypes)
+    t = np.flatnonzero(job.trow[sites] >= 0)
+    calls = job.target.alleles[job.trow[sites[t]]]  # (typed sites here, haplotypes), -1 missing
+    k[t] = np.where(calls >= 0, calls.astype(np.uint16) * np.uint16(PRIOR_SCALE), k[t])
+    records, sums = format_coded_records(
+        job.chrom, job.sites.iloc[sites], k, job.typed[sites], gp=job.gp
+    )
+    job.stats.append((job.pos[sites], sums))
+    return records, int((calls < 0).sum())
 
 
 def _predict_window(
@@ -437,6 +471,7 @@ def run_impute_stage(
     engine: dict | None = None,
     sample_batch: tuple[int, int] | None = None,
     stats_out: str | os.PathLike | None = None,
+    gp: bool = True,
 ) -> dict:
     """Build the predictor for ``method``, impute, and write the VCF and its JSON report (with the
     target alignment counts from ``alignment_json``). ``index_dir`` / ``states_dir``: the window
@@ -479,6 +514,7 @@ def run_impute_stage(
         engine_params=engine_params(engine),
         sample_batch=sample_batch,
         stats_out=stats_out,
+        gp=gp,
     )
     if sample_batch is not None:
         report["sample_batch"] = {"first": sample_batch[0], "count": sample_batch[1]}
@@ -521,6 +557,7 @@ def impute_target(
     index_kind: str = "binary_flat",
     engine: dict | None = None,
     reference_splits: tuple[str, ...] = ("train", "val", "test"),
+    gp: bool = True,
 ) -> dict:
     """Everything the workflow does for one target, outside Snakemake: harmonise it (``OUT.aligned/``),
     store its mask in the run's mask store, build the indexes for that mask unless they exist (they
@@ -575,4 +612,5 @@ def impute_target(
         threads=threads,
         states_dir=states_dir,
         engine=engine,
+        gp=gp,
     )

@@ -64,6 +64,7 @@ class PriorPredictor:
 
     name = "copying"
     needs_prior = True
+    returns_prior = True  # predict() is the prior unchanged: the writer may read it directly
     k = 0  # no per-window neighbours: the engine chose its own states
 
     def predict(self, batch: WindowBatch) -> np.ndarray:

@@ -18,12 +18,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numba import njit, prange
 
 from .engine import Engine, EngineParams
 from .logs import Progress, log
 
-SCALE = 65535
+SCALE = 65535  # = vcf_write.STATS_SCALE: the VCF writer formats the stored values as they are
 PRIOR_FORMAT_VERSION = 1
+
+
+@njit(parallel=True, cache=True)
+def _quantize_transposed(p, scale, out):
+    """out (sites, rows) = rint(clip(p, 0, 1) x scale) of p (rows, sites), a tile at a time (each
+    tile read and written within the cache: a plain transpose strides through memory)."""
+    rows, n_sites = p.shape
+    zero, one = np.float32(0.0), np.float32(1.0)
+    tile = 64
+    for t in prange((n_sites + tile - 1) // tile):
+        s0 = t * tile
+        s1 = min(s0 + tile, n_sites)
+        for r0 in range(0, rows, tile):
+            for r in range(r0, min(r0 + tile, rows)):
+                for s in range(s0, s1):
+                    x = min(max(p[r, s], zero), one) * scale  # in float32, as numpy rounds it
+                    out[s, r] = np.uint16(np.rint(x))
 
 
 class PriorStore:
@@ -38,19 +56,25 @@ class PriorStore:
     def write(self, first: int, p: np.ndarray) -> None:
         """``p`` (rows, n_sites): the batch of haplotypes ``first``, ``first + 1``, ..."""
         path = self.dir / f"b{len(self.batches):05d}.u16"
-        q = np.rint(np.clip(p, 0.0, 1.0) * SCALE).astype(np.uint16)
-        np.ascontiguousarray(q.T).tofile(path)
+        p = np.ascontiguousarray(p, dtype=np.float32)
+        q = np.empty((p.shape[1], p.shape[0]), dtype=np.uint16)
+        _quantize_transposed(p, np.float32(SCALE), q)
+        q.tofile(path)
         self.batches.append((first, p.shape[0], path))
 
-    def read(self, a: int, b: int) -> np.ndarray:
-        """(n_hap, b - a) float32: every haplotype at sites a..b-1."""
-        out = np.empty((self.n_hap, b - a), dtype=np.float32)
+    def read_codes(self, a: int, b: int) -> np.ndarray:
+        """(b - a, n_hap) uint16 P(ALT) x SCALE (rounded): sites a..b-1, every haplotype."""
+        out = np.empty((b - a, self.n_hap), dtype=np.uint16)
         for first, rows, path in self.batches:
             with open(path, "rb") as f:
                 f.seek(a * rows * 2)
-                block = np.fromfile(f, dtype=np.uint16, count=(b - a) * rows).reshape(b - a, rows)
-            out[first : first + rows] = block.T / np.float32(SCALE)
+                block = np.fromfile(f, dtype=np.uint16, count=(b - a) * rows)
+            out[:, first : first + rows] = block.reshape(b - a, rows)
         return out
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """(n_hap, b - a) float32: every haplotype at sites a..b-1."""
+        return self.read_codes(a, b).T / np.float32(SCALE)
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

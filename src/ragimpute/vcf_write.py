@@ -38,6 +38,7 @@ _THOUSANDTHS_LEN = np.array([len(t) for t in _THOUSANDTHS], dtype=np.int64)
 for _i, _text in enumerate(_THOUSANDTHS):
     _THOUSANDTHS_BYTES[_i, : len(_text)] = np.frombuffer(_text.encode(), np.uint8)
 _PHASED_GT_BYTES = np.array([np.frombuffer(g.encode(), np.uint8) for g in PHASED_GT])
+_HOM_REF = np.frombuffer(b"0|0:0:1,0,0", np.uint8).copy()  # its first 5 bytes without GP
 
 
 @njit(cache=True)
@@ -48,43 +49,58 @@ def _put(buf, at, number, table, lengths):
 
 
 @njit(parallel=True, cache=True)
-def _dosage_text(gt_code, ds, gp0, gp1, gp2, table, lengths, gt_bytes):
-    """One byte buffer of every record's sample columns, each record's ending in a newline; and
-    the end offset of each record in it."""
+def _dosage_text(gt_code, ds, gp0, gp1, gp2, with_gp, table, lengths, gt_bytes):
+    """One byte buffer of every record's sample columns (``GT:DS:GP``, or ``GT:DS`` without
+    ``with_gp``), each record's ending in a newline; and the end offset of each record in it."""
     n_sites, n = gt_code.shape
     size = np.zeros(n_sites, np.int64)
     for i in prange(n_sites):
         t = 0
         for j in range(n):
-            t += 8 + lengths[ds[i, j]] + lengths[gp0[i, j]]
-            t += lengths[gp1[i, j]] + lengths[gp2[i, j]]
+            t += 5 + lengths[ds[i, j]]
+            if with_gp:
+                t += 3 + lengths[gp0[i, j]] + lengths[gp1[i, j]] + lengths[gp2[i, j]]
         size[i] = t
     ends = np.cumsum(size)
     buf = np.empty(ends[-1] if n_sites else 0, np.uint8)
+    hom_ref = 11 if with_gp else 5
     for i in prange(n_sites):
         at = ends[i] - size[i]
         for j in range(n):
+            if ds[i, j] == 0 and gt_code[i, j] == 0 and (not with_gp or gp0[i, j] == 1000):
+                # most genotypes of an imputed panel: "0|0:0:1,0,0" (GP 1,0,0 is implied by DS 0,
+                # GP0 1000 and their sum 1000), written in one go
+                for c in range(hom_ref):
+                    buf[at + c] = _HOM_REF[c]
+                buf[at + hom_ref] = 9 if j < n - 1 else 10
+                at += hom_ref + 1
+                continue
             for c in range(3):
                 buf[at + c] = gt_bytes[gt_code[i, j], c]
             buf[at + 3] = 58  # ":"
             at = _put(buf, at + 4, ds[i, j], table, lengths)
-            buf[at] = 58
-            at = _put(buf, at + 1, gp0[i, j], table, lengths)
-            buf[at] = 44  # ","
-            at = _put(buf, at + 1, gp1[i, j], table, lengths)
-            buf[at] = 44
-            at = _put(buf, at + 1, gp2[i, j], table, lengths)
+            if with_gp:
+                buf[at] = 58
+                at = _put(buf, at + 1, gp0[i, j], table, lengths)
+                buf[at] = 44  # ","
+                at = _put(buf, at + 1, gp1[i, j], table, lengths)
+                buf[at] = 44
+                at = _put(buf, at + 1, gp2[i, j], table, lengths)
             buf[at] = 9 if j < n - 1 else 10  # tab, newline after the last sample
             at += 1
     return buf, ends
 
 
 def dosage_fields(
-    gt_code: np.ndarray, ds: np.ndarray, gp0: np.ndarray, gp1: np.ndarray, gp2: np.ndarray
+    gt_code: np.ndarray,
+    ds: np.ndarray,
+    gp0: np.ndarray | None = None,
+    gp1: np.ndarray | None = None,
+    gp2: np.ndarray | None = None,
 ) -> list[bytes]:
     """Per-record ``GT:DS:GP`` sample columns (tab-separated bytes ending in a newline) from (sites,
     samples) arrays: GT code 2 * allele0 + allele1, DS in thousandths (0-2000), GP in thousandths
-    (0-1000).
+    (0-1000); ``GT:DS`` when no GP is given.
 
     Written by a compiled kernel from lookup tables (numbers without trailing zeros: "0", "0.25",
     "1"): no Python object per genotype.
@@ -92,8 +108,12 @@ def dosage_fields(
     n_sites, n = gt_code.shape
     if n == 0:
         return [b"\n"] * n_sites
-    arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (gt_code, ds, gp0, gp1, gp2)]
-    buf, ends = _dosage_text(*arrays, _THOUSANDTHS_BYTES, _THOUSANDTHS_LEN, _PHASED_GT_BYTES)
+    with_gp = gp0 is not None
+    gp = (gp0, gp1, gp2) if with_gp else (ds, ds, ds)  # not read without GP
+    arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (gt_code, ds, *gp)]
+    buf, ends = _dosage_text(
+        *arrays, with_gp, _THOUSANDTHS_BYTES, _THOUSANDTHS_LEN, _PHASED_GT_BYTES
+    )
     data = buf.tobytes()
     starts = np.r_[0, ends[:-1]]
     return [data[a:e] for a, e in zip(starts, ends, strict=True)]
@@ -230,6 +250,9 @@ def write_phased_vcf(
 
 # -- imputed records: GT:DS:GP from haplotype ALT probabilities ------------------------------------
 
+GP_LINE = (
+    '##FORMAT=<ID=GP,Number=G,Type=Float,Description="Genotype probabilities of 0/0, 0/1, 1/1">'
+)
 INFO_LINES = [
     '##INFO=<ID=AF,Number=A,Type=Float,Description="Estimated ALT allele frequency: mean DS / 2 over '
     'the targets">',
@@ -239,7 +262,7 @@ INFO_LINES = [
     '##INFO=<ID=TYPED,Number=0,Type=Flag,Description="Typed in the target (missing calls imputed)">',
     '##FORMAT=<ID=GT,Number=1,Type=String,Description="Phased best-guess genotype (argmax GP)">',
     '##FORMAT=<ID=DS,Number=A,Type=Float,Description="ALT dosage: P(ALT) of haplotype 1 + haplotype 2">',
-    '##FORMAT=<ID=GP,Number=G,Type=Float,Description="Genotype probabilities of 0/0, 0/1, 1/1">',
+    GP_LINE,
 ]
 
 
@@ -249,7 +272,9 @@ def genotype_codes(k: np.ndarray) -> tuple[np.ndarray, ...]:
     takes the remainder), from p = k / STATS_SCALE: GP = ((1-p0)(1-p1), p0(1-p1) + p1(1-p0), p0 p1),
     GT = argmax GP, a heterozygote phased with ALT on the haplotype of larger p (haplotype 1 on
     ties); DS = p0 + p1; each rounded half to even and clipped."""
-    k = np.ascontiguousarray(k, dtype=np.int64)
+    k = np.ascontiguousarray(k)
+    if k.dtype.kind not in "iu":
+        k = k.astype(np.int64)
     n_sites, n = k.shape[0], k.shape[1] // 2
     codes = [np.empty((n_sites, n), np.int64) for _ in range(5)]
     _genotype_codes(k, float(STATS_SCALE), *codes)
@@ -294,6 +319,7 @@ def format_records(
     p: np.ndarray,
     typed: np.ndarray,
     block: int = 1 << 21,
+    gp: bool = True,
 ) -> tuple[bytes, np.ndarray]:
     """VCF record lines of ``sites`` from haplotype probabilities ``p`` (n_sites, 2n), formatted
     ``block`` genotypes at a time (memory: ~30 bytes per genotype of a block); also (n_sites, 2) the
@@ -301,27 +327,56 @@ def format_records(
     are computed (exactly, so that batches of targets merged later give the same INFO).
 
     P(ALT) is first rounded to 1/65535 (far below the printed thousandths), the one value every
-    field is computed from."""
-    n = p.shape[1] // 2
+    field is computed from (``format_coded_records``)."""
+    k = np.rint(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) * STATS_SCALE).astype(np.int64)
+    return format_coded_records(chrom, sites, k, typed, block, gp)
+
+
+def format_coded_records(
+    chrom: str,
+    sites: pd.DataFrame,
+    k: np.ndarray,
+    typed: np.ndarray,
+    block: int = 1 << 21,
+    gp: bool = True,
+) -> tuple[bytes, np.ndarray]:
+    """``format_records`` from P(ALT) already rounded: ``k`` (n_sites, 2n) integers P(ALT) x 65535
+    (as the engine's prior store holds them). Without ``gp``, the records are ``GT:DS``."""
+    n = k.shape[1] // 2
     step = max(1, block // max(n, 1))
     pos = sites["pos"].to_numpy()
     ids = sites["id"].to_numpy() if "id" in sites else np.full(len(sites), ".", dtype=object)
     ref, alt = sites["ref"].to_numpy(), sites["alt"].to_numpy()
-    k = np.rint(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) * STATS_SCALE).astype(np.int64)
-    sums = np.stack([k.sum(axis=1), (k * k).sum(axis=1)], axis=1)
+    form = "GT:DS:GP\t" if gp else "GT:DS\t"
+    sums = np.zeros((len(k), 2), dtype=np.int64)
+    _code_sums(np.ascontiguousarray(k), sums)
     out = []
     for a in range(0, len(sites), step):
         b = min(a + step, len(sites))
-        fields = dosage_fields(*genotype_codes(k[a:b]))
+        codes = genotype_codes(k[a:b])
+        fields = dosage_fields(*(codes if gp else codes[:2]))
         info = info_strings(sums[a:b, 0], sums[a:b, 1], 2 * n, typed[a:b])
         for i in range(b - a):
             j = a + i
             out.append(
                 f"{chrom}\t{pos[j]}\t{ids[j] or '.'}\t{ref[j]}\t{alt[j]}\t.\tPASS\t"
-                f"{info[i]}\tGT:DS:GP\t".encode()
+                f"{info[i]}\t{form}".encode()
             )
             out.append(fields[i])
     return b"".join(out), sums
+
+
+@njit(parallel=True, cache=True)
+def _code_sums(k, sums):
+    for i in prange(k.shape[0]):
+        s = 0
+        sq = 0
+        for j in range(k.shape[1]):
+            x = np.int64(k[i, j])
+            s += x
+            sq += x * x
+        sums[i, 0] = s
+        sums[i, 1] = sq
 
 
 def info_strings(

@@ -157,6 +157,7 @@ IMPUTE_PARAMS = dict(
     k=config["retrieval"]["k"],
     batch_haplotypes=config["impute"]["batch_haplotypes"],
     device=config["impute"]["device"],
+    gp=config["impute"]["gp"],
     engine=config["engine"],
 )
 

@@ -27,4 +27,5 @@ run(
     engine=dict(snakemake.params.engine),
     sample_batch=tuple(batch) if batch else None,
     stats_out=snakemake.output.get("stats"),
+    gp=snakemake.params.gp,
 )
