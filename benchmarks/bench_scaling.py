@@ -10,6 +10,10 @@ same threads:
   ``ragimpute impute --method copying`` (harmonises the target, builds the state index, runs the
   copying-model engine, writes the VCF). "ours" below is the sum of both, "impute" the second alone.
 
+Both write the same FORMAT fields: ``GT:DS`` (Beagle's default; ours with ``--no-gp``) on the grid,
+and at the largest number of targets also ``GT:DS:GP`` (Beagle's ``gp=true``; our default), as a
+point of its own (``fields``).
+
 Each command runs in its own process under GNU time (wall seconds, peak RSS), ``--repeats`` times
 (3) interleaved with the other tool's runs; the medians are reported. Accuracy (aggregate
 dosage r² over untyped sites) is computed for both from the output VCFs against the truth. Prints a
@@ -126,7 +130,14 @@ def r2(ds: np.ndarray, truth: np.ndarray, sel: np.ndarray) -> float:
 
 
 def run_point(
-    data: dict, n_ref: int, n_tgt: int, spacing: int, threads: int, work: Path, repeats: int
+    data: dict,
+    n_ref: int,
+    n_tgt: int,
+    spacing: int,
+    threads: int,
+    work: Path,
+    repeats: int,
+    gp: bool = False,
 ) -> dict:
     haps, pos = data["haps"], data["pos"]
     ref = haps[:, : 2 * (n_ref // 2)]
@@ -140,7 +151,7 @@ def run_point(
             typed.append(i)
             last = p[i]
     typed = np.asarray(typed)
-    d = work / f"ref{n_ref}_tgt{n_tgt}"
+    d = work / f"ref{n_ref}_tgt{n_tgt}{'_gp' if gp else ''}"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     ref_names = [f"R{i}" for i in range(ref.shape[1] // 2)]
@@ -186,6 +197,7 @@ def run_point(
             str(d / "ours.vcf.gz"),
             "--threads",
             str(threads),
+            "--gp" if gp else "--no-gp",
         ],
         d / "impute.log",
     )
@@ -197,6 +209,7 @@ def run_point(
             f"out={d / 'beagle'}",
             f"nthreads={threads}",
             "seed=1",
+            f"gp={'true' if gp else 'false'}",
         ],
         d / "beagle.log",
     )
@@ -219,6 +232,7 @@ def run_point(
     return {
         "reference_haplotypes": int(ref.shape[1]),
         "targets": n_tgt,
+        "fields": "GT:DS:GP" if gp else "GT:DS",
         "sites": int(len(p)),
         "typed": int(len(typed)),
         "ours": ours_total,
@@ -314,6 +328,16 @@ def main() -> None:
             }
         )
         print(json.dumps(points[-1]), flush=True)
+    n_max = max(a.targets)
+    points.append(
+        {
+            "curve": "gp",
+            **run_point(
+                data, a.fixed_reference, n_max, a.spacing, a.threads, work, a.repeats, gp=True
+            ),
+        }
+    )
+    print(json.dumps(points[-1]), flush=True)
     machine = {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
@@ -326,12 +350,12 @@ def main() -> None:
     )
     plot(points, OUT / "scaling.png")
     print(
-        f"\n{'curve':10} {'ref haps':>8} {'targets':>7} {'ours s':>7} {'impute s':>8} {'Beagle s':>8} "
+        f"\n{'curve':10} {'fields':8} {'ref haps':>8} {'targets':>7} {'ours s':>7} {'impute s':>8} {'Beagle s':>8} "
         f"{'ratio':>6} {'ours MB':>8} {'Beagle MB':>9} {'r2 ours':>8} {'r2 Beagle':>9}"
     )
     for q in points:
         print(
-            f"{q['curve']:10} {q['reference_haplotypes']:8d} {q['targets']:7d} {q['ours']['seconds']:7.1f} "
+            f"{q['curve']:10} {q['fields']:8} {q['reference_haplotypes']:8d} {q['targets']:7d} {q['ours']['seconds']:7.1f} "
             f"{q['ours_impute']['seconds']:8.1f} {q['beagle']['seconds']:8.1f} {q['time_ratio']:6.2f} "
             f"{q['ours']['rss_mb']:8.0f} {q['beagle']['rss_mb']:9.0f} {q['r2']['ours']:8.4f} {q['r2']['beagle']:9.4f}"
         )
