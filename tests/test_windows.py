@@ -27,7 +27,9 @@ from ragimpute.windows import (
     FORMAT_VERSION,
     WindowedTable,
     build_windows,
+    load_windows,
     owner_windows,
+    packed_haplotypes,
     sites_with_hash,
     window_bounds,
 )
@@ -156,6 +158,22 @@ def test_haplotype_tables_equal_panel_slices(demo, demo_windows, split_dict):
         a, b = bounds[-1]
         np.testing.assert_array_equal(table.read(len(bounds) - 1), panel.haplotypes[a:b, cols].T)
         assert table.metadata["split"] == split
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_packed_haplotypes_are_the_panels_bits_on_any_threads(
+    demo, demo_windows, split_dict, threads
+):
+    """The reference the engine reads: every site's alleles of the train then val haplotypes as
+    bits, whatever number of threads reads the windows."""
+    panel = read_panel(demo.vcf, "20")
+    tables = [WindowedTable(demo_windows / "haplotypes" / f"{s}.parquet", "alleles")
+              for s in ("train", "val")]  # fmt: skip
+    got = packed_haplotypes(tables, load_windows(demo_windows), threads)
+    cols = [2 * panel.samples.index(s) + p for k in ("train", "val") for s in split_dict[k]
+            for p in (0, 1)]  # fmt: skip
+    want = np.packbits(panel.haplotypes[:, cols], axis=1, bitorder="little")
+    np.testing.assert_array_equal(got, want)
 
 
 @needs_bcftools

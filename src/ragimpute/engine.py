@@ -395,8 +395,8 @@ def _interval(out_col, u0, u1, lam, af, ref_packed, carriers, cur, nx, left_only
     the reference bits of those states or, when the site's minor allele has fewer carriers than
     that, off the posterior of its carriers (most sites are rare, and the sum is then a handful of
     reads instead of one per kept state); both give the same sum."""
-    cur_h, cur_p, n_cur, cur_kept, cur_res, cur_w = cur
-    nx_h, nx_p, n_nx, nx_kept, nx_res, nx_w = nx
+    n_cur, cur_res = cur[2], cur[4]
+    n_nx, nx_res = nx[2], nx[4]
     ptr, hap, kind = carriers
     budget = n_cur if left_only else n_cur + n_nx
     reads = 1 if left_only else 2
@@ -404,31 +404,29 @@ def _interval(out_col, u0, u1, lam, af, ref_packed, carriers, cur, nx, left_only
         c0, c1 = ptr[u], ptr[u + 1]
         by_carrier = kind[u] != NOT_LISTED and reads * (c1 - c0) <= budget
         alt_listed = kind[u] == ALT_LISTED
-        x = cur_res * af[u]
-        if by_carrier:
-            s = 0.0
-            for i in range(c0, c1):
-                s += cur_w[hap[i]]
-            x += s if alt_listed else cur_kept - s
-        else:
-            for j in range(n_cur):
-                h = cur_h[j]
-                x += cur_p[j] * ((ref_packed[u, h >> 3] >> (h & 7)) & 1)
+        x = cur_res * af[u] + _copied_alt(u, cur, by_carrier, c0, c1, hap, alt_listed, ref_packed)
         if left_only:
             out_col[u] = x
             continue
-        y = nx_res * af[u]
-        if by_carrier:
-            s = 0.0
-            for i in range(c0, c1):
-                s += nx_w[hap[i]]
-            y += s if alt_listed else nx_kept - s
-        else:
-            for j in range(n_nx):
-                h = nx_h[j]
-                y += nx_p[j] * ((ref_packed[u, h >> 3] >> (h & 7)) & 1)
+        y = nx_res * af[u] + _copied_alt(u, nx, by_carrier, c0, c1, hap, alt_listed, ref_packed)
         w = lam[u]
         out_col[u] = (1.0 - w) * x + w * y
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _copied_alt(u, states, by_carrier, c0, c1, hap, alt_listed, ref_packed):
+    """Posterior mass of the kept ``states`` that copy ALT at site u: read off the site's listed
+    carriers (c0..c1 of ``hap``, of ALT or of REF) or off the states' reference bits."""
+    hs, ps, n, kept, _, w = states
+    s = 0.0
+    if by_carrier:
+        for i in range(c0, c1):
+            s += w[hap[i]]
+        return s if alt_listed else kept - s
+    for j in range(n):
+        h = hs[j]
+        s += ps[j] * ((ref_packed[u, h >> 3] >> (h & 7)) & 1)
+    return s
 
 
 @njit(cache=True, fastmath=True)

@@ -593,7 +593,7 @@ def impute_target(
         stale = stale_reason(states_dir, windows, list(reference_splits), params)
         if stale:
             log.info("building the state index %s (%s)", states_dir, stale)
-            build_states(windows, store, h, list(reference_splits), states_dir, params)
+            build_states(windows, store, h, list(reference_splits), states_dir, params, threads)
     return run_impute_stage(
         method,
         aligned / "alignment.json",

@@ -176,10 +176,10 @@ def run_prior_stage(
     hap_dir = Path(windows_dir) / "haplotypes"
     train = WindowedTable(hap_dir / "train.parquet", "alleles")
     queries = train if split == "train" else WindowedTable(hap_dir / f"{split}.parquet", "alleles")
-    packed = packed_haplotypes([train], windows)
+    packed = packed_haplotypes([train], windows, threads)
     n_ref = train.n_haplotypes
     engine = Engine(reference_chunk(packed, n_ref, typed, sites), params)
-    q_packed = packed if queries is train else packed_haplotypes([queries], windows)
+    q_packed = packed if queries is train else packed_haplotypes([queries], windows, threads)
     n_q = queries.n_haplotypes
     query = np.ascontiguousarray(
         np.unpackbits(q_packed[typed], axis=1, count=n_q, bitorder="little").T, dtype=np.int8

@@ -61,8 +61,10 @@ def build_states(
     splits: list[str],
     out_dir: str | os.PathLike,
     params: EngineParams,
+    threads: int = 1,
 ) -> dict:
-    """Build the state index of the reference ``splits`` under mask ``mask_hash``."""
+    """Build the state index of the reference ``splits`` under mask ``mask_hash`` (the reference read
+    on ``threads`` threads)."""
     t0 = time.perf_counter()
     sites, slh = sites_with_hash(windows_dir)
     mask = load_mask_for(mask_store, mask_hash, slh)
@@ -70,7 +72,7 @@ def build_states(
     if len(typed) == 0:
         raise ArtifactError(f"mask {mask_hash} observes no site: there is nothing to copy from")
     tables = reference_tables(windows_dir, splits)
-    packed = packed_haplotypes(tables, load_windows(windows_dir))
+    packed = packed_haplotypes(tables, load_windows(windows_dir), threads)
     n_ref = sum(t.n_haplotypes for t in tables)
     ref_typed = np.unpackbits(packed[typed], axis=1, count=n_ref, bitorder="little")
     cm = sites["cm"].to_numpy()

@@ -19,7 +19,9 @@ import contextlib
 import hashlib
 import io
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -511,22 +513,38 @@ class WindowedTable:
             yield w, self.read(w)
 
 
-def packed_haplotypes(tables: list[WindowedTable], windows: pd.DataFrame) -> np.ndarray:
+def packed_haplotypes(
+    tables: list[WindowedTable], windows: pd.DataFrame, threads: int = 1
+) -> np.ndarray:
     """(sites, ceil(haplotypes / 8)) bits of every site for the haplotypes of ``tables`` one after the
     other (little bit order: byte j holds haplotypes 8j..8j+7), read window by window so that one
-    window is held unpacked at a time."""
+    window per thread is held unpacked at a time. Decoding Parquet's list columns is most of the
+    time, and pyarrow does it without the GIL: windows are read on ``threads`` threads, each with its
+    own file handles."""
     n_sites = int(windows["last_site"].max()) + 1 if len(windows) else 0
     n_hap = sum(t.n_haplotypes for t in tables)
     out = np.zeros((n_sites, -(-n_hap // 8)), dtype=np.uint8)
-    done = 0
+    parts, done = [], 0  # (window, its first site, the first site not read before)
     for w, (a, b) in enumerate(windows[["first_site", "last_site"]].to_numpy()):
-        if b < done:
-            continue
-        block = np.concatenate(
-            [t.read(w)[:, done - a :] for t in tables]
-        )  # (haplotypes, new sites)
-        out[done : b + 1] = np.packbits(block.T, axis=1, bitorder="little")
-        done = b + 1
+        if b >= done:
+            parts.append((w, int(a), done))
+            done = int(b) + 1
+    local = threading.local()
+
+    def pack(part: tuple[int, int, int]) -> None:
+        if not hasattr(local, "tables"):
+            local.tables = [WindowedTable(t.path, t.column) for t in tables]
+        w, a, new = part
+        block = np.concatenate([t.read(w)[:, new - a :] for t in local.tables])  # (haps, new sites)
+        out[new : new + block.shape[1]] = np.packbits(block.T, axis=1, bitorder="little")
+
+    if threads > 1 and len(parts) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(pack, parts))
+    else:
+        local.tables = tables
+        for part in parts:
+            pack(part)
     return out
 
 

@@ -51,6 +51,7 @@ rule states:
         bench("states/{unit}/{mask_hash}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
+    threads: config["impute"]["threads"]
     resources:
         mem_mb=4000,
     params:

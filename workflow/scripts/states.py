@@ -13,4 +13,5 @@ run(
     splits=list(snakemake.params.splits),
     out_dir=snakemake.output[0],
     params=EngineParams(**snakemake.params.engine),
+    threads=snakemake.threads,
 )
