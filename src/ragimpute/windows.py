@@ -169,10 +169,9 @@ def write_windows(
         }
 
         def write(windows: Iterator[np.ndarray]) -> None:
-            # transposed window by window: small blocks stay in cache, a whole-chromosome .T does not
             for haplotypes in windows:
                 for name, writer in writers.items():
-                    writer.write(np.take(haplotypes, cols[name], axis=1).T)
+                    writer.write(haplotype_rows(haplotypes, cols[name]))
 
         for block_sites, haplotypes in panel:
             sites.add(block_sites, haplotypes)
@@ -373,6 +372,16 @@ def write_windowed(
             writer.write(block)
 
 
+def haplotype_rows(block: np.ndarray, cols: np.ndarray, band: int = 256) -> np.ndarray:
+    """``block[:, cols].T`` (haplotypes, sites), C-contiguous, copied a band of sites at a time: a
+    band stays in the cache, where a whole window's transposed copy strides through memory (7x
+    slower, measured on 5,000 haplotypes)."""
+    out = np.empty((len(cols), block.shape[0]), dtype=block.dtype)
+    for a in range(0, block.shape[0], band):
+        out[:, a : a + band] = block[a : a + band, cols].T
+    return out
+
+
 @contextlib.contextmanager
 def windowed_writer(
     path: str | os.PathLike,
@@ -468,6 +477,9 @@ def _set_footer_schema(path: Path, schema: pa.Schema) -> None:
         f.truncate()
 
 
+READ_ROWS = 256  # rows of a windowed table decoded at a time
+
+
 @dataclass
 class WindowedTable:
     """Read access to a windowed Parquet table, one window at a time."""
@@ -495,18 +507,28 @@ class WindowedTable:
         return 2 * len(self.samples)
 
     def read(self, window: int) -> np.ndarray:
-        """(2 * n_samples, window length) uint8 matrix of one window."""
+        """(2 * n_samples, window length) uint8 matrix of one window.
+
+        Decoded ``READ_ROWS`` rows at a time: Arrow's decoding of a whole row group of list values
+        takes several times the matrix's memory (levels, offsets, buffers the allocator keeps), and
+        is slower too (measured: 5,000 haplotypes, 3.1 s and 400 MB against 4.6 s and 720 MB)."""
+        parts, got = [], None
         with reading(self.path, self.stage):
-            t = self._file.read_row_group(window, columns=["window", self.column])
-        if t.num_rows == 0:  # a split without samples
+            batches = self._file.iter_batches(
+                READ_ROWS, row_groups=[window], columns=["window", self.column], use_threads=False
+            )
+            for batch in batches:
+                if got is None:
+                    got = batch.column(0)[0].as_py()
+                col = batch.column(1)
+                parts.append(col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1))
+        if not parts:  # a split without samples
             return np.zeros((0, 0), dtype=np.uint8)
-        got = t.column("window")[0].as_py()
         if got != window:
             raise ArtifactError(
                 f"{self.path}: row group {window} holds window {got}; the file is corrupt"
             )
-        col = t.column(self.column).combine_chunks()
-        return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         for w in range(self.n_windows):
