@@ -149,7 +149,7 @@ def impute(
     into batches; the engine's error rate is still estimated on the whole target, so that every batch
     uses the same); ``stats_out``: where to write the sums INFO is recomputed from when the batches
     are merged (``ragimpute.ligate``). ``gp``: records are ``GT:DS:GP``, else ``GT:DS`` (Beagle's
-    default; a third of the bytes to write).
+    default; about half the bytes to write).
     """
     import faiss
 
