@@ -32,7 +32,6 @@ from ragimpute.windows import (
     packed_haplotypes,
     sites_with_hash,
     window_bounds,
-    write_windowed,
 )
 
 # -- naive references -----------------------------------------------------------------------------
@@ -266,29 +265,3 @@ def test_windowed_table_detects_a_missing_file(tmp_path):
         WindowedTable(tmp_path / "nope.parquet", "alleles")
     with pytest.raises(ArtifactError, match="run the window stage first"):
         sites_with_hash(tmp_path)
-
-
-def test_a_row_group_that_fails_to_write_fails_the_table(tmp_path, monkeypatch):
-    """Row groups are written on a thread of their own: its error reaches the caller, and no table
-    is left behind."""
-    calls = []
-
-    def broken(self, table, row_group_size=None):
-        calls.append(table.num_rows)
-        if len(calls) == 2:
-            raise OSError("no space left on device")
-        return real(self, table, row_group_size=row_group_size)
-
-    real = pq.ParquetWriter.write_table
-    monkeypatch.setattr(pq.ParquetWriter, "write_table", broken)
-    path = tmp_path / "t.parquet"
-    blocks = (np.full((4, 3), w % 2, np.uint8) for w in range(5))
-    with pytest.raises(OSError, match="no space left"):
-        write_windowed(path, blocks, "alleles", ["a", "b"], {})
-    assert not path.exists() and list(tmp_path.iterdir()) == []
-    monkeypatch.undo()
-    write_windowed(
-        path, (np.full((4, 3), w % 2, np.uint8) for w in range(5)), "alleles", ["a", "b"], {}
-    )
-    table = WindowedTable(path, "alleles")
-    assert table.n_windows == 5 and [table.read(w)[0, 0] for w in range(5)] == [0, 1, 0, 1, 0]

@@ -21,7 +21,7 @@ import io
 import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -398,16 +398,11 @@ def windowed_writer(
     was known is byte for byte the table written with that metadata from the start.
     """
     writer = WindowedWriter(column, samples, metadata, extra_columns, value_type)
-    with atomic_path(path, suffix=".parquet") as tmp, ThreadPoolExecutor(1) as pool:
+    with atomic_path(path, suffix=".parquet") as tmp:
         started = writer.schema()
         with pq.ParquetWriter(tmp, started, **PARQUET_WRITE) as parquet:
-            writer.parquet, writer.pool = parquet, pool
-            try:
-                yield writer
-            except BaseException:
-                writer.flush(raise_error=False)  # the file is discarded: only let the write end
-                raise
-            writer.flush()
+            writer.parquet = parquet
+            yield writer
         if writer.schema().metadata != started.metadata:
             _set_footer_schema(tmp, writer.schema())
 
@@ -440,11 +435,6 @@ class WindowedWriter:
             + [(k, pa.string()) for k in self.extra_columns]
         )
         self.parquet: pq.ParquetWriter | None = None
-        # Row groups are encoded on a thread of their own (pyarrow releases the GIL), one at a time
-        # and in order, while the caller prepares the next window: the window stage reads the VCF
-        # while the previous window is written (Parquet's list encoding is most of its time).
-        self.pool: ThreadPoolExecutor | None = None
-        self._pending: Future | None = None
         self.n_windows = 0
 
     def schema(self) -> pa.Schema:
@@ -462,25 +452,11 @@ class WindowedWriter:
         arrays += [values] + [
             pa.array([v] * n_rows, pa.string()) for v in self.extra_columns.values()
         ]
-        table = pa.Table.from_arrays(arrays, schema=self.parquet.schema)
-        self.flush()  # the previous window's row group first
         # an empty split (no sample) still gets one (empty) row group per window
-        size = max(n_rows, 1)
-        if self.pool is None:
-            self.parquet.write_table(table, row_group_size=size)
-        else:
-            self._pending = self.pool.submit(self.parquet.write_table, table, row_group_size=size)
+        self.parquet.write_table(
+            pa.Table.from_arrays(arrays, schema=self.parquet.schema), row_group_size=max(n_rows, 1)
+        )
         self.n_windows += 1
-
-    def flush(self, raise_error: bool = True) -> None:
-        """Wait until the row group being written is written; its error, if any, is raised here."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        if raise_error:
-            pending.result()
-        else:
-            wait([pending])
 
 
 def _set_footer_schema(path: Path, schema: pa.Schema) -> None:
