@@ -346,8 +346,9 @@ def _prior_records(job: _Job, sites: np.ndarray) -> tuple[bytes, int]:
     over the window: tokens, retrieval, floats)."""
     s0, s1 = int(sites[0]), int(sites[-1]) + 1
     k = job.prior.read_codes(s0, s1)[sites - s0]  # (sites, haplotypes)
-    t = np.flatnonzero(job.trow[sites] >= 0)
-    calls = job.target.alleles[job.trow[sites[t]]]  # (typed sites here, haplotypes), -1 missing
+    rows = job.trow[sites]
+    t = np.flatnonzero(rows >= 0)
+    calls = job.target.alleles[rows[t]]  # (typed sites here, haplotypes), -1 missing
     k[t] = np.where(calls >= 0, calls.astype(np.uint16) * np.uint16(PRIOR_SCALE), k[t])
     records, sums = format_coded_records(
         job.chrom, job.sites.iloc[sites], k, job.typed[sites], gp=job.gp

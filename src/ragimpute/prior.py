@@ -29,19 +29,18 @@ PRIOR_FORMAT_VERSION = 1
 
 @njit(parallel=True, cache=True)
 def _quantize_transposed(p, scale, out):
-    """out (sites, rows) = rint(clip(p, 0, 1) x scale) of p (rows, sites), a tile at a time (each
-    tile read and written within the cache: a plain transpose strides through memory)."""
+    """out (sites, rows) = rint(clip(p, 0, 1) x scale) of p (rows, sites), a band of 64 sites at a
+    time (the band's rows of out stay in the cache: a plain transpose strides through memory)."""
     rows, n_sites = p.shape
     zero, one = np.float32(0.0), np.float32(1.0)
-    tile = 64
-    for t in prange((n_sites + tile - 1) // tile):
-        s0 = t * tile
-        s1 = min(s0 + tile, n_sites)
-        for r0 in range(0, rows, tile):
-            for r in range(r0, min(r0 + tile, rows)):
-                for s in range(s0, s1):
-                    x = min(max(p[r, s], zero), one) * scale  # in float32, as numpy rounds it
-                    out[s, r] = np.uint16(np.rint(x))
+    band = 64
+    for t in prange((n_sites + band - 1) // band):
+        s0 = t * band
+        s1 = min(s0 + band, n_sites)
+        for r in range(rows):
+            for s in range(s0, s1):
+                x = min(max(p[r, s], zero), one) * scale  # in float32, as numpy rounds it
+                out[s, r] = np.uint16(np.rint(x))
 
 
 class PriorStore:
