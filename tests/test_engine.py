@@ -17,6 +17,7 @@ from ragimpute.engine import (
     EngineParams,
     StateIndex,
     interpolation_weights,
+    interval_classes,
     pack_reference,
     reference_carriers,
     step_bounds,
@@ -132,7 +133,10 @@ def test_engine_equals_brute_force(states, candidates):
     q = tgt[typed].T.astype(np.int8)
     q[0, 5] = -1  # a missing call
     err, ne = 0.01, 1e4
-    out, stats = Engine(chunk, EngineParams(**{**params.to_dict(), "ne": ne})).impute(q, error=err)
+    run = Engine(chunk, EngineParams(**{**params.to_dict(), "ne": ne}))
+    # every interval between typed sites summed by classes of identical haplotypes, as long ones are
+    run.classes = interval_classes(chunk.ref_packed, chunk.n_ref, chunk.typed_site, min_sites=1)
+    out, stats = run.impute(q, error=err)
     tables = engine.states(q)
     assert engine.identity == (candidates >= chunk.n_ref)
     for i in range(len(q)):
@@ -251,6 +255,40 @@ def test_interpolation_by_carriers_equals_interpolation_by_state_bits(min_post):
     engine.carriers = (np.zeros_like(ptr), hap[:0], np.full_like(kind, NOT_LISTED))
     by_bits, _ = engine.impute(q)
     np.testing.assert_allclose(by_carriers, by_bits, atol=1e-6)
+
+
+def test_interval_classes_group_haplotypes_with_the_same_alleles():
+    ref, _, _, _, typed = random_panel(3, n_sites=500, n_ref=70, n_typed=20)
+    packed = pack_reference(ref)
+    cls, cls_row, cbits, cbit_off = interval_classes(packed, 70, typed, min_sites=5)
+    edges, ends = np.r_[0, typed + 1], np.r_[typed, len(ref)]
+    assert (cls_row >= 0).sum() == ((ends - edges) >= 5).sum() > 0
+    for k in range(len(edges)):
+        seg = ref[edges[k] : ends[k]]  # (sites, haplotypes)
+        if cls_row[k] < 0:
+            assert (cbit_off[edges[k] : ends[k]] == -1).all()
+            continue
+        c = cls[cls_row[k]].astype(np.int64)
+        _, first, inverse = np.unique(seg.T, axis=0, return_index=True, return_inverse=True)
+        # the same class exactly when the same alleles; classes numbered by their least haplotype
+        np.testing.assert_array_equal(c, np.argsort(np.argsort(first))[inverse.ravel()])
+        assert len(first) < 70  # the panel's mosaics repeat: some classes hold several haplotypes
+        for u in range(edges[k], ends[k]):
+            row = np.unpackbits(cbits[cbit_off[u] :], bitorder="little")[: c.max() + 1]
+            np.testing.assert_array_equal(row[c], ref[u])
+
+
+def test_interpolation_by_classes_equals_interpolation_by_state_bits():
+    ref, tgt, pos, cm, _ = random_panel(9, n_sites=1500, n_ref=120)
+    typed = np.arange(20, 1500, 37)
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    q = tgt[typed].T.astype(np.int8)
+    engine = Engine(chunk, EngineParams(states=60, candidates=10, error=0.01))
+    assert (engine.classes[1] >= 0).all()  # every interval long enough to be grouped
+    by_classes, _ = engine.impute(q)
+    engine.classes = interval_classes(chunk.ref_packed, chunk.n_ref, typed, min_sites=10**9)
+    by_bits, _ = engine.impute(q)
+    np.testing.assert_allclose(by_classes, by_bits, atol=1e-6)
 
 
 def test_estimated_error_follows_the_genotyping_error_rate():

@@ -22,7 +22,9 @@ What it does for each target haplotype, and why:
 4. **Untyped sites by interpolation**: between typed sites m and m+1 the state posterior is linearly
    interpolated in cM (as Beagle does), and P(ALT) is read off the reference haplotypes the states
    copy there. States with posterior below ``min_posterior`` are dropped from that sum and their mass
-   is given the reference allele frequency (0: exact).
+   is given the reference allele frequency (0: exact). The sum runs over the carriers of a rare
+   site's minor allele, or over classes of haplotypes identical across the interval
+   (``interval_classes``): a few bytes per site instead of a row of the panel.
 
 No tensor spans all sites x all states x all haplotypes: a haplotype's work is ``typed sites x states``
 for the HMM and ``sites x kept states`` for the interpolation, and haplotypes run in parallel (numba
@@ -386,47 +388,173 @@ def _beta_step(b, hit, n, rho_m1, err, tmp):
 
 
 @njit(cache=True, fastmath=True)
-def _interval(out_col, u0, u1, lam, af, ref_packed, carriers, cur, nx, left_only):
-    """P(ALT) at sites u0..u1-1: posterior of the left typed site (cur) and, unless ``left_only``,
-    the right one (nx), mixed by ``lam``; dropped states' mass takes the allele frequency.
+def _interval(
+    out_col, u0, u1, lam, af, ref_packed, carriers, cur, nx, left_only, classes, k, scratch
+):
+    """P(ALT) at sites u0..u1-1 (interval k of ``classes``): posterior of the left typed site (cur)
+    and, unless ``left_only``, the right one (nx), mixed by ``lam``; dropped states' mass takes the
+    allele frequency.
 
     ``cur`` and ``nx`` are (haplotypes, posteriors, how many, kept mass, dropped mass, posterior by
-    reference haplotype) of the states kept. A site's sum over the kept states is read either off
-    the reference bits of those states or, when the site's minor allele has fewer carriers than
-    that, off the posterior of its carriers (most sites are rare, and the sum is then a handful of
-    reads instead of one per kept state); both give the same sum."""
-    n_cur, cur_res = cur[2], cur[4]
-    n_nx, nx_res = nx[2], nx[4]
+    reference haplotype) of the states kept. Their posteriors are first pooled by class: reference
+    haplotypes with the same alleles at every site of the interval copy the same thing there, so a
+    site's sum runs over the classes the kept states fall in (tens) instead of over the states
+    (hundreds). A site whose minor allele has fewer carriers than that is read off the posterior of
+    its carriers instead (most sites are rare: a handful of reads). All give the same sum."""
+    if u1 <= u0:
+        return
+    hs_c, ps_c, n_cur, kept_c, cur_res, w_c = cur
+    hs_n, ps_n, n_nx, kept_n, nx_res, w_n = nx
+    cls, cls_row, cbits, cbit_off = classes
+    row = cls_row[k]
+    slot, occ, wa, wb = scratch
+    n_occ = 0
+    for side in range(1 if left_only else 2):
+        hs, ps, n = (hs_c, ps_c, n_cur) if side == 0 else (hs_n, ps_n, n_nx)
+        for j in range(n):
+            r = hs[j] if row < 0 else np.int32(cls[row, hs[j]])
+            s = slot[r]
+            if s < 0:
+                s = n_occ
+                slot[r] = s
+                occ[s] = r
+                wa[s] = 0.0
+                wb[s] = 0.0
+                n_occ += 1
+            if side == 0:
+                wa[s] += ps[j]
+            else:
+                wb[s] += ps[j]
+    for s in range(n_occ):
+        slot[occ[s]] = -1
     ptr, hap, kind = carriers
-    budget = n_cur if left_only else n_cur + n_nx
     reads = 1 if left_only else 2
     for u in range(u0, u1):
         c0, c1 = ptr[u], ptr[u + 1]
-        by_carrier = kind[u] != NOT_LISTED and reads * (c1 - c0) <= budget
-        alt_listed = kind[u] == ALT_LISTED
-        x = cur_res * af[u] + _copied_alt(u, cur, by_carrier, c0, c1, hap, alt_listed, ref_packed)
+        a = 0.0
+        b = 0.0
+        if kind[u] != NOT_LISTED and reads * (c1 - c0) <= n_occ:
+            for i in range(c0, c1):
+                a += w_c[hap[i]]
+                if not left_only:
+                    b += w_n[hap[i]]
+            if kind[u] == REF_LISTED:
+                a = kept_c - a
+                b = kept_n - b
+        elif row < 0:
+            for s in range(n_occ):
+                r = occ[s]
+                bit = (ref_packed[u, r >> 3] >> (r & 7)) & 1
+                a += wa[s] * bit
+                b += wb[s] * bit
+        else:
+            o = cbit_off[u]
+            for s in range(n_occ):
+                c = occ[s]
+                bit = (cbits[o + (c >> 3)] >> (c & 7)) & 1
+                a += wa[s] * bit
+                b += wb[s] * bit
+        x = cur_res * af[u] + a
         if left_only:
             out_col[u] = x
-            continue
-        y = nx_res * af[u] + _copied_alt(u, nx, by_carrier, c0, c1, hap, alt_listed, ref_packed)
-        w = lam[u]
-        out_col[u] = (1.0 - w) * x + w * y
+        else:
+            w = lam[u]
+            out_col[u] = (1.0 - w) * x + w * (nx_res * af[u] + b)
 
 
-@njit(cache=True, fastmath=True, inline="always")
-def _copied_alt(u, states, by_carrier, c0, c1, hap, alt_listed, ref_packed):
-    """Posterior mass of the kept ``states`` that copy ALT at site u: read off the site's listed
-    carriers (c0..c1 of ``hap``, of ALT or of REF) or off the states' reference bits."""
-    hs, ps, n, kept, _, w = states
-    s = 0.0
-    if by_carrier:
-        for i in range(c0, c1):
-            s += w[hap[i]]
-        return s if alt_listed else kept - s
-    for j in range(n):
-        h = hs[j]
-        s += ps[j] * ((ref_packed[u, h >> 3] >> (h & 7)) & 1)
-    return s
+# Intervals between typed sites shorter than this get no classes (their states are summed one by one):
+# the class tables then take at most the memory of the reference bits of the sites they cover.
+CLASS_MIN_SITES = 16
+
+
+def interval_classes(
+    ref_packed: np.ndarray, n_ref: int, typed_site: np.ndarray, min_sites: int = CLASS_MIN_SITES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Reference haplotypes grouped by their alleles over each interval between typed sites, and the
+    alleles of each group: a site's sum over states then reads a few bytes, not a row of the panel.
+
+    Interval k holds the sites after typed site k - 1 and before typed site k (0: before the first;
+    M: after the last). Returns (``cls``, ``cls_row``, ``cbits``, ``cbit_off``): ``cls_row`` (M + 1,)
+    is the row of ``cls`` for interval k, or -1 where it has fewer than ``min_sites`` sites;
+    ``cls[row, h]`` the class of haplotype h there (classes numbered by their least haplotype; two
+    haplotypes share one exactly when their alleles agree at every site of the interval; uint16
+    below 65,536 haplotypes, else int32); the alleles of class c at site u are bit c of
+    ``cbits[cbit_off[u]:]`` (little bit order; ``cbit_off`` is -1 at sites outside such intervals)."""
+    typed_site = np.asarray(typed_site, dtype=np.int64)
+    n_sites = len(ref_packed)
+    edges = np.r_[0, typed_site + 1] if len(typed_site) else np.zeros(1, np.int64)
+    ends = np.r_[typed_site, n_sites]
+    grouped = np.flatnonzero(ends - edges >= min_sites)
+    cls_row = np.full(len(edges), -1, np.int64)
+    cls_row[grouped] = np.arange(len(grouped))
+    starts, stops = edges[grouped], ends[grouped]
+    cls = np.empty((len(grouped), n_ref), np.uint16 if n_ref < 65_536 else np.int32)
+    reps = np.empty((len(grouped), n_ref), np.int32)
+    n_cls = _group_intervals(ref_packed, n_ref, starts, stops, cls, reps)
+    row_bytes = (n_cls + 7) // 8
+    cbit_off = np.full(n_sites, -1, np.int64)
+    sizes = (stops - starts) * row_bytes
+    first = np.r_[0, np.cumsum(sizes)]
+    for g in range(len(grouped)):
+        cbit_off[starts[g] : stops[g]] = first[g] + row_bytes[g] * np.arange(stops[g] - starts[g])
+    cbits = np.zeros(first[-1], np.uint8)
+    _class_bits(ref_packed, starts, stops, reps, n_cls, cbit_off, cbits)
+    return cls, cls_row, cbits, cbit_off
+
+
+@njit(parallel=True, cache=True)
+def _group_intervals(ref_packed, n_ref, starts, stops, cls, reps):
+    """Classes of each interval g into cls[g]; reps[g, c] the least haplotype of class c; returns
+    the number of classes of each interval."""
+    n_cls = np.zeros(len(starts), np.int64)
+    for g in prange(len(starts)):
+        u0, u1 = starts[g], stops[g]
+        key = np.zeros(n_ref, np.uint64)
+        for u in range(u0, u1):
+            # a fixed pseudo-random 64-bit word per site (splitmix64): a haplotype's key is the sum
+            # of the words of the sites where it carries ALT
+            z = np.uint64(u + 1) * np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+            for h in range(n_ref):
+                if (ref_packed[u, h >> 3] >> (h & 7)) & 1:
+                    key[h] += z
+        order = np.argsort(key, kind="mergesort")  # stable: a run of equal keys starts at its least
+        rep = np.empty(n_ref, np.int64)
+        first = order[0]
+        for i in range(n_ref):
+            h = order[i]
+            if key[h] != key[first]:
+                first = h
+            same = True  # equal keys are checked bit by bit: a collision only leaves h on its own
+            for u in range(u0, u1):
+                if (
+                    (ref_packed[u, h >> 3] >> (h & 7)) ^ (ref_packed[u, first >> 3] >> (first & 7))
+                ) & 1:
+                    same = False
+                    break
+            rep[h] = first if same else h
+        c = 0
+        for h in range(n_ref):  # rep[h] <= h: a class is numbered when its least haplotype comes
+            if rep[h] == h:
+                cls[g, h] = c
+                reps[g, c] = h
+                c += 1
+            else:
+                cls[g, h] = cls[g, rep[h]]
+        n_cls[g] = c
+    return n_cls
+
+
+@njit(parallel=True, cache=True)
+def _class_bits(ref_packed, starts, stops, reps, n_cls, cbit_off, cbits):
+    for g in prange(len(starts)):
+        for u in range(starts[g], stops[g]):
+            o = cbit_off[u]
+            for c in range(n_cls[g]):
+                h = reps[g, c]
+                cbits[o + (c >> 3)] |= ((ref_packed[u, h >> 3] >> (h & 7)) & 1) << (c & 7)
 
 
 @njit(cache=True, fastmath=True)
@@ -522,6 +650,7 @@ def _impute_one(
     af,
     ref_packed,
     carriers,
+    classes,
     min_post,
     out_col,
 ):
@@ -549,6 +678,13 @@ def _impute_one(
     n_w = n_panel if N else 0
     cur_w = np.zeros(n_w, np.float32)
     nx_w = np.zeros(n_w, np.float32)
+    # _interval's pooling of the kept states by class: slot of a class (-1: none), classes, weights
+    scratch = (
+        np.full(n_w, -1, np.int32),
+        np.empty(2 * n, np.int32),
+        np.empty(2 * n, np.float64),
+        np.empty(2 * n, np.float64),
+    )
     n_nx = 0
     n_stale = 0  # entries of cur_h (the states of two typed sites on) still set in cur_w
     nx_kept = 0.0
@@ -594,9 +730,15 @@ def _impute_one(
             nx = (nx_h, nx_p, n_nx, nx_kept, nx_res, nx_w)
             last = m == M - 1
             hi = N if last else typed_site[m + 1]
-            _interval(out_col, typed_site[m] + 1, hi, lam, af, ref_packed, carriers, cur, nx, last)
+            _interval(
+                out_col, typed_site[m] + 1, hi, lam, af, ref_packed, carriers, cur, nx, last,
+                classes, m + 1, scratch,
+            )  # fmt: skip
             if m == 0:  # ... and before the first typed site, from it alone
-                _interval(out_col, 0, typed_site[0], lam, af, ref_packed, carriers, cur, nx, True)
+                _interval(
+                    out_col, 0, typed_site[0], lam, af, ref_packed, carriers, cur, nx, True,
+                    classes, 0, scratch,
+                )  # fmt: skip
             cur_h, nx_h, cur_p, nx_p, cur_w, nx_w = nx_h, cur_h, nx_p, cur_p, nx_w, cur_w
             n_stale, n_nx, nx_kept, nx_res = n_nx, n_cur, kept, cur_res
     return mism, n_obs
@@ -621,6 +763,7 @@ def _impute_batch(
     af,
     ref_packed,
     carriers,
+    classes,
     min_post,
     out,
     stats,
@@ -661,6 +804,7 @@ def _impute_batch(
             af,
             ref_packed,
             carriers,
+            classes,
             min_post,
             out[i],
         )
@@ -746,6 +890,7 @@ class Engine:
         self.carriers = reference_carriers(
             chunk.ref_packed, chunk.n_ref, min(params.states, chunk.n_ref // 32)
         )
+        self.classes = interval_classes(chunk.ref_packed, chunk.n_ref, chunk.typed_site)
 
     def candidates(self, query: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
         """(Q, S, candidates) nearest reference haplotypes per step; (Q, S, 0) when the panel is used
@@ -842,6 +987,7 @@ class Engine:
             self.chunk.af,
             self.chunk.ref_packed,
             self.carriers,
+            self.classes,
             float(p.min_posterior),
             out,
             stats,
