@@ -34,7 +34,8 @@ from ragimpute.windows import (
 # -- the reference: build_windows and write_windowed as they were before the stage streamed ------
 
 
-def reference_write_windowed(path, blocks, column, samples, metadata, value_type=np.uint8):
+def reference_write_windowed(path, blocks, column, samples, metadata):
+    """Haplotype tables: a row's alleles as bits (format 3), written whole with their metadata."""
     n_rows = 2 * len(samples)
     sample_col = pa.array(
         np.repeat(np.asarray(samples, dtype=object), 2), pa.string()
@@ -45,18 +46,23 @@ def reference_write_windowed(path, blocks, column, samples, metadata, value_type
             ("window", pa.int32()),
             ("sample", sample_col.type),
             ("hap", pa.int8()),
-            (column, pa.list_(pa.from_numpy_dtype(value_type))),
+            (column, pa.binary()),
+            ("n_sites", pa.int32()),
         ]
     ).with_metadata({k: str(v) for k, v in metadata.items()})
+    options = {**PARQUET_WRITE, "use_dictionary": ["window", "sample", "hap", "n_sites"]}
     with atomic_path(path, suffix=".parquet") as tmp:
-        with pq.ParquetWriter(tmp, schema, **PARQUET_WRITE) as writer:
+        with pq.ParquetWriter(tmp, schema, **options) as writer:
             for w, block in enumerate(blocks):
                 length = block.shape[1]
-                offsets = pa.array(np.arange(n_rows + 1, dtype=np.int32) * length)
-                values = pa.ListArray.from_arrays(
-                    offsets, pa.array(np.ascontiguousarray(block).ravel())
-                )
-                arrays = [pa.array(np.full(n_rows, w, dtype=np.int32)), sample_col, hap_col, values]
+                bits = [np.packbits(row, bitorder="little").tobytes() for row in block]
+                arrays = [
+                    pa.array(np.full(n_rows, w, dtype=np.int32)),
+                    sample_col,
+                    hap_col,
+                    pa.array(bits, pa.binary()),
+                    pa.array(np.full(n_rows, length, dtype=np.int32)),
+                ]
                 writer.write_table(
                     pa.Table.from_arrays(arrays, schema=schema), row_group_size=max(n_rows, 1)
                 )

@@ -150,8 +150,13 @@ def test_haplotype_tables_equal_panel_slices(demo, demo_windows, split_dict):
             assert (t["window"] == w).all()
             assert t["sample"].astype(str).tolist() == [s for s in samples for _ in (0, 1)]
             assert t["hap"].tolist() == [0, 1] * len(samples)
-            got = np.stack(t["alleles"].to_numpy())
-            np.testing.assert_array_equal(got, panel.haplotypes[a:b, cols].T)
+            # a row's alleles are its bits, as a user unpacks them (docs/artifacts.md)
+            assert (t["n_sites"] == b - a).all()
+            got = np.stack(
+                [np.unpackbits(np.frombuffer(r, np.uint8), bitorder="little") for r in t["alleles"]]
+            )
+            np.testing.assert_array_equal(got[:, : b - a], panel.haplotypes[a:b, cols].T)
+            assert not got[:, b - a :].any()  # the last byte's unused bits are 0
         # the reader gives the same
         table = WindowedTable(path, "alleles")
         assert table.samples == samples and table.n_windows == len(bounds)
