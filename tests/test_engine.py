@@ -191,6 +191,25 @@ def test_composite_states_hold_each_steps_nearest_haplotypes():
             assert set(cand[i, s]) <= set(tables[i][s])  # ... and in the states at that step
 
 
+def test_candidates_are_the_nearest_with_ties_in_the_seeded_order():
+    """Exactly the brute-force k nearest of each step, nearest first, equally near ones in the index's
+    seeded order of the panel (a panel of mosaics: many ties)."""
+    ref, tgt, pos, cm, typed = random_panel(5, n_ref=90)
+    idx = StateIndex.build(ref[typed], cm[typed], 0.1, 3, seed=2)
+    q = tgt[typed].T.astype(np.uint8)
+    k = 10
+    cand = idx.candidates(q, k)
+    rank = np.argsort(idx.order)  # place of each panel haplotype in the seeded order
+    ties = 0
+    for i in range(len(q)):
+        for s, (a, b) in enumerate(idx.span):
+            d = (ref[typed[a:b]] != q[i, a:b, None]).sum(0)
+            want = np.lexsort((rank, d))[:k]
+            np.testing.assert_array_equal(cand[i, s], want)
+            ties += len(np.unique(d[want])) < k
+    assert ties > 0
+
+
 def test_exclusion_keeps_a_sample_out_of_its_own_states():
     ref, _, pos, cm, typed = random_panel(5, n_ref=60, n_typed=250)
     chunk = Chunk.from_alleles(ref, typed, cm, pos)
