@@ -644,6 +644,14 @@ def _site_posterior(
     return dos, wrong, n_kept, kept
 
 
+@njit(cache=True)
+def _pool_scratch(n_ref, n):
+    """_interval's pooling of the kept states by class: the slot of each class (-1: none), the
+    classes in their slots, and their weights from the left and the right typed site."""
+    f = np.empty(2 * n, np.float64)
+    return np.full(n_ref, -1, np.int32), np.empty(2 * n, np.int32), f, np.empty(2 * n, np.float64)
+
+
 @njit(cache=True, fastmath=True)
 def _impute_one(
     q,
@@ -689,13 +697,7 @@ def _impute_one(
     n_w = n_panel if N else 0
     cur_w = np.zeros(n_w, np.float32)
     nx_w = np.zeros(n_w, np.float32)
-    # _interval's pooling of the kept states by class: slot of a class (-1: none), classes, weights
-    scratch = (
-        np.full(n_w, -1, np.int32),
-        np.empty(2 * n, np.int32),
-        np.empty(2 * n, np.float64),
-        np.empty(2 * n, np.float64),
-    )
+    scratch = _pool_scratch(n_w, n)
     n_nx = 0
     n_stale = 0  # entries of cur_h (the states of two typed sites on) still set in cur_w
     nx_kept = 0.0
@@ -713,22 +715,9 @@ def _impute_one(
             if m < M - 1:
                 _beta_step(b, hit[m + 1], n, rho[m + 1], e32, tmp)
             dos, wrong, n_cur, kept = _site_posterior(
-                blk[m - c0],
-                b,
-                post,
-                m,
-                q,
-                hit[m],
-                step_of,
-                stretch_hap,
-                ref_typed,
-                n,
-                min_post,
-                cur_h,
-                cur_p,
-                cur_w,
-                n_stale,
-            )
+                blk[m - c0], b, post, m, q, hit[m], step_of, stretch_hap, ref_typed, n, min_post,
+                cur_h, cur_p, cur_w, n_stale,
+            )  # fmt: skip
             if q[m] >= 0:
                 mism += wrong
                 n_obs += 1
