@@ -518,6 +518,8 @@ def _group_intervals(ref_packed, n_ref, starts, stops, cls, reps):
     """Classes of each interval g into cls[g]; reps[g, c] the least haplotype of class c; returns
     the number of classes of each interval."""
     n_cls = np.zeros(len(starts), np.int64)
+    if n_ref == 0:
+        return n_cls
     for g in prange(len(starts)):
         u0, u1 = starts[g], stops[g]
         key = np.zeros(n_ref, np.uint64)
