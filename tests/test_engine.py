@@ -364,3 +364,21 @@ def test_torch_engine_equals_the_numba_kernel(states, candidates, min_post):
     got, got_stats = impute_torch(engine, q, 0.01, "cpu", exclude)
     np.testing.assert_allclose(got, want, atol=2e-5)
     np.testing.assert_allclose(got_stats, want_stats, rtol=1e-4, atol=1e-6)
+
+
+def test_engine_batches_shrink_to_the_memory_cap_with_the_same_output(tmp_path, monkeypatch):
+    from ragimpute import prior
+
+    ref, tgt, pos, cm, typed = random_panel(6, n_ref=36)  # 4 target haplotypes: batches of 3, 1
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    engine = Engine(chunk, EngineParams(states=20, candidates=5, error=0.01))
+    q = np.ascontiguousarray(tgt[typed].T, dtype=np.int8)
+    whole = prior.run_engine(engine, q, tmp_path / "whole", batch_haplotypes=1024)
+    monkeypatch.setattr(prior, "ENGINE_BATCH_BYTES", 6 * chunk.n_sites * 3)  # room for 3
+    capped = prior.run_engine(engine, q, tmp_path / "capped", batch_haplotypes=1024)
+    assert whole.stats["batch_haplotypes"] == 1024 and capped.stats["batch_haplotypes"] == 3
+    n = chunk.n_sites
+    np.testing.assert_array_equal(capped.store.read_codes(0, n), whole.store.read_codes(0, n))
+    assert whole.store.read_codes(0, n).shape == (n, len(q))
+    whole.store.close()
+    capped.store.close()

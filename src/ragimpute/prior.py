@@ -4,7 +4,8 @@ The engine returns, per batch of haplotypes, P(ALT) at every site of the chromos
 every target at once would take sites x haplotypes x 4 bytes; instead each batch is written to a
 temporary file as 16-bit fixed point (resolution 1.5e-5, far below the VCF's three decimals), site
 major, and the VCF writer reads back a window of sites for every haplotype at a time. Memory is thus
-bounded by ``batch_haplotypes`` x sites, whatever the number of targets.
+bounded by ``batch_haplotypes`` x sites (and by ``ENGINE_BATCH_BYTES``), whatever the number of
+targets.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from .logs import Progress, log
 
 SCALE = 65535  # = vcf_write.STATS_SCALE: the VCF writer formats the stored values as they are
 PRIOR_FORMAT_VERSION = 1
+# A batch's P(ALT) over every site of the chunk is held as float32 and then as 16 bits (6 bytes per
+# site and haplotype): batches are made smaller where ``batch_haplotypes`` of them would take more
+# than this, so that a whole chromosome of millions of sites does not take gigabytes (the output does
+# not depend on the batch size).
+ENGINE_BATCH_BYTES = 512 * 2**20
 
 
 @njit(parallel=True, cache=True)
@@ -112,6 +118,15 @@ def run_engine(
     if estimated:
         error = engine.estimate_error(query, exclude, threads=threads, device=device)
         log.info("copying model: allele mismatch rate estimated at %.2e", error)
+    cap = max(1, ENGINE_BATCH_BYTES // (6 * max(engine.chunk.n_sites, 1)))
+    if batch_haplotypes > cap:
+        log.info(
+            "copying model: batches of %d haplotypes (P(ALT) over %d sites within %d MB)",
+            cap,
+            engine.chunk.n_sites,
+            ENGINE_BATCH_BYTES >> 20,
+        )
+        batch_haplotypes = cap
     store = PriorStore(engine.chunk.n_sites, len(query), where)
     progress = Progress(len(query), "copying model", "haplotypes")
     mism = seen = 0.0
@@ -135,6 +150,7 @@ def run_engine(
         round(time.perf_counter() - t0, 3),
         {
             "engine_seconds": round(seconds, 3),
+            "batch_haplotypes": batch_haplotypes,
             "expected_mismatch_rate": float(mism / seen) if seen else None,
         },
     )
