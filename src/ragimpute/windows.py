@@ -484,9 +484,9 @@ class WindowedWriter:
 
 
 def _set_footer_schema(path: Path, schema: pa.Schema, options: dict) -> None:
-    """Give the Parquet file at ``path`` (written by a ParquetWriter with ``PARQUET_WRITE``, with the
-    same fields) the schema ``schema`` and its metadata: its footer is replaced by the one pyarrow
-    writes for ``schema`` and the same row groups, and the data pages stay as they are."""
+    """Give the Parquet file at ``path`` (written by a ParquetWriter with ``options``, with the same
+    fields) the schema ``schema`` and its metadata: its footer is replaced by the one pyarrow writes
+    for ``schema`` and the same row groups, and the data pages stay as they are."""
     empty = io.BytesIO()
     pq.ParquetWriter(empty, schema, **options).close()
     footer = pq.read_metadata(io.BytesIO(empty.getvalue()))
