@@ -650,8 +650,8 @@ def _site_posterior(
 def _pool_scratch(n_ref, n):
     """_interval's pooling of the kept states by class: the slot of each class (-1: none), the
     classes in their slots, and their weights from the left and the right typed site."""
-    f = np.empty(2 * n, np.float64)
-    return np.full(n_ref, -1, np.int32), np.empty(2 * n, np.int32), f, np.empty(2 * n, np.float64)
+    slot = np.full(n_ref, -1, np.int32)
+    return slot, np.empty(2 * n, np.int32), np.empty(2 * n, np.float64), np.empty(2 * n, np.float64)
 
 
 @njit(cache=True, fastmath=True)

@@ -436,10 +436,14 @@ class WindowedWriter:
         ).dictionary_encode()
         self.hap_col = pa.array(np.tile(np.array([0, 1], dtype=np.int8), len(samples)))
         self.bits = value_type is bool
-        values = [(column, pa.binary()), (BITS_COLUMN, pa.int32())] if self.bits else []
+        values = (
+            [(column, pa.binary()), (BITS_COLUMN, pa.int32())]
+            if self.bits
+            else [(column, pa.list_(pa.from_numpy_dtype(value_type)))]
+        )
         self.fields = pa.schema(
             [("window", pa.int32()), ("sample", self.sample_col.type), ("hap", pa.int8())]
-            + (values or [(column, pa.list_(pa.from_numpy_dtype(value_type)))])
+            + values
             + [(k, pa.string()) for k in self.extra_columns]
         )
         # a dictionary of distinct rows of bits is tried, found too large and dropped: not tried
