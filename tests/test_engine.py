@@ -66,14 +66,21 @@ def enumerate_paths(alleles: np.ndarray, q: np.ndarray, rho: np.ndarray, err: fl
     return post / post.sum(1, keepdims=True)
 
 
-def expected_output(chunk: Chunk, states: np.ndarray, step_of, q, ne, err) -> np.ndarray:
+def expected_output(
+    chunk: Chunk, states: np.ndarray, step_of, q, ne, err, renormalise_below: float | None = None
+) -> np.ndarray:
     """P(ALT) at every site by brute force: posterior at the typed sites, linear interpolation of the
-    state posteriors (in cM) between them, every state kept."""
+    state posteriors (in cM) between them, every state kept; or, at untyped sites, only the states of
+    posterior at least ``renormalise_below``, their posteriors scaled to sum to 1."""
     dense = np.unpackbits(chunk.ref_packed, axis=1, bitorder="little")[:, : chunk.n_ref]
     hap = states[step_of]  # (M, n) reference haplotype of each state at each typed site
     t = chunk.typed_site
     alleles = np.take_along_axis(chunk.ref_typed, hap, axis=1)
     post = forward_backward(alleles, q, switch_probs(chunk.cm[t], ne, chunk.n_ref), err)
+    kept = post
+    if renormalise_below is not None:
+        kept = np.where(post >= renormalise_below, post, 0.0)
+        kept /= kept.sum(1, keepdims=True)
     out = np.empty(chunk.n_sites)
     for u in range(chunk.n_sites):
         right = np.searchsorted(t, u, side="left")
@@ -82,14 +89,14 @@ def expected_output(chunk: Chunk, states: np.ndarray, step_of, q, ne, err) -> np
             continue
         left = right - 1
         if left < 0:
-            out[u] = (post[0] * dense[u, hap[0]]).sum()
+            out[u] = (kept[0] * dense[u, hap[0]]).sum()
         elif right >= len(t):
-            out[u] = (post[-1] * dense[u, hap[-1]]).sum()
+            out[u] = (kept[-1] * dense[u, hap[-1]]).sum()
         else:
             span = chunk.cm[t[right]] - chunk.cm[t[left]]
             w = (chunk.cm[u] - chunk.cm[t[left]]) / span
-            out[u] = (1 - w) * (post[left] * dense[u, hap[left]]).sum() + w * (
-                post[right] * dense[u, hap[right]]
+            out[u] = (1 - w) * (kept[left] * dense[u, hap[left]]).sum() + w * (
+                kept[right] * dense[u, hap[right]]
             ).sum()
     return out
 
@@ -143,6 +150,29 @@ def test_engine_equals_brute_force(states, candidates):
         want = expected_output(chunk, tables[i], engine.step_of, q[i], ne, err)
         np.testing.assert_allclose(out[i], want, atol=2e-5)
     assert stats[0, 1] == len(typed) - 1 and (stats[1:, 1] == len(typed)).all()
+
+
+@pytest.mark.parametrize("states,candidates,min_post", [(100, 40, 0.005), (12, 4, 0.5)])
+def test_renormalised_interpolation_equals_brute_force(states, candidates, min_post):
+    """Beagle's rule: at untyped sites only the states of posterior at least min(min_posterior,
+    0.9999 / states) count, scaled to sum to 1 (0.5 leaves the 0.9999 / states bound in charge)."""
+    ref, tgt, pos, cm, typed = random_panel(4)
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    params = EngineParams(
+        states=states, candidates=candidates, span_steps=3, min_posterior=min_post,
+        renormalise=True, error=0.01,
+    )  # fmt: skip
+    engine = Engine(chunk, params)
+    q = tgt[typed].T.astype(np.int8)
+    out, _ = engine.impute(q)
+    dropped = 0
+    for i, table in enumerate(engine.states(q)):
+        below = min(min_post, 0.9999 / table.shape[1])
+        want = expected_output(chunk, table, engine.step_of, q[i], 1e5, 0.01, below)
+        np.testing.assert_allclose(out[i], want, atol=2e-5)
+        exact = expected_output(chunk, table, engine.step_of, q[i], 1e5, 0.01)
+        dropped += np.abs(exact - want).max() > 1e-3
+    assert dropped  # the rule changed something: states were dropped and the rest rescaled
 
 
 def test_interpolation_is_exact_where_untyped_sites_share_a_typed_sites_cm():
@@ -303,6 +333,7 @@ def test_interpolation_by_classes_equals_interpolation_by_state_bits():
     chunk = Chunk.from_alleles(ref, typed, cm, pos)
     q = tgt[typed].T.astype(np.int8)
     engine = Engine(chunk, EngineParams(states=60, candidates=10, error=0.01))
+    assert "classes" not in vars(engine)  # built on first use: the CUDA path never reads them
     assert (engine.classes[1] >= 0).all()  # every interval long enough to be grouped
     by_classes, _ = engine.impute(q)
     engine.classes = interval_classes(chunk.ref_packed, chunk.n_ref, typed, min_sites=10**9)
@@ -345,8 +376,11 @@ def test_state_index_ids_are_panel_haplotypes():
             assert (ref_typed[a:b, cand[i, s, 0]] == ref_typed[a:b, h]).all()
 
 
-@pytest.mark.parametrize("states,candidates,min_post", [(100, 40, 0.0), (12, 4, 1e-3)])
-def test_torch_engine_equals_the_numba_kernel(states, candidates, min_post):
+@pytest.mark.parametrize(
+    "states,candidates,min_post,renormalise",
+    [(100, 40, 0.0, False), (12, 4, 1e-3, False), (100, 40, 0.005, True)],
+)
+def test_torch_engine_equals_the_numba_kernel(states, candidates, min_post, renormalise):
     """The GPU code path (torch) run on the CPU gives what the CPU kernel gives, missing calls and
     excluded haplotypes included."""
     from ragimpute.engine_torch import impute_torch
@@ -354,8 +388,9 @@ def test_torch_engine_equals_the_numba_kernel(states, candidates, min_post):
     ref, tgt, pos, cm, typed = random_panel(9, n_typed=70)
     chunk = Chunk.from_alleles(ref, typed, cm, pos)
     params = EngineParams(
-        states=states, candidates=candidates, min_posterior=min_post, block_sites=16, error=0.01
-    )
+        states=states, candidates=candidates, min_posterior=min_post, renormalise=renormalise,
+        block_sites=16, error=0.01,
+    )  # fmt: skip
     engine = Engine(chunk, params)
     q = np.concatenate([tgt[typed].T, ref[typed].T[:2]]).astype(np.int8)
     q[1, [3, 40]] = -1

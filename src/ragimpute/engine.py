@@ -22,7 +22,9 @@ What it does for each target haplotype, and why:
 4. **Untyped sites by interpolation**: between typed sites m and m+1 the state posterior is linearly
    interpolated in cM (as Beagle does), and P(ALT) is read off the reference haplotypes the states
    copy there. States with posterior below ``min_posterior`` are dropped from that sum and their mass
-   is given the reference allele frequency (0: exact). The sum runs over the carriers of a rare
+   is given the reference allele frequency (0: exact); with ``renormalise`` the kept states' posteriors
+   are scaled to sum to 1 instead, below a threshold of at most 0.9999 / states (Beagle's rule, with
+   ``min_posterior`` 0.005). The sum runs over the carriers of a rare
    site's minor allele, or over classes of haplotypes identical across the interval
    (``interval_classes``): a few bytes per site instead of a row of the panel.
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numba
 import numpy as np
@@ -52,6 +55,9 @@ class EngineParams:
     ne: float = 1e5  # effective population size in the switch probability (Beagle's default)
     error: float | None = None  # allele mismatch probability; None: estimated from the targets
     min_posterior: float = 1e-4  # states below this posterior are left out of the interpolation
+    # True: the states kept are renormalised instead of their dropped mass taking the allele
+    # frequency, and the threshold is at most 0.9999 / states (Beagle's rule with min_posterior 0.005)
+    renormalise: bool = False
     block_sites: int = 256  # typed sites per block of stored forward values
     seed: int = 1  # order in which equally near candidates are taken (ties)
 
@@ -400,11 +406,11 @@ def _beta_step(b, hit, n, rho_m1, err, tmp):
 
 @njit(cache=True, fastmath=True)
 def _interval(
-    out_col, u0, u1, lam, af, ref_packed, carriers, cur, nx, left_only, classes, k, scratch
+    out_col, u0, u1, lam, af, ref_packed, carriers, cur, nx, left_only, classes, k, scratch, renorm
 ):
     """P(ALT) at sites u0..u1-1 (interval k of ``classes``): posterior of the left typed site (cur)
     and, unless ``left_only``, the right one (nx), mixed by ``lam``; dropped states' mass takes the
-    allele frequency.
+    allele frequency (with ``renorm``, the kept states' posteriors are scaled to sum to 1 instead).
 
     ``cur`` and ``nx`` are (haplotypes, posteriors, how many, kept mass, dropped mass, posterior by
     reference haplotype) of the states kept. Their posteriors are first pooled by class: reference
@@ -465,12 +471,13 @@ def _interval(
                 bit = (cbits[o + (c >> 3)] >> (c & 7)) & 1
                 a += wa[s] * bit
                 b += wb[s] * bit
-        x = cur_res * af[u] + a
+        x = a / kept_c if renorm else cur_res * af[u] + a
         if left_only:
             out_col[u] = x
         else:
             w = lam[u]
-            out_col[u] = (1.0 - w) * x + w * (nx_res * af[u] + b)
+            y = b / kept_n if renorm else nx_res * af[u] + b
+            out_col[u] = (1.0 - w) * x + w * y
 
 
 # Intervals between typed sites shorter than this get no classes (their states are summed one by one):
@@ -673,6 +680,7 @@ def _impute_one(
     carriers,
     classes,
     min_post,
+    renorm,
     out_col,
 ):
     """Forward-backward for one haplotype; writes P(ALT) at every site into out_col (N,), or
@@ -682,6 +690,8 @@ def _impute_one(
     """
     M = len(q)
     N = len(out_col)
+    if renorm:  # the most probable state is then always kept: the kept mass is never 0
+        min_post = min(min_post, 0.9999 / n)
     rho = _switch_probabilities(dist_cm, ne, n_panel)
     n_blocks = (M + block - 1) // block
     e32 = np.float32(err)
@@ -734,12 +744,12 @@ def _impute_one(
             hi = N if last else typed_site[m + 1]
             _interval(
                 out_col, typed_site[m] + 1, hi, lam, af, ref_packed, carriers, cur, nx, last,
-                classes, m + 1, scratch,
+                classes, m + 1, scratch, renorm,
             )  # fmt: skip
             if m == 0:  # ... and before the first typed site, from it alone
                 _interval(
                     out_col, 0, typed_site[0], lam, af, ref_packed, carriers, cur, nx, True,
-                    classes, 0, scratch,
+                    classes, 0, scratch, renorm,
                 )  # fmt: skip
             cur_h, nx_h, cur_p, nx_p, cur_w, nx_w = nx_h, cur_h, nx_p, cur_p, nx_w, cur_w
             n_stale, n_nx, nx_kept, nx_res = n_nx, n_cur, kept, cur_res
@@ -767,6 +777,7 @@ def _impute_batch(
     carriers,
     classes,
     min_post,
+    renorm,
     out,
     stats,
 ):
@@ -808,6 +819,7 @@ def _impute_batch(
             carriers,
             classes,
             min_post,
+            renorm,
             out[i],
         )
         stats[i, 0] = mism
@@ -887,12 +899,21 @@ class Engine:
         self.step_of = index.step_of()
         self.dist_cm = np.r_[0.0, np.diff(cm_t)].astype(np.float64)
         self.lam = interpolation_weights(chunk.cm, chunk.pos, chunk.typed_site)
-        # listing a site's carriers pays only where they are fewer than the states kept; at most
-        # n_ref / 32 of them, the carrier lists take at most the reference bits' memory
-        self.carriers = reference_carriers(
-            chunk.ref_packed, chunk.n_ref, min(params.states, chunk.n_ref // 32)
-        )
-        self.classes = interval_classes(chunk.ref_packed, chunk.n_ref, chunk.typed_site)
+
+    # The interpolation's lookups are built on first use: the CUDA path (engine_torch) interpolates
+    # on its own and never reads them.
+    @cached_property
+    def carriers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``reference_carriers`` of the chunk. Listing a site's carriers pays only where they are
+        fewer than the states kept; at most n_ref / 32 of them, the carrier lists take at most the
+        reference bits' memory."""
+        c = self.chunk
+        return reference_carriers(c.ref_packed, c.n_ref, min(self.params.states, c.n_ref // 32))
+
+    @cached_property
+    def classes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``interval_classes`` of the chunk."""
+        return interval_classes(self.chunk.ref_packed, self.chunk.n_ref, self.chunk.typed_site)
 
     def candidates(self, query: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
         """(Q, S, candidates) nearest reference haplotypes per step; (Q, S, 0) when the panel is used
@@ -991,6 +1012,7 @@ class Engine:
             self.carriers,
             self.classes,
             float(p.min_posterior),
+            bool(p.renormalise),
             out,
             stats,
         )

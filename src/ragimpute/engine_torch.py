@@ -45,6 +45,9 @@ def impute_torch(
     valid = hap >= 0
     hap = hap.clamp(min=0)
     n = valid[:, 0, :].sum(1, keepdim=True).float()  # (B, 1) states per haplotype
+    threshold = torch.full_like(n, p.min_posterior)  # (B, 1) as the numba kernel's
+    if p.renormalise:
+        threshold = torch.minimum(threshold, 0.9999 / n)
     B, _, K = hap.shape
     q = torch.from_numpy(np.asarray(query, dtype=np.int64)).to(dev)  # (B, M)
     ref_typed = torch.from_numpy(c.ref_typed.astype(np.int64)).to(dev)  # (M, R)
@@ -105,7 +108,9 @@ def impute_torch(
             wrong = (post * (allele != q[:, m : m + 1]).float()).sum(1)
             stats[:, 0] += torch.where(seen, wrong, torch.zeros_like(wrong)).double()
             stats[:, 1] += seen.double()
-            kept = torch.where(post >= p.min_posterior, post, torch.zeros_like(post))
+            kept = torch.where(post >= threshold, post, torch.zeros_like(post))
+            if p.renormalise:
+                kept = kept / kept.sum(1, keepdim=True)
             cur = (h, kept, (1 - kept.sum(1, keepdim=True)).clamp(min=0))
             if m == M - 1:
                 _interval(out, packed, af, lam, typed_site[m] + 1, N, cur, None)
