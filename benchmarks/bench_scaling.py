@@ -16,11 +16,14 @@ point of its own (``fields``).
 
 Each command runs in its own process under GNU time (wall seconds, peak RSS), ``--repeats`` times
 (3) interleaved with the other tool's runs; the medians are reported. Accuracy (aggregate
-dosage r² over untyped sites) is computed for both from the output VCFs against the truth. Prints a
-table, writes benchmarks/results/scaling.json and the plot benchmarks/results/scaling.png.
+dosage r² over untyped sites, also per reference MAF bin) is computed for both from the output VCFs
+against the truth; ``--variant KEY=VALUE ...`` also imputes every point once more with those engine
+settings (scored, not timed). Prints a table, writes benchmarks/results/scaling.json and the plot
+benchmarks/results/scaling.png.
 
     python benchmarks/bench_scaling.py                         # the full grid, 3 runs each (~15 min on 2 cores)
     python benchmarks/bench_scaling.py --quick                 # 2 points, for a smoke test
+    python benchmarks/bench_scaling.py --variant renormalise=true min_posterior=0.005
 """
 
 from __future__ import annotations
@@ -129,6 +132,15 @@ def r2(ds: np.ndarray, truth: np.ndarray, sel: np.ndarray) -> float:
     return float(np.corrcoef(x[ok], y[ok])[0, 1] ** 2)
 
 
+MAF_BINS = {"0-0.5%": (0, 0.005), "0.5-1%": (0.005, 0.01), "1-5%": (0.01, 0.05), "5-50%": (0.05, 1)}
+
+
+def r2_by_maf(ds: np.ndarray, truth: np.ndarray, untyped: np.ndarray, maf: np.ndarray) -> dict:
+    """Aggregate dosage r² of the untyped sites per reference MAF bin, and over all of them."""
+    out = {b: r2(ds, truth, untyped & (maf >= lo) & (maf < hi)) for b, (lo, hi) in MAF_BINS.items()}
+    return {**{b: round(v, 5) for b, v in out.items()}, "all": round(r2(ds, truth, untyped), 5)}
+
+
 def run_point(
     data: dict,
     n_ref: int,
@@ -138,6 +150,7 @@ def run_point(
     work: Path,
     repeats: int,
     gp: bool = False,
+    variant: list[str] | None = None,
 ) -> dict:
     haps, pos = data["haps"], data["pos"]
     ref = haps[:, : 2 * (n_ref // 2)]
@@ -220,10 +233,18 @@ def run_point(
     ours_window, ours_impute, beagle = (median_run([r[i] for r in runs]) for i in range(3))
     untyped = np.ones(len(p), bool)
     untyped[typed] = False
-    acc = {
-        "ours": r2(dosages(d / "ours.vcf.gz", p, n_tgt), tgt, untyped),
-        "beagle": r2(dosages(d / "beagle.vcf.gz", p, n_tgt), tgt, untyped),
-    }
+    outputs = {"ours": d / "ours.vcf.gz", "beagle": d / "beagle.vcf.gz"}
+    if variant:  # accuracy only: imputed once more with other engine settings, not timed
+        extra = [x for kv in variant for x in ("--engine", kv)]
+        cmd = impute_cmd[0]
+        out = cmd.index("--out") + 1
+        cmd = [*cmd[:out], str(d / "variant.vcf.gz"), *cmd[out + 1 :], *extra]
+        with open(d / "variant.log", "w") as f:
+            subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True)
+        outputs["variant"] = d / "variant.vcf.gz"
+    ds = {k: dosages(v, p, n_tgt) for k, v in outputs.items()}
+    acc = {k: r2(v, tgt, untyped) for k, v in ds.items()}
+    by_maf = {k: r2_by_maf(v, tgt, untyped, maf) for k, v in ds.items()}
     ours_total = {
         "seconds": round(ours_window["seconds"] + ours_impute["seconds"], 2),
         "rss_mb": max(ours_window["rss_mb"], ours_impute["rss_mb"]),
@@ -240,6 +261,8 @@ def run_point(
         "ours_impute": ours_impute,
         "beagle": beagle,
         "r2": {k: round(v, 5) for k, v in acc.items()},
+        "r2_by_maf": by_maf,
+        "variant": variant or [],
         "engine_seconds": report.get("engine", {}).get("seconds"),
         "time_ratio": round(ours_total["seconds"] / beagle["seconds"], 2),
         "rss_ratio": round(ours_total["rss_mb"] / beagle["rss_mb"], 2),
@@ -302,6 +325,12 @@ def main() -> None:
         "--repeats", type=int, default=3, help="runs of each command per point (medians reported)"
     )
     ap.add_argument("--work", default=str(OUT / "scaling_work"))
+    ap.add_argument(
+        "--variant",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="engine settings also imputed (accuracy only) at every point, e.g. renormalise=true",
+    )
     a = ap.parse_args()
     if a.quick:
         a.targets, a.references, a.fixed_reference, a.length = [10], [500], 500, 1_000_000
@@ -314,7 +343,16 @@ def main() -> None:
         points.append(
             {
                 "curve": "targets",
-                **run_point(data, a.fixed_reference, n_tgt, a.spacing, a.threads, work, a.repeats),
+                **run_point(
+                    data,
+                    a.fixed_reference,
+                    n_tgt,
+                    a.spacing,
+                    a.threads,
+                    work,
+                    a.repeats,
+                    variant=a.variant,
+                ),
             }
         )
         print(json.dumps(points[-1]), flush=True)
@@ -323,7 +361,14 @@ def main() -> None:
             {
                 "curve": "reference",
                 **run_point(
-                    data, n_ref, 100 if not a.quick else 10, a.spacing, a.threads, work, a.repeats
+                    data,
+                    n_ref,
+                    100 if not a.quick else 10,
+                    a.spacing,
+                    a.threads,
+                    work,
+                    a.repeats,
+                    variant=a.variant,
                 ),
             }
         )
@@ -359,6 +404,8 @@ def main() -> None:
             f"{q['ours_impute']['seconds']:8.1f} {q['beagle']['seconds']:8.1f} {q['time_ratio']:6.2f} "
             f"{q['ours']['rss_mb']:8.0f} {q['beagle']['rss_mb']:9.0f} {q['r2']['ours']:8.4f} {q['r2']['beagle']:9.4f}"
         )
+        for k, v in q["r2_by_maf"].items():  # the row's r² per MAF bin
+            print(f"    r2 by MAF, {k}: {v}")
     print(f"machine: {machine}")
 
 
