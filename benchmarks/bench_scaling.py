@@ -24,6 +24,9 @@ benchmarks/results/scaling.png.
     python benchmarks/bench_scaling.py                         # the full grid, 3 runs each (~15 min on 2 cores)
     python benchmarks/bench_scaling.py --quick                 # 2 points, for a smoke test
     python benchmarks/bench_scaling.py --variant renormalise=true min_posterior=0.005
+    # the GPU check: the engine on CUDA against Beagle on every core, 1,000 and 5,000 targets
+    python benchmarks/bench_scaling.py --engine-device cuda --threads 16 --beagle-threads 16 \
+        --targets 1000 5000 --references --repeats 1
 """
 
 from __future__ import annotations
@@ -151,6 +154,8 @@ def run_point(
     repeats: int,
     gp: bool = False,
     variant: list[str] | None = None,
+    engine_device: str = "cpu",
+    beagle_threads: int | None = None,
 ) -> dict:
     haps, pos = data["haps"], data["pos"]
     ref = haps[:, : 2 * (n_ref // 2)]
@@ -211,6 +216,8 @@ def run_point(
             "--threads",
             str(threads),
             "--gp" if gp else "--no-gp",
+            "--engine",
+            f"device={engine_device}",
         ],
         d / "impute.log",
     )
@@ -220,7 +227,7 @@ def run_point(
             f"ref={d / 'ref.vcf.gz'}",
             f"gt={d / 'target.vcf.gz'}",
             f"out={d / 'beagle'}",
-            f"nthreads={threads}",
+            f"nthreads={beagle_threads or threads}",
             "seed=1",
             f"gp={'true' if gp else 'false'}",
         ],
@@ -254,6 +261,9 @@ def run_point(
         "reference_haplotypes": int(ref.shape[1]),
         "targets": n_tgt,
         "fields": "GT:DS:GP" if gp else "GT:DS",
+        "engine_device": engine_device,
+        "threads": threads,
+        "beagle_threads": beagle_threads or threads,
         "sites": int(len(p)),
         "typed": int(len(typed)),
         "ours": ours_total,
@@ -269,6 +279,14 @@ def run_point(
     }
 
 
+def _gpu_name(device: str) -> str | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
+
+
 def plot(points: list[dict], path: Path) -> None:
     from ragimpute.plots import pyplot, save_png
 
@@ -279,6 +297,10 @@ def plot(points: list[dict], path: Path) -> None:
         "reference_haplotypes": [q for q in points if q["curve"] == "reference"],
     }
     for col, (x, pts) in enumerate(curves.items()):
+        if not pts:  # a curve not measured (--references with no value)
+            axes[0, col].set_visible(False)
+            axes[1, col].set_visible(False)
+            continue
         pts = sorted(pts, key=lambda q: q[x])
         xs = [q[x] for q in pts]
         for row, (key, label) in enumerate(
@@ -306,7 +328,7 @@ def main() -> None:
     ap.add_argument(
         "--references",
         type=int,
-        nargs="+",
+        nargs="*",
         default=[500, 1000, 2000, 5000],
         help="reference haplotypes (at 100 targets)",
     )
@@ -317,7 +339,11 @@ def main() -> None:
         help="reference haplotypes of the targets curve",
     )
     ap.add_argument("--spacing", type=int, default=10_000, help="array spacing (bp)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="threads of our jobs")
+    ap.add_argument("--beagle-threads", type=int, help="Beagle's nthreads (default: --threads)")
+    ap.add_argument(
+        "--engine-device", default="cpu", help="engine.device of ours: cpu, cuda or cuda:N"
+    )
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--admixed", action="store_true", help="the admixed demo's demography")
     ap.add_argument("--quick", action="store_true", help="two small points only")
@@ -352,6 +378,8 @@ def main() -> None:
                     work,
                     a.repeats,
                     variant=a.variant,
+                    engine_device=a.engine_device,
+                    beagle_threads=a.beagle_threads,
                 ),
             }
         )
@@ -369,6 +397,8 @@ def main() -> None:
                     work,
                     a.repeats,
                     variant=a.variant,
+                    engine_device=a.engine_device,
+                    beagle_threads=a.beagle_threads,
                 ),
             }
         )
@@ -378,8 +408,17 @@ def main() -> None:
         {
             "curve": "gp",
             **run_point(
-                data, a.fixed_reference, n_max, a.spacing, a.threads, work, a.repeats, gp=True
-            ),
+                data,
+                a.fixed_reference,
+                n_max,
+                a.spacing,
+                a.threads,
+                work,
+                a.repeats,
+                gp=True,
+                engine_device=a.engine_device,
+                beagle_threads=a.beagle_threads,
+            ),  # fmt: skip
         }
     )
     print(json.dumps(points[-1]), flush=True)
@@ -388,6 +427,9 @@ def main() -> None:
         "cores": os.cpu_count(),
         "load_average": os.getloadavg(),
         "threads": a.threads,
+        "beagle_threads": a.beagle_threads or a.threads,
+        "engine_device": a.engine_device,
+        "gpu": _gpu_name(a.engine_device),
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "scaling.json").write_text(

@@ -151,3 +151,47 @@ def test_without_gp_records_are_gt_ds_with_the_same_genotypes(env, tmp_path):
     ]
     text = pysam.bcftools.view("-H", str(tmp_path / "ds.vcf.gz"))  # htslib reads it
     assert len(text.splitlines()) == len(fields)
+
+
+def test_engine_device_cuda_takes_the_torch_path_with_the_cpu_kernels_dosages(
+    env, tmp_path, monkeypatch
+):
+    """``engine.device: cuda`` reaches the engine (error estimate and imputation) through the same
+    stage the workflow runs. Without a GPU here, torch's CUDA check is faked and the torch path runs on
+    the CPU: it must give the numba kernel's dosages (to the third decimal the VCF holds)."""
+    import torch
+
+    import ragimpute.engine_torch as engine_torch
+
+    calls = []
+    real = engine_torch.impute_torch
+
+    def on_cpu(engine, query, error, device, exclude=None):
+        calls.append(str(device))
+        return real(engine, query, error, "cpu", exclude)
+
+    cpu = copying(env, env.results, tmp_path / "cpu.vcf.gz")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 0)
+    monkeypatch.setattr(engine_torch, "impute_torch", on_cpu)
+    gpu = copying(env, env.results, tmp_path / "gpu.vcf.gz", engine={"device": "cuda"})
+    assert calls and set(calls) == {"cuda"}  # the error estimate and every batch
+    assert cpu["engine"]["device"] == "cpu" and gpu["engine"]["device"] == "cuda"
+    assert gpu["engine"]["error"] == pytest.approx(cpu["engine"]["error"], rel=1e-3)
+    a, b = imputed_records(tmp_path / "cpu.vcf.gz"), imputed_records(tmp_path / "gpu.vcf.gz")
+    assert np.array_equal(a["pos"], b["pos"])
+    np.testing.assert_allclose(a["ds"], b["ds"], atol=0.0015)
+
+
+def test_engine_device_cuda_without_a_gpu_is_a_clear_error(env, tmp_path, monkeypatch):
+    import torch
+
+    from ragimpute.errors import InputError
+    from ragimpute.impute import engine_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert engine_device({"device": "auto"}) == "cpu"
+    with pytest.raises(InputError, match="engine.device is cuda but torch sees no CUDA device"):
+        copying(env, env.results, tmp_path / "x.vcf.gz", engine={"device": "cuda"})
+    assert not (tmp_path / "x.vcf.gz").exists()

@@ -114,3 +114,29 @@ def test_more_processes_than_gpus_is_a_clear_error(tiny, tmp_path):
             tmp_path / "m",
             tmp_path / "s",
         )
+
+
+@pytest.mark.parametrize("renormalise", [False, True])
+def test_cuda_engine_equals_the_numba_kernel(renormalise):
+    """The copying-model engine on the GPU (``engine.device: cuda``) gives the CPU kernel's P(ALT),
+    missing calls and excluded haplotypes included, with composite states that replace each other."""
+    from test_engine import random_panel
+
+    from ragimpute.engine import Chunk, Engine, EngineParams
+
+    ref, tgt, pos, cm, typed = random_panel(9, n_typed=70)
+    params = EngineParams(
+        states=12, candidates=4, min_posterior=0.005 if renormalise else 1e-3,
+        renormalise=renormalise, block_sites=16, error=0.01,
+    )  # fmt: skip
+    engine = Engine(Chunk.from_alleles(ref, typed, cm, pos), params)
+    q = np.concatenate([tgt[typed].T, ref[typed].T[:2]]).astype(np.int8)
+    q[1, [3, 40]] = -1
+    exclude = np.array([[-1, -1]] * (len(q) - 2) + [[0, 1], [0, 1]])
+    want, want_stats = engine.impute(q, exclude)
+    got, got_stats = engine.impute(q, exclude, device="cuda")
+    np.testing.assert_allclose(got, want, atol=5e-5)
+    np.testing.assert_allclose(got_stats, want_stats, rtol=1e-4, atol=1e-6)
+    assert engine.estimate_error(q, exclude, device="cuda") == pytest.approx(
+        engine.estimate_error(q, exclude), rel=1e-3
+    )

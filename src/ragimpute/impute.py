@@ -138,13 +138,15 @@ def impute(
     sample_batch: tuple[int, int] | None = None,
     stats_out: str | os.PathLike | None = None,
     gp: bool = True,
+    engine_device: str = "cpu",
 ) -> dict:
     """Impute every reference site for the samples of a harmonised target; returns the run report.
 
     ``target_vcf`` must type exactly the sites the mask ``mask_hash`` leaves observed (the
     ``target_mask`` stage writes both). ``k`` neighbours are retrieved per haplotype window unless the
     predictor says how many it needs (``predictor.k``; 0 = none). A predictor with ``needs_prior``
-    gets the copying-model engine's P(ALT) (state index ``states_dir``, settings ``engine_params``).
+    gets the copying-model engine's P(ALT) (state index ``states_dir``, settings ``engine_params``,
+    run on ``engine_device``).
     ``sample_batch`` (first, count): impute only these target samples (one job of a cohort split
     into batches; the engine's error rate is still estimated on the whole target, so that every batch
     uses the same); ``stats_out``: where to write the sums INFO is recomputed from when the batches
@@ -160,13 +162,16 @@ def impute(
     )
     job.batch_haplotypes = batch_haplotypes
     job.gp = gp
+    needs_prior = getattr(predictor, "needs_prior", False)
     device = getattr(predictor, "device", "cpu")
+    if needs_prior and engine_device.startswith("cuda") and not str(device).startswith("cuda"):
+        device = engine_device  # the GPU's peak memory is the engine's
     if str(device).startswith("cuda"):
         import torch
 
         torch.cuda.reset_peak_memory_stats()
     engine_report: dict = {}
-    if getattr(predictor, "needs_prior", False):
+    if needs_prior:
         job.prior, engine_report = _engine_prior(
             windows_dir,
             states_dir,
@@ -177,6 +182,7 @@ def impute(
             batch_haplotypes,
             threads,
             job.whole_target,
+            engine_device,
         )
     prov = _provenance(job, provenance, engine_report)
     job.method = prov["method"]
@@ -404,11 +410,20 @@ def _counts(job: _Job, filled: int) -> dict:
 
 
 def _engine_prior(
-    windows_dir, states_dir, mask_hash, params, target, where, batch_haplotypes, threads, whole
+    windows_dir,
+    states_dir,
+    mask_hash,
+    params,
+    target,
+    where,
+    batch_haplotypes,
+    threads,
+    whole,
+    device,
 ):
-    """The engine's P(ALT) for every target haplotype at every site (a PriorStore) and its report.
-    The error rate, when estimated, is estimated on ``whole`` (the whole target, of which ``target``
-    may be one batch of samples), so that every batch is imputed alike."""
+    """The engine's P(ALT) for every target haplotype at every site (a PriorStore) and its report, on
+    ``device``. The error rate, when estimated, is estimated on ``whole`` (the whole target, of which
+    ``target`` may be one batch of samples), so that every batch is imputed alike."""
     if states_dir is None:
         raise ValueError("the copying model needs its state index (states_dir)")
     index, meta = load_states(states_dir, mask_hash, params)
@@ -425,12 +440,14 @@ def _engine_prior(
     estimated = params.error is None
     if estimated:
         whole_query = np.ascontiguousarray(whole.alleles.T, dtype=np.int8)
-        engine.params = replace(params, error=engine.estimate_error(whole_query, threads=threads))
+        error = engine.estimate_error(whole_query, threads=threads, device=device)
+        engine.params = replace(params, error=error)
         log.info("copying model: allele mismatch rate estimated at %.2e", engine.params.error)
     query = np.ascontiguousarray(target.alleles.T, dtype=np.int8)  # (haplotypes, typed sites)
-    run = run_engine(engine, query, where, batch_haplotypes, threads)
+    run = run_engine(engine, query, where, batch_haplotypes, threads, device=device)
     report = {
         "params": params.to_dict(),
+        "device": device,
         "error": run.error,
         "error_estimated": estimated,
         "states": min(params.states, chunk.n_ref),
@@ -445,11 +462,36 @@ def _engine_prior(
 
 
 def engine_params(cfg: dict | None) -> EngineParams:
-    """The config's ``engine`` section as EngineParams (``error: auto`` = estimated)."""
+    """The config's ``engine`` section as EngineParams (``error: auto`` = estimated); ``device``, where
+    it runs, is not a parameter of the model (``engine_device``)."""
     cfg = dict(cfg or {})
+    cfg.pop("device", None)
     if cfg.get("error") == "auto":
         cfg["error"] = None
     return EngineParams(**cfg)
+
+
+def engine_device(cfg: dict | None) -> str:
+    """The config's ``engine.device``: ``cpu`` (the numba kernel), ``cuda`` / ``cuda:N`` (the same
+    model in torch, ``ragimpute.engine_torch``) or ``auto`` (CUDA when torch sees a GPU)."""
+    device = str((cfg or {}).get("device", "cpu"))
+    if device == "cpu":
+        return device  # without importing torch, which costs a second of start-up
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device.startswith("cuda"):
+        raise InputError(
+            "config", f"engine.device {device!r} is not a device", "Use cpu, cuda, cuda:N or auto"
+        )
+    if not torch.cuda.is_available():
+        raise InputError(
+            "config",
+            f"engine.device is {device} but torch sees no CUDA device",
+            "Set engine.device: cpu (or auto), or run where a GPU is visible",
+        )
+    return device
 
 
 def run_impute_stage(
@@ -516,6 +558,7 @@ def run_impute_stage(
         sample_batch=sample_batch,
         stats_out=stats_out,
         gp=gp,
+        engine_device=engine_device(engine) if method in ("copying", "model") else "cpu",
     )
     if sample_batch is not None:
         report["sample_batch"] = {"first": sample_batch[0], "count": sample_batch[1]}

@@ -170,6 +170,7 @@ def run_prior_stage(
     params: EngineParams,
     batch_haplotypes: int = 1024,
     threads: int = 1,
+    device: str = "cpu",
 ) -> dict:
     """The engine's P(ALT) for every haplotype of ``split`` typed under mask ``mask_hash``, copying
     from the train split (a train haplotype never from its own sample): the prior the network learns
@@ -203,7 +204,7 @@ def run_prior_stage(
     if queries is train:  # leave the query's own sample out of its states
         first = 2 * (np.arange(n_q) // 2)
         exclude = np.stack([first, first + 1], axis=1)
-    run = run_engine(engine, query, Path(out).parent, batch_haplotypes, threads, exclude)
+    run = run_engine(engine, query, Path(out).parent, batch_haplotypes, threads, exclude, device)
     try:
         bounds = windows[["first_site", "last_site"]].to_numpy()
         blocks = (np.rint(run.store.read(a, b + 1) * SCALE).astype(np.uint16) for a, b in bounds)
@@ -228,4 +229,4 @@ def run_prior_stage(
         run.error,
         run.seconds,
     )
-    return {"haplotypes": n_q, "error": run.error, "seconds": run.seconds}
+    return {"haplotypes": n_q, "error": run.error, "seconds": run.seconds, "device": device}

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from ragimpute.impute import engine_params
+from ragimpute.impute import engine_device, engine_params
 from ragimpute.prior import run_prior_stage
 from ragimpute.smk import run
 
@@ -15,4 +15,5 @@ run(
     params=engine_params(snakemake.params.engine),
     batch_haplotypes=snakemake.params.batch_haplotypes,
     threads=snakemake.threads,
+    device=engine_device(snakemake.params.engine),
 )
