@@ -365,63 +365,20 @@ def main() -> None:
     data = simulate(n_ref_samples, max(a.targets), a.length, a.seed, a.admixed)
     work = Path(a.work)
     points = []
+
+    def point(curve: str, n_ref: int, n_tgt: int, **kw) -> None:
+        q = run_point(
+            data, n_ref, n_tgt, a.spacing, a.threads, work, a.repeats,
+            engine_device=a.engine_device, beagle_threads=a.beagle_threads, **kw,
+        )  # fmt: skip
+        points.append({"curve": curve, **q})
+        print(json.dumps(points[-1]), flush=True)
+
     for n_tgt in a.targets:
-        points.append(
-            {
-                "curve": "targets",
-                **run_point(
-                    data,
-                    a.fixed_reference,
-                    n_tgt,
-                    a.spacing,
-                    a.threads,
-                    work,
-                    a.repeats,
-                    variant=a.variant,
-                    engine_device=a.engine_device,
-                    beagle_threads=a.beagle_threads,
-                ),
-            }
-        )
-        print(json.dumps(points[-1]), flush=True)
+        point("targets", a.fixed_reference, n_tgt, variant=a.variant)
     for n_ref in a.references:
-        points.append(
-            {
-                "curve": "reference",
-                **run_point(
-                    data,
-                    n_ref,
-                    100 if not a.quick else 10,
-                    a.spacing,
-                    a.threads,
-                    work,
-                    a.repeats,
-                    variant=a.variant,
-                    engine_device=a.engine_device,
-                    beagle_threads=a.beagle_threads,
-                ),
-            }
-        )
-        print(json.dumps(points[-1]), flush=True)
-    n_max = max(a.targets)
-    points.append(
-        {
-            "curve": "gp",
-            **run_point(
-                data,
-                a.fixed_reference,
-                n_max,
-                a.spacing,
-                a.threads,
-                work,
-                a.repeats,
-                gp=True,
-                engine_device=a.engine_device,
-                beagle_threads=a.beagle_threads,
-            ),  # fmt: skip
-        }
-    )
-    print(json.dumps(points[-1]), flush=True)
+        point("reference", n_ref, 100 if not a.quick else 10, variant=a.variant)
+    point("gp", a.fixed_reference, max(a.targets), gp=True)
     machine = {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
