@@ -362,7 +362,9 @@ def main() -> None:
         a.targets, a.references, a.fixed_reference, a.length = [10], [500], 500, 1_000_000
         a.repeats = 1
     n_ref_samples = max([*a.references, a.fixed_reference]) // 2
-    data = simulate(n_ref_samples, max(a.targets), a.length, a.seed, a.admixed)
+    curve_targets = 100 if not a.quick else 10  # of the reference curve
+    n_targets = max([*a.targets, *([curve_targets] if a.references else [])])
+    data = simulate(n_ref_samples, n_targets, a.length, a.seed, a.admixed)
     work = Path(a.work)
     points = []
 
@@ -377,7 +379,7 @@ def main() -> None:
     for n_tgt in a.targets:
         point("targets", a.fixed_reference, n_tgt, variant=a.variant)
     for n_ref in a.references:
-        point("reference", n_ref, 100 if not a.quick else 10, variant=a.variant)
+        point("reference", n_ref, curve_targets, variant=a.variant)
     point("gp", a.fixed_reference, max(a.targets), gp=True)
     machine = {
         "cpu": platform.processor() or platform.machine(),
