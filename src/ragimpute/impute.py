@@ -29,6 +29,7 @@ import pandas as pd
 from . import __version__
 from .atomic import file_sha256, read_json, write_json
 from .baselines import AFPredictor, RetrievalPredictor
+from .devices import pick_device
 from .engine import Engine, EngineParams
 from .errors import ArtifactError, InputError
 from .index import HaplotypeIndex, QueryBlock
@@ -474,24 +475,7 @@ def engine_params(cfg: dict | None) -> EngineParams:
 def engine_device(cfg: dict | None) -> str:
     """The config's ``engine.device``: ``cpu`` (the numba kernel), ``cuda`` / ``cuda:N`` (the same
     model in torch, ``ragimpute.engine_torch``) or ``auto`` (CUDA when torch sees a GPU)."""
-    device = str((cfg or {}).get("device", "cpu"))
-    if device == "cpu":
-        return device  # without importing torch, which costs a second of start-up
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not device.startswith("cuda"):
-        raise InputError(
-            "config", f"engine.device {device!r} is not a device", "Use cpu, cuda, cuda:N or auto"
-        )
-    if not torch.cuda.is_available():
-        raise InputError(
-            "config",
-            f"engine.device is {device} but torch sees no CUDA device",
-            "Set engine.device: cpu (or auto), or run where a GPU is visible",
-        )
-    return device
+    return pick_device(str((cfg or {}).get("device", "cpu")), "engine.device")
 
 
 def run_impute_stage(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from .devices import pick_device
 from .errors import ArtifactError, UnreadableArtifactError, rebuild_hint
 from .tokens import ALT, MASK, REF
 
@@ -164,11 +165,7 @@ def load_predictor(
     import torch
 
     if isinstance(device, str):
-        device = torch.device(
-            "cuda"
-            if device == "auto" and torch.cuda.is_available()
-            else ("cpu" if device == "auto" else device)
-        )
+        device = torch.device(pick_device(device, "impute.device"))
     if not os.path.exists(checkpoint_path):
         raise ArtifactError(f"{checkpoint_path} is missing. {rebuild_hint('train')}")
     try:

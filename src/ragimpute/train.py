@@ -32,6 +32,7 @@ import torch.distributed as dist
 from . import __version__
 from .atomic import atomic_path, write_json, write_tsv
 from .checkpoint import Checkpoints, RunState
+from .devices import pick_device
 from .errors import ArtifactError
 from .logs import log
 from .metrics import BIN_LABELS, Accumulator
@@ -122,7 +123,7 @@ class Process:
 
     @classmethod
     def start(cls, rank: int, world: int, cfg: TrainConfig) -> Process:
-        device = pick_device(cfg.device)
+        device = torch.device(pick_device(cfg.device, "train.device"))
         if world > 1:
             backend = "nccl" if device.type == "cuda" else "gloo"
             dist.init_process_group(backend, rank=rank, world_size=world)
@@ -212,7 +213,7 @@ def train(
     """
     world = cfg.processes or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
     world = max(1, world)
-    on_cuda = pick_device(cfg.device).type == "cuda"
+    on_cuda = pick_device(cfg.device, "train.device").startswith("cuda")
     if on_cuda and world > torch.cuda.device_count():
         # NCCL cannot run two processes on one GPU; each process takes a GPU of its own
         raise ValueError(
@@ -541,14 +542,6 @@ def lr_factor(step: int, total: int, warmup_frac: float, min_frac: float) -> flo
         return (step + 1) / warm
     t = min(1.0, (step - warm) / max(1, total - warm))
     return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
-    return torch.device(name)
 
 
 def _write_outputs(run: Run, ckpts: Checkpoints, out_dir: Path, stopped_early: bool) -> dict:
