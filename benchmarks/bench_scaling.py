@@ -137,12 +137,13 @@ def r2(ds: np.ndarray, truth: np.ndarray, sel: np.ndarray) -> float:
     return float(np.corrcoef(x[ok], y[ok])[0, 1] ** 2)
 
 
-MAF_BINS = {"0-0.5%": (0, 0.005), "0.5-1%": (0.005, 0.01), "1-5%": (0.01, 0.05), "5-50%": (0.05, 1)}
-
-
 def r2_by_maf(ds: np.ndarray, truth: np.ndarray, untyped: np.ndarray, maf: np.ndarray) -> dict:
-    """Aggregate dosage r² of the untyped sites per reference MAF bin, and over all of them."""
-    out = {b: r2(ds, truth, untyped & (maf >= lo) & (maf < hi)) for b, (lo, hi) in MAF_BINS.items()}
+    """Aggregate dosage r² of the untyped sites per reference MAF bin (the evaluation's bins,
+    ``ragimpute.metrics``), and over all of them."""
+    from ragimpute.metrics import BIN_LABELS, maf_bin
+
+    bins = maf_bin(maf)
+    out = {label: r2(ds, truth, untyped & (bins == b)) for b, label in enumerate(BIN_LABELS)}
     return {**{b: round(v, 5) for b, v in out.items()}, "all": round(r2(ds, truth, untyped), 5)}
 
 
