@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .cli import USER_ERRORS
@@ -31,9 +30,10 @@ def config_problems(config: dict, schema_path: str | os.PathLike) -> list[str]:
     import difflib
 
     import jsonschema
-    import yaml
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    from .schema import read_yaml
+
+    schema = read_yaml(schema_path)
     validator = jsonschema.Draft202012Validator(schema)
     out = []
     seen = set()
