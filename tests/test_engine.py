@@ -221,14 +221,15 @@ def test_composite_states_hold_each_steps_nearest_haplotypes():
             assert set(cand[i, s]) <= set(tables[i][s])  # ... and in the states at that step
 
 
-def test_candidates_are_the_nearest_with_ties_in_the_seeded_order():
+@pytest.mark.parametrize("threads", [1, 3])
+def test_candidates_are_the_nearest_with_ties_in_the_seeded_order(threads):
     """Exactly the brute-force k nearest of each step, nearest first, equally near ones in the index's
-    seeded order of the panel (a panel of mosaics: many ties)."""
+    seeded order of the panel (a panel of mosaics: many ties), whatever the steps searched at once."""
     ref, tgt, pos, cm, typed = random_panel(5, n_ref=90)
     idx = StateIndex.build(ref[typed], cm[typed], 0.1, 3, seed=2)
     q = tgt[typed].T.astype(np.uint8)
     k = 10
-    cand = idx.candidates(q, k)
+    cand = idx.candidates(q, k, threads=threads)
     rank = np.argsort(idx.order)  # place of each panel haplotype in the seeded order
     ties = 0
     for i in range(len(q)):

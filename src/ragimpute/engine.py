@@ -36,6 +36,7 @@ threads). ``copying`` is this engine; the trained model reads its output as its 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
@@ -229,19 +230,38 @@ class StateIndex:
         return np.repeat(np.arange(self.n_steps, dtype=np.int32), np.diff(self.bounds))
 
     def candidates(
-        self, query: np.ndarray, k: int, exclude: np.ndarray | None = None
+        self,
+        query: np.ndarray,
+        k: int,
+        exclude: np.ndarray | None = None,
+        threads: int | None = None,
     ) -> np.ndarray:
         """(Q, S, k) nearest reference haplotypes of each query (Q, M) at each step, nearest first.
 
         ``exclude`` (Q, E): panel haplotypes a query must not get (a training query's own sample).
+        ``threads``: steps searched at once (default: FAISS's thread count).
         """
+        import faiss
+
         query = np.asarray(query, dtype=np.uint8)
         n_ex = 0 if exclude is None else exclude.shape[1]
         k_ask = min(k + n_ex, self.n_ref)
         out = np.full((len(query), self.n_steps, k), -1, dtype=np.int32)
-        for s, (a, b) in enumerate(self.span):
+
+        def search(s: int) -> np.ndarray:
+            a, b = self.span[s]
             index = self.indexes[s]
-            _, ids = index.search(_codes(query[:, a:b], index.code_size), k_ask)
+            return index.search(_codes(query[:, a:b], index.code_size), k_ask)[1]
+
+        # One step per thread, each search on one OpenMP thread (FAISS releases the GIL): FAISS's
+        # own threads wait for each other at every search, and on a busy machine a descheduled one
+        # stalls the rest (a search of 1,000 targets took 15 s instead of 1 s at load 3 on 2 cores).
+        workers = max(1, threads or faiss.omp_get_max_threads())
+        with ThreadPoolExecutor(
+            workers, initializer=faiss.omp_set_num_threads, initargs=(1,)
+        ) as pool:
+            found = list(pool.map(search, range(self.n_steps)))
+        for s, ids in enumerate(found):
             ids = np.where(ids >= 0, self.order[np.maximum(ids, 0)], -1)
             if n_ex:
                 ids = np.where((ids[:, :, None] == exclude[:, None, :]).any(-1), -1, ids)
@@ -915,13 +935,15 @@ class Engine:
         """``interval_classes`` of the chunk."""
         return interval_classes(self.chunk.ref_packed, self.chunk.n_ref, self.chunk.typed_site)
 
-    def candidates(self, query: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    def candidates(
+        self, query: np.ndarray, exclude: np.ndarray | None = None, threads: int | None = None
+    ) -> np.ndarray:
         """(Q, S, candidates) nearest reference haplotypes per step; (Q, S, 0) when the panel is used
         whole. Missing alleles are searched as REF (they only rank candidates)."""
         if self.identity:
             return np.zeros((len(query), self.index.n_steps, 0), dtype=np.int32)
         filled = np.where(query < 0, 0, query).astype(np.uint8)
-        return self.index.candidates(filled, self.params.candidates, exclude)
+        return self.index.candidates(filled, self.params.candidates, exclude, threads)
 
     def states(self, query: np.ndarray, exclude: np.ndarray | None = None) -> list[np.ndarray]:
         """Per query haplotype, (S, n) the reference haplotype each composite state copies at each
@@ -986,7 +1008,7 @@ class Engine:
                 self, query, float(err), device, None if exclude is None else ex
             )
             return (out if interpolate else out[:, :0]), stats  # the same shapes as on the CPU
-        cand = self.candidates(query, None if exclude is None else ex)
+        cand = self.candidates(query, None if exclude is None else ex, threads)
         out = np.empty((len(query), self.chunk.n_sites if interpolate else 0), dtype=np.float32)
         stats = np.zeros((len(query), 2), dtype=np.float64)
         if threads:
