@@ -78,6 +78,22 @@ def test_state_index_refuses_another_mask_and_other_settings(env, tmp_path):
     assert json.loads(meta_path.read_text())["mask_hash"] == env.train_hash
 
 
+def test_targets_far_from_the_reference_raise_the_error_and_a_warning(env, tmp_path, caplog):
+    """Genotypes inverted at a fifth of the typed sites (what a strand problem does): the estimated
+    mismatch rate goes up from the clean target's and the log says what to check; the clean target
+    gives no such warning."""
+    clean = copying(env, env.results, tmp_path / "clean.vcf.gz")
+    assert "beyond what genotyping errors give" not in caplog.text
+    header, records = vcf_lines(env.target)
+    inv = {"0": "1", "1": "0", ".": "."}
+    for r in records[::5]:
+        r[9:] = ["|".join(inv[a] for a in g.split("|")) for g in r[9:]]
+    target = write_bgzip(tmp_path / "inverted.vcf.gz", header, records)
+    report = copying(env, env.results, tmp_path / "inv.vcf.gz", target=target)
+    assert report["engine"]["error"] > max(0.01, 10 * clean["engine"]["error"])
+    assert "beyond what genotyping errors give" in caplog.text
+
+
 def test_stale_or_corrupted_reference_bits_are_rebuilt_or_refused(env, tmp_path):
     """Outside Snakemake the state index is rebuilt when a file is missing or it was built on
     another reference; its reference bits are verified against their checksum when read."""

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 from impute_data import (
     CHROM,
@@ -258,12 +259,16 @@ def swap(record: list[str]) -> list[str]:
     return record[:3] + [record[4], record[3]] + record[5:9] + gts
 
 
+def palindromic(record: list[str]) -> bool:
+    return {record[3], record[4]} in ({"A", "T"}, {"C", "G"})
+
+
 def test_swapped_alleles_and_chr_names_impute_the_same(env, clean, tmp_path):
     header, records = vcf_lines(env.target)
     header = [h.replace(f"##contig=<ID={CHROM},", f"##contig=<ID=chr{CHROM},") for h in header]
     edited = [
-        (swap(r) if i % 2 else r[:]) for i, r in enumerate(records)
-    ]  # every other record in the other orientation
+        (swap(r) if i % 2 and not palindromic(r) else r[:]) for i, r in enumerate(records)
+    ]  # every other record in the other orientation (not A/T, C/G: those are ambiguous)
     for r in edited:
         r[0] = f"chr{CHROM}"
     target = write_bgzip(tmp_path / "chr_swapped.vcf.gz", header, edited)
@@ -271,8 +276,34 @@ def test_swapped_alleles_and_chr_names_impute_the_same(env, clean, tmp_path):
     report = run(env, target, out)
     assert body(out) == body(clean[0])
     a = report["alignment"]
-    assert a["flipped"] == len(records) // 2 and a["chrom_renamed"] and a["target_chrom"] == "chr20"
+    assert (
+        a["flipped"]
+        == sum(r[3] != e[3] for r, e in zip(records, edited, strict=True))
+        > len(records) // 4
+    )
+    assert a["chrom_renamed"] and a["target_chrom"] == "chr20"
     assert report["mask_hash"] == env.train_hash
+
+
+def test_swapped_a_t_and_c_g_records_are_ambiguous_and_not_used(env, clean, tmp_path, caplog):
+    """T/A against the reference's A/T: the other strand (genotypes as they are) or swapped alleles
+    (genotypes 0<->1) alike. Beagle's and our readings would differ, so the record is left out,
+    counted and listed, and the other swapped records are still flipped."""
+    header, records = vcf_lines(env.target)
+    pal = [i for i, r in enumerate(records) if palindromic(r)][:2]
+    other = next(i for i, r in enumerate(records) if not palindromic(r))
+    assert len(pal) == 2
+    edited = [swap(r) if i in pal or i == other else r[:] for i, r in enumerate(records)]
+    target = write_vcf(tmp_path / "t.vcf", header, edited)
+    report = run(env, target, tmp_path / "out.vcf.gz")
+    a = report["alignment"]
+    assert a["flipped"] == 1 and a["matched"] == len(records) - 2
+    assert a["unmatched"]["ambiguous_strand"] == 2
+    listed = pd.read_csv(tmp_path / "out.vcf.gz.aligned" / "unmatched.tsv", sep="\t")
+    assert sorted(listed["pos"]) == sorted(int(records[i][1]) for i in pal)
+    assert set(listed["reason"]) == {"ambiguous_strand"}
+    assert "strand flip and a REF/ALT swap look the same" in caplog.text
+    assert report["mask_hash"] != env.train_hash  # two typed sites fewer
 
 
 def test_multiallelic_and_non_snv_records_are_skipped_and_counted(env, clean, tmp_path):
@@ -296,7 +327,11 @@ def test_unmatched_sites_are_counted_and_listed(env, clean, tmp_path):
     wrong = records[6][:3] + other + records[6][5:]
     target = write_vcf(tmp_path / "t.vcf", header, records[:5] + [absent, wrong] + records[7:])
     report = run(env, target, tmp_path / "out.vcf.gz")
-    assert report["alignment"]["unmatched"] == {"not_in_reference": 1, "allele_mismatch": 1}
+    assert report["alignment"]["unmatched"] == {
+        "not_in_reference": 1,
+        "allele_mismatch": 1,
+        "ambiguous_strand": 0,
+    }
     listed = (tmp_path / "out.vcf.gz.aligned" / "unmatched.tsv").read_text()
     assert str(free) in listed and "allele_mismatch" in listed
     # Dropping a typed site changes the mask: a new hash, and its own index.

@@ -40,7 +40,7 @@ from .masks import Mask, load_mask_for
 from .methods import EXTERNAL_METHODS
 from .predictors import Predictor, PriorPredictor, WindowBatch
 from .prior import SCALE as PRIOR_SCALE
-from .prior import PriorStore, run_engine
+from .prior import PriorStore, log_error_estimate, run_engine
 from .states import build_states, load_chunk, load_states, stale_reason
 from .targets import AlignedTarget, read_target
 from .tokens import MASK, tokenize_block
@@ -443,7 +443,7 @@ def _engine_prior(
         whole_query = np.ascontiguousarray(whole.alleles.T, dtype=np.int8)
         error = engine.estimate_error(whole_query, threads=threads, device=device)
         engine.params = replace(params, error=error)
-        log.info("copying model: allele mismatch rate estimated at %.2e", engine.params.error)
+        log_error_estimate(error, target.path)
     query = np.ascontiguousarray(target.alleles.T, dtype=np.int8)  # (haplotypes, typed sites)
     run = run_engine(engine, query, where, batch_haplotypes, threads, device=device)
     report = {

@@ -100,6 +100,23 @@ class PriorRun:
     stats: dict = field(default_factory=dict)
 
 
+HIGH_ERROR = 0.01
+
+
+def log_error_estimate(error: float, source: str | os.PathLike) -> None:
+    """Log the estimated mismatch rate, and warn where it is beyond what genotyping errors give."""
+    log.info("copying model: allele mismatch rate estimated at %.2e", error)
+    if error > HIGH_ERROR:
+        log.warning(
+            "%s: the targets disagree with the reference haplotypes at %.1f%% of typed alleles, "
+            "beyond what genotyping errors give (0.01-0.5%%): check that the target is on the "
+            "reference's genome build and strand, that REF is the reference genome's base, and that "
+            "the genotypes are not shifted against the sample names",
+            source,
+            100 * error,
+        )
+
+
 def run_engine(
     engine: Engine,
     query: np.ndarray,
@@ -117,7 +134,7 @@ def run_engine(
     estimated = error is None
     if estimated:
         error = engine.estimate_error(query, exclude, threads=threads, device=device)
-        log.info("copying model: allele mismatch rate estimated at %.2e", error)
+        log_error_estimate(error, where)
     cap = max(1, ENGINE_BATCH_BYTES // (6 * max(engine.chunk.n_sites, 1)))
     if batch_haplotypes > cap:
         log.info(

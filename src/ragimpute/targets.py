@@ -7,6 +7,8 @@ Alignment is by chromosome, position, REF and ALT, as Beagle and Minimac4 match 
   alleles are flipped (counted as ``flipped``);
 - records at positions the reference does not have, or with other alleles (strand flips such as A/G
   against T/C included), are not used and are counted and listed (``unmatched.tsv``);
+- an A/T or C/G record whose REF/ALT are the reference's ALT/REF is either that or the same alleles
+  on the other strand, with the opposite genotypes: it is not used either (``ambiguous_strand``);
 - multi-allelic, non-SNV and ALT-less records are skipped and counted, as the reference's are.
 Unphased heterozygous genotypes (``0/1``, what an array delivers) are kept unphased in the harmonised
 target when the workflow phases it (``impute.phase`` auto or always: the ``phase`` stage, see
@@ -55,7 +57,8 @@ from .vcf_write import contig_lengths, write_phased_vcf
 # training array gets the training mask's hash (and re-uses its index).
 TARGET_MASK_SPEC = {"strategy": "array", "array_dropout": 0.0}
 TARGET_SKIP_REASONS = ("multiallelic", "non_snv", "no_alt")
-UNMATCHED_REASONS = ("not_in_reference", "allele_mismatch")
+UNMATCHED_REASONS = ("not_in_reference", "allele_mismatch", "ambiguous_strand")
+PALINDROMIC = {("A", "T"), ("T", "A"), ("C", "G"), ("G", "C")}
 PHASING_HINT = (
     "Phase the targets first, with the reference panel if you have it: Beagle 5.4 "
     "(`beagle gt=target.vcf.gz ref=reference.vcf.gz out=phased impute=false`), SHAPEIT5 "
@@ -212,6 +215,15 @@ def read_target(
         len(unmatched),
         ", ".join(f"{k}={v}" for k, v in skipped.items() if v) or "none",
     )
+    if match.ambiguous.any():
+        log.warning(
+            "%s: %d A/T or C/G records have the reference's REF/ALT the other way round; a strand flip "
+            "and a REF/ALT swap look the same there, so they are not used (ambiguous_strand in "
+            "unmatched.tsv). Put the target on the forward strand with REF as in the reference genome "
+            "(`bcftools +fixref`) to keep them",
+            path,
+            int(match.ambiguous.sum()),
+        )
     site = match.idx[keep].astype(np.int64)
     unphased_kept = unphased if allow_unphased else None
     return AlignedTarget(path, contig, samples, site, alleles, report, unmatched, unphased_kept)
@@ -276,13 +288,26 @@ class _SiteMatch:
         idx_c = np.minimum(self.idx, max(len(ref_pos) - 1, 0))
         self.at_pos = (self.idx < len(ref_pos)) & (ref_pos[idx_c] == self.pos)
         self.same = self.at_pos & (ref_ref[idx_c] == self.ref) & (ref_alt[idx_c] == self.alt)
-        self.swapped = self.at_pos & (ref_ref[idx_c] == self.alt) & (ref_alt[idx_c] == self.ref)
+        swapped = self.at_pos & (ref_ref[idx_c] == self.alt) & (ref_alt[idx_c] == self.ref)
+        # A/T read as T/A may be the other strand (genotypes as they are) or swapped alleles
+        # (genotypes 0<->1): no way to tell, so neither is guessed
+        palindromic = np.fromiter(
+            ((r, a) in PALINDROMIC for r, a in zip(self.ref, self.alt, strict=True)),
+            bool,
+            len(recs),
+        )
+        self.ambiguous = swapped & palindromic
+        self.swapped = swapped & ~palindromic
         self.matched = self.same | self.swapped
 
     def unmatched(self) -> pd.DataFrame:
         """The records that match no reference site, with the reason (``unmatched.tsv``)."""
         no = ~self.matched
-        reason = np.where(self.at_pos, "allele_mismatch", "not_in_reference")
+        reason = np.where(
+            self.ambiguous,
+            "ambiguous_strand",
+            np.where(self.at_pos, "allele_mismatch", "not_in_reference"),
+        )
         return pd.DataFrame(
             {
                 "chrom": [self.chrom[i] for i in np.flatnonzero(no)],

@@ -558,7 +558,8 @@ class RecordFilter:
             raise InputError(
                 self.path,
                 f"records are not sorted: position {pos} comes after {self.last_pos}",
-                "Sort the file: `bcftools sort -Oz -o sorted.vcf.gz` and index it",
+                f"Sort it: `bcftools sort -Oz -o sorted.vcf.gz {self.path}` (then `tabix -p vcf "
+                "sorted.vcf.gz`) and give sorted.vcf.gz",
                 record=f"{chrom}:{pos}",
             )
         self.last_pos = pos
