@@ -402,8 +402,14 @@ def test_plain_gzip_is_refused_with_the_fix(tmp_path):
     path = write_vcf(tmp_path / "p.vcf.gz", vcf_text([_ok(100)], SAMPLES), "gzip")
     with pytest.raises(
         InputError, match=r"p\.vcf\.gz: file is gzip- but not bgzip-compressed.*bgzip"
-    ):
+    ) as e:
         read_panel(path, "20")
+    fixed = tmp_path / "p.bgzf.vcf.gz"  # the hint's file, beside the input
+    assert f"bgzip > {fixed}`" in str(e.value) and f"tabix -p vcf {fixed}`" in str(e.value)
+    with gzip.open(path, "rb") as src, pysam.BGZFile(str(fixed), "wb") as dst:
+        dst.write(src.read())
+    pysam.tabix_index(str(fixed), preset="vcf")
+    assert len(read_panel(fixed, "20").sites) == 1
 
 
 def test_empty_file(tmp_path):

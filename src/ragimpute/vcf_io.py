@@ -82,8 +82,16 @@ def check_readable(path: str | os.PathLike) -> None:
             raise InputError(
                 p,
                 "file is gzip- but not bgzip-compressed, so it cannot be indexed or read by region",
-                f"Recompress it: `zcat {p} | bgzip > {p.name}.bgz` (or `bcftools view -Oz`) and index it",
+                f"Recompress it with bgzip: `zcat {p} | bgzip > {_bgzip_name(p)}`, then `tabix -p vcf "
+                f"{_bgzip_name(p)}`, and give that file",
             )
+
+
+def _bgzip_name(p: Path) -> Path:
+    """Where the bgzip-compressed copy of the plain-gzip ``p`` can go: beside it, named as a VCF."""
+    stem = p.name[: -len(".gz")] if p.name.endswith(".gz") else p.name
+    stem = stem[: -len(".vcf")] if stem.endswith(".vcf") else stem
+    return p.with_name(f"{stem}.bgzf.vcf.gz")
 
 
 def _index_file(path: str | os.PathLike) -> str | None:
