@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ragimpute.metrics import BIN_LABELS
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
 PANELS = {"default": [], "admixed": ["config/admixed.yaml"]}
-BINS = ["0-0.5%", "0.5-1%", "1-5%", "5-50%", "all"]
+BINS = [*BIN_LABELS, "all"]  # the rows of comparison.tsv
 
 
 def run(panel: str, seed: int, work: Path, cores: str) -> pd.DataFrame:

@@ -79,11 +79,12 @@ def check_readable(path: str | os.PathLike) -> None:
                     "`bcftools view -Oz -o fixed.vcf.gz` from an intact source",
                 )
         elif head[:2] == b"\x1f\x8b":
+            fixed = _bgzip_name(p)
             raise InputError(
                 p,
                 "file is gzip- but not bgzip-compressed, so it cannot be indexed or read by region",
-                f"Recompress it with bgzip: `zcat {p} | bgzip > {_bgzip_name(p)}`, then `tabix -p vcf "
-                f"{_bgzip_name(p)}`, and give that file",
+                f"Recompress it with bgzip: `zcat {p} | bgzip > {fixed}`, then `tabix -p vcf "
+                f"{fixed}`, and give that file",
             )
 
 
