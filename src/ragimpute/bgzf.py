@@ -18,6 +18,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
+import numpy as np
+
 try:
     from zlib_ng import zlib_ng as zlib
 except ImportError:  # pragma: no cover - a platform without a zlib-ng wheel
@@ -51,6 +53,10 @@ class BgzfWriter:
         self._pending: deque[Future] = deque()
         self._max_pending = 4 * max(1, threads)
         self._buf = bytearray()
+        # where each block starts, uncompressed and in the file, for virtual offsets (tabix)
+        self._u_starts: list[int] = []
+        self._c_starts: list[int] = []
+        self.size = 0  # uncompressed bytes written
 
     def write(self, data: bytes) -> None:
         view = memoryview(data if isinstance(data, bytes) else bytes(data))  # immutable: no copy
@@ -68,12 +74,28 @@ class BgzfWriter:
         self._buf += view[whole:]
 
     def _submit(self, block: bytes | memoryview) -> None:
+        self._u_starts.append(self.size)
+        self.size += len(block)
         if self._pool is None:
-            self._f.write(compress_block(block, self._level))
+            self._put(compress_block(block, self._level))
             return
         self._pending.append(self._pool.submit(compress_block, block, self._level))
         while len(self._pending) > self._max_pending or (self._pending and self._pending[0].done()):
-            self._f.write(self._pending.popleft().result())
+            self._put(self._pending.popleft().result())
+
+    def _put(self, compressed: bytes) -> None:
+        self._c_starts.append(self._f.tell())
+        self._f.write(compressed)
+
+    def virtual_offsets(self, offsets: np.ndarray) -> np.ndarray:
+        """BGZF virtual offsets (block's file offset << 16 | offset in the block) of uncompressed
+        byte ``offsets``, after ``close``. An offset at the end of a block is given as the start
+        of the next (the end of the file: the end-of-file block's), as htslib reports it."""
+        u = np.asarray([*self._u_starts, self.size], np.int64)
+        c = np.asarray(self._c_starts, np.int64)
+        offsets = np.asarray(offsets, np.int64)
+        i = np.searchsorted(u, offsets, side="right") - 1
+        return (c[i] << 16) | (offsets - u[i])
 
     def close(self) -> None:
         """Write what is buffered and the end-of-file block; the file is complete only after this."""
@@ -82,8 +104,8 @@ class BgzfWriter:
                 self._submit(bytes(self._buf))
                 self._buf.clear()
             while self._pending:
-                self._f.write(self._pending.popleft().result())
-            self._f.write(EOF_BLOCK)
+                self._put(self._pending.popleft().result())
+            self._put(EOF_BLOCK)
         finally:
             if self._pool is not None:
                 self._pool.shutdown(cancel_futures=True)

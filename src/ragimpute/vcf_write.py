@@ -23,6 +23,7 @@ from numba import njit, prange
 from . import __version__
 from .atomic import atomic_path, scratch_dir
 from .bgzf import BgzfWriter
+from .tabix import TabixIndexer
 
 # Phased genotype strings by 2 * allele0 + allele1; missing alleles are handled by ``gt_strings``.
 PHASED_GT = np.array(["0|0", "0|1", "1|0", "1|1"], dtype=object)
@@ -124,22 +125,29 @@ def bgzip_vcf_writer(
     out: str | os.PathLike, threads: int = 1
 ) -> Iterator[Callable[[str | bytes], None]]:
     """Yield ``write(text)`` (str or bytes); on success the bgzipped VCF (compressed on ``threads``
-    threads) and then its (newer) .tbi appear atomically.
+    threads) and then its (newer) .tbi appear atomically. The index is built from the text as it
+    is written (``tabix``), not by reading the file again.
 
-    The caller writes records sorted by position; tabix refuses unsorted input, so a bug there fails
-    here instead of producing a file that region queries read wrongly.
+    The caller writes records sorted by position; the index refuses unsorted input, as tabix does,
+    so a bug there fails here instead of producing a file that region queries read wrongly.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with scratch_dir(out) as d:
         with atomic_path(out, suffix=".vcf.gz") as gz:
             f = BgzfWriter(gz, threads)
+            index = TabixIndexer(out)
+
+            def write(text: str | bytes) -> None:
+                data = text if isinstance(text, bytes) else text.encode()
+                index.add(data)
+                f.write(data)
+
             try:
-                yield lambda text: f.write(text if isinstance(text, bytes) else text.encode())
+                yield write
             finally:
                 f.close()
-            pysam.tabix_index(str(gz), preset="vcf", force=True)
-            os.replace(str(gz) + ".tbi", Path(d) / "x.tbi")
+            index.save(Path(d) / "x.tbi", f)
         os.replace(Path(d) / "x.tbi", str(out) + ".tbi")
 
 
