@@ -323,14 +323,18 @@ def test_unmatched_sites_are_counted_and_listed(env, clean, tmp_path):
     taken = set(env.sites["pos"])
     free = next(p for p in range(int(records[5][1]) + 1, 10**7) if p not in taken)
     absent = records[5][:1] + [str(free)] + records[5][2:]
-    other = [b for b in "ACGT" if b not in records[6][3:5]]  # neither orientation matches
-    wrong = records[6][:3] + other + records[6][5:]
+    # REF kept, ALT another base: neither orientation matches, on either strand (the two other
+    # bases of a non-A/T, non-C/G record are its alleles' complements: a strand_flip)
+    other = next(b for b in "ACGT" if b not in records[6][3:5])
+    wrong = records[6][:4] + [other] + records[6][5:]
     target = write_vcf(tmp_path / "t.vcf", header, records[:5] + [absent, wrong] + records[7:])
     report = run(env, target, tmp_path / "out.vcf.gz")
     assert report["alignment"]["unmatched"] == {
         "not_in_reference": 1,
         "allele_mismatch": 1,
+        "strand_flip": 0,
         "ambiguous_strand": 0,
+        "strand_frequency": 0,
     }
     listed = (tmp_path / "out.vcf.gz.aligned" / "unmatched.tsv").read_text()
     assert str(free) in listed and "allele_mismatch" in listed

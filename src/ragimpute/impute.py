@@ -232,7 +232,8 @@ def _open_inputs(
     windows = load_windows(windows_dir)
     mask = load_mask_for(mask_store, mask_hash, slh, "target_mask")
     reference = WindowedTable(Path(windows_dir) / "haplotypes" / "train.parquet", "alleles")
-    target = read_target(target_vcf, str(sites["chrom"].iloc[0]), sites)
+    # already harmonised (and perhaps phased, its missing calls filled): checked once, before
+    target = read_target(target_vcf, str(sites["chrom"].iloc[0]), sites, strand_check=False)
     typed = np.zeros(len(sites), dtype=bool)
     typed[target.site] = True
     if not np.array_equal(typed, mask.observed):
@@ -557,6 +558,7 @@ def run_impute_stage(
             "matched",
             "flipped",
             "unmatched",
+            "strand_frequency_check",
             "missing",
         )
     }

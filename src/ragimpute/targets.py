@@ -5,10 +5,20 @@ Alignment is by chromosome, position, REF and ALT, as Beagle and Minimac4 match 
   servers do);
 - a record whose REF/ALT are the reference's ALT/REF is the same SNV in the other orientation: its
   alleles are flipped (counted as ``flipped``);
-- records at positions the reference does not have, or with other alleles (strand flips such as A/G
-  against T/C included), are not used and are counted and listed (``unmatched.tsv``);
+- records at positions the reference does not have (``not_in_reference``) or with other alleles
+  (``allele_mismatch``) are not used and are counted and listed (``unmatched.tsv``);
+- a record whose alleles are the reference's on the other strand (A/G or G/A where the reference has
+  T/C) is not used either (``strand_flip``: it is not complemented, since a target on the other
+  strand has A/T and C/G records that no allele can expose), with a warning saying how to put the
+  target on the forward strand;
 - an A/T or C/G record whose REF/ALT are the reference's ALT/REF is either that or the same alleles
   on the other strand, with the opposite genotypes: it is not used either (``ambiguous_strand``);
+- an A/T or C/G record with the reference's REF/ALT may still be on the other strand, its genotypes
+  inverted: where the reference's ALT frequency r is not near 1/2 (MAF <= 0.4) and the target's ALT
+  count k of n called alleles is far likelier under frequency 1 - r than under r (the binomial
+  log-likelihood ratio (2k - n) log((1 - r) / r) above ``STRAND_LLR_THRESHOLD``), as Beagle's
+  conform-gt and Will Rayner's strand checks do, it is not used (``strand_frequency``). Records near
+  MAF 1/2, or with too few called alleles to reach the threshold, cannot be checked and are kept;
 - multi-allelic, non-SNV and ALT-less records are skipped and counted, as the reference's are.
 Unphased heterozygous genotypes (``0/1``, what an array delivers) are kept unphased in the harmonised
 target when the workflow phases it (``impute.phase`` auto or always: the ``phase`` stage, see
@@ -26,6 +36,7 @@ for retrieval only and then imputes them like any hidden allele (see ``impute``)
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +68,34 @@ from .vcf_write import contig_lengths, write_phased_vcf
 # training array gets the training mask's hash (and re-uses its index).
 TARGET_MASK_SPEC = {"strategy": "array", "array_dropout": 0.0}
 TARGET_SKIP_REASONS = ("multiallelic", "non_snv", "no_alt")
-UNMATCHED_REASONS = ("not_in_reference", "allele_mismatch", "ambiguous_strand")
+UNMATCHED_REASONS = (
+    "not_in_reference",
+    "allele_mismatch",
+    "strand_flip",
+    "ambiguous_strand",
+    "strand_frequency",
+)
 PALINDROMIC = {("A", "T"), ("T", "A"), ("C", "G"), ("G", "C")}
+COMPLEMENT = {"A": "T", "T": "A", "C": "G", "G": "C"}
+# The frequency check of A/T and C/G records. Near MAF 1/2 both strands give the same frequency, so
+# the strand tools leave MAF > 0.4 unchecked. The threshold is a likelihood ratio of 1000: on the
+# right strand (target frequency r) a ratio that large has a chance below 1/1000 whatever the number
+# of alleles (Markov's inequality: the ratio's mean is 1), while a site on the other strand reaches it
+# with a few dozen haplotypes (30 targets: 9 in 10 checkable sites). As the cohort grows the rule
+# becomes Rayner's (flag where 1 - p is closer to r than p is), so a target population only loses
+# sites whose major allele is the reference's minor one, which frequency cannot tell from a flip.
+# Measured on every demo site (the non-palindromic ones too, whose strand is known): the largest
+# ratio is about 20 on the admixed demo (admixed targets, a reference from the source populations)
+# and below 1 with a 1,000-sample admixed cohort.
+STRAND_CHECK_MAX_MAF = 0.4
+STRAND_LLR_THRESHOLD = math.log(1000.0)
+STRAND_AF_CLIP = 1e-3
+STRAND_FIX_HINT = (
+    "Put the target on the forward strand of the reference genome "
+    "(`bcftools +fixref target.vcf.gz -Oz -o fixed.vcf.gz -- -f ref.fa -m flip -d`) or flip it "
+    "with the array maker's strand file (Will Rayner's strand files for Illumina arrays), then "
+    "give the fixed file"
+)
 PHASING_HINT = (
     "Phase the targets first, with the reference panel if you have it: Beagle 5.4 "
     "(`beagle gt=target.vcf.gz ref=reference.vcf.gz out=phased impute=false`), SHAPEIT5 "
@@ -160,12 +197,18 @@ def read_target(
     allow_unphased: bool = False,
     hint: str = PHASING_HINT,
     region: tuple[int, int] | None = None,
+    strand_check: bool = True,
 ) -> AlignedTarget:
     """Read ``chrom`` (or its ``region``: first, last bp, a chunk) of a phased target VCF/BCF and
     align it to the reference ``sites``
     (columns pos, ref, alt; positions increasing). With ``allow_unphased``, unphased heterozygotes
     are read too (``AlignedTarget.unphased``; the workflow's ``phase`` stage phases them); else they
-    are an error with ``hint``."""
+    are an error with ``hint``.
+
+    With ``strand_check`` and an ``af`` column in ``sites`` (the reference ALT frequency,
+    ``sites.parquet``'s), A/T and C/G records with the reference's REF/ALT whose frequency says they
+    are on the other strand are left out (``strand_frequency``); without ``af`` they are not checked.
+    A target already harmonised by this function needs no second check (it would find nothing)."""
     path = str(path)
     check_readable(path)
     samples = vcf_samples(path)
@@ -176,7 +219,9 @@ def read_target(
         raise InputError(
             path,
             f"none of its {len(recs)} SNV records on chromosome {contig} matches a reference site by "
-            f"position and alleles ({int(match.at_pos.sum())} share a position)",
+            f"position and alleles ({int(match.at_pos.sum())} share a position, "
+            f"{int(match.strand_flip.sum())} of them with the reference's alleles on the other "
+            "strand)",
             "The target does not overlap the reference: check that both use the same genome build "
             "(liftover with `bcftools +liftover` or CrossMap) and the same strand",
         )
@@ -187,6 +232,17 @@ def read_target(
     )
     flip = match.swapped[keep]
     alleles[flip] = np.where(alleles[flip] >= 0, 1 - alleles[flip], -1)
+    strand = None
+    if strand_check and "af" in sites:
+        # swapped A/T and C/G records are already out (ambiguous_strand): these have REF/ALT as
+        # the reference has them, alleles in its orientation
+        check = match.palindromic[keep] & match.same[keep]
+        af = sites["af"].to_numpy(dtype=np.float64)[match.idx[keep]]
+        flagged, strand = strand_frequency_check(alleles, af, check)
+        if flagged.any():
+            match.drop_for_frequency(keep[flagged])
+            keep = keep[~flagged]
+            alleles, unphased = alleles[~flagged], unphased[~flagged]
     ref_chrom = str(sites["chrom"].iloc[0]) if "chrom" in sites else contig
     unmatched = match.unmatched()
     report = {
@@ -205,6 +261,8 @@ def read_target(
         "unphased_heterozygotes": int(unphased.sum()),
         "sites_with_unphased_heterozygotes": int(unphased.any(axis=1).sum()),
     }
+    if strand is not None:
+        report["strand_frequency_check"] = strand
     log.info(
         "%s: %d records on %s, %d matched (%d flipped), %d unmatched, skipped %s",
         path,
@@ -215,15 +273,7 @@ def read_target(
         len(unmatched),
         ", ".join(f"{k}={v}" for k, v in skipped.items() if v) or "none",
     )
-    if match.ambiguous.any():
-        log.warning(
-            "%s: %d A/T or C/G records have the reference's REF/ALT the other way round; a strand flip "
-            "and a REF/ALT swap look the same there, so they are not used (ambiguous_strand in "
-            "unmatched.tsv). Put the target on the forward strand with REF as in the reference genome "
-            "(`bcftools +fixref`) to keep them",
-            path,
-            int(match.ambiguous.sum()),
-        )
+    match.warn(path)
     site = match.idx[keep].astype(np.int64)
     unphased_kept = unphased if allow_unphased else None
     return AlignedTarget(path, contig, samples, site, alleles, report, unmatched, unphased_kept)
@@ -271,10 +321,49 @@ def _target_records(
     return recs, gts, skipped
 
 
+def strand_llr(alt_count: np.ndarray, called: np.ndarray, reference_af: np.ndarray) -> np.ndarray:
+    """The log-likelihood ratio of ``alt_count`` ALT alleles among ``called`` ones under a target
+    frequency of 1 - r (the other strand) against r (the reference's ALT frequency, clipped to
+    ``STRAND_AF_CLIP``, 1 - ``STRAND_AF_CLIP``): ``(2k - n) log((1 - r) / r)``, the binomial
+    coefficients cancelling."""
+    r = np.clip(np.asarray(reference_af, dtype=np.float64), STRAND_AF_CLIP, 1 - STRAND_AF_CLIP)
+    k = np.asarray(alt_count, dtype=np.float64)
+    return (2 * k - np.asarray(called, dtype=np.float64)) * np.log((1 - r) / r)
+
+
+def strand_frequency_check(
+    alleles: np.ndarray, reference_af: np.ndarray, check: np.ndarray
+) -> tuple[np.ndarray, dict]:
+    """Which records (rows of ``alleles``, reference orientation, -1 missing) among ``check`` are on
+    the other strand by their frequency: reference MAF <= ``STRAND_CHECK_MAX_MAF`` and ``strand_llr``
+    above ``STRAND_LLR_THRESHOLD``. Returns the flags and the counts for the report."""
+    called = (alleles >= 0).sum(axis=1)
+    alt = (alleles == 1).sum(axis=1)
+    r = np.asarray(reference_af, dtype=np.float64)
+    rc = np.clip(r, STRAND_AF_CLIP, 1 - STRAND_AF_CLIP)
+    near_half = np.minimum(r, 1 - r) > STRAND_CHECK_MAX_MAF
+    # the largest ratio the site can give (every called allele the reference's minor one)
+    reachable = called * np.abs(np.log((1 - rc) / rc)) > STRAND_LLR_THRESHOLD
+    checked = check & ~near_half & reachable
+    flagged = checked & (strand_llr(alt, called, r) > STRAND_LLR_THRESHOLD)
+    counts = {
+        "palindromic": int(check.sum()),
+        "checked": int(checked.sum()),
+        "maf_above_max": int((check & near_half).sum()),
+        "too_few_alleles": int((check & ~near_half & ~reachable).sum()),
+        "flagged": int(flagged.sum()),
+        "max_maf": STRAND_CHECK_MAX_MAF,
+        "llr_threshold": round(STRAND_LLR_THRESHOLD, 4),
+    }
+    return flagged, counts
+
+
 class _SiteMatch:
     """Target SNVs (chrom, pos, ref, alt) against the reference ``sites``, by position and alleles:
     ``idx`` the reference site at each one's position (where ``at_pos``), ``same`` or ``swapped``
-    alleles (REF/ALT the other way round), ``matched`` either."""
+    alleles (REF/ALT the other way round), ``matched`` either; ``strand_flip`` the reference's alleles
+    complemented (either orientation, not A/T or C/G, whose complement is themselves);
+    ``frequency_flagged`` those left out by ``drop_for_frequency``."""
 
     def __init__(self, recs: list[tuple[str, int, str, str]], sites: pd.DataFrame):
         ref_pos = sites["pos"].to_numpy(dtype=np.int64)
@@ -296,17 +385,63 @@ class _SiteMatch:
             bool,
             len(recs),
         )
+        self.palindromic = palindromic
         self.ambiguous = swapped & palindromic
         self.swapped = swapped & ~palindromic
         self.matched = self.same | self.swapped
+        comp_ref = np.array([COMPLEMENT.get(b, b) for b in self.ref], dtype=str)
+        comp_alt = np.array([COMPLEMENT.get(b, b) for b in self.alt], dtype=str)
+        as_is = (ref_ref[idx_c] == comp_ref) & (ref_alt[idx_c] == comp_alt)
+        turned = (ref_ref[idx_c] == comp_alt) & (ref_alt[idx_c] == comp_ref)
+        # an A/T record's complement is its own swap: ambiguous_strand or same, never this
+        self.strand_flip = self.at_pos & (as_is | turned) & ~palindromic
+        self.frequency_flagged = np.zeros(len(recs), dtype=bool)
+
+    def drop_for_frequency(self, rows: np.ndarray) -> None:
+        """Unmatch the records ``rows``: A/T or C/G whose frequency says the other strand."""
+        self.frequency_flagged[rows] = True
+        self.matched[rows] = False
+
+    def warn(self, path: str) -> None:
+        """The warnings about records left out for their strand, each with its count and fix."""
+        if self.ambiguous.any():
+            log.warning(
+                "%s: %d A/T or C/G records have the reference's REF/ALT the other way round; a "
+                "strand flip and a REF/ALT swap look the same there, so they are not used "
+                "(ambiguous_strand in unmatched.tsv). Put the target on the forward strand with REF "
+                "as in the reference genome (`bcftools +fixref`) to keep them",
+                path,
+                int(self.ambiguous.sum()),
+            )
+        if self.strand_flip.any():
+            log.warning(
+                "%s: %d records have the reference's alleles on the other strand (A/G where the "
+                "reference has T/C); the target, or part of it, looks like it is on the other "
+                "strand. They are not used (strand_flip in unmatched.tsv), and its A/T and C/G "
+                "records cannot be checked by their alleles (they read the same on both strands; "
+                "only those whose frequency gives them away are left out, as strand_frequency). %s",
+                path,
+                int(self.strand_flip.sum()),
+                STRAND_FIX_HINT,
+            )
+        if self.frequency_flagged.any():
+            log.warning(
+                "%s: %d A/T or C/G records have an ALT frequency that fits the reference's REF "
+                "frequency (likelihood ratio above %.0f): genotyped on the other strand, their "
+                "genotypes inverted. They are not used (strand_frequency in unmatched.tsv). %s",
+                path,
+                int(self.frequency_flagged.sum()),
+                math.exp(STRAND_LLR_THRESHOLD),
+                STRAND_FIX_HINT,
+            )
 
     def unmatched(self) -> pd.DataFrame:
         """The records that match no reference site, with the reason (``unmatched.tsv``)."""
         no = ~self.matched
-        reason = np.where(
-            self.ambiguous,
-            "ambiguous_strand",
-            np.where(self.at_pos, "allele_mismatch", "not_in_reference"),
+        reason = np.select(
+            [self.ambiguous, self.frequency_flagged, self.strand_flip, self.at_pos],
+            ["ambiguous_strand", "strand_frequency", "strand_flip", "allele_mismatch"],
+            "not_in_reference",
         )
         return pd.DataFrame(
             {
