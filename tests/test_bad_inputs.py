@@ -57,6 +57,28 @@ def test_unknown_nested_keys_are_named():
     assert "unknown config key 'impute.trget_vcf' (did you mean 'target_vcf'?)" in problems
 
 
+def test_problems_name_the_file_or_option_that_set_the_key(tmp_path):
+    """Snakemake merges config files and --config before the check: each problem names the last
+    source that set its key (the one whose value the merged config holds)."""
+    from ragimpute.smk import config_sources
+
+    base = tmp_path / "config.yaml"
+    base.write_text(TINY.read_text())
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("train:\n  model:\n    d_modle: 8\nsplit:\n  seed: x\n")
+    cfg = tiny_config()
+    cfg["train"]["model"] = {"d_modle": 8}
+    cfg["split"] = {"seed": "x"}
+    cfg["chromsomes"] = ["20"]
+    sources = config_sources([str(base), str(extra), str(extra)], {"chromsomes": ["20"]})
+    assert [name for name, _ in sources] == [str(base), str(extra), "--config"]
+    assert sorted(config_problems(cfg, SCHEMA, sources)) == [
+        "config key 'split.seed' in " + str(extra) + ": 'x' is not of type 'integer'",
+        "unknown config key 'chromsomes' in --config (did you mean 'chromosomes'?)",
+        f"unknown config key 'train.model.d_modle' in {extra} (did you mean 'd_model'?)",
+    ]
+
+
 @pytest.mark.parametrize("value", ["", "   "])
 def test_empty_results_directory_is_refused(value):
     (problem,) = config_problems({**tiny_config(), "results": value}, SCHEMA)
@@ -110,12 +132,13 @@ def test_workflow_refuses_bad_config_keys(finished, override):
     text = output(r)
     assert r.returncode != 0 and not changed
     assert "the configuration has errors" in text
+    source = str(finished / "override.yaml")  # the file that set the key is named
     if "chromsomes" in override:
-        assert "unknown config key 'chromsomes' (did you mean 'chromosomes'?)" in text
+        assert f"unknown config key 'chromsomes' in {source} (did you mean 'chromosomes'?)" in text
     elif "results" in override:
-        assert "config key 'results': '' is not allowed" in text
+        assert f"config key 'results' in {source}: '' is not allowed" in text
     else:
-        assert "unknown config key 'train.model.d_modle'" in text
+        assert f"unknown config key 'train.model.d_modle' in {source}" in text
     assert not (finished / "results").exists()  # `results: ""` wrote nothing into the directory
 
 

@@ -21,11 +21,41 @@ def run(snakemake: Any, fn: Callable[..., Any], **kwargs: Any) -> Any:
         sys.exit(1)
 
 
-def config_problems(config: dict, schema_path: str | os.PathLike) -> list[str]:
+def config_sources(configfiles: list[str], cli: dict | None) -> list[tuple[str, dict]]:
+    """What each source of a workflow's config sets, in the order Snakemake merges them: the config
+    files (the Snakefile's ``configfile:``, then ``--configfile``), then ``--config``."""
+    from .schema import read_yaml
+
+    out = [(str(f), read_yaml(f) or {}) for f in dict.fromkeys(configfiles)]
+    return out + [("--config", cli or {})]
+
+
+def _set_by(keys: list[str], sources: list[tuple[str, dict]]) -> str | None:
+    """The last source that sets the key path ``keys`` (the one whose value the config holds)."""
+    found = None
+    for name, cfg in sources:
+        node = cfg
+        for k in keys:
+            if isinstance(node, dict) and k in node:
+                node = node[k]
+            elif isinstance(node, list) and str(k).isdigit() and int(k) < len(node):
+                node = node[int(k)]
+            else:
+                break
+        else:
+            found = name
+    return found
+
+
+def config_problems(
+    config: dict, schema_path: str | os.PathLike, sources: list[tuple[str, dict]] | None = None
+) -> list[str]:
     """What is wrong with a workflow config, one short line per problem (empty: nothing).
 
     Snakemake's own validation prints the whole schema after the first error; this names the key
-    (``train.model.d_modle``), says what is wrong and, for a misspelt key, which key was meant.
+    (``train.model.d_modle``), says what is wrong and, for a misspelt key, which key was meant. With
+    ``sources`` (``config_sources``) it also names the file (or ``--config``) that set the key:
+    Snakemake merges them before we see the config.
     """
     import difflib
 
@@ -33,12 +63,17 @@ def config_problems(config: dict, schema_path: str | os.PathLike) -> list[str]:
 
     from .schema import read_yaml
 
+    def origin(keys: list[str]) -> str:
+        name = _set_by(keys, sources) if sources else None
+        return f" in {name}" if name else ""
+
     schema = read_yaml(schema_path)
     validator = jsonschema.Draft202012Validator(schema)
     out = []
     seen = set()
     for err in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path))):
-        where = ".".join(map(str, err.absolute_path))
+        path = [str(k) for k in err.absolute_path]
+        where = ".".join(path)
         if err.validator == "additionalProperties":
             known = list(err.schema.get("properties", {}))
             given = err.instance if isinstance(err.instance, dict) else {}
@@ -46,7 +81,7 @@ def config_problems(config: dict, schema_path: str | os.PathLike) -> list[str]:
                 name = f"{where}.{key}" if where else str(key)
                 guess = difflib.get_close_matches(str(key), known, n=1)
                 hint = f"did you mean {guess[0]!r}?" if guess else f"known keys: {', '.join(known)}"
-                out.append(f"unknown config key {name!r} ({hint})")
+                out.append(f"unknown config key {name!r}{origin([*path, str(key)])} ({hint})")
             continue
         if where in seen:  # one line per key: e.g. an empty `results` fails minLength and pattern
             continue
@@ -54,5 +89,7 @@ def config_problems(config: dict, schema_path: str | os.PathLike) -> list[str]:
         message = err.message
         if err.validator in ("minLength", "pattern") and "description" in err.schema:
             message = f"{err.instance!r} is not allowed: {err.schema['description']}"
-        out.append(f"config key {where or '(top level)'!r}: {message}")
+        out.append(
+            f"config key {where or '(top level)'!r}{origin(path) if path else ''}: {message}"
+        )
     return out

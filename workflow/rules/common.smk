@@ -10,12 +10,16 @@ from snakemake.utils import validate
 from ragimpute.chunks import Unit, plan_chunks
 from ragimpute.layout import Layout
 from ragimpute.methods import EXTERNAL_METHODS, OUR_METHODS
-from ragimpute.smk import config_problems
+from ragimpute.smk import config_problems, config_sources
 from ragimpute.split import SPLITS
 
 # Every key is checked before anything runs: a misspelt key is an error naming it, not a silent
 # default (Snakemake's validate below then fills in the defaults).
-_problems = config_problems(config, workflow.source_path("../../config/schema.yaml"))
+_problems = config_problems(
+    config,
+    workflow.source_path("../../config/schema.yaml"),
+    config_sources(workflow.configfiles, dict(workflow.config_settings.config)),
+)
 if _problems:
     raise WorkflowError(
         "the configuration has errors (config/config.yaml, --configfile files, --config):\n  "
