@@ -184,9 +184,9 @@ def test_engine_device_cuda_takes_the_torch_path_with_the_cpu_kernels_dosages(
     calls = []
     real = engine_torch.impute_torch
 
-    def on_cpu(engine, query, error, device, exclude=None):
+    def on_cpu(engine, query, error, device, exclude=None, interpolate=True):
         calls.append(str(device))
-        return real(engine, query, error, "cpu", exclude)
+        return real(engine, query, error, "cpu", exclude, interpolate)
 
     cpu = copying(env, env.results, tmp_path / "cpu.vcf.gz")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

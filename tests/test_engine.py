@@ -402,6 +402,28 @@ def test_torch_engine_equals_the_numba_kernel(states, candidates, min_post, reno
     np.testing.assert_allclose(got_stats, want_stats, rtol=1e-4, atol=1e-6)
 
 
+def test_torch_engine_slices_long_untyped_runs_and_can_skip_interpolation(monkeypatch):
+    """Untyped sites interpolated a few at a time give the same P(ALT); without interpolation (the
+    error estimate) the statistics are the same and no P(ALT) is returned, as on the CPU."""
+    from ragimpute import engine_torch
+
+    ref, tgt, pos, cm, typed = random_panel(9, n_typed=70)
+    engine = Engine(
+        Chunk.from_alleles(ref, typed, cm, pos), EngineParams(block_sites=16, error=0.01)
+    )
+    q = tgt[typed].T.astype(np.int8)
+    whole, stats = engine_torch.impute_torch(engine, q, 0.01, "cpu")
+    assert np.diff(typed).max() > 4  # runs of untyped sites longer than a slice below
+    monkeypatch.setattr(engine_torch, "INTERVAL_SITES", 3)
+    sliced, sliced_stats = engine_torch.impute_torch(engine, q, 0.01, "cpu")
+    np.testing.assert_array_equal(sliced, whole)
+    bare, bare_stats = engine_torch.impute_torch(engine, q, 0.01, "cpu", interpolate=False)
+    cpu_bare, cpu_stats = engine.impute(q, error=0.01, interpolate=False)
+    assert bare.shape == cpu_bare.shape == (len(q), 0)
+    np.testing.assert_array_equal(bare_stats, stats)
+    np.testing.assert_allclose(bare_stats, cpu_stats, rtol=1e-4, atol=1e-6)
+
+
 def test_engine_batches_shrink_to_the_memory_cap_with_the_same_output(tmp_path, monkeypatch):
     from ragimpute import prior
 

@@ -4,7 +4,8 @@
 #   1. the CUDA paths' tests: the engine and the network on the GPU against the CPU;
 #   2. bench_scaling: `ragimpute impute --engine device=cuda` (our reference preparation counted)
 #      against Beagle on every core, 1,000 and 5,000 targets x 2,000 reference haplotypes.
-# Everything it writes goes to $OUT (env.txt, pytest.log, bench.log, scaling.json, scaling.png).
+# Everything it writes goes to $OUT (env.txt, pytest.log, bench.log, scaling.json, scaling.png,
+# point_logs.tgz).
 # DEVICE, THREADS, TARGETS, REPEATS override the defaults (e.g. DEVICE=cpu TARGETS=10 to try it here).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,13 +31,19 @@ DEVICE=${DEVICE:-cuda} THREADS=${THREADS:-$(nproc)} TARGETS=${TARGETS:-1000 5000
     python3 -c "import torch, numba, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'numba', numba.__version__, 'numpy', numpy.__version__)"
     beagle 2>&1 | head -1
 } > "$OUT/env.txt" 2>&1
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py \
-    "tests/test_engine.py::test_torch_engine_equals_the_numba_kernel" > "$OUT/pytest.log" 2>&1
+# bounded, so that a stuck test cannot take the benchmark's time
+timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py \
+    "tests/test_engine.py::test_torch_engine_equals_the_numba_kernel" \
+    "tests/test_engine.py::test_torch_engine_slices_long_untyped_runs_and_can_skip_interpolation" \
+    > "$OUT/pytest.log" 2>&1
 echo "pytest rc=$?" >> "$OUT/pytest.log"
 # shellcheck disable=SC2086  # TARGETS is a list
 python3 benchmarks/bench_scaling.py --engine-device "$DEVICE" --threads "$THREADS" \
     --beagle-threads "$THREADS" --targets $TARGETS --references --repeats "$REPEATS" \
     --work /tmp/ragimpute-scaling > "$OUT/bench.log" 2>&1
 echo "bench rc=$?" >> "$OUT/bench.log"
+# each point's logs and reports (a failing command's traceback, the engine's seconds and GPU memory)
+find /tmp/ragimpute-scaling -maxdepth 2 \( -name '*.log' -o -name '*.time' -o -name '*.json' \) \
+    -print0 2>/dev/null | tar czf "$OUT/point_logs.tgz" --null -T - 2>/dev/null
 cp benchmarks/results/scaling.json benchmarks/results/scaling.png "$OUT/" 2>/dev/null
 tail -n 4 "$OUT/pytest.log" "$OUT/bench.log"

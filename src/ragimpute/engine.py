@@ -1004,10 +1004,9 @@ class Engine:
         if device and str(device).startswith("cuda"):
             from .engine_torch import impute_torch
 
-            out, stats = impute_torch(
-                self, query, float(err), device, None if exclude is None else ex
+            return impute_torch(
+                self, query, float(err), device, None if exclude is None else ex, interpolate
             )
-            return (out if interpolate else out[:, :0]), stats  # the same shapes as on the CPU
         cand = self.candidates(query, None if exclude is None else ex, threads)
         out = np.empty((len(query), self.chunk.n_sites if interpolate else 0), dtype=np.float32)
         stats = np.zeros((len(query), 2), dtype=np.float64)

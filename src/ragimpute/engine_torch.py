@@ -36,8 +36,10 @@ def impute_torch(
     error: float,
     device: str | torch.device,
     exclude: np.ndarray | None = None,
+    interpolate: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """P(ALT) (Q, N) and (Q, 2) expected mismatches / observed typed sites, as ``Engine.impute``."""
+    """P(ALT) (Q, N) and (Q, 2) expected mismatches / observed typed sites, as ``Engine.impute``;
+    without ``interpolate`` only the statistics (P(ALT) (Q, 0)), as the error estimate needs."""
     dev = torch.device(device)
     c, p = engine.chunk, engine.params
     M, N = len(c.typed_site), c.n_sites
@@ -51,7 +53,7 @@ def impute_torch(
     B, _, K = hap.shape
     q = torch.from_numpy(np.asarray(query, dtype=np.int64)).to(dev)  # (B, M)
     ref_typed = torch.from_numpy(c.ref_typed.astype(np.int64)).to(dev)  # (M, R)
-    step_of = torch.from_numpy(engine.step_of.astype(np.int64)).to(dev)
+    step_of = engine.step_of.tolist()  # host ints: indexing with a device scalar syncs each time
     d = np.maximum(engine.dist_cm, 1e-7)
     rho = torch.from_numpy(-np.expm1(-0.04 * p.ne * d / c.n_ref)).float().to(dev)  # (M,)
 
@@ -80,7 +82,7 @@ def impute_torch(
             a = step(a, m)
         if m % block == 0:
             ckpt[m // block] = a
-    out = torch.empty(B, N, device=dev)
+    out = torch.empty(B, N if interpolate else 0, device=dev)
     stats = torch.zeros(B, 2, dtype=torch.float64, device=dev)
     af = torch.from_numpy(c.af).to(dev)
     lam = torch.from_numpy(engine.lam).to(dev)
@@ -103,11 +105,13 @@ def impute_torch(
             post = post / post.sum(1, keepdim=True)
             h, _ = states_at(m)
             allele = ref_typed[m][h].float()
-            out[:, typed_site[m]] = (post * allele).sum(1)
             seen = q[:, m] >= 0
             wrong = (post * (allele != q[:, m : m + 1]).float()).sum(1)
             stats[:, 0] += torch.where(seen, wrong, torch.zeros_like(wrong)).double()
             stats[:, 1] += seen.double()
+            if not interpolate:
+                continue
+            out[:, typed_site[m]] = (post * allele).sum(1)
             kept = torch.where(post >= threshold, post, torch.zeros_like(post))
             if p.renormalise:
                 kept = kept / kept.sum(1, keepdim=True)
@@ -129,13 +133,18 @@ def _dosage(packed: torch.Tensor, af: torch.Tensor, sites: torch.Tensor, state) 
     return (bits.float() * prob[None]).sum(-1).T + residual * af[sites][None]
 
 
+# untyped sites interpolated at a time: _dosage holds ~11 bytes per site x haplotype x state, so a
+# long run of untyped sites (thousands between two array sites) goes in slices
+INTERVAL_SITES = 256
+
+
 def _interval(out, packed, af, lam, u0: int, u1: int, cur, nxt) -> None:
-    if u1 <= u0:
-        return
-    sites = torch.arange(u0, u1, device=out.device)
-    x = _dosage(packed, af, sites, cur)
-    if nxt is None:
-        out[:, u0:u1] = x
-        return
-    w = lam[sites][None]
-    out[:, u0:u1] = (1 - w) * x + w * _dosage(packed, af, sites, nxt)
+    for a in range(u0, u1, INTERVAL_SITES):
+        b = min(a + INTERVAL_SITES, u1)
+        sites = torch.arange(a, b, device=out.device)
+        x = _dosage(packed, af, sites, cur)
+        if nxt is None:
+            out[:, a:b] = x
+            continue
+        w = lam[sites][None]
+        out[:, a:b] = (1 - w) * x + w * _dosage(packed, af, sites, nxt)

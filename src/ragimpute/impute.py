@@ -83,7 +83,9 @@ def _peak_memory(device: object) -> dict:
     if str(device).startswith("cuda"):
         import torch
 
-        out["cuda_max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        out["cuda_max_memory_allocated_mb"] = round(
+            torch.cuda.max_memory_allocated(device) / 2**20, 1
+        )
     return out
 
 
@@ -170,7 +172,7 @@ def impute(
     if str(device).startswith("cuda"):
         import torch
 
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
     engine_report: dict = {}
     if needs_prior:
         job.prior, engine_report = _engine_prior(
