@@ -139,9 +139,8 @@ class TabixIndexer:
     def __init__(self, name: str | os.PathLike) -> None:
         self._name = str(name)  # for errors
         self._seen = 0  # uncompressed bytes scanned (complete lines)
-        self._pending: list[
-            bytes
-        ] = []  # bytes not yet scanned: small writes and an unfinished line
+        # bytes not yet scanned: small writes, and a line whose end has not been written yet
+        self._pending: list[bytes] = []
         self._pending_len = 0
         self.names: list[str] = []
         self._parts: list[tuple[np.ndarray, ...]] = []  # (tid, beg, end, start, stop) per scan
