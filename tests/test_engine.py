@@ -440,3 +440,24 @@ def test_engine_batches_shrink_to_the_memory_cap_with_the_same_output(tmp_path, 
     assert whole.store.read_codes(0, n).shape == (n, len(q))
     whole.store.close()
     capped.store.close()
+
+
+def test_gpu_batches_count_their_state_tables():
+    """On a GPU a batch also holds its state table over every step (``engine_torch``: int64 on the
+    host and the device, a validity byte): the per-haplotype memory the batch cap divides counts it,
+    measured here on the table itself."""
+    from ragimpute import prior
+    from ragimpute.engine_torch import composite_tables
+
+    ref, tgt, pos, cm, typed = random_panel(6, n_ref=36)
+    engine = Engine(
+        Chunk.from_alleles(ref, typed, cm, pos), EngineParams(states=20, candidates=5, error=0.01)
+    )
+    q = np.ascontiguousarray(tgt[typed].T, dtype=np.int8)
+    table = composite_tables(engine, q, None)
+    cpu = prior.batch_bytes_per_haplotype(engine, "cpu")
+    gpu = prior.batch_bytes_per_haplotype(engine, "cuda")
+    assert cpu == 6 * engine.chunk.n_sites
+    per_hap_table = table.nbytes / len(q)  # int64 on the host; as much again on the device
+    assert gpu - cpu >= 2 * per_hap_table + table[0].size  # + the validity bytes
+    assert prior.ENGINE_GPU_BATCH_BYTES // gpu >= 4096  # a large batch still fits a small chunk

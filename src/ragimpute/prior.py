@@ -27,10 +27,13 @@ from .logs import Progress, log
 SCALE = 65535  # = vcf_write.STATS_SCALE: the VCF writer formats the stored values as they are
 PRIOR_FORMAT_VERSION = 1
 # A batch's P(ALT) over every site of the chunk is held as float32 and then as 16 bits (6 bytes per
-# site and haplotype): batches are made smaller where ``batch_haplotypes`` of them would take more
-# than this, so that a whole chromosome of millions of sites does not take gigabytes (the output does
-# not depend on the batch size).
+# site and haplotype; on a GPU also its state tables, ``batch_bytes_per_haplotype``): batches are made
+# smaller where ``batch_haplotypes`` of them would take more than this, so that a whole chromosome of
+# millions of sites does not take gigabytes (the output does not depend on the batch size).
 ENGINE_BATCH_BYTES = 512 * 2**20
+# On a GPU a batch should be large (the same kernels run per batch whatever its size), so its cap is
+# larger: a GPU node's host and device memory both hold a batch's state tables and P(ALT).
+ENGINE_GPU_BATCH_BYTES = 8 * 2**30
 
 
 @njit(parallel=True, cache=True)
@@ -117,6 +120,21 @@ def log_error_estimate(error: float, source: str | os.PathLike) -> None:
         )
 
 
+def _on_gpu(device: str | None) -> bool:
+    return bool(device) and str(device).startswith("cuda")
+
+
+def batch_bytes_per_haplotype(engine: Engine, device: str | None = None) -> int:
+    """Memory a batch takes per target haplotype: its P(ALT) over every site as float32 and then 16
+    bits; on a GPU (``engine_torch``) also its state table over every step (int64 on the host and on
+    the device, and a validity byte: ~17 bytes per step and state), which on a whole chromosome of
+    thousands of steps outgrows the P(ALT)."""
+    n = 6 * max(engine.chunk.n_sites, 1)
+    if _on_gpu(device):
+        n += 4 * engine.chunk.n_sites + 17 * engine.index.n_steps * engine.params.states
+    return n
+
+
 def run_engine(
     engine: Engine,
     query: np.ndarray,
@@ -135,13 +153,15 @@ def run_engine(
     if estimated:
         error = engine.estimate_error(query, exclude, threads=threads, device=device)
         log_error_estimate(error, where)
-    cap = max(1, ENGINE_BATCH_BYTES // (6 * max(engine.chunk.n_sites, 1)))
+    budget = ENGINE_GPU_BATCH_BYTES if _on_gpu(device) else ENGINE_BATCH_BYTES
+    cap = max(1, budget // batch_bytes_per_haplotype(engine, device))
     if batch_haplotypes > cap:
         log.info(
-            "copying model: batches of %d haplotypes (P(ALT) over %d sites within %d MB)",
+            "copying model: batches of %d haplotypes (a batch's P(ALT) over %d sites%s within %d MB)",
             cap,
             engine.chunk.n_sites,
-            ENGINE_BATCH_BYTES >> 20,
+            " and its state tables" if _on_gpu(device) else "",
+            budget >> 20,
         )
         batch_haplotypes = cap
     store = PriorStore(engine.chunk.n_sites, len(query), where)
