@@ -6,6 +6,11 @@ from __future__ import annotations
 from .errors import InputError
 
 
+def on_cuda(device: object) -> bool:
+    """Whether ``device`` (a name, a torch.device or None) is a CUDA device."""
+    return bool(device) and str(device).startswith("cuda")
+
+
 def pick_device(name: str, key: str) -> str:
     """``name`` (cpu, cuda, cuda:N or auto: CUDA when torch sees a GPU) as the device to use. CUDA
     asked for where torch sees none is an error naming the setting ``key``."""

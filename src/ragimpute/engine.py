@@ -44,6 +44,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .devices import on_cuda
+
 ENGINE_VERSION = 1
 
 
@@ -1001,7 +1003,7 @@ class Engine:
             raise ValueError("exclude needs one row per query")
         if self.identity and self.chunk.n_ref - ex.shape[1] < 1:
             raise ValueError("no reference haplotype left once the excluded ones are removed")
-        if device and str(device).startswith("cuda"):
+        if on_cuda(device):
             from .engine_torch import impute_torch
 
             return impute_torch(

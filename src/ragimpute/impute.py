@@ -29,7 +29,7 @@ import pandas as pd
 from . import __version__
 from .atomic import file_sha256, read_json, write_json
 from .baselines import AFPredictor, RetrievalPredictor
-from .devices import pick_device
+from .devices import on_cuda, pick_device
 from .engine import Engine, EngineParams
 from .errors import ArtifactError, InputError
 from .index import HaplotypeIndex, QueryBlock
@@ -80,7 +80,7 @@ def prov_name(predictor: object) -> str:
 
 def _peak_memory(device: object) -> dict:
     out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if str(device).startswith("cuda"):
+    if on_cuda(device):
         import torch
 
         out["cuda_max_memory_allocated_mb"] = round(
@@ -167,9 +167,9 @@ def impute(
     job.gp = gp
     needs_prior = getattr(predictor, "needs_prior", False)
     device = getattr(predictor, "device", "cpu")
-    if needs_prior and engine_device.startswith("cuda") and not str(device).startswith("cuda"):
+    if needs_prior and on_cuda(engine_device) and not on_cuda(device):
         device = engine_device  # the GPU's peak memory is the engine's
-    if str(device).startswith("cuda"):
+    if on_cuda(device):
         import torch
 
         torch.cuda.reset_peak_memory_stats(device)

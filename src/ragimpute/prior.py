@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit, prange
 
+from .devices import on_cuda
 from .engine import Engine, EngineParams
 from .logs import Progress, log
 
@@ -120,17 +121,13 @@ def log_error_estimate(error: float, source: str | os.PathLike) -> None:
         )
 
 
-def _on_gpu(device: str | None) -> bool:
-    return bool(device) and str(device).startswith("cuda")
-
-
 def batch_bytes_per_haplotype(engine: Engine, device: str | None = None) -> int:
     """Memory a batch takes per target haplotype: its P(ALT) over every site as float32 and then 16
     bits; on a GPU (``engine_torch``) also its state table over every step (int64 on the host and on
     the device, and a validity byte: ~17 bytes per step and state), which on a whole chromosome of
     thousands of steps outgrows the P(ALT)."""
     n = 6 * max(engine.chunk.n_sites, 1)
-    if _on_gpu(device):
+    if on_cuda(device):
         n += 4 * engine.chunk.n_sites + 17 * engine.index.n_steps * engine.params.states
     return n
 
@@ -153,14 +150,14 @@ def run_engine(
     if estimated:
         error = engine.estimate_error(query, exclude, threads=threads, device=device)
         log_error_estimate(error, where)
-    budget = ENGINE_GPU_BATCH_BYTES if _on_gpu(device) else ENGINE_BATCH_BYTES
+    budget = ENGINE_GPU_BATCH_BYTES if on_cuda(device) else ENGINE_BATCH_BYTES
     cap = max(1, budget // batch_bytes_per_haplotype(engine, device))
     if batch_haplotypes > cap:
         log.info(
             "copying model: batches of %d haplotypes (a batch's P(ALT) over %d sites%s within %d MB)",
             cap,
             engine.chunk.n_sites,
-            " and its state tables" if _on_gpu(device) else "",
+            " and its state tables" if on_cuda(device) else "",
             budget >> 20,
         )
         batch_haplotypes = cap

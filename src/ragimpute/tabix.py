@@ -106,28 +106,28 @@ def _parse_head(buf: np.ndarray, s: int, e: int) -> tuple[int, int]:
         raise ValueError(f"a record without a readable POS or REF: {line!r}") from None
 
 
-def reg2bin(beg: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """htslib's ``hts_reg2bin`` for tabix (0-based half-open intervals), vectorised."""
-    beg = np.asarray(beg, np.int64)
-    last = np.asarray(end, np.int64) - 1
-    out = np.zeros(beg.shape, np.int64)
-    done = np.zeros(beg.shape, bool)
-    shift, first = MIN_SHIFT, N_BINS - (1 << (3 * LEVELS))  # level 5 starts at bin 4681
-    for level in range(LEVELS, 0, -1):
-        here = ~done & (beg >> shift == last >> shift)
-        out[here] = first + (beg[here] >> shift)
-        done |= here
-        shift += 3
-        first -= 1 << (3 * (level - 1))
-    return out
-
-
 def _parent(b: int) -> int:
     return (b - 1) >> 3
 
 
 def _level_first(level: int) -> int:
+    """The first bin of ``level`` (0: the whole contig; 5: 16 kb leaves from bin 4681)."""
     return ((1 << (3 * level)) - 1) // 7
+
+
+def reg2bin(beg: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """htslib's ``hts_reg2bin`` for tabix (0-based half-open intervals), vectorised: the deepest
+    level whose one bin holds the whole interval."""
+    beg = np.asarray(beg, np.int64)
+    last = np.asarray(end, np.int64) - 1
+    out = np.zeros(beg.shape, np.int64)
+    done = np.zeros(beg.shape, bool)
+    for level in range(LEVELS, 0, -1):
+        shift = MIN_SHIFT + 3 * (LEVELS - level)
+        here = ~done & (beg >> shift == last >> shift)
+        out[here] = _level_first(level) + (beg[here] >> shift)
+        done |= here
+    return out
 
 
 class TabixIndexer:

@@ -340,10 +340,9 @@ def strand_frequency_check(
     called = (alleles >= 0).sum(axis=1)
     alt = (alleles == 1).sum(axis=1)
     r = np.asarray(reference_af, dtype=np.float64)
-    rc = np.clip(r, STRAND_AF_CLIP, 1 - STRAND_AF_CLIP)
     near_half = np.minimum(r, 1 - r) > STRAND_CHECK_MAX_MAF
-    # the largest ratio the site can give (every called allele the reference's minor one)
-    reachable = called * np.abs(np.log((1 - rc) / rc)) > STRAND_LLR_THRESHOLD
+    # the largest ratio the site can give: every called allele the reference's minor one
+    reachable = np.abs(strand_llr(called, called, r)) > STRAND_LLR_THRESHOLD
     checked = check & ~near_half & reachable
     flagged = checked & (strand_llr(alt, called, r) > STRAND_LLR_THRESHOLD)
     counts = {
