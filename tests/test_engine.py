@@ -221,6 +221,28 @@ def test_composite_states_hold_each_steps_nearest_haplotypes():
             assert set(cand[i, s]) <= set(tables[i][s])  # ... and in the states at that step
 
 
+@pytest.mark.parametrize("span_steps", [1, 3, 7])
+def test_step_windows_stay_centred_at_the_chunks_ends(span_steps):
+    """Each step is matched over the typed sites of the steps at most span_steps // 2 away on either
+    side, as many on both sides: near an end the window narrows symmetrically (a window reaching
+    inward on one side chose the end steps' candidates by sites away from them)."""
+    ref, _, pos, cm, typed = random_panel(6, n_ref=40, n_typed=180)
+    idx = StateIndex.build(ref[typed], cm[typed], 0.1, span_steps)
+    bounds = step_bounds(cm[typed], 0.1)
+    n = len(bounds) - 1
+    assert n > span_steps  # the panel has a middle, where windows are whole
+    for s, (a, b) in enumerate(idx.span):
+        steps = [t for t in range(n) if abs(t - s) <= span_steps // 2]
+        reach = min(s - steps[0], steps[-1] - s)  # what both sides can have
+        first, last = s - reach, s + reach
+        assert (a, b) == (bounds[first], bounds[last + 1]), s
+    assert tuple(idx.span[0]) == (0, bounds[1])  # an end step is matched on its own sites
+    assert tuple(idx.span[n // 2]) == (
+        bounds[n // 2 - span_steps // 2],
+        bounds[n // 2 + span_steps // 2 + 1],
+    )
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_candidates_are_the_nearest_with_ties_in_the_seeded_order(threads):
     """Exactly the brute-force k nearest of each step, nearest first, equally near ones in the index's

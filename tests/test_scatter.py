@@ -4,6 +4,7 @@ for re-running one stage or one file do what it says."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -18,6 +19,8 @@ from workflow_runs import (
     output,
     snakemake,
 )
+
+from ragimpute.methods import ENGINE_PARAM, ENGINE_VERSION
 
 SPLITS = ("train", "val", "test")
 
@@ -132,3 +135,28 @@ def test_rerun_recipes(finished_copy):
         ("index", f"unit=21, mask_hash={h21}"),
     }
     assert not (res / "retrieval" / "21").exists()
+
+
+@pytest.mark.slow
+def test_an_engine_upgrade_reruns_what_the_engine_made(finished_copy):
+    """Results of another engine version are not kept: the jobs that run the engine (state index,
+    prior, imputation) carry its version as a parameter, and Snakemake reruns a job whose recorded
+    parameters differ. Here the run's records are made to say it was the previous version."""
+    wd = finished_copy
+    older = ENGINE_PARAM.replace(str(ENGINE_VERSION), str(ENGINE_VERSION - 1))
+    aged = set()
+    for record in (wd / ".snakemake" / "metadata").iterdir():
+        meta = json.loads(record.read_text())  # params: the repr of each value
+        if repr(ENGINE_PARAM) in meta["params"]:
+            meta["params"] = [repr(older) if v == repr(ENGINE_PARAM) else v for v in meta["params"]]
+            record.write_text(json.dumps(meta))
+            aged.add(meta["rule"])
+    assert aged == {"states", "prior", "impute"}
+
+    r = snakemake(wd, "-n", "--cores", "2")
+    assert r.returncode == 0, output(r)[-3000:]
+    scheduled = {rule for rule, _ in jobs_in_log(output(r))}
+    assert {"states", "prior", "impute"} <= scheduled
+    # nothing upstream of the engine: the reference tables, masks and network inputs stand
+    assert not scheduled & {"window", "mask", "tokenize", "index", "retrieve", "split"}
+    assert "Params have changed since last execution" in output(r)

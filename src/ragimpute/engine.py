@@ -5,8 +5,8 @@ What it does for each target haplotype, and why:
 
 1. **Local state selection** (``StateIndex``). The typed sites are cut into steps of ``step_cm``; for
    each step a FAISS binary index over the reference haplotypes' alleles at the typed sites of
-   ``span_steps`` consecutive steps centred on it answers which ``candidates`` reference haplotypes are
-   nearest (Hamming) to the target there. This is the retrieval analogue of Beagle's IBS steps.
+   ``span_steps`` consecutive steps centred on it (fewer near the chunk's ends, still centred) answers
+   which ``candidates`` reference haplotypes are nearest (Hamming) to the target there. This is the retrieval analogue of Beagle's IBS steps.
 2. **Composite states**. ``states`` slots each hold one reference haplotype at a time. Along the chunk,
    a candidate already in a slot refreshes it; a new one takes the least recently refreshed slot, from
    halfway between that slot's last refresh and now. A slot is thus a mosaic of reference haplotypes
@@ -45,8 +45,6 @@ import numpy as np
 from numba import njit, prange
 
 from .devices import on_cuda
-
-ENGINE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -212,11 +210,13 @@ class StateIndex:
         ref_typed = np.asarray(ref_typed, dtype=np.uint8)
         bounds = step_bounds(np.asarray(cm_typed, dtype=np.float64), step_cm)
         n_steps = len(bounds) - 1
-        half = span_steps // 2
         s = np.arange(n_steps)
-        span = np.stack(
-            [bounds[np.maximum(s - half, 0)], bounds[np.minimum(s + half + 1, n_steps)]], axis=1
-        )
+        # Near either end of the chunk a step's window narrows on both sides, staying centred, rather
+        # than reaching further inward on one: a lopsided window would choose the end steps'
+        # candidates by how they match sites away from them (at the ends of 1-Mb panels, r² of the
+        # sites within 10 typed sites of an end 0.9667 -> 0.9680; unchanged elsewhere).
+        half = np.minimum(span_steps // 2, np.minimum(s, n_steps - 1 - s))
+        span = np.stack([bounds[s - half], bounds[s + half + 1]], axis=1)
         order = np.random.default_rng(seed).permutation(ref_typed.shape[1])
         hap_major = np.ascontiguousarray(ref_typed[:, order].T)  # (R, M)
         indexes = []

@@ -1,7 +1,15 @@
-"""The names of the imputation methods, without importing what runs them (the workflow reads these
-when it builds its DAG; ``ragimpute.impute.PREDICTOR_FACTORIES`` maps ours to their predictors)."""
+"""The names of the imputation methods and the engine's version, without importing what runs them (the
+workflow reads these when it builds its DAG; ``ragimpute.impute.PREDICTOR_FACTORIES`` maps ours to
+their predictors)."""
 
 # Ours: imputed by the `impute` rule (ragimpute.impute).
 OUR_METHODS = ("af", "retrieval", "copying", "model")
 # Run by other tools on the same reference and harmonised target (workflow rules of their own).
 EXTERNAL_METHODS = ("beagle", "minimac4")
+
+# The copying-model engine's version: raised whenever the same inputs and settings give other output
+# (2: step windows centred at a chunk's ends). The state index records it, and the workflow passes it
+# as a parameter of the jobs that run the engine, so that Snakemake reruns them after an upgrade
+# instead of keeping results the new version would not produce.
+ENGINE_VERSION = 2
+ENGINE_PARAM = f"ragimpute-engine-{ENGINE_VERSION}"

@@ -37,10 +37,11 @@ from .atomic import (
     write_json,
     write_parquet,
 )
-from .engine import ENGINE_VERSION, Chunk, EngineParams, StateIndex
+from .engine import Chunk, EngineParams, StateIndex
 from .errors import ArtifactError, MaskMismatchError, rebuild_hint
 from .logs import log
 from .masks import load_mask_for
+from .methods import ENGINE_VERSION
 from .windows import WindowedTable, load_windows, packed_haplotypes, sites_hash, sites_with_hash
 
 FORMAT_VERSION = 1

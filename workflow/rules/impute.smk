@@ -153,6 +153,7 @@ rule phase:
 # Our methods. With impute.batch_samples, each batch of target samples is a job of its own and the
 # batches are merged (merge_batches); otherwise one job imputes every target of the unit.
 IMPUTE_PARAMS = dict(
+    engine_version=ENGINE_PARAM,
     options=lambda wildcards: config["baselines"].get(wildcards.method, {}),
     k=config["retrieval"]["k"],
     batch_haplotypes=config["impute"]["batch_haplotypes"],

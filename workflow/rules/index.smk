@@ -58,5 +58,6 @@ rule states:
         splits=reference_splits(),
         store=lambda wildcards: L.mask_store(wildcards.unit),
         engine={k: config["engine"][k] for k in ("step_cm", "span_steps", "seed")},
+        engine_version=ENGINE_PARAM,
     script:
         "../scripts/states.py"

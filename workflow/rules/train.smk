@@ -21,6 +21,7 @@ rule prior:
     params:
         store=lambda wildcards: L.mask_store(wildcards.unit),
         engine=config["engine"],
+        engine_version=ENGINE_PARAM,
         batch_haplotypes=config["impute"]["batch_haplotypes"],
     script:
         "../scripts/prior.py"
