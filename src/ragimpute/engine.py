@@ -212,9 +212,10 @@ class StateIndex:
         n_steps = len(bounds) - 1
         s = np.arange(n_steps)
         # Near either end of the chunk a step's window narrows on both sides, staying centred, rather
-        # than reaching further inward on one: a lopsided window would choose the end steps'
-        # candidates by how they match sites away from them (at the ends of 1-Mb panels, r² of the
-        # sites within 10 typed sites of an end 0.9667 -> 0.9680; unchanged elsewhere).
+        # than reaching further inward on one: a lopsided window chose the end steps' candidates by
+        # how they match sites away from them. A trade, measured in docs/benchmarks.md ("The ends of
+        # a chromosome or region"): +0.0003 in every bin on 1 Mb regions of 1,600-1,800 haplotypes,
+        # -0.0002 to -0.0009 in the rarest bin on the demos' denser arrays.
         half = np.minimum(span_steps // 2, np.minimum(s, n_steps - 1 - s))
         span = np.stack([bounds[s - half], bounds[s + half + 1]], axis=1)
         order = np.random.default_rng(seed).permutation(ref_typed.shape[1])
