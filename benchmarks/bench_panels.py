@@ -55,7 +55,12 @@ ARRAY_NOISE = ArrayNoise(unphased=True, genotype_error=0.002, missing_rate=0.005
 
 def simulate(panel: str, length: int, seed: int) -> dict:
     """Biallelic sites of the reference and target samples: positions, alleles (sites, haplotypes)."""
-    import stdpopsim
+    try:
+        import stdpopsim
+    except ImportError:
+        raise SystemExit(
+            "bench_panels.py simulates with stdpopsim: pip install stdpopsim"
+        ) from None
 
     model_id, reference, target_pop, n_targets = PANELS[panel]
     species = stdpopsim.get_species("HomSap")
