@@ -6,7 +6,8 @@ What it does for each target haplotype, and why:
 1. **Local state selection** (``StateIndex``). The typed sites are cut into steps of ``step_cm``; for
    each step a FAISS binary index over the reference haplotypes' alleles at the typed sites of
    ``span_steps`` consecutive steps centred on it (fewer near the chunk's ends, still centred) answers
-   which ``candidates`` reference haplotypes are nearest (Hamming) to the target there. This is the retrieval analogue of Beagle's IBS steps.
+   which ``candidates`` reference haplotypes are nearest (Hamming) to the target there. This is the
+   retrieval analogue of Beagle's IBS steps.
 2. **Composite states**. ``states`` slots each hold one reference haplotype at a time. Along the chunk,
    a candidate already in a slot refreshes it; a new one takes the least recently refreshed slot, from
    halfway between that slot's last refresh and now. A slot is thus a mosaic of reference haplotypes
