@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ragimpute.demo import ArrayNoise, add_array_noise
+from ragimpute.demo import ArrayNoise, add_array_noise, thin_common_sites
 from ragimpute.metrics import BIN_LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,18 +122,6 @@ def write_vcf(
     pysam.tabix_index(str(plain), preset="vcf", force=True)
 
 
-def array_sites(pos: np.ndarray, ref: np.ndarray, spacing: int) -> np.ndarray:
-    """Indices of the array's sites: common in the reference (MAF >= 5 %), one per ``spacing`` bp."""
-    af = ref.mean(1)
-    common = np.flatnonzero(np.minimum(af, 1 - af) >= 0.05)
-    typed, last = [], -(10**12)
-    for i in common:
-        if pos[i] - last >= spacing:
-            typed.append(i)
-            last = pos[i]
-    return np.asarray(typed, dtype=np.int64)
-
-
 def prepare(panel: str, args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     """The inputs a user would have and the config file that points at them."""
     d = simulate(panel, args.length, args.seed)
@@ -141,7 +129,8 @@ def prepare(panel: str, args: argparse.Namespace, work: Path) -> tuple[Path, dic
     rng = np.random.default_rng(args.seed)
     alleles = BASES[rng.integers(0, len(BASES), len(d["pos"]))]
     polymorphic = (d["ref"].sum(1) > 0) & (d["ref"].sum(1) < d["ref"].shape[1])
-    typed = array_sites(d["pos"], d["ref"], args.array_kb * 1000)
+    af = d["ref"].mean(1)
+    typed = thin_common_sites(d["pos"], np.minimum(af, 1 - af), args.array_kb * 1000, 0.05)
     n_ref, n_tgt = d["ref"].shape[1] // 2, d["target"].shape[1] // 2
     ref_names = [f"R{i}" for i in range(n_ref)]
     tgt_names = [f"T{i}" for i in range(n_tgt)]

@@ -161,18 +161,16 @@ def run_point(
     engine_device: str = "cpu",
     beagle_threads: int | None = None,
 ) -> dict:
+    from ragimpute.demo import thin_common_sites
+    from ragimpute.devices import on_cuda
+
     haps, pos = data["haps"], data["pos"]
     ref = haps[:, : 2 * (n_ref // 2)]
     tgt = haps[:, haps.shape[1] - 2 * n_tgt :]
     poly = (ref.sum(1) > 0) & (ref.sum(1) < ref.shape[1])
     ref, tgt, p = ref[poly], tgt[poly], pos[poly]
     maf = np.minimum(ref.mean(1), 1 - ref.mean(1))
-    typed, last = [], -(10**12)
-    for i in np.flatnonzero(maf >= 0.05):
-        if p[i] - last >= spacing:
-            typed.append(i)
-            last = p[i]
-    typed = np.asarray(typed)
+    typed = thin_common_sites(p, maf, spacing, 0.05)
     d = work / f"ref{n_ref}_tgt{n_tgt}{'_gp' if gp else ''}"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
@@ -224,7 +222,7 @@ def run_point(
             f"device={engine_device}",
             # on a GPU every batch launches the same kernels whatever its size: fewer, larger
             # batches (prior.ENGINE_BATCH_BYTES still caps them by host memory)
-            *(["--batch", str(GPU_BATCH)] if engine_device.startswith("cuda") else []),
+            *(["--batch", str(GPU_BATCH)] if on_cuda(engine_device) else []),
         ],
         d / "impute.log",
     )

@@ -335,22 +335,30 @@ def _write_chromosome_vcf(f, ts, chrom: str, names: list[str], first: bool, head
     )
 
 
+def thin_common_sites(pos: np.ndarray, maf: np.ndarray, spacing: int, min_maf: float) -> np.ndarray:
+    """Indices of the sites of MAF at least ``min_maf``, greedily thinned along ``pos`` to at least
+    ``spacing`` bp apart: the sites an array keeps (the demo's, and the benchmarks' panels)."""
+    keep, last = [], -np.inf
+    for i in np.flatnonzero(np.asarray(maf) >= min_maf):
+        if pos[i] - last >= spacing:
+            keep.append(i)
+            last = pos[i]
+    return np.asarray(keep, dtype=np.int64)
+
+
 def array_sites(ts, chrom: str, spec: DemoSpec) -> pd.DataFrame:
     """Common biallelic SNVs, greedily thinned to at least ``array_spacing_bp`` apart."""
-    rows = []
-    last = -np.inf
+    rows, maf = [], []
     for var in ts.variants():
         if len(var.alleles) != 2 or any(a is None or len(a) != 1 for a in var.alleles):
             continue
         af = float(np.mean(var.genotypes))
-        if min(af, 1 - af) < spec.array_min_maf:
-            continue
-        pos = int(var.site.position) + 1
-        if pos - last < spec.array_spacing_bp:
-            continue
-        last = pos
-        rows.append((chrom, pos, var.alleles[0], var.alleles[1]))
-    return pd.DataFrame(rows, columns=["chrom", "pos", "ref", "alt"])
+        rows.append((chrom, int(var.site.position) + 1, var.alleles[0], var.alleles[1]))
+        maf.append(min(af, 1 - af))
+    sites = pd.DataFrame(rows, columns=["chrom", "pos", "ref", "alt"])
+    keep = thin_common_sites(sites["pos"].to_numpy(), np.asarray(maf), spec.array_spacing_bp,
+                             spec.array_min_maf)  # fmt: skip
+    return sites.iloc[keep].reset_index(drop=True)
 
 
 def make_demo(spec: DemoSpec, vcf_out: str | os.PathLike, array_out: str | os.PathLike) -> dict:
