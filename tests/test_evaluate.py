@@ -172,6 +172,39 @@ def test_compare_pools_chromosomes_exactly(env, imputed, tmp_path):
     assert (pooled["n_genotypes"] == whole["n_genotypes"]).all()
 
 
+def test_scores_do_not_depend_on_how_the_files_are_read(env, imputed, tmp_path):
+    """Read a site at a time, a few sites at a time or whole; a truth with its samples in another
+    order, one sample more than was imputed, and no index (read whole); a chunk's core: the same
+    per-site scores."""
+    sites = env.windows / "sites.parquet"
+    out = {}
+    for name, block in (("whole", 10**9), ("one", 1), ("few", 7 * 50)):
+        evaluate(imputed["retrieval"], env.truth, sites, env.target, "r", tmp_path / name,
+                 block_genotypes=block)  # fmt: skip
+        out[name] = pd.read_csv(tmp_path / name / "sites.tsv.gz", sep="\t")
+    header, records = vcf_lines(env.truth)
+    cols = header[-1].split("\t")
+    order = [0, 1, 2, 3, 4, 5, 6, 7, 8, *range(len(cols) - 1, 8, -1)]
+    header[-1] = "\t".join([cols[i] for i in order] + ["EXTRA"])
+    records = [[r[i] for i in order] + ["1|1"] for r in records]
+    other = write_bgzip(tmp_path / "other.vcf.gz", header, records)  # not indexed
+    s = evaluate(imputed["retrieval"], other, sites, env.target, "r", tmp_path / "other",
+                 block_genotypes=1)  # fmt: skip
+    assert s["samples_scored"] == len(cols) - 9
+    out["other"] = pd.read_csv(tmp_path / "other" / "sites.tsv.gz", sep="\t")
+    assert len(out["whole"]) > 50
+    for name in ("one", "few", "other"):
+        pd.testing.assert_frame_equal(out[name], out["whole"], rtol=1e-12)
+    # a chunk's core, read a site at a time: the whole run's rows within it
+    pos = out["whole"]["pos"].to_numpy()
+    core = (int(pos[len(pos) // 3]), int(pos[2 * len(pos) // 3]))
+    evaluate(imputed["retrieval"], env.truth, sites, env.target, "r", tmp_path / "core",
+             core=core, block_genotypes=1)  # fmt: skip
+    got = pd.read_csv(tmp_path / "core" / "sites.tsv.gz", sep="\t")
+    want = out["whole"][(pos >= core[0]) & (pos <= core[1])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want, rtol=1e-12)
+
+
 def rewrite_dosages(src: Path, dst: Path, how: str) -> Path:
     """The same genotypes as another tool writes them: Beagle (no ##contig, DR2) or Minimac4 (HDS only),
     or with REF/ALT swapped."""

@@ -36,6 +36,7 @@ from .vcf_io import (
     check_readable,
     chrom_selection,
     decode_genotypes,
+    is_indexed,
     query_lines,
     short_record_error,
     vcf_records_sites,
@@ -51,15 +52,18 @@ COUNTS = ("n_gt", "n_conc", "n_nonref", "n_nonref_conc", "tp", "fp", "fn")
 
 
 def _chrom_lines(
-    path: str, fmt: str, chrom: str, region: tuple[int, int] | None = None
+    path: str,
+    fmt: str,
+    chrom: str,
+    region: tuple[int, int] | None = None,
+    samples: list[str] | None = None,
 ) -> list[str]:
     """``bcftools query -f fmt`` lines of the records of ``chrom`` (either naming) in ``path``, or of
-    its ``region`` (first, last bp: a chunk's core, so that memory follows the chunk)."""
+    its ``region`` (first, last bp), of ``samples`` only (in the file's order) if given."""
     contig = chrom_selection(path, chrom)
-    lines = [] if contig is None else [ln for ln in query_lines(path, fmt, contig, region) if ln]
-    if not lines:
-        raise _no_records(path, chrom)
-    return lines
+    if contig is None:
+        return []
+    return [ln for ln in query_lines(path, fmt, contig, region, samples) if ln]
 
 
 def _no_records(path: str, chrom: str) -> InputError:
@@ -68,6 +72,27 @@ def _no_records(path: str, chrom: str) -> InputError:
         f"no records on chromosome {chrom}",
         "Evaluate the imputed file against a truth VCF for the same chromosome",
     )
+
+
+def _header_samples(path: str | os.PathLike) -> list[str]:
+    check_readable(path)
+    with pysam.VariantFile(str(path)) as vf:
+        return list(vf.header.samples)
+
+
+def _subset(path: str, samples: list[str] | None) -> tuple[list[str], list[str] | None, list[int]]:
+    """The file's samples; the ``-s`` list that reads only ``samples`` of them (None: all; a name
+    with a comma cannot be listed); and the columns of ``samples`` in what is read."""
+    have = _header_samples(path)
+    if samples is None:
+        return have, None, list(range(len(have)))
+    want = set(samples)
+    if any("," in x for x in samples):
+        pos = {x: i for i, x in enumerate(have)}
+        return have, None, [pos[x] for x in samples]
+    listed = [x for x in have if x in want]  # the file's order, whichever order bcftools keeps
+    pos = {x: i for i, x in enumerate(listed)}
+    return have, listed, [pos[x] for x in samples]
 
 
 def alt_counts(gts: list[str], n: int) -> np.ndarray:
@@ -95,19 +120,24 @@ def _floats(lines: list[str], n: int, how: str = "plain") -> np.ndarray:
 
 
 def read_dosages(
-    path: str | os.PathLike, chrom: str, region: tuple[int, int] | None = None
+    path: str | os.PathLike,
+    chrom: str,
+    region: tuple[int, int] | None = None,
+    samples: list[str] | None = None,
+    allow_empty: bool = False,
 ) -> dict:
     """Sites, samples, dosages (DS, else HDS, else GP, else GT), best-guess ALT counts and INFO R2
-    (R2, else Beagle's DR2) of an imputed VCF from any tool; no ##contig lines or index needed."""
+    (R2, else Beagle's DR2) of an imputed VCF from any tool; no ##contig lines or index needed.
+    ``samples``: only these (they must be in the file), their columns in this order. A chromosome
+    (or ``region``) without records is an error unless ``allow_empty``."""
     path = str(path)
-    check_readable(path)
+    have, listed, cols = _subset(path, samples)
     with pysam.VariantFile(path) as vf:
-        samples = list(vf.header.samples)
         formats = set(vf.header.formats)
         infos = set(vf.header.info)
-    if not samples:
+    if not have:
         raise InputError(path, "no samples in the imputed VCF")
-    n = len(samples)
+    n = len(have) if listed is None else len(listed)
     dose = next((f for f in ("DS", "HDS", "GP") if f in formats), None)
     if dose is None and "GT" not in formats:
         raise InputError(path, "no DS, HDS, GP or GT field to score", "Impute with dosages")
@@ -116,12 +146,16 @@ def read_dosages(
     # "@" separates the GT and dose lists (GT strings hold "|", numbers hold ",").
     fmt += "[%GT\t]" + (f"@[%{dose}\t]" if dose else "") + "\n"
     fixed, gts, doses = [], [], []
-    for ln in _chrom_lines(path, fmt, chrom, region):
+    lines = _chrom_lines(path, fmt, chrom, region, listed)
+    if not lines and not allow_empty:
+        raise _no_records(path, chrom)
+    for ln in lines:
         parts = ln.split("\t", 5)
         fixed.append(parts[:5])
         g, _, d = parts[5].partition("@")
         gts.append(g)
         doses.append(d)
+    del lines
     sites = pd.DataFrame(fixed, columns=["chrom", "pos", "ref", "alt", "info_r2"])
     sites["pos"] = sites["pos"].astype(np.int64)
     sites["info_r2"] = pd.to_numeric(sites["info_r2"], errors="coerce")
@@ -133,22 +167,31 @@ def read_dosages(
     return {
         "path": path,
         "sites": sites,
-        "samples": samples,
-        "ds": ds,
-        "gt": gt,
+        "samples": have if samples is None else list(samples),
+        "ds": ds[:, cols],
+        "gt": gt[:, cols],
         "dose_field": dose or "GT",
         "info_field": info,
     }
 
 
-def read_truth(path: str | os.PathLike, chrom: str, region: tuple[int, int] | None = None) -> dict:
-    """True genotypes (ALT counts, NaN where missing) of a VCF/BCF (of ``region`` only, if given)."""
+def read_truth(
+    path: str | os.PathLike,
+    chrom: str,
+    region: tuple[int, int] | None = None,
+    samples: list[str] | None = None,
+    allow_empty: bool = False,
+) -> dict:
+    """True genotypes (ALT counts, NaN where missing) of a VCF/BCF (of ``region`` only, if given; of
+    ``samples`` only, in this order, if given)."""
     path = str(path)
-    check_readable(path)
-    with pysam.VariantFile(path) as vf:
-        samples = list(vf.header.samples)
-    lines = _chrom_lines(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", chrom, region)
+    have, listed, cols = _subset(path, samples)
+    n = len(have) if listed is None else len(listed)
+    lines = _chrom_lines(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", chrom, region, listed)
+    if not lines and not allow_empty:
+        raise _no_records(path, chrom)
     rows = [ln.split("\t", 4) for ln in lines]
+    del lines
     if any(not r[4].strip("./|\t") for r in rows):
         # a record without a single true genotype: a line cut short reads like that
         short = short_record_error(path)
@@ -160,13 +203,13 @@ def read_truth(path: str | os.PathLike, chrom: str, region: tuple[int, int] | No
         ~sites["alt"].str.contains(",")
         & (sites["ref"].str.len() == 1)
         & (sites["alt"].str.len() == 1)
-    )
-    gt = alt_counts([r[4] for r in rows], len(samples))
+    ).to_numpy(dtype=bool)
+    gt = alt_counts([r[4] for r in rows], n)
     return {
         "path": path,
         "sites": sites[keep].reset_index(drop=True),
-        "samples": samples,
-        "gt": gt[keep.to_numpy()],
+        "samples": have if samples is None else list(samples),
+        "gt": gt[keep][:, cols],
     }
 
 
@@ -305,6 +348,12 @@ def calibration_table(per_site: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+# Genotypes (sites x scored samples) read at once: the truth and the imputed file are read a block of
+# sites at a time, so that memory follows this and not the chromosome (~100 bytes per genotype
+# while a block is decoded: ~200 MB).
+BLOCK_GENOTYPES = 2_000_000
+
+
 def evaluate(
     imputed_vcf: str | os.PathLike,
     truth_vcf: str | os.PathLike,
@@ -313,54 +362,92 @@ def evaluate(
     method: str,
     out_dir: str | os.PathLike,
     core: tuple[int, int] | None = None,
+    block_genotypes: int = BLOCK_GENOTYPES,
 ) -> dict:
     """Score one method's imputed VCF; writes ``sites.tsv.gz`` (per-site sums), ``bins.tsv`` and
     ``summary.json`` in ``out_dir``. ``typed_vcf``: the (harmonised) target, whose sites are not scored.
-    ``core`` (first, last bp): score only these sites (a chunk's share of its chromosome)."""
+    ``core`` (first, last bp): score only these sites (a chunk's share of its chromosome).
+
+    Only the scored samples are decoded, and when both files are indexed they are read in regions
+    of about ``block_genotypes`` sites x scored samples (one region otherwise: each read of an
+    unindexed file goes through all of it)."""
     ref = read_parquet_df(sites_parquet, "window", columns=["chrom", "pos", "ref", "alt", "maf"])
     if core is not None:
         ref = ref[(ref["pos"] >= core[0]) & (ref["pos"] <= core[1])].reset_index(drop=True)
     chrom = str(ref["chrom"].iloc[0])
-    truth = read_truth(truth_vcf, chrom, core)
     reason = not_run_reason(imputed_vcf)
-    if reason is None:
-        imp = read_dosages(imputed_vcf, chrom, core)
-    else:
+    truth_samples = _header_samples(truth_vcf)
+    if reason is not None:
         # A tool that could not take the input: nothing imputed, every scored site counted as not
         # in its output, and the reason carried to summary.json (and from there to compare).
         log.warning("%s did not run on chromosome %s: %s", method, chrom, reason)
-        imp = _nothing_imputed(truth["samples"])
+    imp_samples = truth_samples if reason is not None else _header_samples(imputed_vcf)
+    if not imp_samples:
+        raise InputError(imputed_vcf, "no samples in the imputed VCF")
+    samples, not_in_truth = _shared_samples(imp_samples, truth_samples, imputed_vcf, truth_vcf)
     typed = vcf_records_sites(typed_vcf)
-    samples, not_in_truth = _shared_samples(imp, truth, imputed_vcf, truth_vcf)
+    typed_found = match_to(ref, typed)[0] >= 0
 
-    # Scored: reference sites present in the truth and not typed in the target.
-    t_idx, t_flip = match_to(ref, truth["sites"])
-    typed_idx, _ = match_to(ref, typed)
-    scored = (t_idx >= 0) & (typed_idx < 0)
-    i_idx, i_flip = match_to(ref, imp["sites"])
-    sel = np.flatnonzero(scored & (i_idx >= 0))
-    t_col = [truth["samples"].index(s) for s in samples]
-    i_pos = {s: i for i, s in enumerate(imp["samples"])}
-    i_col = [i_pos[s] for s in samples]
+    pos = ref["pos"].to_numpy()
+    lo, hi = (1, MAX_POS) if core is None else (int(core[0]), int(core[1]))
+    indexed = is_indexed(truth_vcf) and (reason is not None or is_indexed(imputed_vcf))
+    if not indexed:
+        log.info(
+            "reading %s and %s whole (index them with tabix to read them by region, in less memory)",
+            truth_vcf,
+            imputed_vcf,
+        )
+    per = max(1, block_genotypes // len(samples)) if indexed else None
+    regions = _regions(pos, lo, hi, per)
+    whole = core is None and len(regions) == 1  # the whole chromosome, as before any region
+    scored = np.zeros(len(ref), dtype=bool)
+    in_output = np.zeros(len(ref), dtype=bool)
+    parts = []
+    n_truth = n_truth_in_ref = n_imp = 0
+    dose_field, info_field = "GT", None
+    for region in regions:
+        rows = np.flatnonzero((pos >= region[0]) & (pos <= region[1]))
+        r = ref.iloc[rows].reset_index(drop=True)
+        where = None if whole else region
+        truth = read_truth(truth_vcf, chrom, where, samples, allow_empty=True)
+        if reason is None:
+            imp = read_dosages(imputed_vcf, chrom, where, samples, allow_empty=True)
+            dose_field, info_field = imp["dose_field"], imp["info_field"]
+        else:
+            imp = _nothing_imputed(samples)
+        n_truth += len(truth["sites"])
+        n_imp += len(imp["sites"])
+        # Scored: reference sites present in the truth and not typed in the target.
+        t_idx, t_flip = match_to(r, truth["sites"])
+        n_truth_in_ref += len(np.unique(t_idx[t_idx >= 0]))
+        i_idx, i_flip = match_to(r, imp["sites"])
+        sc = (t_idx >= 0) & ~typed_found[rows]
+        scored[rows] = sc
+        in_output[rows] = i_idx >= 0
+        sel = np.flatnonzero(sc & (i_idx >= 0))
+        y = truth["gt"][t_idx[sel]]
+        y = np.where(t_flip[sel, None], 2 - y, y)
+        flip = i_flip[sel, None]
+        ds = np.where(flip, 2 - imp["ds"][i_idx[sel]], imp["ds"][i_idx[sel]])
+        gt = np.where(flip, 2 - imp["gt"][i_idx[sel]], imp["gt"][i_idx[sel]])
+        part = site_scores(ds, gt, y)
+        part.insert(0, "pos", r["pos"].to_numpy()[sel])
+        part.insert(1, "maf", r["maf"].to_numpy()[sel])
+        part.insert(2, "info_r2", imp["sites"]["info_r2"].to_numpy()[i_idx[sel]])
+        parts.append(part)
+    if n_truth == 0:
+        raise _no_records(str(truth_vcf), chrom)
+    if reason is None and n_imp == 0:
+        raise _no_records(str(imputed_vcf), chrom)
 
-    y = truth["gt"][t_idx[sel]][:, t_col]
-    y = np.where(t_flip[sel, None], 2 - y, y)
-    ds = imp["ds"][i_idx[sel]][:, i_col]
-    gt = imp["gt"][i_idx[sel]][:, i_col]
-    ds = np.where(i_flip[sel, None], 2 - ds, ds)
-    gt = np.where(i_flip[sel, None], 2 - gt, gt)
-
-    per_site = site_scores(ds, gt, y)
-    per_site.insert(0, "pos", ref["pos"].to_numpy()[sel])
-    per_site.insert(1, "maf", ref["maf"].to_numpy()[sel])
+    per_site = pd.concat(parts, ignore_index=True)
     per_site.insert(2, "bin", maf_bin(per_site["maf"].to_numpy()))
-    per_site.insert(3, "info_r2", imp["sites"]["info_r2"].to_numpy()[i_idx[sel]])
     per_site.insert(0, "chrom", chrom)
     per_site.insert(0, "method", method)
 
     bins = bin_table(per_site)
     bins.insert(0, "method", method)
-    missed = scored & (i_idx < 0)
+    missed = scored & ~in_output
     bins["n_sites_not_in_output"] = [
         int((missed & (maf_bin(ref["maf"].to_numpy()) == b)).sum()) for b in range(len(BIN_LABELS))
     ] + [int(missed.sum())]
@@ -371,15 +458,15 @@ def evaluate(
         "imputed": str(imputed_vcf),
         "truth": str(truth_vcf),
         "samples_scored": len(samples),
-        "samples_imputed": len(imp["samples"]),
+        "samples_imputed": len(imp_samples),
         "samples_not_in_truth": len(not_in_truth),
         "reference_sites": len(ref),
-        "typed_sites": int((typed_idx >= 0).sum()),
+        "typed_sites": int(typed_found.sum()),
         "scored_sites": int(scored.sum()),
         "scored_sites_not_in_output": int(missed.sum()),
-        "truth_sites_not_in_reference": int(len(truth["sites"]) - (t_idx >= 0).sum()),
-        "dose_field": imp["dose_field"],
-        "info_field": imp["info_field"],
+        "truth_sites_not_in_reference": int(n_truth - n_truth_in_ref),
+        "dose_field": dose_field if reason is None else None,
+        "info_field": info_field,
         "ragimpute": __version__,
         "all": bins.iloc[-1].drop(["method", "maf_bin"]).to_dict(),
     }
@@ -387,6 +474,23 @@ def evaluate(
         summary.update(not_run=reason, samples_imputed=0, samples_scored=0)
     _write_scores(Path(out_dir), per_site, bins, summary, len(samples))
     return summary
+
+
+# The last position a region may name (htslib's limit for a tabix index).
+MAX_POS = 2**29 - 1
+
+
+def _regions(pos: np.ndarray, lo: int, hi: int, per: int | None) -> list[tuple[int, int]]:
+    """[lo, hi] cut into consecutive regions of about ``per`` of the sites at ``pos`` each (one
+    region when ``per`` is None); sites at one position stay in one region."""
+    if per is None:
+        return [(lo, hi)]
+    u = np.unique(pos[(pos >= lo) & (pos <= hi)])
+    ends = [int(p) for p in u[per - 1 :: per]]
+    if not ends or ends[-1] < hi:
+        ends.append(hi)
+    starts = [lo, *(e + 1 for e in ends[:-1])]
+    return [(a, b) for a, b in zip(starts, ends, strict=True) if a <= b]
 
 
 def _nothing_imputed(samples: list[str]) -> dict:
@@ -405,25 +509,28 @@ def _nothing_imputed(samples: list[str]) -> dict:
 
 
 def _shared_samples(
-    imp: dict, truth: dict, imputed_vcf: str | os.PathLike, truth_vcf: str | os.PathLike
+    imputed: list[str],
+    truth: list[str],
+    imputed_vcf: str | os.PathLike,
+    truth_vcf: str | os.PathLike,
 ) -> tuple[list[str], list[str]]:
     """The truth's samples that were imputed (scored), and the imputed samples the truth lacks
     (a warning); none shared is an error."""
-    samples = [s for s in truth["samples"] if s in set(imp["samples"])]
+    samples = [s for s in truth if s in set(imputed)]
     if not samples:
         raise InputError(
             imputed_vcf,
-            f"none of its {len(imp['samples'])} samples is in the truth VCF {truth_vcf}",
+            f"none of its {len(imputed)} samples is in the truth VCF {truth_vcf}",
             "Evaluate against the true genotypes of the same samples",
         )
-    not_in_truth = [s for s in imp["samples"] if s not in set(truth["samples"])]
+    not_in_truth = [s for s in imputed if s not in set(truth)]
     if not_in_truth:
         log.warning(
             "%s: %d of its %d samples are not in the truth VCF %s (%s%s); only the %d shared "
             "samples are scored",
             imputed_vcf,
             len(not_in_truth),
-            len(imp["samples"]),
+            len(imputed),
             truth_vcf,
             ", ".join(not_in_truth[:5]),
             " ..." if len(not_in_truth) > 5 else "",

@@ -4,6 +4,8 @@ their predictors)."""
 
 # Ours: imputed by the `impute` rule (ragimpute.impute).
 OUR_METHODS = ("af", "retrieval", "copying", "model")
+# Ours that run the copying-model engine (``model`` refines its P(ALT)).
+ENGINE_METHODS = ("copying", "model")
 # Run by other tools on the same reference and harmonised target (workflow rules of their own).
 EXTERNAL_METHODS = ("beagle", "minimac4")
 

@@ -100,7 +100,7 @@ def _index_file(path: str | os.PathLike) -> str | None:
     return next((str(path) + e for e in (".tbi", ".csi") if os.path.exists(str(path) + e)), None)
 
 
-def _is_indexed(path: str | os.PathLike) -> bool:
+def is_indexed(path: str | os.PathLike) -> bool:
     return _index_file(path) is not None
 
 
@@ -167,7 +167,7 @@ def vcf_contigs(path: str | os.PathLike) -> list[str]:
 def vcf_records_contigs(path: str | os.PathLike) -> list[str]:
     """Contigs that actually hold records, in file order (reads the index when there is one)."""
     check_readable(path)
-    if _is_indexed(path):
+    if is_indexed(path):
         with pysam.VariantFile(str(path)) as vf:
             return [c for c in vf.index if next(vf.fetch(c), None) is not None]
     seen: dict[str, None] = {}
@@ -183,7 +183,7 @@ def chrom_selection(path: str | os.PathLike, chrom: str) -> str | None:
     names of the ``##contig`` lines and both namings (``20,chr20``: a file need not declare its
     contigs), which bcftools then filters the records by."""
     want = normalize_chrom(chrom)
-    if not _is_indexed(path):
+    if not is_indexed(path):
         names = [c for c in vcf_contigs(path) if normalize_chrom(c) == want]
         return ",".join(dict.fromkeys([*names, want, f"chr{want}"]))
     with pysam.VariantFile(str(path)) as vf:
@@ -205,11 +205,13 @@ def query_lines(
     fmt: str,
     contig: str | None = None,
     region: tuple[int, int] | None = None,
+    samples: list[str] | None = None,
 ) -> Iterator[str]:
     """The lines of ``bcftools query -f fmt`` (``fmt`` ends with a newline; the lines come without
     it): of every record, of ``contig`` (a name, or several joined by commas) or of its ``region``
     (first and last bp, inclusive). An indexed file is looked up (``-r``), any other one is read
-    through (``-t``).
+    through (``-t``). ``samples``: only these samples' ``[...]`` columns (they must be in the file;
+    they come in the file's order).
 
     pysam's bcftools returns its whole output as one string (it cannot write it to a file for us to
     stream): for target-, truth- and region-sized reads. A file bcftools cannot read is an InputError
@@ -221,7 +223,9 @@ def query_lines(
         where = contig
         if region is not None:
             where = ",".join(f"{c}:{region[0]}-{region[1]}" for c in contig.split(","))
-        args += ["-r" if _is_indexed(path) else "-t", where]
+        args += ["-r" if is_indexed(path) else "-t", where]
+    if samples is not None:
+        args += ["-s", ",".join(samples)]
     try:
         text = pysam.bcftools.query(*args, path)
     except pysam.utils.SamtoolsError as e:
@@ -444,7 +448,7 @@ def _panel_rows(
     """
     if _is_bcf(path):
         lines = _bcf_lines(path, contig, region)
-    elif _is_indexed(path):
+    elif is_indexed(path):
         lines = _tabix_lines(path, contig, region)
     else:
         lines = _vcf_lines(path, contig, region)

@@ -9,7 +9,12 @@ from snakemake.utils import validate
 
 from ragimpute.chunks import Unit, plan_chunks
 from ragimpute.layout import Layout
-from ragimpute.methods import ENGINE_PARAM, EXTERNAL_METHODS, OUR_METHODS
+from ragimpute.methods import (
+    ENGINE_METHODS,
+    ENGINE_PARAM,
+    EXTERNAL_METHODS,
+    OUR_METHODS,
+)
 from ragimpute.smk import config_problems, config_sources
 from ragimpute.split import SPLITS
 

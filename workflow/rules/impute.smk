@@ -152,14 +152,16 @@ rule phase:
 
 # Our methods. With impute.batch_samples, each batch of target samples is a job of its own and the
 # batches are merged (merge_batches); otherwise one job imputes every target of the unit.
+# The engine's version and settings are parameters only of the methods that run it, so that an engine
+# upgrade or a changed engine setting reruns those and not `af` or `retrieval`.
 IMPUTE_PARAMS = dict(
-    engine_version=ENGINE_PARAM,
+    engine_version=lambda wildcards: ENGINE_PARAM if wildcards.method in ENGINE_METHODS else "",
     options=lambda wildcards: config["baselines"].get(wildcards.method, {}),
     k=config["retrieval"]["k"],
     batch_haplotypes=config["impute"]["batch_haplotypes"],
     device=config["impute"]["device"],
     gp=config["impute"]["gp"],
-    engine=config["engine"],
+    engine=lambda wildcards: config["engine"] if wildcards.method in ENGINE_METHODS else {},
 )
 
 if config["impute"]["batch_samples"]:
