@@ -37,6 +37,7 @@ import yaml
 
 from ragimpute.demo import ArrayNoise, add_array_noise, thin_common_sites
 from ragimpute.metrics import BIN_LABELS
+from ragimpute.vcf_write import write_phased_vcf
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
@@ -99,27 +100,11 @@ def write_vcf(
     names: list[str],
     phased: bool = True,
 ) -> None:
-    """A bgzipped, indexed VCF of (sites, 2 * samples) alleles (-1: missing)."""
-    import pysam
-
-    sep = "|" if phased else "/"
-    a0, a1 = haps[:, 0::2], haps[:, 1::2]
-    if not phased:  # an array does not know the order of a heterozygote's alleles
-        a0, a1 = np.minimum(a0, a1), np.maximum(a0, a1)
-    text = np.array([".", "0", "1"])
-    gt = np.char.add(np.char.add(text[a0 + 1], sep), text[a1 + 1])
-    gt[a0 < 0] = f".{sep}."
-    plain = path.with_suffix("")
-    with open(plain, "w") as f:
-        f.write(f"##fileformat=VCFv4.2\n##contig=<ID={CHROM}>\n")
-        f.write('##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n')
-        f.write("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(names) + "\n")
-        for i in range(len(pos)):
-            ref, alt = alleles[i]
-            f.write(
-                f"{CHROM}\t{pos[i]}\t.\t{ref}\t{alt}\t.\tPASS\t.\tGT\t" + "\t".join(gt[i]) + "\n"
-            )
-    pysam.tabix_index(str(plain), preset="vcf", force=True)
+    """A bgzipped, indexed VCF of (sites, 2 * samples) alleles (-1: missing); unphased as an array
+    writes its calls (0/1)."""
+    sites = pd.DataFrame({"pos": pos, "ref": alleles[:, 0], "alt": alleles[:, 1]})
+    unphased = None if phased else np.ones((len(pos), len(names)), dtype=bool)
+    write_phased_vcf(path, CHROM, sites, names, haps, unphased=unphased)
 
 
 def prepare(panel: str, args: argparse.Namespace, work: Path) -> tuple[Path, dict]:

@@ -79,18 +79,12 @@ def simulate(n_ref_samples: int, n_targets: int, length: int, seed: int, admixed
 
 
 def write_vcf(path: Path, pos: np.ndarray, haps: np.ndarray, names: list[str]) -> None:
-    """A bgzipped, tabix-indexed phased VCF at ``path`` (.vcf.gz)."""
-    import pysam
+    """A bgzipped, tabix-indexed phased VCF at ``path`` (.vcf.gz); every site A/G."""
+    import pandas as pd
 
-    gt = np.array(["0|0", "0|1", "1|0", "1|1"])[2 * haps[:, 0::2] + haps[:, 1::2]]
-    plain = path.with_suffix("")  # x.vcf
-    with open(plain, "w") as f:
-        f.write("##fileformat=VCFv4.2\n##contig=<ID=20>\n")
-        f.write('##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n')
-        f.write("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\t" + "\t".join(names) + "\n")
-        for i in range(len(pos)):
-            f.write(f"20\t{pos[i]}\t.\tA\tG\t.\tPASS\t.\tGT\t" + "\t".join(gt[i]) + "\n")
-    pysam.tabix_index(str(plain), preset="vcf", force=True)  # bgzips to x.vcf.gz, then indexes
+    from ragimpute.vcf_write import write_phased_vcf
+
+    write_phased_vcf(path, "20", pd.DataFrame({"pos": pos, "ref": "A", "alt": "G"}), names, haps)
 
 
 def timed(cmd: list[str], log: Path) -> dict:
