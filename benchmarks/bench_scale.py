@@ -3,8 +3,9 @@ and the target cohort grow, ours (``copying``) and Beagle 5.4 on the same inputs
 
 For each chromosome length the demo of ``config/scale.yaml`` is simulated once (out-of-Africa history,
 the panel and a cohort of the largest target count, simulated together); for each target count the
-first N cohort samples are the targets. The workflow runs in two steps, as it has no rule for the cohort
-yet: ``snakemake <results>/demo/panel.vcf.gz`` (the demo writes ``demo/cohort.vcf.gz`` and
+first N cohort samples are the targets. The workflow runs in two steps, because it imputes the whole
+cohort (``demo.cohort_samples``) and one simulation serves every target count here:
+``snakemake <results>/demo/panel.vcf.gz`` (the demo writes ``demo/cohort.vcf.gz`` and
 ``demo/cohort_truth.vcf.gz`` beside the panel), then the whole workflow with ``impute.target_vcf`` and
 ``impute.truth_vcf`` set to the cohort's files (own targets: imputed from the whole panel, scored on
 the cohort's truth samples). Each job's wall time, CPU time and peak RSS are Snakemake's
