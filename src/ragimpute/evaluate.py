@@ -57,13 +57,20 @@ def _chrom_lines(
     chrom: str,
     region: tuple[int, int] | None = None,
     samples: list[str] | None = None,
+    allow_empty: bool = False,
 ) -> list[str]:
     """``bcftools query -f fmt`` lines of the records of ``chrom`` (either naming) in ``path``, or of
-    its ``region`` (first, last bp), of ``samples`` only (in the file's order) if given."""
+    its ``region`` (first, last bp), of ``samples`` only (in the file's order) if given. None is an
+    error unless ``allow_empty``."""
     contig = chrom_selection(path, chrom)
-    if contig is None:
-        return []
-    return [ln for ln in query_lines(path, fmt, contig, region, samples) if ln]
+    lines = (
+        []
+        if contig is None
+        else [ln for ln in query_lines(path, fmt, contig, region, samples) if ln]
+    )
+    if not lines and not allow_empty:
+        raise _no_records(path, chrom)
+    return lines
 
 
 def _no_records(path: str, chrom: str) -> InputError:
@@ -146,9 +153,7 @@ def read_dosages(
     # "@" separates the GT and dose lists (GT strings hold "|", numbers hold ",").
     fmt += "[%GT\t]" + (f"@[%{dose}\t]" if dose else "") + "\n"
     fixed, gts, doses = [], [], []
-    lines = _chrom_lines(path, fmt, chrom, region, listed)
-    if not lines and not allow_empty:
-        raise _no_records(path, chrom)
+    lines = _chrom_lines(path, fmt, chrom, region, listed, allow_empty)
     for ln in lines:
         parts = ln.split("\t", 5)
         fixed.append(parts[:5])
@@ -187,9 +192,8 @@ def read_truth(
     path = str(path)
     have, listed, cols = _subset(path, samples)
     n = len(have) if listed is None else len(listed)
-    lines = _chrom_lines(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", chrom, region, listed)
-    if not lines and not allow_empty:
-        raise _no_records(path, chrom)
+    fmt = "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n"
+    lines = _chrom_lines(path, fmt, chrom, region, listed, allow_empty)
     rows = [ln.split("\t", 4) for ln in lines]
     del lines
     if any(not r[4].strip("./|\t") for r in rows):
