@@ -155,13 +155,17 @@ rule phase:
 # The engine's version and settings are parameters only of the methods that run it, so that an engine
 # upgrade or a changed engine setting reruns those and not `af` or `retrieval`.
 IMPUTE_PARAMS = dict(
-    engine_version=lambda wildcards: ENGINE_PARAM if wildcards.method in ENGINE_METHODS else "",
+    engine_version=lambda wildcards: (
+        ENGINE_PARAM if wildcards.method in ENGINE_METHODS else ""
+    ),
     options=lambda wildcards: config["baselines"].get(wildcards.method, {}),
     k=config["retrieval"]["k"],
     batch_haplotypes=config["impute"]["batch_haplotypes"],
     device=config["impute"]["device"],
     gp=config["impute"]["gp"],
-    engine=lambda wildcards: config["engine"] if wildcards.method in ENGINE_METHODS else {},
+    engine=lambda wildcards: (
+        config["engine"] if wildcards.method in ENGINE_METHODS else {}
+    ),
 )
 
 if config["impute"]["batch_samples"]:
