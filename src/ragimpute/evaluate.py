@@ -393,16 +393,8 @@ def evaluate(
     typed_found = match_to(ref, typed)[0] >= 0
 
     pos = ref["pos"].to_numpy()
-    lo, hi = (1, MAX_POS) if core is None else (int(core[0]), int(core[1]))
-    indexed = is_indexed(truth_vcf) and (reason is not None or is_indexed(imputed_vcf))
-    if not indexed:
-        log.info(
-            "reading %s and %s whole (index them with tabix to read them by region, in less memory)",
-            truth_vcf,
-            imputed_vcf,
-        )
-    per = max(1, block_genotypes // len(samples)) if indexed else None
-    regions = _regions(pos, lo, hi, per)
+    files = [truth_vcf] + ([imputed_vcf] if reason is None else [])
+    regions = _read_regions(pos, core, files, max(1, block_genotypes // len(samples)))
     whole = core is None and len(regions) == 1  # the whole chromosome, as before any region
     scored = np.zeros(len(ref), dtype=bool)
     in_output = np.zeros(len(ref), dtype=bool)
@@ -421,23 +413,10 @@ def evaluate(
             imp = _nothing_imputed(samples)
         n_truth += len(truth["sites"])
         n_imp += len(imp["sites"])
-        # Scored: reference sites present in the truth and not typed in the target.
-        t_idx, t_flip = match_to(r, truth["sites"])
-        n_truth_in_ref += len(np.unique(t_idx[t_idx >= 0]))
-        i_idx, i_flip = match_to(r, imp["sites"])
-        sc = (t_idx >= 0) & ~typed_found[rows]
-        scored[rows] = sc
-        in_output[rows] = i_idx >= 0
-        sel = np.flatnonzero(sc & (i_idx >= 0))
-        y = truth["gt"][t_idx[sel]]
-        y = np.where(t_flip[sel, None], 2 - y, y)
-        flip = i_flip[sel, None]
-        ds = np.where(flip, 2 - imp["ds"][i_idx[sel]], imp["ds"][i_idx[sel]])
-        gt = np.where(flip, 2 - imp["gt"][i_idx[sel]], imp["gt"][i_idx[sel]])
-        part = site_scores(ds, gt, y)
-        part.insert(0, "pos", r["pos"].to_numpy()[sel])
-        part.insert(1, "maf", r["maf"].to_numpy()[sel])
-        part.insert(2, "info_r2", imp["sites"]["info_r2"].to_numpy()[i_idx[sel]])
+        part, scored[rows], in_output[rows], matched = _score_region(
+            r, ~typed_found[rows], truth, imp
+        )
+        n_truth_in_ref += matched
         parts.append(part)
     if n_truth == 0:
         raise _no_records(str(truth_vcf), chrom)
@@ -480,8 +459,45 @@ def evaluate(
     return summary
 
 
+def _score_region(
+    ref: pd.DataFrame, untyped: np.ndarray, truth: dict, imp: dict
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, int]:
+    """Per-site scores of the reference sites ``ref`` (pos, ref, alt, maf) of one region; which of
+    them are scored (in the truth and ``untyped`` in the target) and in the imputed output; and how
+    many of the truth's sites they match."""
+    t_idx, t_flip = match_to(ref, truth["sites"])
+    i_idx, i_flip = match_to(ref, imp["sites"])
+    scored = (t_idx >= 0) & untyped
+    sel = np.flatnonzero(scored & (i_idx >= 0))
+    y = truth["gt"][t_idx[sel]]
+    y = np.where(t_flip[sel, None], 2 - y, y)
+    flip = i_flip[sel, None]
+    ds = np.where(flip, 2 - imp["ds"][i_idx[sel]], imp["ds"][i_idx[sel]])
+    gt = np.where(flip, 2 - imp["gt"][i_idx[sel]], imp["gt"][i_idx[sel]])
+    part = site_scores(ds, gt, y)
+    part.insert(0, "pos", ref["pos"].to_numpy()[sel])
+    part.insert(1, "maf", ref["maf"].to_numpy()[sel])
+    part.insert(2, "info_r2", imp["sites"]["info_r2"].to_numpy()[i_idx[sel]])
+    return part, scored, i_idx >= 0, len(np.unique(t_idx[t_idx >= 0]))
+
+
 # The last position a region may name (htslib's limit for a tabix index).
 MAX_POS = 2**29 - 1
+
+
+def _read_regions(
+    pos: np.ndarray, core: tuple[int, int] | None, files: list, per: int
+) -> list[tuple[int, int]]:
+    """The regions the evaluation reads ``files`` in: of about ``per`` reference sites each when
+    every file is indexed, else one (each read of an unindexed file goes through all of it)."""
+    lo, hi = (1, MAX_POS) if core is None else (int(core[0]), int(core[1]))
+    if all(is_indexed(f) for f in files):
+        return _regions(pos, lo, hi, per)
+    log.info(
+        "reading %s whole (index with tabix to read by region, in less memory)",
+        " and ".join(map(str, files)),
+    )
+    return _regions(pos, lo, hi, None)
 
 
 def _regions(pos: np.ndarray, lo: int, hi: int, per: int | None) -> list[tuple[int, int]]:
