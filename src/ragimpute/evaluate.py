@@ -56,22 +56,32 @@ def _chrom_lines(
     path: str,
     fmt: str,
     chrom: str,
+    have: list[str],
     region: tuple[int, int] | None = None,
     samples: list[str] | None = None,
     allow_empty: bool = False,
-) -> list[str]:
+) -> tuple[list[str], int, list[int]]:
     """``bcftools query -f fmt`` lines of the records of ``chrom`` (either naming) in ``path``, or of
-    its ``region`` (first, last bp), of ``samples`` only (in the file's order) if given. None is an
-    error unless ``allow_empty``."""
+    its ``region`` (first, last bp); none is an error unless ``allow_empty``. ``have``: the file's
+    samples; with ``samples`` only theirs are decoded (``-s``, in the file's order; all when a name
+    holds a comma, which ``-s`` cannot list). Also: the samples per line, and the columns of
+    ``samples`` (of every sample without) among them."""
+    listed = None
+    if samples is not None and not any("," in x for x in samples):
+        want = set(samples)
+        listed = [x for x in have if x in want]  # the file's order, whichever order bcftools keeps
+    read = have if listed is None else listed
+    at = {x: i for i, x in enumerate(read)}
+    cols = list(range(len(read))) if samples is None else [at[x] for x in samples]
     contig = chrom_selection(path, chrom)
     lines = (
         []
         if contig is None
-        else [ln for ln in query_lines(path, fmt, contig, region, samples) if ln]
+        else [ln for ln in query_lines(path, fmt, contig, region, listed) if ln]
     )
     if not lines and not allow_empty:
         raise _no_records(path, chrom)
-    return lines
+    return lines, len(read), cols
 
 
 def _no_records(path: str, chrom: str) -> InputError:
@@ -86,21 +96,6 @@ def _header_samples(path: str | os.PathLike) -> list[str]:
     check_readable(path)
     with pysam.VariantFile(str(path)) as vf:
         return list(vf.header.samples)
-
-
-def _subset(path: str, samples: list[str] | None) -> tuple[list[str], list[str] | None, list[int]]:
-    """The file's samples; the ``-s`` list that reads only ``samples`` of them (None: all; a name
-    with a comma cannot be listed); and the columns of ``samples`` in what is read."""
-    have = _header_samples(path)
-    if samples is None:
-        return have, None, list(range(len(have)))
-    want = set(samples)
-    if any("," in x for x in samples):
-        pos = {x: i for i, x in enumerate(have)}
-        return have, None, [pos[x] for x in samples]
-    listed = [x for x in have if x in want]  # the file's order, whichever order bcftools keeps
-    pos = {x: i for i, x in enumerate(listed)}
-    return have, listed, [pos[x] for x in samples]
 
 
 def alt_counts(gts: list[str], n: int) -> np.ndarray:
@@ -141,7 +136,7 @@ def _parse_decimals(buf: np.ndarray, out: np.ndarray) -> int:
             if neg or i == 0 or buf[i - 1] != 46:
                 return -1
             out[n] = np.nan
-        elif n_int + n_frac > 15 or n_frac > 22:
+        elif n_int + n_frac > 15:  # beyond what an int64 mantissa holds exactly as a float
             return -1
         else:
             value = mant / 10.0**n_frac
@@ -189,13 +184,13 @@ def read_dosages(
     ``samples``: only these (they must be in the file), their columns in this order. A chromosome
     (or ``region``) without records is an error unless ``allow_empty``."""
     path = str(path)
-    have, listed, cols = _subset(path, samples)
+    check_readable(path)
     with pysam.VariantFile(path) as vf:
+        have = list(vf.header.samples)
         formats = set(vf.header.formats)
         infos = set(vf.header.info)
     if not have:
         raise InputError(path, "no samples in the imputed VCF")
-    n = len(have) if listed is None else len(listed)
     dose = next((f for f in ("DS", "HDS", "GP") if f in formats), None)
     if dose is None and "GT" not in formats:
         raise InputError(path, "no DS, HDS, GP or GT field to score", "Impute with dosages")
@@ -204,7 +199,7 @@ def read_dosages(
     # "@" separates the GT and dose lists (GT strings hold "|", numbers hold ",").
     fmt += "[%GT\t]" + (f"@[%{dose}\t]" if dose else "") + "\n"
     fixed, gts, doses = [], [], []
-    lines = _chrom_lines(path, fmt, chrom, region, listed, allow_empty)
+    lines, n, cols = _chrom_lines(path, fmt, chrom, have, region, samples, allow_empty)
     for ln in lines:
         parts = ln.split("\t", 5)
         fixed.append(parts[:5])
@@ -241,10 +236,9 @@ def read_truth(
     """True genotypes (ALT counts, NaN where missing) of a VCF/BCF (of ``region`` only, if given; of
     ``samples`` only, in this order, if given)."""
     path = str(path)
-    have, listed, cols = _subset(path, samples)
-    n = len(have) if listed is None else len(listed)
+    have = _header_samples(path)
     fmt = "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n"
-    lines = _chrom_lines(path, fmt, chrom, region, listed, allow_empty)
+    lines, n, cols = _chrom_lines(path, fmt, chrom, have, region, samples, allow_empty)
     rows = [ln.split("\t", 4) for ln in lines]
     del lines
     if any(not r[4].strip("./|\t") for r in rows):
@@ -450,7 +444,7 @@ def evaluate(
     in_output = np.zeros(len(ref), dtype=bool)
     parts = []
     n_truth = n_truth_in_ref = n_imp = 0
-    dose_field, info_field = "GT", None
+    dose_field = info_field = None  # of the imputed file; none when the tool did not run
     for region in regions:
         rows = np.flatnonzero((pos >= region[0]) & (pos <= region[1]))
         r = ref.iloc[rows].reset_index(drop=True)
@@ -498,7 +492,7 @@ def evaluate(
         "scored_sites": int(scored.sum()),
         "scored_sites_not_in_output": int(missed.sum()),
         "truth_sites_not_in_reference": int(n_truth - n_truth_in_ref),
-        "dose_field": dose_field if reason is None else None,
+        "dose_field": dose_field,
         "info_field": info_field,
         "ragimpute": __version__,
         "all": bins.iloc[-1].drop(["method", "maf_bin"]).to_dict(),
@@ -547,14 +541,12 @@ def _read_regions(
         "reading %s whole (index with tabix to read by region, in less memory)",
         " and ".join(map(str, files)),
     )
-    return _regions(pos, lo, hi, None)
+    return [(lo, hi)]
 
 
-def _regions(pos: np.ndarray, lo: int, hi: int, per: int | None) -> list[tuple[int, int]]:
-    """[lo, hi] cut into consecutive regions of about ``per`` of the sites at ``pos`` each (one
-    region when ``per`` is None); sites at one position stay in one region."""
-    if per is None:
-        return [(lo, hi)]
+def _regions(pos: np.ndarray, lo: int, hi: int, per: int) -> list[tuple[int, int]]:
+    """[lo, hi] cut into consecutive regions of about ``per`` of the sites at ``pos`` each; sites at
+    one position stay in one region."""
     u = np.unique(pos[(pos >= lo) & (pos <= hi)])
     ends = [int(p) for p in u[per - 1 :: per]]
     if not ends or ends[-1] < hi:
