@@ -33,6 +33,40 @@ def env(tmp_path_factory):
     return shared_env(tmp_path_factory)
 
 
+@pytest.mark.skipif(not HAS_BCFTOOLS, reason="bcftools is not installed")
+def test_reference_vcf_is_the_panel_at_the_windowed_sites(env, tmp_path, monkeypatch):
+    """Beagle's and Minimac4's reference, written a few records at a time: the same file as written
+    in one block, and the train samples' phased genotypes at every windowed site as bcftools reads
+    them from the panel. A panel that no longer matches the windows is refused and nothing is
+    written."""
+    import pysam
+    import pysam.bcftools
+
+    import ragimpute.vcf_io
+    from ragimpute.targets import write_reference_vcf
+
+    monkeypatch.setattr(ragimpute.vcf_io, "_CHUNK_RECORDS", 7)
+    out = tmp_path / "reference.vcf.gz"
+    info = write_reference_vcf(env.panel, env.split, env.windows, CHROM, out)
+    assert info["sites"] == len(env.sites) > 100
+    assert vcf_lines(out) == vcf_lines(env.reference)  # env's was written in one block
+    train = env.split_samples["train"]
+    at = tmp_path / "sites.tsv"
+    at.write_text("".join(f"{CHROM}\t{p}\n" for p in env.sites["pos"]))
+    fmt = "%POS\t%REF\t%ALT[\t%GT]\n"
+    want = pysam.bcftools.query("-s", ",".join(train), "-T", str(at), "-f", fmt, str(env.panel))
+    assert pysam.bcftools.query("-f", fmt, str(out)) == want
+    with pysam.VariantFile(str(out)) as vf:
+        assert list(vf.header.samples) == train
+    # the panel without one windowed record: the windows are stale
+    header, records = vcf_lines(env.panel)
+    other = write_bgzip(tmp_path / "other.vcf.gz", header, records[:50] + records[51:])
+    pysam.tabix_index(str(other), preset="vcf", force=True)
+    with pytest.raises(InputError, match="window stage is stale"):
+        write_reference_vcf(other, env.split, env.windows, CHROM, tmp_path / "stale.vcf.gz")
+    assert not list(tmp_path.glob("stale*"))
+
+
 def run(env, target, out, method="retrieval", **kw):
     kw.setdefault("options", {"k": 16})
     kw.setdefault("panel_vcf", env.panel)

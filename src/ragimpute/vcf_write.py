@@ -221,6 +221,42 @@ def join_records(fixed: list[str], fields: np.ndarray) -> str:
     return "".join(f"{f}\t" + "\t".join(row) + "\n" for f, row in zip(fixed, fields, strict=True))
 
 
+@contextlib.contextmanager
+def phased_vcf_writer(
+    out: str | os.PathLike,
+    chrom: str,
+    samples: list[str],
+    contig_length: int | None = None,
+    meta: list[str] | None = None,
+    unphased: bool = False,
+    chunk: int = 4096,
+) -> Iterator[Callable[..., None]]:
+    """Yield ``write(sites, alleles, unphased=None)``, which appends the GT-only records of a block
+    of sites (in order); on success the bgzipped VCF and its .tbi appear (``bgzip_vcf_writer``).
+    ``unphased`` true: the header's GT is "Genotype" (some calls are written ``0/1``)."""
+    what = "Genotype" if unphased else "Phased genotype"
+    meta = [f'##FORMAT=<ID=GT,Number=1,Type=String,Description="{what}">', *(meta or [])]
+    with bgzip_vcf_writer(out) as write:
+        write(header_lines(chrom, contig_length, samples, meta))
+
+        def write_sites(
+            sites: pd.DataFrame, alleles: np.ndarray, unphased: np.ndarray | None = None
+        ) -> None:
+            pos = sites["pos"].to_numpy()
+            ids = sites["id"].to_numpy() if "id" in sites else np.full(len(sites), ".", object)
+            ref, alt = sites["ref"].to_numpy(), sites["alt"].to_numpy()
+            for a in range(0, len(sites), chunk):
+                b = min(a + chunk, len(sites))
+                fixed = [
+                    f"{chrom}\t{pos[i]}\t{ids[i] or '.'}\t{ref[i]}\t{alt[i]}\t.\tPASS\t.\tGT"
+                    for i in range(a, b)
+                ]
+                un = None if unphased is None else unphased[a:b]
+                write(join_records(fixed, gt_strings(alleles[a:b], un)))
+
+        yield write_sites
+
+
 def write_phased_vcf(
     out: str | os.PathLike,
     chrom: str,
@@ -236,24 +272,9 @@ def write_phased_vcf(
 
     ``unphased`` (n_sites, n) bool: genotypes written unphased (``0/1``), e.g. an array's calls that
     are still to be phased."""
-    what = "Phased genotype" if unphased is None or not unphased.any() else "Genotype"
-    meta = [
-        f'##FORMAT=<ID=GT,Number=1,Type=String,Description="{what}">',
-        *(meta or []),
-    ]
-    pos = sites["pos"].to_numpy()
-    ids = sites["id"].to_numpy() if "id" in sites else np.full(len(sites), ".", dtype=object)
-    ref, alt = sites["ref"].to_numpy(), sites["alt"].to_numpy()
-    with bgzip_vcf_writer(out) as write:
-        write(header_lines(chrom, contig_length, samples, meta))
-        for a in range(0, len(sites), chunk):
-            b = min(a + chunk, len(sites))
-            fixed = [
-                f"{chrom}\t{pos[i]}\t{ids[i] or '.'}\t{ref[i]}\t{alt[i]}\t.\tPASS\t.\tGT"
-                for i in range(a, b)
-            ]
-            un = None if unphased is None else unphased[a:b]
-            write(join_records(fixed, gt_strings(alleles[a:b], un)))
+    some = unphased is not None and bool(unphased.any())
+    with phased_vcf_writer(out, chrom, samples, contig_length, meta, some, chunk) as write_sites:
+        write_sites(sites, alleles, unphased)
 
 
 # -- imputed records: GT:DS:GP from haplotype ALT probabilities ------------------------------------
