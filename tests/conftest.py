@@ -226,3 +226,35 @@ def demo_tokens(demo_windows, tmp_path_factory) -> dict:
         paths[split] = base / h / f"{split}.parquet"
         run_tokenize_stage(demo_windows, store, h, split, paths[split])
     return {"hash": h, "store": store, "mask": load_mask(store, h), "paths": paths, "dir": base}
+
+
+# -- one finished run of the tiny config, shared by the workflow tests that only read it -----------
+
+
+def _finished_run(tmp_path_factory, name: str, *configs: Path) -> Path:
+    from workflow_runs import output, snakemake
+
+    workdir = tmp_path_factory.mktemp(name)
+    r = snakemake(workdir, "--cores", "2", configs=configs)
+    assert r.returncode == 0, output(r)[-4000:]
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_finished(tmp_path_factory) -> Path:
+    """The working directory of one finished ``snakemake --cores 2`` run of .test/tiny/config.yaml
+    (every method, Beagle and Minimac4 when installed; results under ``results-tiny/``). Read-only:
+    copy it to change it. One run instead of one per module: it takes a minute or more."""
+    from workflow_runs import TINY
+
+    return _finished_run(tmp_path_factory, "tiny-finished", TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_chunked_finished(tmp_path_factory) -> Path:
+    """The same with .test/chunks/config.yaml on top (two chunks, two sample batches), run locally:
+    tests/test_chunks.py compares it with the chromosome in one piece, tests/test_slurm.py with the
+    same run through SLURM. Read-only."""
+    from workflow_runs import CHUNKS, TINY
+
+    return _finished_run(tmp_path_factory, "tiny-chunked-finished", TINY, CHUNKS)

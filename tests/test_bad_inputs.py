@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_runs import REPO, TINY, output, snakemake
+from workflow_runs import REPO, TINY, TINY_RESULTS, output, snakemake
 
 from ragimpute.smk import config_problems
 
 SCHEMA = REPO / "config" / "schema.yaml"
-TINY_RESULTS = "results-tiny"  # `results:` of .test/tiny/config.yaml
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -100,12 +99,9 @@ def test_wrong_types_name_the_key():
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
+def finished(tiny_finished) -> Path:
     """The working directory of a finished run of the tiny config (read-only: copy to change it)."""
-    workdir = tmp_path_factory.mktemp("finished")
-    r = snakemake(workdir, "--cores", "2", configs=(TINY,))
-    assert r.returncode == 0, output(r)[-4000:]
-    return workdir
+    return tiny_finished
 
 
 def rerun(workdir: Path, override: dict, *args: str):

@@ -132,12 +132,12 @@ def test_batches_merged_equal_one_batch(tmp_path_factory, tmp_path):
 
 
 @pytest.mark.slow
-def test_ligated_chunks_match_the_unchunked_chromosome(tmp_path):
+def test_ligated_chunks_match_the_unchunked_chromosome(tiny_finished, tiny_chunked_finished):
     """The tiny demo in two chunks (100 kb overlap) and two sample batches, against one piece: the
     same records; allele-frequency dosages identical; the copying model's within a small tolerance,
     the differences near the join (measured: mean |dDS| 0.0008 overall, 0.003 within 20 kb of it)."""
     import pysam.bcftools
-    from workflow_runs import REPO, TINY, snakemake
+    from workflow_runs import TINY_RESULTS
 
     def ds(path):
         rows = [
@@ -148,15 +148,10 @@ def test_ligated_chunks_match_the_unchunked_chromosome(tmp_path):
             [[float(x) for x in r[1:]] for r in rows]
         )
 
-    methods = tmp_path / "methods.yaml"
-    methods.write_text("evaluate:\n  methods: [af, copying]\n")  # after the chunks config's
-    runs = {}
-    for name, extra in (("whole", ()), ("chunked", (REPO / ".test" / "chunks" / "config.yaml",))):
-        wd = tmp_path / name
-        wd.mkdir()
-        r = snakemake(wd, "--cores", "2", configs=(TINY, *extra, methods))
-        assert r.returncode == 0, r.stderr[-3000:]
-        runs[name] = wd / "results-tiny"
+    runs = {
+        "whole": tiny_finished / TINY_RESULTS,
+        "chunked": tiny_chunked_finished / TINY_RESULTS,
+    }
     chunked = runs["chunked"]
     assert sorted(p.name for p in (chunked / "impute").iterdir()) == ["20", "20.c000", "20.c001"]
     assert (chunked / "impute" / "20.c000" / "batches" / "copying.b001.vcf.gz").exists()

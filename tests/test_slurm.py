@@ -1,7 +1,8 @@
-"""The tiny pipeline on two chromosomes through a real SLURM: `snakemake --profile profiles/slurm`
-(with the profiles/slurm-local overlay for a cluster without accounting), every job submitted with
-sbatch, each chromosome in jobs of its own that run side by side, the profile's resources in the
-requests SLURM received, and outputs equal to those of a local run.
+"""The tiny pipeline, its chromosome in two chunks and its targets in two batches, through a real
+SLURM: `snakemake --profile profiles/slurm` (with the profiles/slurm-local overlay for a cluster
+without accounting), every job submitted with sbatch, each chunk in jobs of its own that run side by
+side, the profile's resources in the requests SLURM received, and artifacts equal to those of the
+same configuration run locally.
 
 Needs a SLURM controller and the executor plugin (pip install -e '.[slurm]'); .ci/run starts a
 single-node cluster with tools/local-slurm/start.sh. Skipped with the reason when either is missing,
@@ -23,15 +24,16 @@ from pathlib import Path
 
 import pytest
 from workflow_runs import (
+    CHUNKS,
     REPO,
     SNAKEFILE,
     TINY,
+    TINY_RESULTS,
     compare_runs,
     expected_resources,
     job_blocks,
     jobs_in_log,
     load_profile,
-    snakemake,
     wildcard_dict,
     workflow_rules,
 )
@@ -135,17 +137,13 @@ def minutes(limit: str) -> int:
     return (int(days or 0) * 24 + h) * 60 + m + (s > 0)
 
 
-# The chromosome in two chunks, the targets in two batches: every kind of job of a scaled run (per
-# chunk, per batch, the merges and the ligation) goes through sbatch. (Two chromosomes side by side:
-# tests/test_scatter.py, locally.)
-CHUNKS = REPO / ".test" / "chunks" / "config.yaml"
+# The chromosome in two chunks, the targets in two batches (CHUNKS): every kind of job of a scaled
+# run (per chunk, per batch, the merges and the ligation) goes through sbatch. (Two chromosomes side
+# by side: tests/test_scatter.py, locally.)
 
 
-def test_pipeline_under_slurm(cluster, tmp_path_factory, tmp_path):
-    local_wd = tmp_path / "local"
-    local_wd.mkdir()
-    r = snakemake(local_wd, "--cores", "2", configs=(TINY, CHUNKS))
-    assert r.returncode == 0, r.stderr[-4000:]
+def test_pipeline_under_slurm(cluster, tiny_chunked_finished, tmp_path):
+    local_wd = tiny_chunked_finished  # the same configuration run locally
     wd = tmp_path / "cluster"
     wd.mkdir()
     profiles = ["--profile", str(REPO / "profiles" / "slurm")]
@@ -252,5 +250,5 @@ def test_pipeline_under_slurm(cluster, tmp_path_factory, tmp_path):
     assert checked >= 4  # demo_panel, split, 2 x window, 2 x mask at least
 
     # -- same artifacts as the local run ---------------------------------------------------------
-    assert compare_runs(local_wd, wd) == []
+    assert compare_runs(local_wd, wd, TINY_RESULTS) == []
     print(f"SLURM run: {len(ids)} sbatch jobs, {elapsed:.0f} s")

@@ -26,7 +26,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 TINY = REPO / ".test" / "tiny" / "config.yaml"
+TINY_RESULTS = "results-tiny"  # `results:` of .test/tiny/config.yaml
 TWO_CHROM = REPO / ".test" / "two-chrom" / "config.yaml"
+CHUNKS = REPO / ".test" / "chunks" / "config.yaml"  # on top of TINY
 TWO_CHROM_RESULTS = "results-two-chrom"  # `results:` of .test/two-chrom/config.yaml
 CHROMS = ("20", "21")
 
@@ -286,10 +288,14 @@ def same_artifact(a: Path, b: Path, workdir_a: Path, workdir_b: Path) -> bool:
     return False
 
 
-def compare_runs(workdir_a: Path, workdir_b: Path, results: str = TWO_CHROM_RESULTS) -> list[str]:
-    """Differences between the artifacts of two runs (empty: same files, same contents)."""
+def compare_runs(workdir_a: Path, workdir_b: Path, results: str) -> list[str]:
+    """Differences between the artifacts of two runs (empty: same files, same contents). Raises if
+    either run has no artifacts under ``results``: two missing directories are not equal runs."""
     fa = artifact_files(workdir_a / results)
     fb = artifact_files(workdir_b / results)
+    for workdir, files in ((workdir_a, fa), (workdir_b, fb)):
+        if not files:
+            raise AssertionError(f"no artifacts under {workdir / results}: nothing to compare")
     problems = [f"only in {workdir_a}: {k}" for k in sorted(fa.keys() - fb.keys())]
     problems += [f"only in {workdir_b}: {k}" for k in sorted(fb.keys() - fa.keys())]
     problems += [
