@@ -197,6 +197,42 @@ def test_compare_pools_chromosomes_exactly(env, imputed, tmp_path):
     assert (pooled["n_genotypes"] == whole["n_genotypes"]).all()
 
 
+def test_compare_reads_a_few_rows_at_a_time(env, imputed, tmp_path):
+    """compare pools the sums of blocks of rows: three tables (one method over two chromosomes,
+    another whole) read 5 rows at a time give the tables read whole, and those are the field's
+    definitions over the concatenated rows."""
+    per = {}
+    for m in ("af", "retrieval"):
+        evaluate(imputed[m], env.truth, env.windows / "sites.parquet", env.target, m, tmp_path / m)
+        per[m] = pd.read_csv(tmp_path / m / "sites.tsv.gz", sep="\t")
+    r = per["retrieval"]
+    a, b = r.iloc[: len(r) // 2].copy(), r.iloc[len(r) // 2 :].copy()
+    b["chrom"] = "21"
+    a.to_csv(tmp_path / "a.tsv.gz", sep="\t", index=False)
+    b.to_csv(tmp_path / "b.tsv.gz", sep="\t", index=False)
+    files = [tmp_path / "a.tsv.gz", tmp_path / "af" / "sites.tsv.gz", tmp_path / "b.tsv.gz"]
+    whole = compare(files, tmp_path / "whole", rows=10**9)
+    few = compare(files, tmp_path / "few", rows=5)
+    pd.testing.assert_frame_equal(few, whole, rtol=1e-9)
+    cal = {k: pd.read_csv(tmp_path / k / "calibration.tsv", sep="\t") for k in ("whole", "few")}
+    pd.testing.assert_frame_equal(cal["few"], cal["whole"], rtol=1e-9)
+    assert list(whole["method"].unique()) == ["retrieval", "af"]  # in order of appearance
+    row = whole[(whole["method"] == "retrieval") & (whole["maf_bin"] == "all")].iloc[0]
+    both = r[["info_r2", "true_r2"]].dropna()
+    assert row["n_sites"] == len(r) and row["n_genotypes"] == r["n"].sum()
+    assert row["info_r2_vs_true_r2"] == pytest.approx(
+        np.corrcoef(both["info_r2"], both["true_r2"])[0, 1], rel=1e-9
+    )
+    assert row["mean_true_r2"] == pytest.approx(r["true_r2"].mean(), rel=1e-12)
+    c = cal["whole"][cal["whole"]["method"] == "retrieval"]
+    assert c["n_sites"].sum() == r["info_r2"].notna().sum()
+    for _, got in c.iterrows():
+        lo, hi = (float(x) for x in got["info_r2_bin"].split("-"))
+        sel = r[(r["info_r2"] >= lo) & ((r["info_r2"] < hi) | (hi == 1.0))]
+        assert got["n_sites"] == len(sel)
+        assert got["mean_info_r2"] == pytest.approx(sel["info_r2"].mean(), abs=1e-6)  # rounded
+
+
 def test_scores_do_not_depend_on_how_the_files_are_read(env, imputed, tmp_path):
     """Read a few sites at a time or whole; a truth with its samples in another order, one sample
     more than was imputed, and no index (read whole); a chunk's core read a site at a time: the same

@@ -333,68 +333,127 @@ def site_scores(ds: np.ndarray, gt: np.ndarray, truth: np.ndarray) -> pd.DataFra
     return df
 
 
-def summarise(df: pd.DataFrame) -> dict:
-    """Metrics of a set of per-site rows (pooled sums)."""
-    s = {k: float(df[k].sum()) for k in SUMS + COUNTS}
-    both = df[["info_r2", "true_r2"]].dropna() if "info_r2" in df else pd.DataFrame()
-    corr = float("nan")
-    if len(both) >= 3 and both["info_r2"].std() > 0 and both["true_r2"].std() > 0:
-        corr = float(np.corrcoef(both["info_r2"], both["true_r2"])[0, 1])
+# Additive terms of a per-site row: every metric of a set of rows is a function of their sums, so
+# that tables too large for memory (a genome's sites x methods) are pooled a block of rows at a time.
+_TERMS = (*SUMS, *COUNTS, "sites", "info_n", "info_s", "true_n", "true_s")
+_CORR = (
+    "both_n",
+    "bx",
+    "by",
+    "bxx",
+    "byy",
+    "bxy",
+)  # INFO R2 against true r², where both are defined
+
+
+def row_terms(df: pd.DataFrame) -> pd.DataFrame:
+    """The additive terms of each per-site row (``_TERMS`` and ``_CORR``)."""
+    info = df["info_r2"] if "info_r2" in df else pd.Series(np.nan, index=df.index)
+    true = df["true_r2"]
+    both = info.notna() & true.notna()
+    x, y = info.where(both, 0.0).to_numpy(float), true.where(both, 0.0).to_numpy(float)
+    out = {k: df[k].to_numpy(float) for k in SUMS + COUNTS}
+    out.update(
+        sites=np.ones(len(df)),
+        info_n=info.notna().to_numpy(float),
+        info_s=info.fillna(0.0).to_numpy(float),
+        true_n=true.notna().to_numpy(float),
+        true_s=true.fillna(0.0).to_numpy(float),
+        both_n=both.to_numpy(float),
+        bx=x,
+        by=y,
+        bxx=x * x,
+        byy=y * y,
+        bxy=x * y,
+    )
+    return pd.DataFrame(out, index=df.index)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def summary_from_terms(s: pd.Series) -> dict:
+    """Metrics of a set of per-site rows from the sums of their terms (``row_terms``)."""
     denom_f1 = 2 * s["tp"] + s["fp"] + s["fn"]
+    corr = float("nan")
+    if s["both_n"] >= 3:
+        r2 = r2_from_sums(*(s[k] for k in _CORR))  # NaN where a side is constant
+        cov = s["bxy"] - s["bx"] * s["by"] / s["both_n"]
+        corr = float(np.sign(cov) * np.sqrt(r2))
     return {
-        "n_sites": int(len(df)),
+        "n_sites": int(s["sites"]),
         "n_genotypes": int(s["n"]),
         "r2": float(r2_from_sums(*(s[k] for k in SUMS))),
-        "concordance": s["n_conc"] / s["n_gt"] if s["n_gt"] else float("nan"),
-        "nonref_concordance": s["n_nonref_conc"] / s["n_nonref"] if s["n_nonref"] else float("nan"),
-        "alt_f1": 2 * s["tp"] / denom_f1 if denom_f1 else float("nan"),
-        "mean_info_r2": float(df["info_r2"].mean()) if "info_r2" in df else float("nan"),
-        "mean_true_r2": float(df["true_r2"].mean()),
+        "concordance": _ratio(s["n_conc"], s["n_gt"]),
+        "nonref_concordance": _ratio(s["n_nonref_conc"], s["n_nonref"]),
+        "alt_f1": _ratio(2 * s["tp"], denom_f1),
+        "mean_info_r2": _ratio(s["info_s"], s["info_n"]),
+        "mean_true_r2": _ratio(s["true_s"], s["true_n"]),
         "info_r2_vs_true_r2": corr,
     }
 
 
+def summarise(df: pd.DataFrame) -> dict:
+    """Metrics of a set of per-site rows (pooled sums)."""
+    return summary_from_terms(row_terms(df).sum())
+
+
+def _info_bins(info_r2: pd.Series) -> np.ndarray:
+    return np.clip(np.digitize(info_r2, INFO_R2_EDGES[1:-1]), 0, len(INFO_R2_EDGES) - 2)
+
+
+def bin_rows(by_bin: pd.DataFrame) -> pd.DataFrame:
+    """One row per MAF bin and one for all, from the summed terms of each bin (index: bin)."""
+    zero = pd.Series(0.0, index=[*_TERMS, *_CORR])
+    rows = [
+        {"maf_bin": label, **summary_from_terms(by_bin.loc[b] if b in by_bin.index else zero)}
+        for b, label in enumerate(BIN_LABELS)
+    ]
+    rows.append(
+        {"maf_bin": ALL, **summary_from_terms(by_bin.sum().reindex(zero.index, fill_value=0))}
+    )
+    return pd.DataFrame(rows)
+
+
+def calibration_rows(by_info: pd.DataFrame) -> pd.DataFrame:
+    """Sites binned by INFO R2 (``INFO_R2_EDGES``; index: bin number, sites with an INFO R2 only):
+    mean INFO R2 against mean true per-site r² and pooled r²."""
+    rows = [
+        {
+            "info_r2_bin": f"{INFO_R2_EDGES[i]:.1f}-{INFO_R2_EDGES[i + 1]:.1f}",
+            "n_sites": int(s["sites"]),
+            "n_sites_true_r2": int(s["true_n"]),
+            "mean_info_r2": _ratio(s["info_s"], s["info_n"]),
+            "mean_true_r2": _ratio(s["true_s"], s["true_n"]),
+            "pooled_true_r2": float(r2_from_sums(*(s[k] for k in SUMS))),
+        }
+        for i, s in by_info.sort_index().iterrows()
+        if s["sites"]
+    ]
+    return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
+
+
+CALIBRATION_COLUMNS = [
+    "info_r2_bin",
+    "n_sites",
+    "n_sites_true_r2",
+    "mean_info_r2",
+    "mean_true_r2",
+    "pooled_true_r2",
+]
+
+
 def bin_table(per_site: pd.DataFrame) -> pd.DataFrame:
     """One row per MAF bin and one for all scored sites."""
-    rows = []
-    for b, label in enumerate(BIN_LABELS):
-        rows.append({"maf_bin": label, **summarise(per_site[per_site["bin"] == b])})
-    rows.append({"maf_bin": ALL, **summarise(per_site)})
-    return pd.DataFrame(rows)
+    return bin_rows(row_terms(per_site).groupby(per_site["bin"].to_numpy()).sum())
 
 
 def calibration_table(per_site: pd.DataFrame) -> pd.DataFrame:
     """Sites binned by INFO R2: mean INFO R2 against mean true per-site r² and pooled r²."""
-    rows = []
-    if per_site["info_r2"].notna().any():
-        b = np.clip(
-            np.digitize(per_site["info_r2"], INFO_R2_EDGES[1:-1]), 0, len(INFO_R2_EDGES) - 2
-        )
-        for i in range(len(INFO_R2_EDGES) - 1):
-            sel = per_site[(b == i) & per_site["info_r2"].notna()]
-            if not len(sel):
-                continue
-            rows.append(
-                {
-                    "info_r2_bin": f"{INFO_R2_EDGES[i]:.1f}-{INFO_R2_EDGES[i + 1]:.1f}",
-                    "n_sites": len(sel),
-                    "n_sites_true_r2": int(sel["true_r2"].notna().sum()),
-                    "mean_info_r2": float(sel["info_r2"].mean()),
-                    "mean_true_r2": float(sel["true_r2"].mean()),
-                    "pooled_true_r2": float(r2_from_sums(*(sel[k].sum() for k in SUMS))),
-                }
-            )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "info_r2_bin",
-            "n_sites",
-            "n_sites_true_r2",
-            "mean_info_r2",
-            "mean_true_r2",
-            "pooled_true_r2",
-        ],
-    )
+    has = per_site["info_r2"].notna()
+    terms = row_terms(per_site[has])
+    return calibration_rows(terms.groupby(_info_bins(per_site["info_r2"][has])).sum())
 
 
 # Genotypes (sites x scored samples) read at once: the truth and the imputed file are read a block of
@@ -631,42 +690,70 @@ def _write_scores(
 # -- comparison across methods and chromosomes ----------------------------------------------------
 
 
+# Per-site rows that ``compare`` reads at a time: it pools the sums of each block, so a genome's
+# sites x methods (tens of millions of rows) never sit in memory at once.
+COMPARE_ROWS = 1 << 18
+_SITE_COLUMNS = ["method", "bin", "info_r2", "true_r2", *SUMS, *COUNTS]
+
+
+def pooled_terms(
+    site_tables: list[str | os.PathLike], rows: int = COMPARE_ROWS
+) -> tuple[list[str], dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """The summed terms (``row_terms``) of every method's per-site rows over ``site_tables``, per MAF
+    bin and per INFO R2 bin, reading ``rows`` rows at a time; and the methods in order of appearance."""
+    by_bin: dict[str, list[pd.DataFrame]] = {}
+    by_info: dict[str, list[pd.DataFrame]] = {}
+    for path in site_tables:
+        with pd.read_csv(path, sep="\t", usecols=_SITE_COLUMNS, chunksize=rows) as blocks:
+            for block in blocks:
+                terms = row_terms(block)
+                has = block["info_r2"].notna().to_numpy()
+                info_bin = _info_bins(block["info_r2"])
+                for m, idx in block.groupby("method", sort=False).indices.items():
+                    t = terms.iloc[idx]
+                    by_bin.setdefault(m, []).append(t.groupby(block["bin"].to_numpy()[idx]).sum())
+                    keep = idx[has[idx]]
+                    by_info.setdefault(m, []).append(terms.iloc[keep].groupby(info_bin[keep]).sum())
+    total = {m: pd.concat(v).groupby(level=0).sum() for m, v in by_bin.items()}
+    info = {m: pd.concat(v).groupby(level=0).sum() for m, v in by_info.items()}
+    return list(by_bin), total, info
+
+
 def compare(
     site_tables: list[str | os.PathLike],
     out_dir: str | os.PathLike,
     methods: list[str] | None = None,
     baseline: str = "retrieval",
+    rows: int = COMPARE_ROWS,
 ) -> pd.DataFrame:
     """Pool per-site scores over chromosomes; write ``comparison.tsv`` (per method and MAF bin, with
-    the r² difference to the ``baseline`` method), ``calibration.tsv`` and two PNG plots."""
-    frames = [pd.read_csv(p, sep="\t") for p in site_tables]
-    # Empty tables (a method that did not run) would turn the numeric columns into objects.
-    per_site = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+    the r² difference to the ``baseline`` method), ``calibration.tsv`` and two PNG plots. The tables
+    are read ``rows`` rows at a time (memory does not grow with them)."""
+    seen, by_bin, by_info = pooled_terms(site_tables, rows)
     not_run = _not_run(site_tables)
-    order = methods or list(dict.fromkeys([*per_site["method"], *not_run]))
-    rows = []
+    order = methods or list(dict.fromkeys([*seen, *not_run]))
+    empty = pd.DataFrame(columns=[*_TERMS, *_CORR], dtype=float)
+    rows_out = []
     cal = []
     for m in order:
-        d = per_site[per_site["method"] == m]
         note = ""
         if m in not_run:
             # Pooled over the chromosomes where it ran, it would be scored on other sites than the
             # other methods: a method that did not run everywhere is left out, and says why.
             note = "not run: " + "; ".join(f"chromosome {c}: {r}" for c, r in not_run[m])
-        elif d.empty:
+        elif m not in by_bin:
             note = "no scored sites"
         if note:
             log.warning("%s is left out of the comparison (%s)", m, note)
-            d = d.iloc[0:0]
-        t = bin_table(d)
+        t = bin_rows(empty if note else by_bin[m])
         t.insert(0, "method", m)
         t["note"] = note
-        rows.append(t)
+        rows_out.append(t)
         if not note:
-            c = calibration_table(d)
+            c = calibration_rows(by_info[m])
             c.insert(0, "method", m)
             cal.append(c)
-    table = pd.concat(rows, ignore_index=True)
+    table = pd.concat(rows_out, ignore_index=True)
     if baseline in set(table["method"]):
         base = table[table["method"] == baseline].set_index("maf_bin")["r2"]
         table[f"r2_minus_{baseline}"] = table["r2"] - table["maf_bin"].map(base)
