@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -160,7 +161,9 @@ def prepare(panel: str, args: argparse.Namespace, work: Path) -> tuple[Path, dic
 
 def run(config: Path, cores: str, log: Path) -> float:
     """The workflow on one panel, as a user runs it; its wall seconds."""
-    cmd = ["snakemake", "--cores", cores, "--configfile", "config/config.yaml", str(config)]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", cores]
+    cmd += ["--configfile", "config/config.yaml"]
+    cmd.append(str(config))
     t0 = time.time()
     with open(log, "w") as f:
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=f, stderr=subprocess.STDOUT)

@@ -19,6 +19,7 @@ import argparse
 import json
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ def run(panel: str, seed: int, work: Path, cores: str) -> pd.DataFrame:
     override.write_text(
         f"demo:\n  seed: {seed}\nevaluate:\n  methods: [copying, beagle]\nresults: {results}\n"
     )
-    cmd = ["snakemake", "--cores", cores, "--configfile", "config/config.yaml"]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", cores]
+    cmd += ["--configfile", "config/config.yaml"]
     cmd += [*PANELS[panel], str(override)]
     with open(work / f"{panel}_{seed}.log", "w") as log:
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)

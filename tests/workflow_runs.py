@@ -124,8 +124,8 @@ _LOCAL_TWO_CHROM: dict[str, Run] = {}
 def local_two_chrom_run(tmp_path_factory) -> Run:
     """One local run (2 cores) of the tiny config on two chromosomes, made once per test session.
 
-    Shared by the scatter tests and the SLURM test (which compares its outputs with this run's);
-    treat it as read-only: copy the working directory to change anything.
+    Shared by the scatter tests; treat it as read-only: copy the working directory to change
+    anything. (The SLURM test compares itself with the chunked tiny run, ``tiny_chunked_finished``.)
     """
     if "run" not in _LOCAL_TWO_CHROM:
         workdir = tmp_path_factory.mktemp("local-two-chrom")
