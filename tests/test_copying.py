@@ -139,17 +139,27 @@ def _records(path) -> list[str]:
 def test_copying_records_from_the_prior_store_equal_the_general_path(env, tmp_path, monkeypatch):
     """``copying`` is written straight from the prior store's rounded values; the path every other
     predictor takes (P(ALT) as floats, observed calls written over it, rounded again) gives the same
-    records, with missing calls at typed sites imputed alike."""
+    records, with missing calls at typed sites imputed alike. Both give the same records formatted
+    and written a site at a time (``WRITE_GENOTYPES``, which bounds a window's text)."""
+    import ragimpute.impute
+
     header, records = vcf_lines(env.target)
     for r in records[3:6]:  # one allele missing at three typed sites
         r[9] = ".|" + r[9][2]
     target = write_bgzip(tmp_path / "missing.vcf.gz", header, records)
-    fast = copying(env, env.results, tmp_path / "fast.vcf.gz", target=target, max_missing=0.5)
-    monkeypatch.setattr(PriorPredictor, "returns_prior", False)
-    slow = copying(env, env.results, tmp_path / "slow.vcf.gz", target=target, max_missing=0.5)
-    assert fast["missing_alleles_imputed_at_typed_sites"] == 3
-    assert slow["missing_alleles_imputed_at_typed_sites"] == 3
-    assert _records(tmp_path / "fast.vcf.gz") == _records(tmp_path / "slow.vcf.gz")
+    runs = {}
+    for name, from_prior, block in (("fast", True, None), ("slow", False, None),
+                                    ("slow1", False, 1), ("fast1", True, 1)):  # fmt: skip
+        monkeypatch.setattr(PriorPredictor, "returns_prior", from_prior)
+        if block:
+            monkeypatch.setattr(ragimpute.impute, "WRITE_GENOTYPES", block)
+        out = tmp_path / f"{name}.vcf.gz"
+        report = copying(env, env.results, out, target=target, max_missing=0.5)
+        assert report["missing_alleles_imputed_at_typed_sites"] == 3, name
+        runs[name] = _records(out)
+    assert len(runs["fast"]) > 100
+    assert runs["slow"] == runs["fast"] and runs["slow1"] == runs["fast"]
+    assert runs["fast1"] == runs["fast"]
 
 
 def test_without_gp_records_are_gt_ds_with_the_same_genotypes(env, tmp_path):

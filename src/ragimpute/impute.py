@@ -19,7 +19,7 @@ import contextlib
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -310,22 +310,36 @@ def _write_vcf(
             cleanup.callback(job.prior.close)
         write(header_lines(job.chrom, contig_length, job.target.samples, _meta_lines(prov, job.gp)))
         for w, (a, b) in enumerate(job.windows[["first_site", "last_site"]].to_numpy()):
-            records, n_filled = _impute_window(job, w, a, b + 1)
-            if records:
+            for records, n_filled in _impute_window(job, w, a, b + 1):
                 write(records)
-            filled += n_filled
+                filled += n_filled
             progress.update()
     return filled, progress.close()
 
 
-def _impute_window(job: _Job, w: int, a: int, b: int) -> tuple[bytes, int]:
-    """The VCF records of the sites that window ``w`` (sites a..b-1) owns, and the number of missing
-    target alleles imputed at its typed sites."""
+# Records formatted and written at a time: at most this many genotypes (sites x targets), so that a
+# window's text (~30 bytes a genotype) does not grow with the number of targets (10,000 targets: a
+# window's 3,000 sites were ~0.9 GB of text, held twice while joined).
+WRITE_GENOTYPES = 1 << 21
+
+
+def _site_blocks(sites: np.ndarray, n_samples: int) -> Iterator[np.ndarray]:
+    step = max(1, WRITE_GENOTYPES // max(n_samples, 1))
+    for i in range(0, len(sites), step):
+        yield sites[i : i + step]
+
+
+def _impute_window(job: _Job, w: int, a: int, b: int) -> Iterator[tuple[bytes, int]]:
+    """The VCF records of the sites that window ``w`` (sites a..b-1) owns, a block of sites at a time
+    (``WRITE_GENOTYPES``), each with the number of missing target alleles imputed at its typed sites."""
     own = np.flatnonzero(job.owner[a:b] == w)
-    if not len(own):
-        return b"", 0
+    n_samples = len(job.target.samples)
     if getattr(job.predictor, "returns_prior", False):
-        return _prior_records(job, a + own)
+        for block in _site_blocks(a + own, n_samples):
+            yield _prior_records(job, block)
+        return
+    if not len(own):
+        return
     masked = job.mask.masked[a:b]
     cols = job.trow[a:b]
     alleles = np.zeros((job.n_hap, b - a), dtype=np.int8)
@@ -342,11 +356,13 @@ def _impute_window(job: _Job, w: int, a: int, b: int) -> tuple[bytes, int]:
     # Observed calls are written as observed, whatever the predictor returned there.
     obs = ~missing[:, own] & ~masked[own][None, :]
     p[obs] = alleles[:, own][obs]
-    records, sums = format_records(
-        job.chrom, job.sites.iloc[a + own], p.T, job.typed[a + own], gp=job.gp
-    )
-    job.stats.append((job.pos[a + own], sums))
-    return records, int(missing[:, own].sum())
+    for block in _site_blocks(np.arange(len(own)), n_samples):
+        sites = a + own[block]
+        records, sums = format_records(
+            job.chrom, job.sites.iloc[sites], p[:, block].T, job.typed[sites], gp=job.gp
+        )
+        job.stats.append((job.pos[sites], sums))
+        yield records, int(missing[:, own[block]].sum())
 
 
 def _prior_records(job: _Job, sites: np.ndarray) -> tuple[bytes, int]:
