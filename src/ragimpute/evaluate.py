@@ -336,14 +336,16 @@ def site_scores(ds: np.ndarray, gt: np.ndarray, truth: np.ndarray) -> pd.DataFra
 # Additive terms of a per-site row: every metric of a set of rows is a function of their sums, so
 # that tables too large for memory (a genome's sites x methods) are pooled a block of rows at a time.
 _TERMS = (*SUMS, *COUNTS, "sites", "info_n", "info_s", "true_n", "true_s")
-_CORR = (
-    "both_n",
-    "bx",
-    "by",
-    "bxx",
-    "byy",
-    "bxy",
-)  # INFO R2 against true r², where both are defined
+# sums for the correlation of INFO R2 with the true r², over the sites where both are defined
+_CORR = ("both_n", "bx", "by", "bxx", "byy", "bxy")
+CALIBRATION_COLUMNS = [
+    "info_r2_bin",
+    "n_sites",
+    "n_sites_true_r2",
+    "mean_info_r2",
+    "mean_true_r2",
+    "pooled_true_r2",
+]
 
 
 def row_terms(df: pd.DataFrame) -> pd.DataFrame:
@@ -394,11 +396,6 @@ def summary_from_terms(s: pd.Series) -> dict:
     }
 
 
-def summarise(df: pd.DataFrame) -> dict:
-    """Metrics of a set of per-site rows (pooled sums)."""
-    return summary_from_terms(row_terms(df).sum())
-
-
 def _info_bins(info_r2: pd.Series) -> np.ndarray:
     return np.clip(np.digitize(info_r2, INFO_R2_EDGES[1:-1]), 0, len(INFO_R2_EDGES) - 2)
 
@@ -432,16 +429,6 @@ def calibration_rows(by_info: pd.DataFrame) -> pd.DataFrame:
         if s["sites"]
     ]
     return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
-
-
-CALIBRATION_COLUMNS = [
-    "info_r2_bin",
-    "n_sites",
-    "n_sites_true_r2",
-    "mean_info_r2",
-    "mean_true_r2",
-    "pooled_true_r2",
-]
 
 
 def bin_table(per_site: pd.DataFrame) -> pd.DataFrame:
