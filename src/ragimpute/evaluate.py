@@ -338,6 +338,7 @@ def site_scores(ds: np.ndarray, gt: np.ndarray, truth: np.ndarray) -> pd.DataFra
 _TERMS = (*SUMS, *COUNTS, "sites", "info_n", "info_s", "true_n", "true_s")
 # sums for the correlation of INFO R2 with the true r², over the sites where both are defined
 _CORR = ("both_n", "bx", "by", "bxx", "byy", "bxy")
+NO_TERMS = pd.DataFrame(columns=[*_TERMS, *_CORR], dtype=float)  # the terms of no rows
 CALIBRATION_COLUMNS = [
     "info_r2_bin",
     "n_sites",
@@ -402,7 +403,7 @@ def _info_bins(info_r2: pd.Series) -> np.ndarray:
 
 def bin_rows(by_bin: pd.DataFrame) -> pd.DataFrame:
     """One row per MAF bin and one for all, from the summed terms of each bin (index: bin)."""
-    zero = pd.Series(0.0, index=[*_TERMS, *_CORR])
+    zero = pd.Series(0.0, index=NO_TERMS.columns)
     rows = [
         {"maf_bin": label, **summary_from_terms(by_bin.loc[b] if b in by_bin.index else zero)}
         for b, label in enumerate(BIN_LABELS)
@@ -688,22 +689,23 @@ def pooled_terms(
 ) -> tuple[list[str], dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
     """The summed terms (``row_terms``) of every method's per-site rows over ``site_tables``, per MAF
     bin and per INFO R2 bin, reading ``rows`` rows at a time; and the methods in order of appearance."""
-    by_bin: dict[str, list[pd.DataFrame]] = {}
-    by_info: dict[str, list[pd.DataFrame]] = {}
+    seen: dict[str, None] = {}
+    by_bin, by_info = [], []
     for path in site_tables:
         with pd.read_csv(path, sep="\t", usecols=_SITE_COLUMNS, chunksize=rows) as blocks:
             for block in blocks:
+                seen.update(dict.fromkeys(block["method"].unique()))
                 terms = row_terms(block)
-                has = block["info_r2"].notna().to_numpy()
-                info_bin = _info_bins(block["info_r2"])
-                for m, idx in block.groupby("method", sort=False).indices.items():
-                    t = terms.iloc[idx]
-                    by_bin.setdefault(m, []).append(t.groupby(block["bin"].to_numpy()[idx]).sum())
-                    keep = idx[has[idx]]
-                    by_info.setdefault(m, []).append(terms.iloc[keep].groupby(info_bin[keep]).sum())
-    total = {m: pd.concat(v).groupby(level=0).sum() for m, v in by_bin.items()}
-    info = {m: pd.concat(v).groupby(level=0).sum() for m, v in by_info.items()}
-    return list(by_bin), total, info
+                by_bin.append(terms.groupby([block["method"], block["bin"]]).sum())
+                has = block["info_r2"].notna()
+                info_bin = _info_bins(block["info_r2"][has])
+                by_info.append(terms[has].groupby([block["method"][has], info_bin]).sum())
+
+    def per_method(parts: list[pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        total = pd.concat(parts).groupby(level=[0, 1]).sum() if parts else NO_TERMS
+        return {m: total.xs(m, level=0) if m in total.index else NO_TERMS for m in seen}
+
+    return list(seen), per_method(by_bin), per_method(by_info)
 
 
 def compare(
@@ -719,7 +721,6 @@ def compare(
     seen, by_bin, by_info = pooled_terms(site_tables, rows)
     not_run = _not_run(site_tables)
     order = methods or list(dict.fromkeys([*seen, *not_run]))
-    empty = pd.DataFrame(columns=[*_TERMS, *_CORR], dtype=float)
     rows_out = []
     cal = []
     for m in order:
@@ -732,7 +733,7 @@ def compare(
             note = "no scored sites"
         if note:
             log.warning("%s is left out of the comparison (%s)", m, note)
-        t = bin_rows(empty if note else by_bin[m])
+        t = bin_rows(NO_TERMS if note else by_bin[m])
         t.insert(0, "method", m)
         t["note"] = note
         rows_out.append(t)

@@ -228,13 +228,13 @@ def phased_vcf_writer(
     samples: list[str],
     contig_length: int | None = None,
     meta: list[str] | None = None,
-    unphased: bool = False,
+    any_unphased: bool = False,
     chunk: int = 4096,
 ) -> Iterator[Callable[..., None]]:
     """Yield ``write(sites, alleles, unphased=None)``, which appends the GT-only records of a block
     of sites (in order); on success the bgzipped VCF and its .tbi appear (``bgzip_vcf_writer``).
-    ``unphased`` true: the header's GT is "Genotype" (some calls are written ``0/1``)."""
-    what = "Genotype" if unphased else "Phased genotype"
+    ``any_unphased``: the header's GT is "Genotype" (some calls are written ``0/1``)."""
+    what = "Genotype" if any_unphased else "Phased genotype"
     meta = [f'##FORMAT=<ID=GT,Number=1,Type=String,Description="{what}">', *(meta or [])]
     with bgzip_vcf_writer(out) as write:
         write(header_lines(chrom, contig_length, samples, meta))
