@@ -78,6 +78,32 @@ def test_state_index_refuses_another_mask_and_other_settings(env, tmp_path):
     assert json.loads(meta_path.read_text())["mask_hash"] == env.train_hash
 
 
+def test_state_index_records_the_span_steps_chosen_for_its_reference(env, tmp_path):
+    """With span_steps auto the index is built with 3 steps per window for a reference of more
+    haplotypes than engine.states and 7 otherwise; meta.json records the number, loading checks it
+    against what the settings choose for that reference, and a change of states that changes the
+    choice makes the index stale."""
+    n_ref = 2 * len(env.split_samples["train"])
+    small = {"candidates": 8, "step_cm": 0.02}  # steps enough for a middle on the test panel
+    for states, want in ((n_ref - 1, 3), (n_ref, 7)):
+        out = tmp_path / f"states{states}"
+        params = EngineParams(states=states, **small)
+        meta = build_states(env.windows, env.store, env.train_hash, ["train"], out, params)
+        assert meta["span_steps"] == want
+        index, _ = load_states(out, env.train_hash, params)
+        mid = index.n_steps // 2
+        assert index.n_steps > 7
+        assert index.span[mid, 1] == index.bounds[mid + want // 2 + 1]
+        load_states(out, env.train_hash, EngineParams(states=states, **small, span_steps=want))
+        with pytest.raises(ArtifactError, match=f"engine.span_steps = {want}"):
+            load_states(
+                out, env.train_hash, EngineParams(states=states, **small, span_steps=10 - want)
+            )
+        assert stale_reason(out, env.windows, ["train"], params) is None
+        crossed = EngineParams(states=n_ref if want == 3 else n_ref - 1, **small)
+        assert "span_steps" in stale_reason(out, env.windows, ["train"], crossed)
+
+
 def test_targets_far_from_the_reference_raise_the_error_and_a_warning(env, tmp_path, caplog):
     """Genotypes inverted at a fifth of the typed sites (what a strand problem does): the estimated
     mismatch rate goes up from the clean target's and the log says what to check; the clean target

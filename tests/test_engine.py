@@ -243,6 +243,29 @@ def test_step_windows_stay_centred_at_the_chunks_ends(span_steps):
     )
 
 
+@pytest.mark.parametrize("states, want", [(39, 3), (40, 7), (64, 7)])
+def test_auto_span_steps_narrow_only_where_the_states_leave_haplotypes_out(states, want):
+    """span_steps auto: 3 for a reference of more haplotypes than states, 7 for one that fits; the
+    engine's own state index is built with it (a middle step's window spans that many steps) and
+    its params say which; an explicit span_steps is kept whatever the reference."""
+    ref, _, pos, cm, typed = random_panel(6, n_ref=40, n_typed=180)
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    engine = Engine(chunk, EngineParams(states=states, candidates=5))
+    assert engine.params.span_steps == want
+    bounds, n = engine.index.bounds, engine.index.n_steps
+    assert n > 7
+    assert tuple(engine.index.span[n // 2]) == (
+        bounds[n // 2 - want // 2],
+        bounds[n // 2 + want // 2 + 1],
+    )
+    assert (
+        Engine(chunk, EngineParams(states=states, candidates=5, span_steps=5)).params.span_steps
+        == 5
+    )
+    with pytest.raises(ValueError, match="odd"):
+        EngineParams(span_steps=4)
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_candidates_are_the_nearest_with_ties_in_the_seeded_order(threads):
     """Exactly the brute-force k nearest of each step, nearest first, equally near ones in the index's

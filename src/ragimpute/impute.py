@@ -461,12 +461,12 @@ def _engine_prior(
     if estimated:
         whole_query = np.ascontiguousarray(whole.alleles.T, dtype=np.int8)
         error = engine.estimate_error(whole_query, threads=threads, device=device)
-        engine.params = replace(params, error=error)
+        engine.params = replace(engine.params, error=error)
         log_error_estimate(error, target.path)
     query = np.ascontiguousarray(target.alleles.T, dtype=np.int8)  # (haplotypes, typed sites)
     run = run_engine(engine, query, where, batch_haplotypes, threads, device=device)
     report = {
-        "params": params.to_dict(),
+        "params": engine.params.to_dict(),  # span_steps as chosen for this reference
         "device": device,
         "error": run.error,
         "error_estimated": estimated,
@@ -482,12 +482,14 @@ def _engine_prior(
 
 
 def engine_params(cfg: dict | None) -> EngineParams:
-    """The config's ``engine`` section as EngineParams (``error: auto`` = estimated); ``device``, where
-    it runs, is not a parameter of the model (``engine_device``)."""
+    """The config's ``engine`` section as EngineParams (``error: auto`` = estimated, ``span_steps:
+    auto`` = chosen by ``EngineParams.span_for``); ``device``, where it runs, is not a parameter of
+    the model (``engine_device``)."""
     cfg = dict(cfg or {})
     cfg.pop("device", None)
-    if cfg.get("error") == "auto":
-        cfg["error"] = None
+    for key in ("error", "span_steps"):
+        if cfg.get(key) == "auto":
+            cfg[key] = None
     return EngineParams(**cfg)
 
 

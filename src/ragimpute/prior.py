@@ -249,7 +249,7 @@ def run_prior_stage(
             "split": split,
             "scale": SCALE,
             "error": run.error,
-            "engine": json.dumps(params.to_dict()),
+            "engine": json.dumps(engine.params.to_dict()),
         }
         write_windowed(out, blocks, PRIOR_COLUMN, queries.samples, meta, value_type=np.uint16)
     finally:

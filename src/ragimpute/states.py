@@ -75,6 +75,7 @@ def build_states(
     tables = reference_tables(windows_dir, splits)
     packed = packed_haplotypes(tables, load_windows(windows_dir), threads)
     n_ref = sum(t.n_haplotypes for t in tables)
+    params = params.resolved(n_ref)
     ref_typed = np.unpackbits(packed[typed], axis=1, count=n_ref, bitorder="little")
     cm = sites["cm"].to_numpy()
     index = StateIndex.build(ref_typed, cm[typed], params.step_cm, params.span_steps, params.seed)
@@ -155,8 +156,9 @@ def stale_reason(
         return "built by another version"
     if meta.get("splits") != list(splits):
         return f"built on the {'+'.join(meta.get('splits') or [])} reference"
+    wanted = params.resolved(int(meta.get("n_haplotypes") or 0))
     for k in INDEX_SETTINGS:
-        if meta.get(k) != getattr(params, k):
+        if meta.get(k) != getattr(wanted, k):
             return f"built with engine.{k} = {meta.get(k)}"
     if meta.get("site_list_hash") != sites_hash(windows_dir):
         return "built on another site list"
@@ -193,11 +195,12 @@ def load_states(
             f"mask {mask_hash}. Candidates chosen on other sites are refused: build the state index "
             "for the target's mask (Snakemake does this when the mask changes)"
         )
+    wanted = params.resolved(meta["n_haplotypes"])
     for k in INDEX_SETTINGS:
-        if meta[k] != getattr(params, k):
+        if meta[k] != getattr(wanted, k):
             raise ArtifactError(
                 f"{d} was built with engine.{k} = {meta[k]}, the config asks for "
-                f"{getattr(params, k)}. {rebuild}"
+                f"{getattr(wanted, k)}. {rebuild}"
             )
     _verify(steps_path, meta)
     steps = read_parquet_df(steps_path, "states")

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from ragimpute.engine import EngineParams
+from ragimpute.impute import engine_params
 from ragimpute.smk import run
 from ragimpute.states import build_states
 
@@ -12,6 +12,6 @@ run(
     mask_hash=snakemake.wildcards.mask_hash,
     splits=list(snakemake.params.splits),
     out_dir=snakemake.output[0],
-    params=EngineParams(**snakemake.params.engine),
+    params=engine_params(snakemake.params.engine),
     threads=snakemake.threads,
 )
