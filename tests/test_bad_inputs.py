@@ -95,6 +95,17 @@ def test_wrong_types_name_the_key():
     assert config_problems(cfg, SCHEMA) == ["config key 'split.seed': 'x' is not of type 'integer'"]
 
 
+@pytest.mark.parametrize("value", [4, 0, "x"])
+def test_a_bad_span_steps_is_named_with_what_it_may_be(value):
+    cfg = tiny_config()
+    cfg["engine"] = {"span_steps": value}
+    (problem,) = config_problems(cfg, SCHEMA)
+    assert problem.startswith(f"config key 'engine.span_steps': {value!r} is not allowed")
+    assert "an odd number, or auto" in problem
+    cfg["engine"] = {"span_steps": 5}
+    assert config_problems(cfg, SCHEMA) == []
+
+
 # -- the workflow: one finished tiny run, then bad configurations --------------------------------
 
 

@@ -87,7 +87,7 @@ def config_problems(
             continue
         seen.add(where)
         message = err.message
-        if err.validator in ("minLength", "pattern") and "description" in err.schema:
+        if err.validator in ("minLength", "pattern", "oneOf") and "description" in err.schema:
             message = f"{err.instance!r} is not allowed: {err.schema['description']}"
         out.append(
             f"config key {where or '(top level)'!r}{origin(path) if path else ''}: {message}"
