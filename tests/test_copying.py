@@ -15,8 +15,10 @@ from impute_data import CHROM, imputed_records, shared_env, vcf_lines, write_bgz
 
 from ragimpute.engine import EngineParams
 from ragimpute.errors import ArtifactError, MaskMismatchError
-from ragimpute.impute import impute_target
+from ragimpute.impute import engine_params, impute_target
+from ragimpute.methods import STATES_RULE_SETTINGS
 from ragimpute.predictors import PriorPredictor
+from ragimpute.schema import section_defaults
 from ragimpute.states import build_states, load_chunk, load_states, stale_reason
 from ragimpute.windows import run_window_stage
 
@@ -102,6 +104,20 @@ def test_state_index_records_the_span_steps_chosen_for_its_reference(env, tmp_pa
         assert stale_reason(out, env.windows, ["train"], params) is None
         crossed = EngineParams(states=n_ref if want == 3 else n_ref - 1, **small)
         assert "span_steps" in stale_reason(out, env.windows, ["train"], crossed)
+
+
+def test_the_states_rule_settings_build_any_valid_engine_section(env, tmp_path):
+    """The `states` rule gets only STATES_RULE_SETTINGS of the config's engine section: they must
+    make valid settings on their own (fewer states than the default 64 candidates, say) and agree
+    with the whole section on every setting the index is built with."""
+    n_ref = 2 * len(env.split_samples["train"])
+    section = {**section_defaults("engine"), "states": 40, "candidates": 8, "step_cm": 0.02}
+    rule, full = (
+        engine_params(c) for c in ({k: section[k] for k in STATES_RULE_SETTINGS}, section)
+    )
+    meta = build_states(env.windows, env.store, env.train_hash, ["train"], tmp_path / "s", rule)
+    assert meta["span_steps"] == full.span_for(n_ref) == (3 if n_ref > 40 else 7)
+    load_states(tmp_path / "s", env.train_hash, full)  # the imputation's settings accept it
 
 
 def test_targets_far_from_the_reference_raise_the_error_and_a_warning(env, tmp_path, caplog):

@@ -15,3 +15,9 @@ EXTERNAL_METHODS = ("beagle", "minimac4")
 # instead of keeping results the new version would not produce.
 ENGINE_VERSION = 2
 ENGINE_PARAM = f"ragimpute-engine-{ENGINE_VERSION}"
+
+# The engine settings a state index is built with (another value needs another index), and those the
+# workflow's `states` rule is given: these, with `states` (an auto span_steps depends on it) and
+# `candidates` (which the settings check against it: without it the rule met the default 64).
+INDEX_SETTINGS = ("step_cm", "span_steps", "seed")
+STATES_RULE_SETTINGS = ("states", "candidates", *INDEX_SETTINGS)

@@ -41,12 +41,10 @@ from .engine import Chunk, EngineParams, StateIndex
 from .errors import ArtifactError, MaskMismatchError, rebuild_hint
 from .logs import log
 from .masks import load_mask_for
-from .methods import ENGINE_VERSION
+from .methods import ENGINE_VERSION, INDEX_SETTINGS
 from .windows import WindowedTable, load_windows, packed_haplotypes, sites_hash, sites_with_hash
 
 FORMAT_VERSION = 1
-# the settings a state index is built with: another value needs another index
-INDEX_SETTINGS = ("step_cm", "span_steps", "seed")
 
 
 def reference_tables(windows_dir: str | os.PathLike, splits: list[str]) -> list[WindowedTable]:

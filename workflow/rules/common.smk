@@ -14,6 +14,7 @@ from ragimpute.methods import (
     ENGINE_PARAM,
     EXTERNAL_METHODS,
     OUR_METHODS,
+    STATES_RULE_SETTINGS,
 )
 from ragimpute.smk import config_problems, config_sources
 from ragimpute.split import SPLITS

@@ -57,10 +57,7 @@ rule states:
     params:
         splits=reference_splits(),
         store=lambda wildcards: L.mask_store(wildcards.unit),
-        # states too: an auto span_steps is chosen from the states and the reference's size
-        engine={
-            k: config["engine"][k] for k in ("states", "step_cm", "span_steps", "seed")
-        },
+        engine={k: config["engine"][k] for k in STATES_RULE_SETTINGS},
         engine_version=ENGINE_PARAM,
     script:
         "../scripts/states.py"
