@@ -333,12 +333,12 @@ def _impute_window(job: _Job, w: int, a: int, b: int) -> Iterator[tuple[bytes, i
     """The VCF records of the sites that window ``w`` (sites a..b-1) owns, a block of sites at a time
     (``WRITE_GENOTYPES``), each with the number of missing target alleles imputed at its typed sites."""
     own = np.flatnonzero(job.owner[a:b] == w)
+    if not len(own):
+        return
     n_samples = len(job.target.samples)
     if getattr(job.predictor, "returns_prior", False):
         for block in _site_blocks(a + own, n_samples):
             yield _prior_records(job, block)
-        return
-    if not len(own):
         return
     masked = job.mask.masked[a:b]
     cols = job.trow[a:b]
