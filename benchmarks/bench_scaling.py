@@ -19,7 +19,7 @@ Each command runs in its own process under GNU time (wall seconds, peak RSS), ``
 dosage r² over untyped sites, also per reference MAF bin) is computed for both from the output VCFs
 against the truth; ``--variant KEY=VALUE ...`` also imputes every point once more with those engine
 settings (scored, not timed). Prints a table, writes benchmarks/results/scaling.json and the plot
-benchmarks/results/scaling.png.
+benchmarks/results/scaling.png (``--out`` another folder).
 
     python benchmarks/bench_scaling.py                         # the full grid, 3 runs each (~15 min on 2 cores)
     python benchmarks/bench_scaling.py --quick                 # 2 points, for a smoke test
@@ -357,6 +357,11 @@ def main() -> None:
     )
     ap.add_argument("--work", default=str(OUT / "scaling_work"))
     ap.add_argument(
+        "--out",
+        default=str(OUT),
+        help="folder of scaling.json and scaling.png (a trial run elsewhere keeps the real ones)",
+    )
+    ap.add_argument(
         "--variant",
         nargs="+",
         metavar="KEY=VALUE",
@@ -395,11 +400,12 @@ def main() -> None:
         "engine_device": a.engine_device,
         "gpu": _gpu_name(a.engine_device),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "scaling.json").write_text(
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scaling.json").write_text(
         json.dumps({"machine": machine, "args": vars(a), "points": points}, indent=2)
     )
-    plot(points, OUT / "scaling.png")
+    plot(points, out / "scaling.png")
     print(
         f"\n{'curve':10} {'fields':8} {'ref haps':>8} {'targets':>7} {'ours s':>7} {'impute s':>8} {'Beagle s':>8} "
         f"{'ratio':>6} {'ours MB':>8} {'Beagle MB':>9} {'r2 ours':>8} {'r2 Beagle':>9}"

@@ -11,7 +11,8 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/ragimpute-check}
 mkdir -p "$OUT" /tmp/ragimpute-bin
-if [ -d .whl ]; then  # the device image's Python lacks these (prepare.sh)
+# the device image's Python lacks these (prepare.sh); a Python that has them (a venv here) keeps its own
+if [ -d .whl ] && ! python3 -c "import faiss, pysam, msprime" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/ragimpute-site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/ragimpute-site
@@ -40,10 +41,9 @@ echo "pytest rc=$?" >> "$OUT/pytest.log"
 # shellcheck disable=SC2086  # TARGETS is a list
 python3 benchmarks/bench_scaling.py --engine-device "$DEVICE" --threads "$THREADS" \
     --beagle-threads "$THREADS" --targets $TARGETS --references --repeats "$REPEATS" \
-    --work /tmp/ragimpute-scaling > "$OUT/bench.log" 2>&1
+    --work /tmp/ragimpute-scaling --out "$OUT" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?" >> "$OUT/bench.log"
 # each point's logs and reports (a failing command's traceback, the engine's seconds and GPU memory)
 find /tmp/ragimpute-scaling -maxdepth 2 \( -name '*.log' -o -name '*.time' -o -name '*.json' \) \
     -print0 2>/dev/null | tar czf "$OUT/point_logs.tgz" --null -T - 2>/dev/null
-cp benchmarks/results/scaling.json benchmarks/results/scaling.png "$OUT/" 2>/dev/null
 tail -n 4 "$OUT/pytest.log" "$OUT/bench.log"
