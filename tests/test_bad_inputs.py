@@ -78,6 +78,35 @@ def test_problems_name_the_file_or_option_that_set_the_key(tmp_path):
     ]
 
 
+def test_a_value_is_blamed_on_the_overlay_that_set_it_not_on_the_snakefiles_configfile(
+    tmp_path, monkeypatch
+):
+    """Snakemake lists the --configfile files first and the Snakefile's ``configfile:`` after them
+    (by another spelling of the same path), though the latter yields to them: a bad value from the
+    user's overlay is the overlay's, even where the Snakefile's file sets the same key."""
+    from ragimpute.smk import config_sources
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/config.yaml").write_text(TINY.read_text() + "impute:\n  phase: auto\n")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("impute:\n  phase: yes\n")
+    cfg = tiny_config()
+    cfg["impute"] = {**cfg.get("impute", {}), "phase": True}
+    given = [str(tmp_path / "config/config.yaml"), str(mine)]
+    sources = config_sources([*given, "config/config.yaml"], {}, given)
+    assert [name for name, _ in sources] == [*given, "--config"]
+    assert config_problems(cfg, SCHEMA, sources) == [
+        f"config key 'impute.phase' in {mine}: True is not of type 'string' (one of: auto, always, "
+        "never); YAML reads yes, no, on and off as true or false: quote the value"
+    ]
+    # without --configfile the Snakefile's file is the only one, still before --config
+    assert [n for n, _ in config_sources(["config/config.yaml"], {"x": 1}, [])] == [
+        "config/config.yaml",
+        "--config",
+    ]
+
+
 @pytest.mark.parametrize("value", ["", "   "])
 def test_empty_results_directory_is_refused(value):
     (problem,) = config_problems({**tiny_config(), "results": value}, SCHEMA)

@@ -21,12 +21,21 @@ def run(snakemake: Any, fn: Callable[..., Any], **kwargs: Any) -> Any:
         sys.exit(1)
 
 
-def config_sources(configfiles: list[str], cli: dict | None) -> list[tuple[str, dict]]:
-    """What each source of a workflow's config sets, in the order Snakemake merges them: the config
-    files (the Snakefile's ``configfile:``, then ``--configfile``), then ``--config``."""
+def config_sources(
+    configfiles: list[str], cli: dict | None, given: list[str] | None = None
+) -> list[tuple[str, dict]]:
+    """What each source of a workflow's config sets, in the order of precedence Snakemake gives
+    them: the Snakefile's ``configfile:``, then the ``--configfile`` files (``given``, in their
+    order), then ``--config``. ``configfiles`` is every file the workflow read (Snakemake lists the
+    ``--configfile`` ones first and the Snakefile's after them, though the latter yields to them)."""
     from .schema import read_yaml
 
-    out = [(str(f), read_yaml(f) or {}) for f in dict.fromkeys(configfiles)]
+    def key(f: str) -> str:
+        return os.path.realpath(f)
+
+    cli_files = {key(f): str(f) for f in given or []}
+    own = {key(f): str(f) for f in configfiles if key(f) not in cli_files}
+    out = [(name, read_yaml(name) or {}) for name in [*own.values(), *cli_files.values()]]
     return out + [("--config", cli or {})]
 
 
@@ -45,6 +54,10 @@ def _set_by(keys: list[str], sources: list[tuple[str, dict]]) -> str | None:
         else:
             found = name
     return found
+
+
+# schema checks whose own message says less than the key's description (what the key may be)
+_DESCRIBED = ("minLength", "pattern", "oneOf")
 
 
 def config_problems(
@@ -87,8 +100,12 @@ def config_problems(
             continue
         seen.add(where)
         message = err.message
-        if err.validator in ("minLength", "pattern", "oneOf") and "description" in err.schema:
+        if err.validator in _DESCRIBED and "description" in err.schema:
             message = f"{err.instance!r} is not allowed: {err.schema['description']}"
+        if err.validator == "type" and "enum" in err.schema:
+            message += f" (one of: {', '.join(map(str, err.schema['enum']))})"
+        if isinstance(err.instance, bool) and err.validator in ("type", "enum"):
+            message += "; YAML reads yes, no, on and off as true or false: quote the value"
         out.append(
             f"config key {where or '(top level)'!r}{origin(path) if path else ''}: {message}"
         )

@@ -24,7 +24,11 @@ from ragimpute.split import SPLITS
 _problems = config_problems(
     config,
     workflow.source_path("../../config/schema.yaml"),
-    config_sources(workflow.configfiles, dict(workflow.config_settings.config)),
+    config_sources(
+        workflow.configfiles,
+        dict(workflow.config_settings.config),
+        [str(f) for f in workflow.config_settings.configfiles],
+    ),
 )
 if _problems:
     raise WorkflowError(
