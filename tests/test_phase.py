@@ -220,9 +220,10 @@ def test_missing_call_at_a_typed_site_is_imputed_and_flagged(env, phased, tmp_pa
 
 
 @needs_beagle
-def test_phasing_with_a_genetic_map(env, tmp_path):
+def test_phasing_with_a_genetic_map(env, tmp_path, caplog, capfd):
     from ragimpute.genmap import write_site_map
 
+    caplog.set_level("INFO", logger="ragimpute")
     raw = unphased_target(env, tmp_path / "raw.vcf")
     harmonise(env, raw, tmp_path / "aligned")
     write_site_map(env.windows, tmp_path / "genetic_map.map")
@@ -232,6 +233,12 @@ def test_phasing_with_a_genetic_map(env, tmp_path):
     )  # fmt: skip
     assert f"map={tmp_path / 'genetic_map.map'}" in report["command"]
     assert report["sites"] == len(vcf_lines(env.target)[1])
+    # Beagle prints its log and writes it to a file too: the stage's log holds it once
+    beagle_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("beagle: ")]
+    assert sum(line.endswith(" finished") for line in beagle_lines) == 1, beagle_lines[-5:]
+    # nor does htslib call Beagle's output (no index, no ##contig lines) an error or a warning
+    err = capfd.readouterr().err
+    assert "[E::" not in err and "[W::" not in err, err[-500:]
 
 
 @needs_shapeit5

@@ -575,3 +575,19 @@ def test_write_bgzip_vcf_round_trips(tmp_path):
     check_readable(out)  # BGZF with its EOF block
     assert sorted(p.name for p in out.parent.iterdir()) == ["x.vcf.gz", "x.vcf.gz.tbi"]
     assert len(read_panel(out, "20").sites) == 30
+
+
+def test_an_unindexed_bgzipped_vcf_is_opened_without_htslib_calling_it_an_error(tmp_path, capfd):
+    """Opening a bgzipped VCF looks for its index; htslib reports the one it lacks as an error on
+    stderr ("[E::idx_find_and_load]"), which reads as a failure in a log where nothing failed."""
+    path = _write(tmp_path, vcf_text([_ok(100), _ok(200)], SAMPLES), "bgzip")
+    capfd.readouterr()
+    pysam.VariantFile(str(path)).close()
+    if "idx_find_and_load" not in capfd.readouterr().err:
+        pytest.skip("this htslib does not report a missing index")
+    assert vcf_samples(path) == SAMPLES
+    assert vcf_io.vcf_contigs(path) == ["20"]
+    assert "idx_find_and_load" not in capfd.readouterr().err
+    # htslib's verbosity is restored: the same open is reported again
+    pysam.VariantFile(str(path)).close()
+    assert "idx_find_and_load" in capfd.readouterr().err

@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pysam
-import pysam.bcftools
 from numba import njit
 
 from . import __version__
@@ -39,6 +37,7 @@ from .vcf_io import (
     chrom_selection,
     decode_genotypes,
     is_indexed,
+    open_vcf,
     query_lines,
     short_record_error,
     vcf_records_sites,
@@ -95,7 +94,7 @@ def _no_records(path: str, chrom: str) -> InputError:
 
 def _header_samples(path: str | os.PathLike) -> list[str]:
     check_readable(path)
-    with pysam.VariantFile(str(path)) as vf:
+    with open_vcf(path) as vf:
         return list(vf.header.samples)
 
 
@@ -186,7 +185,7 @@ def read_dosages(
     (or ``region``) without records is an error unless ``allow_empty``."""
     path = str(path)
     check_readable(path)
-    with pysam.VariantFile(path) as vf:
+    with open_vcf(path) as vf:
         have = list(vf.header.samples)
         formats = set(vf.header.formats)
         infos = set(vf.header.info)

@@ -21,6 +21,8 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> Non
         handlers=handlers,
         force=True,
     )
+    # faiss's loader reports at INFO every optimised build it looked for and did not find
+    logging.getLogger("faiss").setLevel(logging.WARNING)
 
 
 class Progress:

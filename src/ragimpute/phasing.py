@@ -34,7 +34,7 @@ from . import __version__
 from .atomic import scratch_dir, write_json
 from .errors import InputError, ToolError
 from .logs import log
-from .vcf_io import query_lines, vcf_samples
+from .vcf_io import htslib_verbosity, query_lines, vcf_samples
 from .vcf_write import contig_lengths, write_phased_vcf
 
 PHASERS = ("beagle", "shapeit5")
@@ -78,7 +78,10 @@ def read_calls(path: str | os.PathLike) -> Calls:
     path = str(path)
     samples = vcf_samples(path)
     rows, gts = [], []
-    for line in query_lines(path, "%CHROM\t%POS\t%ID\t%REF\t%ALT\t[%GT\t]\n"):
+    # errors only: Beagle writes no ##contig lines, and htslib warns of each contig it meets
+    with htslib_verbosity(1):
+        lines = list(query_lines(path, "%CHROM\t%POS\t%ID\t%REF\t%ALT\t[%GT\t]\n"))
+    for line in lines:
         if line:
             c, pos, vid, ref, alt, gt = line.split("\t", 5)
             rows.append((c, int(pos), vid, ref, alt))
@@ -182,10 +185,10 @@ def run_phaser(
         produced = Path(f"{out_prefix}.vcf.gz")
     log.info("phasing: %s", shlex.join(command))
     r = subprocess.run(command, capture_output=True, text=True, env=env)
-    output = r.stdout + r.stderr
-    own_log = Path(f"{out_prefix}.log")  # Beagle's own log, beside its output
-    if own_log.exists():
-        output += own_log.read_text()
+    # Beagle prints its log and also writes it beside its output: the file once, or else what it
+    # printed (a run that died before writing it); and what went to stderr (Java's own errors)
+    own_log = Path(f"{out_prefix}.log")
+    output = (own_log.read_text() if own_log.exists() else r.stdout) + r.stderr
     for line in output.splitlines():
         log.info("%s: %s", phaser, line)
     if r.returncode != 0 or (phaser == "beagle" and "OutOfMemoryError" in output):

@@ -11,6 +11,7 @@ the one wrapper).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import re
@@ -104,10 +105,30 @@ def is_indexed(path: str | os.PathLike) -> bool:
     return _index_file(path) is not None
 
 
+@contextlib.contextmanager
+def htslib_verbosity(level: int) -> Iterator[None]:
+    """htslib's messages on stderr at ``level`` (0: none, 1: errors, 3: warnings too) within."""
+    old = pysam.set_verbosity(level)
+    try:
+        yield
+    finally:
+        pysam.set_verbosity(old)
+
+
+def open_vcf(path: str | os.PathLike) -> pysam.VariantFile:
+    """``pysam.VariantFile(path)`` for its header. Opening a bgzipped file looks for its index,
+    and htslib reports one it does not find as an error on stderr: a file without an index is
+    opened quietly, since reading it through is what we then do."""
+    if is_indexed(path):
+        return pysam.VariantFile(str(path))
+    with htslib_verbosity(0):
+        return pysam.VariantFile(str(path))
+
+
 def vcf_samples(path: str | os.PathLike) -> list[str]:
     check_readable(path)
     try:
-        with pysam.VariantFile(str(path)) as vf:
+        with open_vcf(path) as vf:
             samples = list(vf.header.samples)
     except (OSError, ValueError) as e:
         # htslib refuses a header with duplicate sample names but says so only on stderr; look for
@@ -157,7 +178,7 @@ def _header_line_samples(path: str | os.PathLike) -> list[str] | None:
 
 def vcf_contigs(path: str | os.PathLike) -> list[str]:
     """Contigs named in the header (``##contig``) or, failing that, in the index."""
-    with pysam.VariantFile(str(path)) as vf:
+    with open_vcf(path) as vf:
         names = list(vf.header.contigs)
         if not names and vf.index is not None:
             names = list(vf.index)

@@ -168,7 +168,9 @@ def write_bgzip_vcf(text: str, out: str | os.PathLike) -> None:
 
 def contig_lengths(path: str | os.PathLike) -> dict[str, int | None]:
     """``##contig`` lengths from a VCF/BCF header (None where the header gives none)."""
-    with pysam.VariantFile(str(path)) as vf:
+    from .vcf_io import open_vcf
+
+    with open_vcf(path) as vf:
         return {name: c.length for name, c in vf.header.contigs.items()}
 
 
