@@ -157,9 +157,11 @@ def check_disjoint(reference: list[str], target: list[str], target_path: str | o
         raise InputError(
             target_path,
             f"{len(shared)} target samples are also in the reference panel: {', '.join(shared[:5])}",
-            "Remove them from the reference (bcftools view -s ^NAMES) or from the targets; to "
-            "impute panel samples held out in the split, keep them out of the reference "
-            "(`ragimpute impute --reference train`)",
+            "Remove them from the reference (bcftools view -s ^NAMES) or from the targets. To "
+            "impute samples of the panel itself, leave impute.target_vcf empty and set "
+            "panel.array_manifest: the workflow then keeps the split's test samples out of the "
+            "reference and imputes them at the array's sites (outside the "
+            "workflow: `ragimpute impute --reference train`)",
         )
 
 
