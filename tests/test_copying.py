@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pysam
@@ -104,6 +105,17 @@ def test_state_index_records_the_span_steps_chosen_for_its_reference(env, tmp_pa
         assert stale_reason(out, env.windows, ["train"], params) is None
         crossed = EngineParams(states=n_ref if want == 3 else n_ref - 1, **small)
         assert "span_steps" in stale_reason(out, env.windows, ["train"], crossed)
+        # the end windows follow states too (centred where the reference outnumbers them): with
+        # span_steps given, a change of states across the reference's size still makes it stale
+        ends = "centred" if want == 3 else "inner"
+        assert meta["ends"] == ends
+        assert index.span[0, 1] == index.bounds[1 if ends == "centred" else want // 2 + 1]
+        fixed = EngineParams(states=states, **small, span_steps=want)
+        crossed = replace(crossed, span_steps=want)
+        assert stale_reason(out, env.windows, ["train"], fixed) is None
+        assert "at the ends" in stale_reason(out, env.windows, ["train"], crossed)
+        with pytest.raises(ArtifactError, match=f"built with {ends} step windows at the ends"):
+            load_states(out, env.train_hash, crossed)
 
 
 def test_the_states_rule_settings_build_any_valid_engine_section(env, tmp_path):

@@ -221,26 +221,49 @@ def test_composite_states_hold_each_steps_nearest_haplotypes():
             assert set(cand[i, s]) <= set(tables[i][s])  # ... and in the states at that step
 
 
+@pytest.mark.parametrize("centred", [True, False])
 @pytest.mark.parametrize("span_steps", [1, 3, 7])
-def test_step_windows_stay_centred_at_the_chunks_ends(span_steps):
+def test_step_windows_at_the_chunks_ends_narrow_centred_or_keep_their_inner_steps(
+    span_steps, centred
+):
     """Each step is matched over the typed sites of the steps at most span_steps // 2 away on either
-    side, as many on both sides: near an end the window narrows symmetrically (a window reaching
-    inward on one side chose the end steps' candidates by sites away from them)."""
+    side. Near an end, centred: as many on both sides (the window narrows symmetrically); otherwise
+    every such step the chunk has (the window keeps its inner side)."""
     ref, _, pos, cm, typed = random_panel(6, n_ref=40, n_typed=180)
-    idx = StateIndex.build(ref[typed], cm[typed], 0.1, span_steps)
+    idx = StateIndex.build(ref[typed], cm[typed], 0.1, span_steps, centred_ends=centred)
     bounds = step_bounds(cm[typed], 0.1)
     n = len(bounds) - 1
     assert n > span_steps  # the panel has a middle, where windows are whole
     for s, (a, b) in enumerate(idx.span):
         steps = [t for t in range(n) if abs(t - s) <= span_steps // 2]
-        reach = min(s - steps[0], steps[-1] - s)  # what both sides can have
-        first, last = s - reach, s + reach
+        first, last = steps[0], steps[-1]
+        if centred:
+            reach = min(s - first, last - s)  # what both sides can have
+            first, last = s - reach, s + reach
         assert (a, b) == (bounds[first], bounds[last + 1]), s
-    assert tuple(idx.span[0]) == (0, bounds[1])  # an end step is matched on its own sites
+    end = (0, bounds[1]) if centred else (0, bounds[span_steps // 2 + 1])
+    assert tuple(idx.span[0]) == end  # an end step on its own sites, or on those inward too
     assert tuple(idx.span[n // 2]) == (
         bounds[n // 2 - span_steps // 2],
         bounds[n // 2 + span_steps // 2 + 1],
     )
+
+
+@pytest.mark.parametrize("states, centred", [(39, True), (40, False)])
+def test_the_engine_centres_the_end_windows_only_where_the_states_leave_haplotypes_out(
+    states, centred
+):
+    """A reference of more haplotypes than states: end windows narrow, centred; one that fits: they
+    keep their inner steps. Whatever span_steps is."""
+    ref, _, pos, cm, typed = random_panel(6, n_ref=40, n_typed=180)
+    chunk = Chunk.from_alleles(ref, typed, cm, pos)
+    for span in (None, 5):
+        engine = Engine(chunk, EngineParams(states=states, candidates=5, span_steps=span))
+        assert engine.params.centred_ends(chunk.n_ref) is centred
+        half = engine.params.span_steps // 2
+        bounds = engine.index.bounds
+        assert tuple(engine.index.span[0]) == (0, bounds[1 if centred else half + 1])
+        assert tuple(engine.index.span[-1]) == (bounds[-2 if centred else -2 - half], bounds[-1])
 
 
 @pytest.mark.parametrize("states, want", [(39, 3), (40, 7), (64, 7)])

@@ -5,9 +5,11 @@ What it does for each target haplotype, and why:
 
 1. **Local state selection** (``StateIndex``). The typed sites are cut into steps of ``step_cm``; for
    each step a FAISS binary index over the reference haplotypes' alleles at the typed sites of
-   ``span_steps`` consecutive steps centred on it (fewer near the chunk's ends, still centred) answers
-   which ``candidates`` reference haplotypes are nearest (Hamming) to the target there. This is the
-   retrieval analogue of Beagle's IBS steps.
+   ``span_steps`` consecutive steps centred on it answers which ``candidates`` reference haplotypes
+   are nearest (Hamming) to the target there. This is the retrieval analogue of Beagle's IBS steps.
+   Near the chunk's ends a window has fewer steps on one side: where the reference has more
+   haplotypes than ``states`` it narrows on both sides, staying centred; where it fits in them, it
+   keeps the steps the chunk has on the other side (``EngineParams.centred_ends``).
 2. **Composite states**. ``states`` slots each hold one reference haplotype at a time. Along the chunk,
    a candidate already in a slot refreshes it; a new one takes the least recently refreshed slot, from
    halfway between that slot's last refresh and now. A slot is thus a mosaic of reference haplotypes
@@ -91,6 +93,17 @@ class EngineParams:
         if self.span_steps is not None:
             return self.span_steps
         return 3 if n_ref > self.states else 7
+
+    def centred_ends(self, n_ref: int) -> bool:
+        """Whether the step windows near a chunk's ends narrow on both sides, staying centred (for a
+        reference of more haplotypes than ``states``), or keep the steps the chunk has on their
+        inner side (one that fits). The same divide as ``span_for``'s: where the states leave
+        haplotypes out, an end step's candidates are best chosen on its own sites (+0.0003 a bin on
+        1 Mb regions of 1,600-1,800 haplotypes); where the whole reference fits, a candidate stays
+        in the states along the chunk, and the few sites of an end step, matched alone, let in
+        haplotypes by chance (-0.0002 and -0.0010 in the rarest bin of the demos, every seed).
+        docs/benchmarks.md, "The ends of a chromosome or region"."""
+        return n_ref > self.states
 
     def resolved(self, n_ref: int) -> EngineParams:
         """These settings for a reference of ``n_ref`` haplotypes: ``span_steps`` made explicit."""
@@ -220,21 +233,24 @@ class StateIndex:
         step_cm: float,
         span_steps: int,
         seed: int = 1,
+        centred_ends: bool = True,
     ) -> StateIndex:
-        """From the reference alleles (M, R) at the typed sites and their cM."""
+        """From the reference alleles (M, R) at the typed sites and their cM. ``centred_ends``: near
+        an end a step's window narrows on both sides (True) or keeps the steps the chunk has on its
+        inner side (False); see ``EngineParams.centred_ends``."""
         import faiss
 
         ref_typed = np.asarray(ref_typed, dtype=np.uint8)
         bounds = step_bounds(np.asarray(cm_typed, dtype=np.float64), step_cm)
         n_steps = len(bounds) - 1
         s = np.arange(n_steps)
-        # Near either end of the chunk a step's window narrows on both sides, staying centred, rather
-        # than reaching further inward on one: a lopsided window chose the end steps' candidates by
-        # how they match sites away from them. A trade, measured in docs/benchmarks.md ("The ends of
-        # a chromosome or region"): +0.0003 in every bin on 1 Mb regions of 1,600-1,800 haplotypes,
-        # -0.0002 to -0.0009 in the rarest bin on the demos' denser arrays.
-        half = np.minimum(span_steps // 2, np.minimum(s, n_steps - 1 - s))
-        span = np.stack([bounds[s - half], bounds[s + half + 1]], axis=1)
+        half = span_steps // 2
+        if centred_ends:
+            reach = np.minimum(half, np.minimum(s, n_steps - 1 - s))
+            first, last = s - reach, s + reach
+        else:
+            first, last = np.maximum(s - half, 0), np.minimum(s + half, n_steps - 1)
+        span = np.stack([bounds[first], bounds[last + 1]], axis=1)
         order = np.random.default_rng(seed).permutation(ref_typed.shape[1])
         hap_major = np.ascontiguousarray(ref_typed[:, order].T)  # (R, M)
         indexes = []
@@ -929,7 +945,12 @@ class Engine:
         self.identity = chunk.n_ref <= params.candidates
         if index is None:
             index = StateIndex.build(
-                chunk.ref_typed, cm_t, params.step_cm, params.span_steps, params.seed
+                chunk.ref_typed,
+                cm_t,
+                params.step_cm,
+                params.span_steps,
+                params.seed,
+                params.centred_ends(chunk.n_ref),
             )
         elif index.n_typed != len(chunk.typed_site) or index.n_ref != chunk.n_ref:
             raise ValueError(

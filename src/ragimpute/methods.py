@@ -10,10 +10,11 @@ ENGINE_METHODS = ("copying", "model")
 EXTERNAL_METHODS = ("beagle", "minimac4")
 
 # The copying-model engine's version: raised whenever the same inputs and settings give other output
-# (2: step windows centred at a chunk's ends). The state index records it, and the workflow passes it
-# as a parameter of the jobs that run the engine, so that Snakemake reruns them after an upgrade
-# instead of keeping results the new version would not produce.
-ENGINE_VERSION = 2
+# (2: step windows centred at a chunk's ends; 3: centred only for a reference larger than the states).
+# The state index records it, and the workflow passes it as a parameter of the jobs that run the
+# engine, so that Snakemake reruns them after an upgrade instead of keeping results the new version
+# would not produce.
+ENGINE_VERSION = 3
 ENGINE_PARAM = f"ragimpute-engine-{ENGINE_VERSION}"
 
 # The engine settings a state index is built with (another value needs another index), and those the

@@ -76,7 +76,14 @@ def build_states(
     params = params.resolved(n_ref)
     ref_typed = np.unpackbits(packed[typed], axis=1, count=n_ref, bitorder="little")
     cm = sites["cm"].to_numpy()
-    index = StateIndex.build(ref_typed, cm[typed], params.step_cm, params.span_steps, params.seed)
+    index = StateIndex.build(
+        ref_typed,
+        cm[typed],
+        params.step_cm,
+        params.span_steps,
+        params.seed,
+        params.centred_ends(n_ref),
+    )
     pos = sites["pos"].to_numpy()
     b = index.bounds
     steps = pd.DataFrame(
@@ -111,6 +118,7 @@ def build_states(
             "n_typed": int(len(typed)),
             "n_steps": index.n_steps,
             **{k: getattr(params, k) for k in INDEX_SETTINGS},
+            "ends": ends_of(params, n_ref),
             "order": index.order,
             "n_sites": int(len(packed)),
             "sha256": {f: file_sha256(tmp / f) for f in ("steps.parquet", "reference.npy")},
@@ -129,6 +137,12 @@ def build_states(
         meta["build_seconds"],
     )
     return meta
+
+
+def ends_of(params: EngineParams, n_ref: int) -> str:
+    """How the step windows end near the chunk's ends (``EngineParams.centred_ends``), as the state
+    index records it: it follows ``states``, which is not among the index's settings."""
+    return "centred" if params.centred_ends(n_ref) else "inner"
 
 
 def stale_reason(
@@ -158,6 +172,8 @@ def stale_reason(
     for k in INDEX_SETTINGS:
         if meta.get(k) != getattr(wanted, k):
             return f"built with engine.{k} = {meta.get(k)}"
+    if meta.get("ends") != ends_of(wanted, int(meta.get("n_haplotypes") or 0)):
+        return f"built with {meta.get('ends')} step windows at the ends (engine.states changed)"
     if meta.get("site_list_hash") != sites_hash(windows_dir):
         return "built on another site list"
     if meta.get("samples") != [s for t in reference_tables(windows_dir, splits) for s in t.samples]:
@@ -200,6 +216,11 @@ def load_states(
                 f"{d} was built with engine.{k} = {meta[k]}, the config asks for "
                 f"{getattr(wanted, k)}. {rebuild}"
             )
+    if meta.get("ends") != ends_of(wanted, meta["n_haplotypes"]):
+        raise ArtifactError(
+            f"{d} was built with {meta.get('ends')} step windows at the ends; engine.states = "
+            f"{params.states} asks for {ends_of(wanted, meta['n_haplotypes'])} ones. {rebuild}"
+        )
     _verify(steps_path, meta)
     steps = read_parquet_df(steps_path, "states")
     with reading(steps_path, "states"):
