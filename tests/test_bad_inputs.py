@@ -1059,3 +1059,21 @@ def test_truncated_or_plain_gzip_panel_is_refused(tmp_path, how):
     says = {"truncated": "file is truncated", "plain-gzip": "gzip- but not bgzip"}[how]
     assert str(bad) in str(e.value) and says in str(e.value) and e.value.hint
     assert not (tmp_path / "w").exists()
+
+
+def test_a_job_started_before_its_inputs_were_known_says_to_run_again(tmp_path):
+    """Snakemake can start a job whose input function hangs on a checkpoint it re-made (``input:
+    <TBD>`` after --forcerun mask) with no inputs at all: the script stops with what to do, in the
+    rule's log, instead of an AttributeError on the first input it reads."""
+    from types import SimpleNamespace
+
+    from ragimpute.smk import known_inputs
+
+    log = tmp_path / "impute.log"
+    job = SimpleNamespace(input=[], log=[str(log)], rule="impute")
+    with pytest.raises(SystemExit) as e:
+        known_inputs(job)
+    assert e.value.code == 1
+    assert "run the same snakemake command again" in log.read_text()
+    job.input = ["results/targets/20/aligned/alignment.json"]
+    assert known_inputs(job) is job.input

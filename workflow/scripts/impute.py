@@ -1,9 +1,9 @@
 from pathlib import Path
 
 from ragimpute.impute import run_impute_stage
-from ragimpute.smk import run
+from ragimpute.smk import known_inputs, run
 
-inp = snakemake.input
+inp = known_inputs(snakemake)
 batch = snakemake.params.get("sample_batch")
 run(
     snakemake,

@@ -1,11 +1,12 @@
 from ragimpute.ligate import merge_batch_stage
-from ragimpute.smk import run
+from ragimpute.smk import known_inputs, run
 
+inp = known_inputs(snakemake)
 run(
     snakemake,
     merge_batch_stage,
-    vcfs=list(snakemake.input.vcfs),
-    stats=list(snakemake.input.stats),
+    vcfs=list(inp.vcfs),
+    stats=list(inp.stats),
     out_vcf=snakemake.output.vcf,
     report_json=snakemake.output.report,
 )
