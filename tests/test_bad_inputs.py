@@ -1063,17 +1063,27 @@ def test_truncated_or_plain_gzip_panel_is_refused(tmp_path, how):
 
 def test_a_job_started_before_its_inputs_were_known_says_to_run_again(tmp_path):
     """Snakemake can start a job whose input function hangs on a checkpoint it re-made (``input:
-    <TBD>`` after --forcerun mask) with no inputs at all: the script stops with what to do, in the
-    rule's log, instead of an AttributeError on the first input it reads."""
+    <TBD>`` after --forcerun mask) without its named inputs: the script stops with what to do, in
+    the rule's log, instead of an AttributeError on the first input it reads."""
     from types import SimpleNamespace
+
+    from snakemake.iocontainers import InputFiles
 
     from ragimpute.smk import known_inputs
 
     log = tmp_path / "impute.log"
-    job = SimpleNamespace(input=[], log=[str(log)], rule="impute")
+    # what Snakemake gives such a job: the checkpoint's output, unnamed
+    job = SimpleNamespace(
+        input=InputFiles(["results/targets/20/aligned/alignment.json"]),
+        log=[str(log)],
+        rule="impute",
+    )
     with pytest.raises(SystemExit) as e:
-        known_inputs(job)
+        known_inputs(job, "alignment", "target")
     assert e.value.code == 1
-    assert "run the same snakemake command again" in log.read_text()
-    job.input = ["results/targets/20/aligned/alignment.json"]
-    assert known_inputs(job) is job.input
+    text = log.read_text()
+    assert "alignment, target missing" in text and "run the same snakemake command again" in text
+    job.input = InputFiles(["a.json", "t.vcf.gz"])
+    job.input._set_name("alignment", 0)
+    job.input._set_name("target", 1)
+    assert known_inputs(job, "alignment", "target") is job.input

@@ -21,17 +21,20 @@ def run(snakemake: Any, fn: Callable[..., Any], **kwargs: Any) -> Any:
         sys.exit(1)
 
 
-def known_inputs(snakemake: Any) -> Any:
-    """The job's inputs. Snakemake can start a job whose inputs hang on a checkpoint before it
-    knows them (``input: <TBD>``, seen after ``--forcerun mask``): such a job gets none, and it
-    stops here with what to do instead of failing on the first input it reads."""
-    if len(snakemake.input) == 0:
+def known_inputs(snakemake: Any, *names: str) -> Any:
+    """The job's inputs, which must include ``names``. Snakemake can start a job whose input
+    function hangs on a checkpoint before it knows them (``input: <TBD>``, seen after ``--forcerun
+    mask``): such a job gets only the checkpoint's output, and it stops here with what to do instead
+    of failing on the first input it reads."""
+    missing = [n for n in names if n not in snakemake.input.keys()]
+    if missing:
         setup_logging(snakemake.log[0] if snakemake.log else None)
         log.error(
-            "rule %s was started before Snakemake knew its inputs (they depend on a checkpoint "
-            "that this run re-made; a Snakemake limitation after --forcerun of mask or "
+            "rule %s was started before Snakemake knew its inputs (%s missing; they depend on a "
+            "checkpoint that this run re-made, a Snakemake limitation after --forcerun of mask or "
             "target_mask). Nothing was written: run the same snakemake command again",
             snakemake.rule,
+            ", ".join(missing),
         )
         sys.exit(1)
     return snakemake.input

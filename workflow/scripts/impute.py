@@ -3,7 +3,7 @@ from pathlib import Path
 from ragimpute.impute import run_impute_stage
 from ragimpute.smk import known_inputs, run
 
-inp = known_inputs(snakemake)
+inp = known_inputs(snakemake, "alignment", "target", "sites", "mask")
 batch = snakemake.params.get("sample_batch")
 run(
     snakemake,

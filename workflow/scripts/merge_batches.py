@@ -1,7 +1,7 @@
 from ragimpute.ligate import merge_batch_stage
 from ragimpute.smk import known_inputs, run
 
-inp = known_inputs(snakemake)
+inp = known_inputs(snakemake, "vcfs", "stats")
 run(
     snakemake,
     merge_batch_stage,
