@@ -1061,7 +1061,7 @@ def test_truncated_or_plain_gzip_panel_is_refused(tmp_path, how):
     assert not (tmp_path / "w").exists()
 
 
-def test_a_job_started_before_its_inputs_were_known_says_to_run_again(tmp_path):
+def test_a_job_started_before_its_inputs_were_known_says_to_run_again_without_forcerun(tmp_path):
     """Snakemake can start a job whose input function hangs on a checkpoint it re-made (``input:
     <TBD>`` after --forcerun mask) without its named inputs: the script stops with what to do, in
     the rule's log, instead of an AttributeError on the first input it reads."""
@@ -1082,7 +1082,7 @@ def test_a_job_started_before_its_inputs_were_known_says_to_run_again(tmp_path):
         known_inputs(job, "alignment", "target")
     assert e.value.code == 1
     text = log.read_text()
-    assert "alignment, target missing" in text and "run the same snakemake command again" in text
+    assert "alignment, target missing" in text and "run snakemake again without --forcerun" in text
     job.input = InputFiles(["a.json", "t.vcf.gz"])
     job.input._set_name("alignment", 0)
     job.input._set_name("target", 1)

@@ -32,7 +32,7 @@ def known_inputs(snakemake: Any, *names: str) -> Any:
         log.error(
             "rule %s was started before Snakemake knew its inputs (%s missing; they depend on a "
             "checkpoint that this run re-made, a Snakemake limitation after --forcerun of mask or "
-            "target_mask). Nothing was written: run the same snakemake command again",
+            "target_mask). Nothing was written: run snakemake again without --forcerun",
             snakemake.rule,
             ", ".join(missing),
         )
