@@ -277,3 +277,26 @@ def test_engine_device_cuda_without_a_gpu_is_a_clear_error(env, tmp_path, monkey
     with pytest.raises(InputError, match="engine.device is cuda but torch sees no CUDA device"):
         copying(env, env.results, tmp_path / "x.vcf.gz", engine={"device": "cuda"})
     assert not (tmp_path / "x.vcf.gz").exists()
+
+
+def test_a_prior_store_left_by_a_killed_job_is_removed_by_the_next_one(tmp_path):
+    """The engine's temporary P(ALT) store (2 bytes per site and haplotype) of a job killed
+    mid-run is removed by the next job imputing there; a live job's store is left alone."""
+    import subprocess
+    import sys
+
+    from ragimpute.prior import PriorStore
+
+    killed = (
+        "import os, numpy as np; from ragimpute.prior import PriorStore; "
+        f"s = PriorStore(10, 4, {str(tmp_path)!r}); s.write(0, np.zeros((4, 10))); os._exit(9)"
+    )
+    assert subprocess.run([sys.executable, "-c", killed]).returncode == 9
+    (left,) = tmp_path.glob(".prior.tmp~*")
+    assert any(left.iterdir())
+    with PriorStore(10, 4, tmp_path) as live:
+        assert not left.exists()
+        assert [p.name for p in tmp_path.iterdir()] == [live.dir.name]
+        with PriorStore(10, 4, tmp_path) as other:  # this process's own: alive, kept
+            assert live.dir.exists() and other.dir.exists()
+    assert not any(tmp_path.iterdir())

@@ -125,14 +125,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def scratch_dir(path: str | os.PathLike) -> Iterator[Path]:
     """A scratch directory beside ``path`` for its writer (removed afterwards, or as a leftover the
     next time ``path`` is written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
+    tmp = new_scratch_dir(path)
     try:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def new_scratch_dir(path: str | os.PathLike) -> Path:
+    """A new scratch directory beside ``path``, named for this host and process, after removing
+    those that killed processes left there (the caller removes it when done)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
+    return Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
 
 
 def _umask() -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit, prange
 
+from .atomic import new_scratch_dir
 from .devices import on_cuda
 from .engine import Engine, EngineParams
 from .logs import Progress, log
@@ -57,8 +57,9 @@ class PriorStore:
     """P(ALT) of ``n_hap`` haplotypes at ``n_sites`` sites, written batch by batch."""
 
     def __init__(self, n_sites: int, n_hap: int, where: str | os.PathLike):
-        Path(where).mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=".prior.", suffix=".tmp", dir=where))
+        # named for this host and process: a store a killed job left (2 bytes per site and
+        # haplotype) is removed by the next one here
+        self.dir = new_scratch_dir(Path(where) / "prior")
         self.n_sites, self.n_hap = n_sites, n_hap
         self.batches: list[tuple[int, int, Path]] = []  # first row, rows, file
 
