@@ -107,6 +107,21 @@ def test_a_value_is_blamed_on_the_overlay_that_set_it_not_on_the_snakefiles_conf
     ]
 
 
+def test_a_number_given_as_text_by_config_says_to_use_a_configfile():
+    """Snakemake's --config 'mask={"array_dropout": 0.1}' hands the nested value over as text."""
+    from ragimpute.smk import config_sources
+
+    cfg = tiny_config()
+    cfg["mask"] = {**cfg.get("mask", {}), "array_dropout": "0.1"}
+    cli = {"mask": {"array_dropout": "0.1"}}
+    (problem,) = config_problems(cfg, SCHEMA, config_sources([str(TINY)], cli, []))
+    assert problem.startswith("config key 'mask.array_dropout' in --config: '0.1' is not of type")
+    assert problem.endswith("set it in a --configfile")
+    # the same text from a file is only a wrong type
+    (problem,) = config_problems(cfg, SCHEMA)
+    assert "--configfile" not in problem
+
+
 @pytest.mark.parametrize("value", ["", "   "])
 def test_empty_results_directory_is_refused(value):
     (problem,) = config_problems({**tiny_config(), "results": value}, SCHEMA)

@@ -38,16 +38,16 @@ class UnreadableArtifactError(ArtifactError):
     """A pipeline artifact is corrupt, truncated or gone: its checksum or its format does not hold."""
 
 
-# How each stage's artifacts are made again: in the workflow, and outside it (the CLI subcommand).
+# How each stage's artifacts are made again: in the workflow, and outside it.
 _REBUILD = {
-    "window": ("window", "ragimpute window"),
-    "mask": ("mask", "ragimpute mask"),
-    "tokenize": ("tokenize", "ragimpute tokenize"),
-    "index": ("index", "ragimpute index"),
-    "retrieve": ("retrieve", "ragimpute retrieve"),
-    "train": ("train", "ragimpute train"),
-    "states": ("states", "ragimpute impute, which builds it when missing"),
-    "prior": ("prior", "ragimpute prior"),
+    "window": ("window", "`ragimpute window`"),
+    "mask": ("mask", "`ragimpute mask`"),
+    "tokenize": ("tokenize", "`ragimpute tokenize`"),
+    "index": ("index", "`ragimpute index`"),
+    "retrieve": ("retrieve", "`ragimpute retrieve`"),
+    "train": ("train", "`ragimpute train`"),
+    "states": ("states", "delete the directory; `ragimpute impute` builds it when it is missing"),
+    "prior": ("prior", "only the workflow makes it"),
 }
 
 
@@ -57,6 +57,7 @@ def rebuild_hint(stage: str) -> str:
         return "Re-run the stage that wrote it"
     rule, cli = _REBUILD[stage]
     return (
-        f"Rebuild it: `snakemake --cores all --forcerun {rule}` (outside Snakemake: `{cli}`); "
-        "what depends on it is then re-made as needed"
+        f"Rebuild it: `snakemake --cores all --forcerun {rule}`, with the target you ran if it was "
+        f"not the whole workflow (outside Snakemake: {cli}); what depends on it is then re-made as "
+        "needed"
     )

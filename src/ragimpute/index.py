@@ -215,7 +215,9 @@ class HaplotypeIndex:
             raise MaskMismatchError(
                 f"index {self.dir} was built with mask {self.mask_hash}; the queries were tokenized with "
                 f"mask {mask_hash}. Retrieval across masks compares different sites and is refused: "
-                "build the index for the queries' mask (Snakemake does this when the mask changes)"
+                "build the index for the queries' mask (Snakemake does this when the mask changes; "
+                "where the directory is the queries' mask's own, its meta.json was changed by hand. "
+                f"{rebuild_hint('index')})"
             )
 
     def search(self, q: QueryBlock, k: int) -> tuple[np.ndarray, np.ndarray]:

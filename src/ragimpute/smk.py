@@ -125,6 +125,14 @@ def config_problems(
             message += f" (one of: {', '.join(map(str, err.schema['enum']))})"
         if isinstance(err.instance, bool) and err.validator in ("type", "enum"):
             message += "; YAML reads yes, no, on and off as true or false: quote the value"
+        if (
+            err.validator == "type"
+            and isinstance(err.instance, str)
+            and origin(path) == (" in --config")
+        ):
+            message += (
+                "; --config passes the values inside a nested key as text: set it in a --configfile"
+            )
         out.append(
             f"config key {where or '(top level)'!r}{origin(path) if path else ''}: {message}"
         )

@@ -207,7 +207,8 @@ def load_states(
         raise MaskMismatchError(
             f"state index {d} was built with mask {meta['mask_hash']}; the target is typed under "
             f"mask {mask_hash}. Candidates chosen on other sites are refused: build the state index "
-            "for the target's mask (Snakemake does this when the mask changes)"
+            "for the target's mask (Snakemake does this when the mask changes; where the directory "
+            f"is the target mask's own, its meta.json was changed by hand. {rebuild})"
         )
     wanted = params.resolved(meta["n_haplotypes"])
     for k in INDEX_SETTINGS:

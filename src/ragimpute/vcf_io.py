@@ -77,7 +77,9 @@ def check_readable(path: str | os.PathLike) -> None:
                     p,
                     "file is truncated: the BGZF end-of-file block is missing",
                     "The download or copy was cut short; fetch it again, or rewrite it with "
-                    "`bcftools view -Oz -o fixed.vcf.gz` from an intact source",
+                    "`bcftools view -Oz -o fixed.vcf.gz` from an intact source. A file of a "
+                    "results directory: make it again with `snakemake --cores all --forcerun "
+                    "<the rule that wrote it>` (impute, beagle, minimac4, phase, ...)",
                 )
         elif head[:2] == b"\x1f\x8b":
             fixed = _bgzip_name(p)
