@@ -168,3 +168,26 @@ def test_an_engine_upgrade_reruns_what_the_engine_made(finished_copy):
     methods = {wildcard_dict(w)["method"] for rule, w in jobs if rule == "impute"}
     assert methods and methods <= set(ENGINE_METHODS)
     assert "Params have changed since last execution" in output(r)
+
+
+@pytest.mark.slow
+def test_settings_that_leave_a_methods_output_as_it_is_do_not_rerun_it(finished_copy):
+    """retrieval.k reaches only the network's imputation (the retrieval baseline has its own k), and
+    impute.batch_haplotypes none: output is the same for any batch. Neither reruns af, retrieval or
+    copying."""
+    from workflow_runs import TINY, TWO_CHROM
+
+    wd = finished_copy
+    for name, text, may_rerun in (
+        ("k.yaml", "retrieval:\n  k: 6\n", {"model"}),
+        ("batch.yaml", "impute:\n  batch_haplotypes: 7\n", set()),
+    ):
+        overlay = wd / name
+        overlay.write_text(text)
+        r = snakemake(wd, "-n", "--cores", "2", configs=(TINY, TWO_CHROM, overlay))
+        assert r.returncode == 0, output(r)[-3000:]
+        jobs = jobs_in_log(output(r))
+        methods = {wildcard_dict(w)["method"] for rule, w in jobs if rule == "impute"}
+        assert methods <= may_rerun, (name, methods)
+        if not may_rerun:
+            assert not jobs, (name, jobs)

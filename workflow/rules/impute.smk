@@ -152,15 +152,17 @@ rule phase:
 
 # Our methods. With impute.batch_samples, each batch of target samples is a job of its own and the
 # batches are merged (merge_batches); otherwise one job imputes every target of the unit.
-# The engine's version and settings are parameters only of the methods that run it, so that an engine
-# upgrade or a changed engine setting reruns those and not `af` or `retrieval`.
+# A parameter that changes reruns the job (Snakemake's rerun triggers), so each method gets only those
+# that change its output: the engine's version and settings only the methods that run it (an engine
+# upgrade reruns those and not `af` or `retrieval`), retrieval.k only the network (the retrieval
+# baseline has its own, in `options`). impute.batch_haplotypes, which changes nothing in the output,
+# is read by the script from the config.
 IMPUTE_PARAMS = dict(
     engine_version=lambda wildcards: (
         ENGINE_PARAM if wildcards.method in ENGINE_METHODS else ""
     ),
     options=lambda wildcards: config["baselines"].get(wildcards.method, {}),
-    k=config["retrieval"]["k"],
-    batch_haplotypes=config["impute"]["batch_haplotypes"],
+    k=lambda wildcards: config["retrieval"]["k"] if wildcards.method == "model" else 0,
     device=config["impute"]["device"],
     gp=config["impute"]["gp"],
     engine=lambda wildcards: (

@@ -22,7 +22,6 @@ rule prior:
         store=lambda wildcards: L.mask_store(wildcards.unit),
         engine=config["engine"],
         engine_version=ENGINE_PARAM,
-        batch_haplotypes=config["impute"]["batch_haplotypes"],
     script:
         "../scripts/prior.py"
 

@@ -18,7 +18,8 @@ run(
     report_json=snakemake.output.report,
     options=dict(snakemake.params.options),
     k=snakemake.params.k,
-    batch_haplotypes=snakemake.params.batch_haplotypes,
+    # not a parameter of the rule: it leaves the output as it is, so a change must not rerun the job
+    batch_haplotypes=snakemake.config["impute"]["batch_haplotypes"],
     panel_vcf=inp.panel,
     checkpoint=inp.get("model"),
     device=snakemake.params.device,

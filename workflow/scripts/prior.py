@@ -13,7 +13,8 @@ run(
     split=snakemake.wildcards.split,
     out=snakemake.output[0],
     params=engine_params(snakemake.params.engine),
-    batch_haplotypes=snakemake.params.batch_haplotypes,
+    # not a parameter of the rule: the output is the same for any batch (see the impute rule)
+    batch_haplotypes=snakemake.config["impute"]["batch_haplotypes"],
     threads=snakemake.threads,
     device=engine_device(snakemake.params.engine),
 )
