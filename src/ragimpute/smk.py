@@ -128,7 +128,7 @@ def config_problems(
         if (
             err.validator == "type"
             and isinstance(err.instance, str)
-            and origin(path) == (" in --config")
+            and origin(path) == " in --config"
         ):
             message += (
                 "; --config passes the values inside a nested key as text: set it in a --configfile"
