@@ -353,3 +353,23 @@ def test_run_mask_stage_records_the_manifest(sites, tmp_path, demo):
     manifest = pd.read_csv(demo.array, sep="\t", dtype={"chrom": str})
     # the demo's array sites are panel sites
     assert info["provenance"]["array_sites_matched"] == len(manifest) == info["n_observed"]
+
+
+def test_manifest_sites_beyond_a_chunks_sites_are_not_called_missing_from_the_panel(
+    sites, tmp_path, caplog
+):
+    """A chunk's sites cover part of the chromosome: the array's sites elsewhere are another
+    chunk's, not panel SNVs that are missing, and only those within its span are warned of."""
+    df, _ = sites
+    chunk = df.iloc[100:200]
+    rows = _manifest_rows(df, list(range(0, len(df), 5)), "20", False)
+    r = chunk.iloc[10]
+    other = next(b for b in "ACGT" if b not in (r["ref"], r["alt"]))
+    rows.append(("20", int(r["pos"]), r["ref"], other))  # inside the chunk, not a panel SNV
+    path = _write_manifest(tmp_path / "array.tsv", rows)
+    caplog.set_level("INFO", logger="ragimpute")
+    on_array = match_sites(chunk.reset_index(drop=True), read_site_list(path), path)
+    assert on_array.sum() == 20  # every fifth of the chunk's 100 sites
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "1 of 21 manifest sites within 20:" in warnings[0], warnings
+    assert f"{len(rows) - 21} manifest sites on chromosome 20 lie outside" in caplog.text

@@ -337,7 +337,12 @@ def _impute_parser(sub: Subparsers) -> None:
         help="impute a phased target VCF from a pipeline run's reference panel: VCF.gz + .tbi",
     )
     s.add_argument("--results", required=True, help="results directory of a pipeline run")
-    s.add_argument("--chrom", required=True, help="chromosome, as the reference names it")
+    s.add_argument(
+        "--chrom",
+        required=True,
+        help="chromosome as the run's config names it (its folder under windows/; a chunked run's "
+        "chunks cannot be imputed this way: use the workflow)",
+    )
     s.add_argument("--split", required=True, help="the run's split/samples.tsv")
     s.add_argument("--target", required=True, help="phased target VCF/BCF (array sites)")
     s.add_argument("--method", default="copying", help="copying (default), af, retrieval or model")

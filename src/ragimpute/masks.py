@@ -177,13 +177,32 @@ def match_sites(sites: pd.DataFrame, manifest: pd.DataFrame, manifest_path: obje
             n_dup,
             chrom,
         )
-    n_unmatched = int((~row_hit).sum())
+    # A manifest site beyond the first or last panel site here is another chunk's (or beyond the
+    # panel's end), not a site the panel lacks: said apart, so that every chunk does not warn of the
+    # rest of the array.
+    mpos = m["pos"].astype(np.int64).to_numpy()
+    spos = sites["pos"].astype(np.int64)
+    inside = (mpos >= spos.min()) & (mpos <= spos.max())
+    n_unmatched = int((~row_hit & inside).sum())
     if n_unmatched:
         log.warning(
-            "%s: %d of %d manifest sites are not panel SNVs (ignored)",
+            "%s: %d of %d manifest sites within %s:%d-%d are not panel SNVs (ignored)",
             manifest_path,
             n_unmatched,
-            len(m),
+            int(inside.sum()),
+            sites["chrom"].iloc[0],
+            spos.min(),
+            spos.max(),
+        )
+    if not inside.all():
+        log.info(
+            "%s: %d manifest sites on chromosome %s lie outside %d-%d, the panel sites here "
+            "(another chunk's, or beyond the panel)",
+            manifest_path,
+            int((~inside).sum()),
+            sites["chrom"].iloc[0],
+            spos.min(),
+            spos.max(),
         )
     return hit
 
