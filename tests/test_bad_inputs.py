@@ -601,11 +601,18 @@ def test_workflow_missing_calls_at_typed_sites_do_not_sink_minimac4(finished, tm
     assert r.returncode == 0, output(r)[-4000:]
     table = pd.read_csv(res / "evaluation/comparison.tsv", sep="\t", keep_default_na=False)
     overall = table[table["maf_bin"] == "all"].set_index("method")
-    assert (overall["note"] == "").all(), overall["note"]
     assert {"minimac4", "beagle", "model"} <= set(overall.index)
     assert float(overall.loc["minimac4", "r2"]) > float(overall.loc["af", "r2"])
     report = yaml.safe_load((res / "targets/20/aligned/minimac4.json").read_text())
     assert report["sites_with_missing_calls_left_out"] == 2
+    # scored like the others, and the table says that Minimac4 had two typed sites fewer
+    kept, typed = report["sites_kept"], report["typed_sites"]
+    assert overall.loc["minimac4", "note"] == (
+        f"given fewer typed sites (missing calls left out): {kept} of {typed} on 20"
+    )
+    assert (overall.drop(index="minimac4")["note"] == "").all(), overall["note"]
+    plotted = pd.read_csv(res / "evaluation/calibration.tsv", sep="\t")["method"]
+    assert "minimac4" in set(plotted)  # not left out of the calibration either
     assert "it imputes them for every sample" in (res / "logs/minimac4_target/20.log").read_text()
 
 

@@ -458,14 +458,14 @@ def evaluate(
     out_dir: str | os.PathLike,
     core: tuple[int, int] | None = None,
     block_genotypes: int = BLOCK_GENOTYPES,
+    typed_sites_given: int | None = None,
 ) -> dict:
     """Score one method's imputed VCF; writes ``sites.tsv.gz`` (per-site sums), ``bins.tsv`` and
     ``summary.json`` in ``out_dir``. ``typed_vcf``: the (harmonised) target, whose sites are not scored.
     ``core`` (first, last bp): score only these sites (a chunk's share of its chromosome).
-
+    ``typed_sites_given``: of them, how many the tool was given (recorded: Minimac4's are fewer).
     Only the scored samples are decoded, and when both files are indexed they are read in regions
-    of about ``block_genotypes`` sites x scored samples (one region otherwise: each read of an
-    unindexed file goes through all of it)."""
+    of about ``block_genotypes`` sites x scored samples (one region otherwise)."""
     ref = read_parquet_df(sites_parquet, "window", columns=["chrom", "pos", "ref", "alt", "maf"])
     if core is not None:
         ref = ref[(ref["pos"] >= core[0]) & (ref["pos"] <= core[1])].reset_index(drop=True)
@@ -509,10 +509,8 @@ def evaluate(
         )
         n_truth_in_ref += matched
         parts.append(part)
-    if n_truth == 0:
-        raise _no_records(str(truth_vcf), chrom)
-    if reason is None and n_imp == 0:
-        raise _no_records(str(imputed_vcf), chrom)
+    if n_truth == 0 or (reason is None and n_imp == 0):
+        raise _no_records(str(truth_vcf if n_truth == 0 else imputed_vcf), chrom)
 
     per_site = pd.concat(parts, ignore_index=True)
     per_site.insert(2, "bin", maf_bin(per_site["maf"].to_numpy()))
@@ -536,6 +534,7 @@ def evaluate(
         "samples_not_in_truth": len(not_in_truth),
         "reference_sites": len(ref),
         "typed_sites": int(typed_found.sum()),
+        "typed_sites_given": typed_sites_given,
         "scored_sites": int(scored.sum()),
         "scored_sites_not_in_output": int(missed.sum()),
         "truth_sites_not_in_reference": int(n_truth - n_truth_in_ref),
@@ -719,6 +718,7 @@ def compare(
     are read ``rows`` rows at a time (memory does not grow with them)."""
     seen, by_bin, by_info = pooled_terms(site_tables, rows)
     not_run = _not_run(site_tables)
+    fewer_typed = _fewer_typed(site_tables)
     order = methods or list(dict.fromkeys([*seen, *not_run]))
     rows_out = []
     cal = []
@@ -730,13 +730,17 @@ def compare(
             note = "not run: " + "; ".join(f"chromosome {c}: {r}" for c, r in not_run[m])
         elif m not in by_bin:
             note = "no scored sites"
-        if note:
+        left_out = bool(note)
+        if left_out:
             log.warning("%s is left out of the comparison (%s)", m, note)
-        t = bin_rows(NO_TERMS if note else by_bin[m])
+        elif m in fewer_typed:
+            note = fewer_typed[m]  # scored, on the same sites, but from less input
+        t = bin_rows(NO_TERMS if left_out else by_bin[m])
         t.insert(0, "method", m)
         t["note"] = note
+        t["_left_out"] = left_out
         rows_out.append(t)
-        if not note:
+        if not left_out:
             c = calibration_rows(by_info[m])
             c.insert(0, "method", m)
             cal.append(c)
@@ -750,15 +754,33 @@ def compare(
             np.where(table[f"r2_minus_{baseline}"] > 0, "yes", "no"),
         )
         table.loc[table["method"] == baseline, f"beats_{baseline}"] = ""
-    note = table.pop("note")
+    note, left_out = table.pop("note"), table.pop("_left_out").astype(bool)
     table["note"] = note  # last column
     calibration = pd.concat(cal, ignore_index=True) if cal else pd.DataFrame()
     out = Path(out_dir)
     write_tsv(out / "comparison.tsv", table.round(6))
     write_tsv(out / "calibration.tsv", calibration.round(6))
-    plot_r2_by_maf(table[table["note"] == ""], out / "r2_by_maf.png")
+    plot_r2_by_maf(table[~left_out], out / "r2_by_maf.png")
     plot_calibration(calibration, out / "r2_calibration.png")
     return table
+
+
+def _fewer_typed(site_tables: list[str | os.PathLike]) -> dict[str, str]:
+    """Methods given fewer typed sites than the target has (Minimac4, which cannot take a typed site
+    with a missing call), with what they were given per chromosome: from ``summary.json``."""
+    out: dict[str, list[str]] = {}
+    for p in map(Path, site_tables):
+        summary = p.parent / "summary.json"
+        if p.name != "sites.tsv.gz" or not summary.exists():
+            continue
+        info = read_json(summary)
+        given, typed = info.get("typed_sites_given"), info.get("typed_sites")
+        if given is not None and typed is not None and given < typed:
+            out.setdefault(info["method"], []).append(f"{given} of {typed} on {info['chrom']}")
+    return {
+        m: "given fewer typed sites (missing calls left out): " + "; ".join(v)
+        for m, v in out.items()
+    }
 
 
 def _not_run(site_tables: list[str | os.PathLike]) -> dict[str, list[tuple[str, str]]]:

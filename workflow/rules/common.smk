@@ -567,6 +567,13 @@ def imputed_vcfs(chrom):
     return [L.imputed(chrom, m) for m in methods()]
 
 
+def typed_report(wildcards):
+    """Minimac4's report of the typed sites its target kept, for the evaluation to record."""
+    if wildcards.method == "minimac4":
+        return {"typed_report": L.aligned(wildcards.unit, "minimac4.json")}
+    return {}
+
+
 def evaluation_tables(wildcards):
     return [
         L.evaluation(unit, m, "sites.tsv.gz") for unit in units() for m in methods()

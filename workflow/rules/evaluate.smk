@@ -4,6 +4,7 @@
 
 rule evaluate:
     input:
+        unpack(typed_report),
         imputed=L.imputed("{unit}", "{method}"),
         truth=truth_vcf,
         sites=L.sites("{unit}"),
