@@ -1109,3 +1109,21 @@ def test_a_job_started_before_its_inputs_were_known_says_to_run_again_without_fo
     job.input._set_name("alignment", 0)
     job.input._set_name("target", 1)
     assert known_inputs(job, "alignment", "target") is job.input
+
+
+def test_engine_settings_add_back_what_the_rules_leave_out_of_their_parameters():
+    """The rules' engine parameter lacks the settings that leave the output as it is (so that a
+    change reruns nothing); the scripts get them back from the config, and a method that does not
+    run the engine still gets none."""
+    from types import SimpleNamespace
+
+    from ragimpute.methods import ENGINE_OUTPUT_NEUTRAL
+    from ragimpute.smk import engine_settings
+
+    config = {"engine": {"states": 40, "block_sites": 17, "ne": 5e4}}
+    rule = {k: v for k, v in config["engine"].items() if k not in ENGINE_OUTPUT_NEUTRAL}
+    assert "block_sites" not in rule
+    job = SimpleNamespace(params=SimpleNamespace(engine=rule), config=config)
+    assert engine_settings(job) == config["engine"]
+    job.params.engine = {}
+    assert engine_settings(job) == {}

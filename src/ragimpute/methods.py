@@ -21,4 +21,7 @@ ENGINE_PARAM = f"ragimpute-engine-{ENGINE_VERSION}"
 # workflow's `states` rule is given: these, with `states` (an auto span_steps depends on it) and
 # `candidates` (which the settings check against it: without it the rule met the default 64).
 INDEX_SETTINGS = ("step_cm", "span_steps", "seed")
+# Engine settings that leave its output as it is (memory only): not parameters of the workflow's
+# rules, whose scripts read them from the config, so that a change reruns nothing.
+ENGINE_OUTPUT_NEUTRAL = ("block_sites",)
 STATES_RULE_SETTINGS = ("states", "candidates", *INDEX_SETTINGS)

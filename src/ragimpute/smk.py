@@ -40,6 +40,19 @@ def known_inputs(snakemake: Any, *names: str) -> Any:
     return snakemake.input
 
 
+def engine_settings(snakemake: Any) -> dict:
+    """The rule's engine settings with those it leaves out of its parameters (they do not change
+    the output: ``ENGINE_OUTPUT_NEUTRAL``) added back from the config; empty for a method that does
+    not run the engine."""
+    from .methods import ENGINE_OUTPUT_NEUTRAL
+
+    given = dict(snakemake.params.engine)
+    if not given:
+        return given
+    config = snakemake.config["engine"]
+    return {**given, **{k: config[k] for k in ENGINE_OUTPUT_NEUTRAL if k in config}}
+
+
 def config_sources(
     configfiles: list[str], cli: dict | None, given: list[str] | None = None
 ) -> list[tuple[str, dict]]:

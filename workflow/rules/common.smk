@@ -11,6 +11,7 @@ from ragimpute.chunks import Unit, plan_chunks
 from ragimpute.layout import Layout
 from ragimpute.methods import (
     ENGINE_METHODS,
+    ENGINE_OUTPUT_NEUTRAL,
     ENGINE_PARAM,
     EXTERNAL_METHODS,
     OUR_METHODS,
@@ -565,6 +566,12 @@ def chunk_cores(wildcards):
 def imputed_vcfs(chrom):
     """A chromosome's imputed VCFs (ligated from its chunks when it is chunked)."""
     return [L.imputed(chrom, m) for m in methods()]
+
+
+def engine_rule_settings():
+    """The engine section less the settings that leave its output as it is (the scripts add them
+    back from the config): a change of those reruns nothing."""
+    return {k: v for k, v in config["engine"].items() if k not in ENGINE_OUTPUT_NEUTRAL}
 
 
 def typed_report(wildcards):

@@ -166,7 +166,7 @@ IMPUTE_PARAMS = dict(
     device=config["impute"]["device"],
     gp=config["impute"]["gp"],
     engine=lambda wildcards: (
-        config["engine"] if wildcards.method in ENGINE_METHODS else {}
+        engine_rule_settings() if wildcards.method in ENGINE_METHODS else {}
     ),
 )
 

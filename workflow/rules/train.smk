@@ -20,7 +20,7 @@ rule prior:
         mem_mb=8000,
     params:
         store=lambda wildcards: L.mask_store(wildcards.unit),
-        engine=config["engine"],
+        engine=engine_rule_settings(),
         engine_version=ENGINE_PARAM,
     script:
         "../scripts/prior.py"

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from ragimpute.impute import run_impute_stage
-from ragimpute.smk import known_inputs, run
+from ragimpute.smk import engine_settings, known_inputs, run
 
 inp = known_inputs(snakemake, "alignment", "target", "sites", "mask")
 batch = snakemake.params.get("sample_batch")
@@ -25,7 +25,7 @@ run(
     device=snakemake.params.device,
     threads=snakemake.threads,
     states_dir=inp.get("states"),
-    engine=dict(snakemake.params.engine),
+    engine=engine_settings(snakemake),
     sample_batch=tuple(batch) if batch else None,
     stats_out=snakemake.output.get("stats"),
     gp=snakemake.params.gp,

@@ -2,7 +2,9 @@ from pathlib import Path
 
 from ragimpute.impute import engine_device, engine_params
 from ragimpute.prior import run_prior_stage
-from ragimpute.smk import run
+from ragimpute.smk import engine_settings, run
+
+engine = engine_settings(snakemake)
 
 run(
     snakemake,
@@ -12,9 +14,9 @@ run(
     mask_hash=snakemake.wildcards.mask_hash,
     split=snakemake.wildcards.split,
     out=snakemake.output[0],
-    params=engine_params(snakemake.params.engine),
+    params=engine_params(engine),
     # not a parameter of the rule: the output is the same for any batch (see the impute rule)
     batch_haplotypes=snakemake.config["impute"]["batch_haplotypes"],
     threads=snakemake.threads,
-    device=engine_device(snakemake.params.engine),
+    device=engine_device(engine),
 )
