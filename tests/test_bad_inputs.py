@@ -122,6 +122,21 @@ def test_a_number_given_as_text_by_config_says_to_use_a_configfile():
     assert "--configfile" not in problem
 
 
+@pytest.mark.parametrize("section", ["windows", "chunks"])
+def test_an_overlap_not_shorter_than_the_length_is_named_before_anything_runs(section):
+    cfg = tiny_config()
+    cfg[section] = {**cfg.get(section, {}), "length": 8, "overlap": 8}
+    assert config_problems(cfg, SCHEMA) == [
+        f"config key '{section}.overlap': 8 is not less than {section}.length (8); consecutive "
+        f"{section} must overlap by less than their length"
+    ]
+    cfg[section]["overlap"] = 7
+    assert config_problems(cfg, SCHEMA) == []
+    if section == "chunks":  # length 0: whole chromosomes, any overlap ignored
+        cfg[section] = {"length": 0, "overlap": 2}
+        assert config_problems(cfg, SCHEMA) == []
+
+
 @pytest.mark.parametrize("value", ["", "   "])
 def test_empty_results_directory_is_refused(value):
     (problem,) = config_problems({**tiny_config(), "results": value}, SCHEMA)

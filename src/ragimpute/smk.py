@@ -149,4 +149,12 @@ def config_problems(
         out.append(
             f"config key {where or '(top level)'!r}{origin(path) if path else ''}: {message}"
         )
+    if not out:  # the types hold: the checks that span two keys
+        out += [
+            f"config key '{section}.overlap'{origin([section, 'overlap'])}: {o} is not less than "
+            f"{section}.length ({n}); consecutive {section} must overlap by less than their length"
+            for section in ("windows", "chunks")
+            for n, o in [(config.get(section, {}).get(k) for k in ("length", "overlap"))]
+            if n and o is not None and o >= n
+        ]
     return out
