@@ -717,8 +717,9 @@ def compare(
     the r² difference to the ``baseline`` method), ``calibration.tsv`` and two PNG plots. The tables
     are read ``rows`` rows at a time (memory does not grow with them)."""
     seen, by_bin, by_info = pooled_terms(site_tables, rows)
-    not_run = _not_run(site_tables)
-    fewer_typed = _fewer_typed(site_tables)
+    summaries = _summaries(site_tables)
+    not_run = _not_run(summaries)
+    fewer_typed = _fewer_typed(summaries)
     order = methods or list(dict.fromkeys([*seen, *not_run]))
     rows_out = []
     cal = []
@@ -765,15 +766,17 @@ def compare(
     return table
 
 
-def _fewer_typed(site_tables: list[str | os.PathLike]) -> dict[str, str]:
+def _summaries(site_tables: list[str | os.PathLike]) -> list[dict]:
+    """The ``summary.json`` that ``evaluate`` writes beside each ``sites.tsv.gz``."""
+    paths = [Path(p).parent / "summary.json" for p in site_tables if Path(p).name == "sites.tsv.gz"]
+    return [read_json(p) for p in paths if p.exists()]
+
+
+def _fewer_typed(summaries: list[dict]) -> dict[str, str]:
     """Methods given fewer typed sites than the target has (Minimac4, which cannot take a typed site
-    with a missing call), with what they were given per chromosome: from ``summary.json``."""
+    with a missing call), with what they were given per chromosome."""
     out: dict[str, list[str]] = {}
-    for p in map(Path, site_tables):
-        summary = p.parent / "summary.json"
-        if p.name != "sites.tsv.gz" or not summary.exists():
-            continue
-        info = read_json(summary)
+    for info in summaries:
         given, typed = info.get("typed_sites_given"), info.get("typed_sites")
         if given is not None and typed is not None and given < typed:
             out.setdefault(info["method"], []).append(f"{given} of {typed} on {info['chrom']}")
@@ -783,15 +786,10 @@ def _fewer_typed(site_tables: list[str | os.PathLike]) -> dict[str, str]:
     }
 
 
-def _not_run(site_tables: list[str | os.PathLike]) -> dict[str, list[tuple[str, str]]]:
-    """Methods that did not run, with (chromosome, reason): from the ``summary.json`` that
-    ``evaluate`` writes beside each ``sites.tsv.gz``."""
+def _not_run(summaries: list[dict]) -> dict[str, list[tuple[str, str]]]:
+    """Methods that did not run, with (chromosome, reason)."""
     out: dict[str, list[tuple[str, str]]] = {}
-    for p in map(Path, site_tables):
-        summary = p.parent / "summary.json"
-        if p.name != "sites.tsv.gz" or not summary.exists():
-            continue
-        info = read_json(summary)
+    for info in summaries:
         if info.get("not_run"):
             out.setdefault(info["method"], []).append((str(info["chrom"]), info["not_run"]))
     return out
