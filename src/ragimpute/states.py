@@ -117,8 +117,7 @@ def build_states(
             "n_haplotypes": n_ref,
             "n_typed": int(len(typed)),
             "n_steps": index.n_steps,
-            **{k: getattr(params, k) for k in INDEX_SETTINGS},
-            "ends": ends_of(params, n_ref),
+            **index_settings(params, n_ref),
             "order": index.order,
             "n_sites": int(len(packed)),
             "sha256": {f: file_sha256(tmp / f) for f in ("steps.parquet", "reference.npy")},
@@ -139,10 +138,28 @@ def build_states(
     return meta
 
 
-def ends_of(params: EngineParams, n_ref: int) -> str:
-    """How the step windows end near the chunk's ends (``EngineParams.centred_ends``), as the state
-    index records it: it follows ``states``, which is not among the index's settings."""
-    return "centred" if params.centred_ends(n_ref) else "inner"
+def index_settings(params: EngineParams, n_ref: int) -> dict:
+    """What a state index of a reference of ``n_ref`` haplotypes is built with, as meta.json records
+    it: ``INDEX_SETTINGS`` resolved for that reference, and ``ends``, how the step windows end near
+    the chunk's ends (``EngineParams.centred_ends``, which follows ``states``)."""
+    resolved = params.resolved(n_ref)
+    ends = "centred" if params.centred_ends(n_ref) else "inner"
+    return {**{k: getattr(resolved, k) for k in INDEX_SETTINGS}, "ends": ends}
+
+
+def _settings_mismatch(meta: dict, params: EngineParams) -> str | None:
+    """What of ``index_settings`` the index in ``meta`` was built with that ``params`` do not ask
+    for (None: all match)."""
+    for k, want in index_settings(params, int(meta.get("n_haplotypes") or 0)).items():
+        if meta.get(k) == want:
+            continue
+        if k == "ends":
+            return (
+                f"{meta.get(k)} step windows at the ends; engine.states = {params.states} asks for "
+                f"{want} ones"
+            )
+        return f"engine.{k} = {meta.get(k)}, the config asks for {want}"
+    return None
 
 
 def stale_reason(
@@ -168,12 +185,9 @@ def stale_reason(
         return "built by another version"
     if meta.get("splits") != list(splits):
         return f"built on the {'+'.join(meta.get('splits') or [])} reference"
-    wanted = params.resolved(int(meta.get("n_haplotypes") or 0))
-    for k in INDEX_SETTINGS:
-        if meta.get(k) != getattr(wanted, k):
-            return f"built with engine.{k} = {meta.get(k)}"
-    if meta.get("ends") != ends_of(wanted, int(meta.get("n_haplotypes") or 0)):
-        return f"built with {meta.get('ends')} step windows at the ends (engine.states changed)"
+    mismatch = _settings_mismatch(meta, params)
+    if mismatch:
+        return f"built with {mismatch}"
     if meta.get("site_list_hash") != sites_hash(windows_dir):
         return "built on another site list"
     if meta.get("samples") != [s for t in reference_tables(windows_dir, splits) for s in t.samples]:
@@ -210,18 +224,9 @@ def load_states(
             "for the target's mask (Snakemake does this when the mask changes; where the directory "
             f"is the target mask's own, its meta.json was changed by hand. {rebuild})"
         )
-    wanted = params.resolved(meta["n_haplotypes"])
-    for k in INDEX_SETTINGS:
-        if meta[k] != getattr(wanted, k):
-            raise ArtifactError(
-                f"{d} was built with engine.{k} = {meta[k]}, the config asks for "
-                f"{getattr(wanted, k)}. {rebuild}"
-            )
-    if meta.get("ends") != ends_of(wanted, meta["n_haplotypes"]):
-        raise ArtifactError(
-            f"{d} was built with {meta.get('ends')} step windows at the ends; engine.states = "
-            f"{params.states} asks for {ends_of(wanted, meta['n_haplotypes'])} ones. {rebuild}"
-        )
+    mismatch = _settings_mismatch(meta, params)
+    if mismatch:
+        raise ArtifactError(f"{d} was built with {mismatch}. {rebuild}")
     _verify(steps_path, meta)
     steps = read_parquet_df(steps_path, "states")
     with reading(steps_path, "states"):
