@@ -181,29 +181,21 @@ def match_sites(sites: pd.DataFrame, manifest: pd.DataFrame, manifest_path: obje
     # panel's end), not a site the panel lacks: said apart, so that every chunk does not warn of the
     # rest of the array.
     mpos = m["pos"].astype(np.int64).to_numpy()
-    spos = sites["pos"].astype(np.int64)
-    inside = (mpos >= spos.min()) & (mpos <= spos.max())
+    first, last = int(sites["pos"].min()), int(sites["pos"].max())
+    inside = (mpos >= first) & (mpos <= last)
+    name = sites["chrom"].iloc[0]
     n_unmatched = int((~row_hit & inside).sum())
     if n_unmatched:
         log.warning(
             "%s: %d of %d manifest sites within %s:%d-%d are not panel SNVs (ignored)",
-            manifest_path,
-            n_unmatched,
-            int(inside.sum()),
-            sites["chrom"].iloc[0],
-            spos.min(),
-            spos.max(),
-        )
+            manifest_path, n_unmatched, int(inside.sum()), name, first, last,
+        )  # fmt: skip
     if not inside.all():
         log.info(
             "%s: %d manifest sites on chromosome %s lie outside %d-%d, the panel sites here "
             "(another chunk's, or beyond the panel)",
-            manifest_path,
-            int((~inside).sum()),
-            sites["chrom"].iloc[0],
-            spos.min(),
-            spos.max(),
-        )
+            manifest_path, int((~inside).sum()), name, first, last,
+        )  # fmt: skip
     return hit
 
 

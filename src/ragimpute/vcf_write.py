@@ -24,6 +24,7 @@ from . import __version__
 from .atomic import atomic_path, scratch_dir
 from .bgzf import BgzfWriter
 from .tabix import TabixIndexer
+from .vcf_io import open_vcf
 
 # Phased genotype strings by 2 * allele0 + allele1; missing alleles are handled by ``gt_strings``.
 PHASED_GT = np.array(["0|0", "0|1", "1|0", "1|1"], dtype=object)
@@ -168,8 +169,6 @@ def write_bgzip_vcf(text: str, out: str | os.PathLike) -> None:
 
 def contig_lengths(path: str | os.PathLike) -> dict[str, int | None]:
     """``##contig`` lengths from a VCF/BCF header (None where the header gives none)."""
-    from .vcf_io import open_vcf
-
     with open_vcf(path) as vf:
         return {name: c.length for name, c in vf.header.contigs.items()}
 
