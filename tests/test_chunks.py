@@ -170,3 +170,76 @@ def test_ligated_chunks_match_the_unchunked_chromosome(tiny_finished, tiny_chunk
             ln.split("\t")[0]: float(ln.split("\t")[4]) for ln in table if "\tall\t" in ln
         }
     assert abs(scores["whole"]["copying"] - scores["chunked"]["copying"]) < 0.002
+
+
+# -- ligating chunk VCFs --------------------------------------------------------------------------
+
+
+def _chunk_vcf(path, samples, positions, prov=None, not_run=None):
+    """A gzipped chunk VCF as impute (``prov``) or external_tool.sh's placeholder (``not_run``)
+    writes it; each record's GT says which chunk it came from."""
+    import gzip
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["##fileformat=VCFv4.2\n", "##contig=<ID=20,length=10000>\n"]
+    if prov:
+        lines.append(f"##ragimpute_impute=<method=copying,{prov}>\n")
+    if not_run:
+        lines.append(f'##ragimpute_not_run=<method=beagle,reason="{not_run}">\n')
+    lines.append("\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO",
+                            "FORMAT", *samples]) + "\n")  # fmt: skip
+    gt = "0|1" if "c001" in str(path) else "1|0"
+    for p in positions:
+        lines.append(f"20\t{p}\t.\tA\tC\t.\tPASS\tIMP\tGT" + f"\t{gt}" * len(samples) + "\n")
+    with gzip.open(path, "wt") as f:
+        f.writelines(lines)
+    return path
+
+
+def _records(path):
+    import gzip
+
+    with gzip.open(path, "rt") as f:
+        lines = f.read().splitlines()
+    return [x for x in lines if x.startswith("##")], [x.split("\t") for x in lines
+                                                      if not x.startswith("#")]  # fmt: skip
+
+
+def test_ligate_takes_each_site_from_its_core_and_keeps_every_chunks_provenance(tmp_path):
+    from ragimpute.ligate import ligate
+
+    a = _chunk_vcf(
+        tmp_path / "20.c000" / "m.vcf.gz", ["s1", "s2"], [100, 200, 300, 400], "mask_hash=aa"
+    )
+    b = _chunk_vcf(tmp_path / "20.c001" / "m.vcf.gz", ["s1", "s2"], [300, 400, 500], "mask_hash=bb")
+    out = tmp_path / "20.vcf.gz"
+    info = ligate([(a, 1, 250), (b, 251, 10_000)], out)
+    assert info["records"] == [2, 3]
+    meta, rows = _records(out)
+    assert [(int(r[1]), r[9]) for r in rows] == [(100, "1|0"), (200, "1|0"), (300, "0|1"),
+                                                 (400, "0|1"), (500, "0|1")]  # fmt: skip
+    prov = [m for m in meta if m.startswith("##ragimpute_impute=")]
+    assert prov == ["##ragimpute_impute=<chunk=20.c000,method=copying,mask_hash=aa>",
+                    "##ragimpute_impute=<chunk=20.c001,method=copying,mask_hash=bb>"]  # fmt: skip
+    assert (tmp_path / "20.vcf.gz.tbi").exists()
+
+
+def test_a_baseline_that_did_not_run_on_one_chunk_is_left_out_of_the_chromosome(tmp_path):
+    """Beagle skips a chunk that types too few sites (a placeholder VCF without samples); the
+    chromosome's VCF is then a placeholder naming that chunk, and evaluation scores it as not run."""
+    from ragimpute.evaluate import not_run_reason
+    from ragimpute.ligate import ligate
+
+    a = _chunk_vcf(tmp_path / "20.c000" / "beagle.vcf.gz", ["s1"], [100, 200])
+    why = "the target types 1 site(s) it can take; beagle needs at least 2"
+    b = _chunk_vcf(tmp_path / "20.c001" / "beagle.vcf.gz", [], [], not_run=why)
+    c = _chunk_vcf(tmp_path / "20.c002" / "beagle.vcf.gz", ["s1"], [900])
+    out = tmp_path / "20.vcf.gz"
+    info = ligate([(a, 1, 250), (b, 251, 800), (c, 801, 10_000)], out)
+    assert not_run_reason(out) == f"chunk 20.c001: {why}" == info["not_run"]
+    meta, rows = _records(out)
+    assert rows == [] and "##ragimpute_not_run=<method=beagle," in "\n".join(meta)
+    # samples that differ between chunks that both ran are still an error
+    d = _chunk_vcf(tmp_path / "20.c003" / "beagle.vcf.gz", ["s9"], [950])
+    with pytest.raises(Exception, match="other samples"):
+        ligate([(a, 1, 250), (d, 251, 10_000)], tmp_path / "x.vcf.gz")

@@ -23,7 +23,10 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import ArtifactError
+from .logs import log
 from .vcf_write import bgzip_vcf_writer, info_strings
+
+VCF_COLUMNS = ("#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT")
 
 
 def write_stats(
@@ -87,17 +90,58 @@ def merge_batches(
     return {"batches": len(parts), "samples": len(samples), "sites": len(pos)}
 
 
+def _not_run(meta: list[str]) -> str | None:
+    """The ``##ragimpute_not_run`` line of a placeholder VCF (a tool that could not run), or None."""
+    from .evaluate import NOT_RUN_KEY
+
+    return next((m for m in meta if m.startswith(NOT_RUN_KEY)), None)
+
+
+def _placeholder(parts, heads, out_vcf: str | os.PathLike) -> dict:
+    """A chromosome's placeholder from chunks some of which are placeholders: a tool that could not
+    run on a chunk is left out of the whole chromosome, with each such chunk and its reason."""
+    from .evaluate import NOT_RUN_KEY
+
+    method, reasons = "", []
+    for (v, _, _), (meta, _, _) in zip(parts, heads, strict=True):
+        line = _not_run(meta)
+        if line is None:
+            continue
+        fields = line[len(NOT_RUN_KEY) :].strip().strip("<>")
+        method = fields.partition("method=")[2].split(",")[0] or method
+        reasons.append(
+            f"chunk {Path(v).parent.name}: " + fields.partition('reason="')[2].rstrip('"')
+        )
+    reason = "; ".join(reasons).replace('"', "'")
+    log.warning("%s did not run on every chunk (%s): %s is a placeholder, and %s is left out of "
+                "the comparison", method, reason, out_vcf, method)  # fmt: skip
+    with bgzip_vcf_writer(out_vcf) as write:
+        write(
+            f'##fileformat=VCFv4.2\n{NOT_RUN_KEY}<method={method},reason="{reason}">\n'
+            + "\t".join(VCF_COLUMNS)
+            + "\n"
+        )
+    return {"chunks": len(parts), "records": [0] * len(parts), "output": str(Path(out_vcf)),
+            "not_run": reason}  # fmt: skip
+
+
 def ligate(parts: list[tuple[str | os.PathLike, int, int]], out_vcf: str | os.PathLike) -> dict:
-    """One VCF from chunk VCFs: each record from the part whose core (first, last bp) holds it."""
+    """One VCF from chunk VCFs: each record from the part whose core (first, last bp) holds it. The
+    provenance line of every chunk is kept, named by its chunk. A placeholder among the parts (a
+    baseline that could not run on a chunk) makes the chromosome's VCF a placeholder too."""
     heads = [_split_header(v) for v, _, _ in parts]
+    if any(_not_run(meta) for meta, _, _ in heads):
+        return _placeholder(parts, heads, out_vcf)
     columns = heads[0][1]
     for (v, _, _), (_, cols, _) in zip(parts, heads, strict=True):
         if cols != columns:
             raise ArtifactError(f"{v}: other samples than {parts[0][0]}; impute it again")
-    meta = [m for m in heads[0][0] if not m.startswith("##ragimpute_impute")]
+    key = "##ragimpute_impute=<"
+    meta = [m for m in heads[0][0] if not m.startswith(key)]
     meta.append(f"##ragimpute_ligated=<chunks={len(parts)}>\n")
-    meta += [m for _, (m_all, _, _) in zip(parts, heads, strict=True) for m in m_all
-             if m.startswith("##ragimpute_impute")][:1]  # fmt: skip
+    meta += [key + f"chunk={Path(v).parent.name}," + m[len(key) :]
+             for (v, _, _), (m_all, _, _) in zip(parts, heads, strict=True)
+             for m in m_all if m.startswith(key)]  # fmt: skip
     kept = []
     last = 0
     with bgzip_vcf_writer(out_vcf) as write:

@@ -290,7 +290,7 @@ INFO_LINES = [
     'haplotype ALT dosages / (AF * (1 - AF)), as Minimac Rsq; 0 where AF is 0 or 1">',
     '##INFO=<ID=IMP,Number=0,Type=Flag,Description="Imputed: not typed in the target">',
     '##INFO=<ID=TYPED,Number=0,Type=Flag,Description="Typed in the target (missing calls imputed)">',
-    '##FORMAT=<ID=GT,Number=1,Type=String,Description="Phased best-guess genotype (argmax GP)">',
+    '##FORMAT=<ID=GT,Number=1,Type=String,Description="Phased best-guess genotype: the most probable of 0/0, 0/1, 1/1 (argmax GP, written or not)">',
     '##FORMAT=<ID=DS,Number=A,Type=Float,Description="ALT dosage: P(ALT) of haplotype 1 + haplotype 2">',
     GP_LINE,
 ]
