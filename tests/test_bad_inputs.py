@@ -525,6 +525,19 @@ def test_tool_success_is_indexed_and_moved(impute_env, tmp_path):
     assert not (tmp_path / ".tmp.vcf.gz").exists()
 
 
+@needs_htslib
+def test_beagles_log_is_kept_once(impute_env, tmp_path):
+    """Beagle prints its log and writes the same text beside its output (.tmp.log): $log keeps what
+    it printed, once, and the copy beside the output is removed."""
+    script = (f"echo 'Command line: java -jar beagle.jar'; cp {impute_env.target} {tmp_path}/.tmp.vcf.gz; "
+              f"echo 'Command line: java -jar beagle.jar' > {tmp_path}/.tmp.log")  # fmt: skip
+    r, out = run_tool(tmp_path, impute_env.target, 1, "bash", "-c", script)
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "tool.log").read_text().splitlines()
+    assert sum(x.startswith("Command line:") for x in lines) == 1
+    assert out.exists() and not (tmp_path / ".tmp.log").exists()
+
+
 def test_minimac4_target_leaves_out_sites_with_missing_calls(impute_env, tmp_path):
     """Minimac4 4.1 aborts on `.|.` / `.|1` at typed sites: its target leaves those sites out."""
     from impute_data import vcf_lines, write_bgzip

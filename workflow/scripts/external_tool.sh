@@ -37,9 +37,8 @@ fi
 echo "ragimpute: running: $*" >>"$log"
 "$@" >>"$log" 2>&1
 rc=$?
-if [ -f "${tmp%.vcf.gz}.log" ]; then  # Beagle's own log, beside its output
-    cat "${tmp%.vcf.gz}.log" >>"$log" && rm -f "${tmp%.vcf.gz}.log"
-fi
+# Beagle also writes the log it printed (above) beside its output: once in $log is enough
+rm -f "${tmp%.vcf.gz}.log"
 if [ "$rc" -eq 0 ]; then
     tabix -f -p vcf "$tmp" && mv "$tmp" "$out" && mv "$tmp.tbi" "$tbi"
     exit $?
