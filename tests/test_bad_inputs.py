@@ -122,6 +122,28 @@ def test_a_number_given_as_text_by_config_says_to_use_a_configfile():
     assert "--configfile" not in problem
 
 
+@pytest.mark.parametrize(
+    "key,given,fixed,plain",
+    [("min_posterior", "1e-05", "1.0e-05", "0.00001"), ("ne", "2.5E4", "2.5e+4", "25000")],
+)
+def test_a_number_that_yaml_reads_as_text_says_how_to_write_it(tmp_path, key, given, fixed, plain):
+    """PyYAML follows YAML 1.1: 1e-05 (no decimal point) and 2.5E3 (no sign) are strings."""
+    from ragimpute.schema import read_yaml
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"engine:\n  {key}: {given}\n")
+    cfg = tiny_config()
+    cfg["engine"] = {**cfg.get("engine", {}), **read_yaml(mine)["engine"]}
+    (problem,) = config_problems(cfg, SCHEMA)
+    assert problem == (
+        f"config key 'engine.{key}': '{given}' is not of type 'number'; YAML reads {given} "
+        f"as text (it needs a decimal point and a signed exponent): write {fixed} or {plain}"
+    )
+    mine.write_text(f"engine:\n  {key}: {fixed}\n")
+    cfg["engine"] = {**cfg["engine"], **read_yaml(mine)["engine"]}
+    assert config_problems(cfg, SCHEMA) == []
+
+
 @pytest.mark.parametrize("section", ["windows", "chunks"])
 def test_an_overlap_not_shorter_than_the_length_is_named_before_anything_runs(section):
     cfg = tiny_config()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -92,6 +93,20 @@ def _set_by(keys: list[str], sources: list[tuple[str, dict]]) -> str | None:
 _DESCRIBED = ("minLength", "pattern", "oneOf")
 
 
+_TEXT_NUMBER = re.compile(r"([-+]?)([0-9]+)(?:\.([0-9]*))?[eE]([-+]?)([0-9]+)")
+
+
+def _yaml11_number(text: str) -> str | None:
+    """How to write ``text`` as a number YAML 1.1 reads (PyYAML, hence Snakemake), where it reads a
+    string instead: ``1e-05`` and ``2.0E3`` are strings to it (a decimal point and a signed exponent
+    are needed: ``1.0e-05``, ``2.0E+3``); None if ``text`` is not such a number."""
+    m = _TEXT_NUMBER.fullmatch(text.strip())
+    if not m:
+        return None
+    sign, whole, frac, esign, exp = m.groups()
+    return f"{sign}{whole}.{frac or 0}e{esign or '+'}{exp}"
+
+
 def config_problems(
     config: dict, schema_path: str | os.PathLike, sources: list[tuple[str, dict]] | None = None
 ) -> list[str]:
@@ -105,6 +120,7 @@ def config_problems(
     import difflib
 
     import jsonschema
+    import numpy as np
 
     from .schema import read_yaml
 
@@ -138,14 +154,18 @@ def config_problems(
             message += f" (one of: {', '.join(map(str, err.schema['enum']))})"
         if isinstance(err.instance, bool) and err.validator in ("type", "enum"):
             message += "; YAML reads yes, no, on and off as true or false: quote the value"
-        if (
-            err.validator == "type"
-            and isinstance(err.instance, str)
-            and origin(path) == " in --config"
-        ):
-            message += (
-                "; --config passes the values inside a nested key as text: set it in a --configfile"
-            )
+        if err.validator == "type" and isinstance(err.instance, str):
+            if origin(path) == " in --config":
+                message += (
+                    "; --config passes the values inside a nested key as text: set it in a "
+                    "--configfile"
+                )
+            elif fixed := _yaml11_number(err.instance):
+                plain = np.format_float_positional(float(err.instance), trim="-")
+                message += (
+                    f"; YAML reads {err.instance} as text (it needs a decimal point and a signed "
+                    f"exponent): write {fixed} or {plain}"
+                )
         out.append(
             f"config key {where or '(top level)'!r}{origin(path) if path else ''}: {message}"
         )
