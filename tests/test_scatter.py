@@ -174,7 +174,8 @@ def test_an_engine_upgrade_reruns_what_the_engine_made(finished_copy):
 def test_settings_that_leave_a_methods_output_as_it_is_do_not_rerun_it(finished_copy):
     """retrieval.k reaches only the network's imputation (the retrieval baseline has its own k), and
     impute.batch_haplotypes and engine.block_sites none: output is the same for any batch and any
-    block. None of them reruns af, retrieval or copying."""
+    block. None of them reruns af, retrieval or copying. Nor do the settings of how training uses
+    the machine (train.log_every, device, cache_windows) retrain or reimpute."""
     from workflow_runs import TINY, TWO_CHROM
 
     wd = finished_copy
@@ -182,6 +183,8 @@ def test_settings_that_leave_a_methods_output_as_it_is_do_not_rerun_it(finished_
         ("k.yaml", "retrieval:\n  k: 6\n", {"model"}),
         ("batch.yaml", "impute:\n  batch_haplotypes: 7\n", set()),
         ("block.yaml", "engine:\n  block_sites: 17\n", set()),
+        # the machine's train settings: neither retrain nor reimpute with the network
+        ("train.yaml", "train:\n  log_every: 7\n  device: cpu\n  cache_windows: 3\n", set()),
     ):
         overlay = wd / name
         overlay.write_text(text)

@@ -160,6 +160,52 @@ def test_resume_after_kill_continues_from_the_saved_epoch(tiny, tmp_path):
     assert json.loads((tmp_path / "out/train.json").read_text())["best_epoch"] == ref["best_epoch"]
 
 
+def _flip_a_weight_byte(path: Path) -> None:
+    """Corrupt a saved model in place the way a bad disk does: one byte of a weight tensor changes
+    and the archive still loads (torch.load does not check its CRCs)."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    weights = next(v for v in ck["model"].values() if v.numel() >= 16 and v.abs().sum() > 0)
+    raw, data = weights.contiguous().numpy().tobytes(), bytearray(path.read_bytes())
+    at = data.find(raw) + len(raw) // 2
+    assert at > len(raw) // 2, "the tensor's bytes were not found in the file"
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    torch.load(path, map_location="cpu", weights_only=False)  # still loads
+
+
+def test_a_corrupted_model_is_refused_at_imputation(tiny, tmp_path):
+    from ragimpute.errors import ArtifactError
+
+    train(TrainConfig(**{**FAST, "epochs": 1}), inputs(tiny), tmp_path / "m", tmp_path / "s")
+    _flip_a_weight_byte(tmp_path / "m/model.pt")
+    with pytest.raises(ArtifactError, match="weights do not match the digest it records") as e:
+        load_predictor(str(tmp_path / "m/model.pt"), "cpu")
+    assert "--forcerun train" in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["checkpoint flipped", "best truncated", "best missing"])
+def test_a_damaged_checkpoint_or_best_model_trains_afresh(tiny, tmp_path, caplog, damage):
+    """A finished run's state, damaged: resuming it would end by copying a bad best.pt to model.pt
+    (and a rebuild hint that loops), or continue from corrupted weights. It starts afresh, says why,
+    and ends with the model an undamaged run makes."""
+    cfg = TrainConfig(**{**FAST, "epochs": 1})
+    train(cfg, inputs(tiny), tmp_path / "m", tmp_path / "s")
+    good = (tmp_path / "m/model.pt").read_bytes()
+    state = tmp_path / "s"
+    if damage == "checkpoint flipped":
+        _flip_a_weight_byte(state / "ckpt.pt")
+    elif damage == "best truncated":
+        (state / "best.pt").write_bytes((state / "best.pt").read_bytes()[:5000])
+    else:
+        (state / "best.pt").unlink()
+    caplog.set_level("WARNING", logger="ragimpute")
+    train(cfg, inputs(tiny), tmp_path / "m2", state)
+    why = {"checkpoint flipped": "tensors do not match the digest", "best truncated":
+           "best.pt is unreadable", "best missing": "best.pt, the best model of"}[damage]  # fmt: skip
+    assert why in caplog.text and "training starts afresh" in caplog.text
+    assert (tmp_path / "m2/model.pt").read_bytes() == good
+
+
 def test_changed_configuration_does_not_resume_a_foreign_checkpoint(tiny, tmp_path, caplog):
     train(TrainConfig(**{**FAST, "epochs": 1}), inputs(tiny), tmp_path / "a", tmp_path / "state")
     caplog.set_level("WARNING", logger="ragimpute")
@@ -306,6 +352,9 @@ def test_training_queries_never_see_their_own_sample(tiny):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test written for Linux")
 def test_distributed_training_with_two_cpu_processes(tiny, tmp_path):
+    from ragimpute.logs import setup_logging
+
+    setup_logging(str(tmp_path / "train.log"))  # as Snakemake's log: (smk.run)
     summary = train(
         TrainConfig(**{**FAST, "epochs": 1, "processes": 2, "device": "cpu"}),
         inputs(tiny),
@@ -326,6 +375,21 @@ def test_distributed_training_with_two_cpu_processes(tiny, tmp_path):
     assert m2["train_n_5-50%"].iloc[0] == pytest.approx(m1["train_n_5-50%"].iloc[0], rel=0.2)
     assert single["processes"] == 1
     assert os.path.exists(tmp_path / "m/model.pt")
+    # the spawned processes log to the job's log too (the lead's epoch lines; the others only warn)
+    text = (tmp_path / "train.log").read_text()
+    assert "distributed training: 2 processes" in text
+    assert text.count("epoch 0: train loss") == 2  # the spawned lead's, then the single run's
+
+
+def test_the_train_script_runs_only_as_the_main_module():
+    """train.processes > 1 spawns processes that import the rule's script again as their main module
+    (``__mp_main__``), where Snakemake's ``snakemake`` object does not exist: it must do nothing."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "workflow/scripts/train.py"
+    runpy.run_path(str(script), run_name="__mp_main__")  # a NameError before the guard
+    with pytest.raises(NameError, match="snakemake"):
+        runpy.run_path(str(script), run_name="__main__")
 
 
 def test_sampled_epochs_train_the_examples_asked_for_from_several_windows(tiny, tmp_path):
@@ -342,6 +406,18 @@ def test_sampled_epochs_train_the_examples_asked_for_from_several_windows(tiny, 
     assert (
         ck["train_config"]["examples_per_epoch"] == 40 and "cache_windows" not in ck["train_config"]
     )
+
+
+def test_the_window_cache_changes_no_sampled_epoch(tiny, tmp_path):
+    """With examples_per_epoch the batches were grouped by the cache's size, so that lowering
+    cache_windows (after running out of memory, say) trained another model under the same
+    fingerprint; the grouping is now fixed, and the cache only reads windows again."""
+    cfg = {**FAST, "epochs": 1, "examples_per_epoch": 40}
+    train(TrainConfig(**cfg, cache_windows=8), inputs(tiny), tmp_path / "all", tmp_path / "s_all")
+    train(TrainConfig(**cfg, cache_windows=1), inputs(tiny), tmp_path / "one", tmp_path / "s_one")
+    m = pd.read_csv(tmp_path / "one/metrics.csv")
+    assert m["cache_peak_windows"].max() == 1
+    assert (tmp_path / "one/model.pt").read_bytes() == (tmp_path / "all/model.pt").read_bytes()
 
 
 def test_the_window_cache_bounds_memory_and_changes_nothing(tiny, tmp_path):

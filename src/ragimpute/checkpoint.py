@@ -24,6 +24,7 @@ import torch
 from . import __version__
 from .atomic import atomic_path
 from .logs import log
+from .methods import TRAIN_MACHINE_SETTINGS
 from .model import ImputationModel
 from .tokens import VOCAB
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 # that does not use them keeps its fingerprint and its model.pt bytes, and resumes its checkpoint.
 ADDED_SETTINGS = {"examples_per_epoch": 0}
 # Settings that change how a run uses the machine, not what it computes: never in the identity.
-MACHINE_SETTINGS = ("log_every", "threads", "device", "cache_windows")
+MACHINE_SETTINGS = TRAIN_MACHINE_SETTINGS
 
 
 def recorded_config(cfg: TrainConfig) -> dict:
@@ -121,12 +122,42 @@ def _data_changes(chrom: str, o: dict, n: dict) -> list[str]:
     return out
 
 
-def state_hash(model: torch.nn.Module) -> str:
+def state_hash(model: torch.nn.Module | dict) -> str:
+    """Digest of a model's weights (a module or its state dict), recorded in model.pt and best.pt."""
+    weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
     h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
+    for k, v in sorted(weights.items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _tensors_hash(obj, h=None) -> str:
+    """Digest of every tensor in a nested dict / list (a checkpoint's model and optimizer state):
+    torch.load does not check the archive's CRCs, so a flipped byte loads silently otherwise."""
+    top = h is None
+    h = h or hashlib.sha256()
+    if isinstance(obj, torch.Tensor):
+        h.update(obj.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(str(k).encode())
+            _tensors_hash(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _tensors_hash(v, h)
+    return h.hexdigest()[:16] if top else ""
+
+
+def verify_weights(ck: dict, path: str | os.PathLike) -> str | None:
+    """Why the weights of a loaded model.pt / best.pt do not match the digest it records (None: they
+    do, or it records none)."""
+    recorded = ck.get("state_hash")
+    if recorded and state_hash(ck["model"]) != recorded:
+        return (
+            f"{path}: its weights do not match the digest it records ({recorded}): it is corrupted"
+        )
+    return None
 
 
 def _rng_state() -> dict:
@@ -222,8 +253,17 @@ class Checkpoints:
             ck = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as e:  # a truncated or corrupted file: the state is lost, not the run
             if lead:
-                log.warning("%s is unreadable (%s); training starts afresh", self.path, e)
+                log.warning(
+                    "%s is unreadable, truncated or corrupted (%s: %s); training starts afresh",
+                    self.path, type(e).__name__, str(e).strip()[:200],
+                )  # fmt: skip
             return True
+        if ck.get("fingerprint") == self.fingerprint:
+            broken = self._broken(ck)
+            if broken:
+                if lead:
+                    log.warning("%s; training starts afresh", broken)
+                return True
         if ck.get("fingerprint") != self.fingerprint:
             if lead:
                 log.warning(
@@ -246,6 +286,25 @@ class Checkpoints:
             )
         return False
 
+    def _broken(self, ck: dict) -> str | None:
+        """What is wrong with a checkpoint of this run, or with the best model it goes with: its
+        tensors not those it was saved with, or best.pt missing, unreadable, corrupted or of another
+        epoch (the run would end by copying it to model.pt)."""
+        recorded = ck.get("content_hash")
+        if recorded and _tensors_hash([ck["model"], ck["optimizer"]]) != recorded:
+            return f"{self.path} is corrupted: its tensors do not match the digest it records"
+        if ck["best"]["epoch"] < 0:
+            return None
+        if not self.best_path.exists():
+            return f"{self.best_path}, the best model of {self.path}, is missing"
+        try:
+            best = torch.load(self.best_path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            return f"{self.best_path} is unreadable, truncated or corrupted ({type(e).__name__})"
+        if best.get("fingerprint") != self.fingerprint or best.get("epoch") != ck["best"]["epoch"]:
+            return f"{self.best_path} is not the best model of {self.path}"
+        return verify_weights(best, self.best_path)
+
     def start_afresh(self, stale: bool) -> None:
         """A checkpoint or best model of other inputs must never be resumed or copied."""
         if stale:
@@ -254,7 +313,8 @@ class Checkpoints:
 
     def save(self, state: RunState) -> None:
         ck = state.to_checkpoint()
-        ck.update(fingerprint=self.fingerprint, identity=self.identity, ragimpute=__version__)
+        ck.update(fingerprint=self.fingerprint, identity=self.identity, ragimpute=__version__,
+                  content_hash=_tensors_hash([ck["model"], ck["optimizer"]]))  # fmt: skip
         torch_save(ck, self.path)
 
     def save_best(self, model: ImputationModel, row: dict) -> None:

@@ -9,11 +9,18 @@ import time
 log = logging.getLogger("ragimpute")
 
 
-def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> None:
-    """Log to stderr, and to ``log_file`` when given (Snakemake's ``log:``)."""
+def setup_logging(
+    log_file: str | None = None, level: int = logging.INFO, append: bool = False
+) -> None:
+    """Log to stderr, and to ``log_file`` when given (Snakemake's ``log:``; ``append``: after what
+    is there, as a process spawned by the one that made it)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
-        handlers.append(logging.FileHandler(log_file, mode="w"))
+        if not append:
+            open(log_file, "w").close()
+        # always opened to append (O_APPEND): processes spawned by this one log to the same file,
+        # and a handler writing at its own offset would overwrite their lines
+        handlers.append(logging.FileHandler(log_file, mode="a"))
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -24,4 +24,7 @@ INDEX_SETTINGS = ("step_cm", "span_steps", "seed")
 # Engine settings that leave its output as it is (memory only): not parameters of the workflow's
 # rules, whose scripts read them from the config, so that a change reruns nothing.
 ENGINE_OUTPUT_NEUTRAL = ("block_sites",)
+# Train settings that change how a run uses the machine, not what it computes: not in a training
+# checkpoint's identity, and not parameters of the train rule (its script reads them from the config).
+TRAIN_MACHINE_SETTINGS = ("log_every", "threads", "device", "cache_windows")
 STATES_RULE_SETTINGS = ("states", "candidates", *INDEX_SETTINGS)

@@ -180,4 +180,9 @@ def load_predictor(
             raise ValueError(
                 f"{checkpoint_path} is not a ragimpute model (no {key!r}); use results/model/model.pt"
             )
+    from .checkpoint import verify_weights
+
+    broken = verify_weights(ck, checkpoint_path)
+    if broken:
+        raise UnreadableArtifactError(f"{broken}. {rebuild_hint('train')}")
     return ModelPredictor(ck, device, **kwargs)

@@ -14,6 +14,7 @@ unchanged. The best model is chosen on the current epoch's validation r².
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -34,7 +35,7 @@ from .atomic import atomic_path, write_json, write_tsv
 from .checkpoint import Checkpoints, RunState
 from .devices import pick_device
 from .errors import ArtifactError
-from .logs import log
+from .logs import log, setup_logging
 from .metrics import BIN_LABELS, Accumulator
 from .model import ImputationModel, ModelConfig, masked_loss
 from .plots import pyplot, save_png
@@ -228,9 +229,13 @@ def train(
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(_free_port())
     log.info("distributed training: %d processes", world)
+    # the spawned processes log to this process's log files (Snakemake's log:), appending
+    log_files = [
+        h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)
+    ]
     mp.spawn(
         _run,
-        args=(world, cfg, inputs, out_dir, state_dir, retrieval_factory),
+        args=(world, cfg, inputs, out_dir, state_dir, retrieval_factory, log_files),
         nprocs=world,
         join=True,
     )
@@ -251,8 +256,14 @@ def _run(
     out_dir: str | os.PathLike,
     state_dir: str | os.PathLike,
     retrieval_factory: ProviderFactory | None,
+    log_files: list[str] | None = None,
 ) -> dict | None:
-    """One process of the run (``mp.spawn`` calls it with the rank); the lead returns the summary."""
+    """One process of the run (``mp.spawn`` calls it with the rank, and the parent's ``log_files``,
+    which a spawned process logs to: the lead at INFO, the others their warnings); the lead returns
+    the summary."""
+    if log_files is not None:
+        setup_logging(log_files[0] if log_files else None, append=True,
+                      level=logging.INFO if rank == 0 else logging.WARNING)  # fmt: skip
     proc = Process.start(rank, world, cfg)
     data = load_training_data(inputs, cfg.cache_windows)
     ckpts = Checkpoints(state_dir, cfg, inputs, data.identity)
@@ -346,13 +357,19 @@ def _train_epoch(run: Run, ep: Epoch) -> None:
     ep.loads = run.data.cache.loads - loads
 
 
+# Sampled windows whose batches are shuffled together: a constant, not train.cache_windows, so that
+# the cache bounds memory without changing the model (a cache of at least this many windows reads
+# each window once per epoch; a smaller one reads some again).
+SAMPLE_GROUP = 8
+
+
 def _epoch_batches(run: Run, ep: Epoch) -> list[tuple[int, np.ndarray]]:
     """Every batch (``examples_per_epoch`` 0), or that many haplotype windows sampled across the
-    genome, grouped so that the window cache reads each window once; from the epoch's generator."""
+    genome, ``SAMPLE_GROUP`` windows at a time; from the epoch's generator."""
     cfg = run.cfg
     if cfg.examples_per_epoch:
         return sample_batches(
-            run.data.windows, cfg.batch_size, cfg.examples_per_epoch, ep.rng, cfg.cache_windows
+            run.data.windows, cfg.batch_size, cfg.examples_per_epoch, ep.rng, SAMPLE_GROUP
         )
     return epoch_batches(run.data.windows, cfg.batch_size, ep.rng)
 

@@ -16,6 +16,7 @@ from ragimpute.methods import (
     EXTERNAL_METHODS,
     OUR_METHODS,
     STATES_RULE_SETTINGS,
+    TRAIN_MACHINE_SETTINGS,
 )
 from ragimpute.smk import config_problems, config_sources
 from ragimpute.split import SPLITS
@@ -572,6 +573,12 @@ def engine_rule_settings():
     """The engine section less the settings that leave its output as it is (the scripts add them
     back from the config): a change of those reruns nothing."""
     return {k: v for k, v in config["engine"].items() if k not in ENGINE_OUTPUT_NEUTRAL}
+
+
+def train_rule_settings():
+    """The train section less the settings of the machine (log_every, device, ...; the script adds
+    them back from the config): a change of those neither retrains nor reimputes."""
+    return {k: v for k, v in config["train"].items() if k not in TRAIN_MACHINE_SETTINGS}
 
 
 def typed_report(wildcards):

@@ -42,6 +42,7 @@ rule train:
             caption="../report/train_curves.rst",
         ),
         summary=L.model("train.json"),
+        metrics_tsv=L.model("metrics.tsv"),
     log:
         logs("train.log"),
     benchmark:
@@ -53,7 +54,7 @@ rule train:
         mem_mb=8000,
         runtime=240,
     params:
-        cfg=config["train"],
+        cfg=train_rule_settings(),
         k=config["retrieval"]["k"],
         masks=lambda wildcards: {u: mask_hashes(u) for u in units()},
     script:
