@@ -144,6 +144,22 @@ def test_a_number_that_yaml_reads_as_text_says_how_to_write_it(tmp_path, key, gi
     assert config_problems(cfg, SCHEMA) == []
 
 
+def test_a_target_without_a_reference_panel_is_warned_about():
+    """With panel.vcf left empty the demo panel is simulated: a user's target would be imputed from
+    it (right only for the demo's own cohort), and the first error was a suggestion to lift over."""
+    from ragimpute.smk import config_warnings
+
+    cfg = tiny_config()
+    cfg["impute"] = {**cfg.get("impute", {}), "target_vcf": "cohort.vcf.gz"}
+    cfg["panel"] = {**cfg.get("panel", {}), "vcf": ""}
+    assert config_problems(cfg, SCHEMA) == []
+    (warning,) = config_warnings(cfg)
+    assert warning.startswith("impute.target_vcf is set (cohort.vcf.gz) but panel.vcf is empty")
+    assert warning.endswith("set panel.vcf to your reference panel")
+    cfg["panel"]["vcf"] = "panel.vcf.gz"
+    assert config_warnings(cfg) == []
+
+
 @pytest.mark.parametrize("section", ["windows", "chunks"])
 def test_an_overlap_not_shorter_than_the_length_is_named_before_anything_runs(section):
     cfg = tiny_config()
@@ -783,6 +799,18 @@ def test_cli_missing_target_names_the_option(impute_env, tmp_path, capsys):
     (line,) = [ln for ln in err.splitlines() if " ERROR " in ln]
     assert f"{missing}: file not found. Check the path given to --target" in line
     assert "config" not in line and not (tmp_path / "out.vcf.gz").exists()
+
+
+def test_cli_model_without_a_checkpoint_names_the_option(impute_env, tmp_path):
+    from ragimpute.cli import main
+
+    env = impute_env
+    args = ["impute", "--results", str(env.results), "--chrom", "20", "--split", str(env.split),
+            "--target", str(env.target), "--method", "model",
+            "--out", str(tmp_path / "out.vcf.gz")]  # fmt: skip
+    with pytest.raises(SystemExit, match="--method model needs --checkpoint"):
+        main(args)
+    assert not (tmp_path / "out.vcf.gz").exists()
 
 
 # -- leftovers of killed jobs (issue 11.6) ---------------------------------------------------------

@@ -112,6 +112,16 @@ def test_bad_maps_are_named(tmp_path, text, message):
     assert str(path) in str(e.value)
 
 
+@pytest.mark.parametrize("scale,warned", [(0.01, True), (1.0, False), (100.0, True)])
+def test_a_map_in_other_units_is_warned_about(tmp_path, caplog, scale, warned):
+    """A map in Morgans passed every check, and the copying model ran on a 100 times shorter map."""
+    path = tmp_path / "m.map"
+    path.write_text("".join(f"20 . {scale * 1.2 * i:.6f} {1 + i * 1_000_000}\n" for i in range(6)))
+    caplog.set_level("WARNING", logger="ragimpute")
+    read_genetic_map(path, "20")
+    assert ("check that the map is in cM" in caplog.text) == warned
+
+
 def test_site_map_holds_the_cm_of_every_reference_site(demo_windows, tmp_path):
     """What Beagle, Minimac4 and the phaser read: a point at every site, the windows' cM, the
     reference's chromosome name; read back, it gives the same cM (nothing left to extrapolate)."""

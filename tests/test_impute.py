@@ -377,6 +377,26 @@ def test_unmatched_sites_are_counted_and_listed(env, clean, tmp_path):
     assert (env.results / "index" / CHROM / report["mask_hash"] / "meta.json").exists()
 
 
+def test_a_target_that_mostly_misses_the_reference_is_warned_about(env, tmp_path, caplog):
+    """Most records at positions the reference lacks (another build, typically): a warning, not only
+    the INFO line of counts; half or more matching is not warned about."""
+    header, records = vcf_lines(env.target)
+    taken = set(env.sites["pos"])
+    free = iter(p for p in range(1, 10**7) if p not in taken)
+    n_keep = 3
+    moved = [r[:1] + [str(next(free))] + r[2:] for r in records[n_keep:]]
+    rows = sorted(records[:n_keep] + moved, key=lambda r: int(r[1]))
+    caplog.set_level("WARNING", logger="ragimpute")
+    run(env, write_vcf(tmp_path / "t.vcf", header, rows), tmp_path / "out.vcf.gz")
+    assert f"only {n_keep} of its {len(records)} SNV records" in caplog.text
+    assert "another genome build" in caplog.text
+    caplog.clear()
+    half = records[: len(records) // 2] + moved[len(records) // 2 - n_keep :]
+    run(env, write_vcf(tmp_path / "h.vcf", header, sorted(half, key=lambda r: int(r[1]))),
+        tmp_path / "h.vcf.gz")  # fmt: skip
+    assert "another genome build" not in caplog.text
+
+
 def test_missing_calls_are_imputed_and_very_missing_sites_untyped(env, clean, tmp_path):
     header, records = vcf_lines(env.target)
     records = [r[:] for r in records]

@@ -372,4 +372,5 @@ def test_manifest_sites_beyond_a_chunks_sites_are_not_called_missing_from_the_pa
     assert on_array.sum() == 20  # every fifth of the chunk's 100 sites
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "1 of 21 manifest sites within 20:" in warnings[0], warnings
+    assert f"(ignored): 20:{int(r['pos'])}. A site" in warnings[0]  # named, to be looked up
     assert f"{len(rows) - 21} manifest sites on chromosome 20 lie outside" in caplog.text

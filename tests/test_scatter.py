@@ -195,3 +195,22 @@ def test_settings_that_leave_a_methods_output_as_it_is_do_not_rerun_it(finished_
         assert methods <= may_rerun, (name, methods)
         if not may_rerun:
             assert not jobs, (name, jobs)
+
+
+@pytest.mark.parametrize(
+    "record,stage",
+    [("masks/21/current.json", "mask"), ("targets/21/aligned/alignment.json", "target_mask")],
+)
+def test_a_truncated_checkpoint_record_is_named_with_its_rebuild(finished_copy, record, stage):
+    """Snakemake reads the checkpoints' JSON records while it builds the job graph: a truncated one
+    was a JSONDecodeError traceback naming no file."""
+    wd = finished_copy
+    path = wd / TWO_CHROM_RESULTS / record
+    path.write_text(path.read_text()[:20])
+    r = snakemake(wd, "-n", "--cores", "2")
+    text = output(r)
+    assert r.returncode != 0 and "JSONDecodeError" not in text, text[-3000:]
+    assert f"{record} is corrupt or truncated" in text and f"--forcerun {stage}" in text
+    r = snakemake(wd, "--cores", "2", "--forcerun", stage)  # the fix the message gives
+    assert r.returncode == 0, output(r)[-3000:]
+    assert json.loads(path.read_text())

@@ -138,6 +138,11 @@ def _train(a: argparse.Namespace) -> None:
 def _impute(a: argparse.Namespace) -> None:
     from .impute import impute_target
 
+    if a.method == "model" and not a.checkpoint:
+        raise SystemExit(
+            "ragimpute impute: --method model needs --checkpoint (the trained model.pt, e.g. "
+            "results/model/model.pt)"
+        )
     options = _key_values(a.set)
     engine = {**section_defaults("engine"), **_key_values(a.engine)}
     impute_target(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .logs import log
 from .vcf_io import normalize_chrom
 
 CM_PER_BP_DEFAULT = 1e-6
@@ -45,6 +46,11 @@ class GeneticMap:
         out[lo] = cm[0] + (pos[lo] - bp[0]) * (cm[1] - cm[0]) / (bp[1] - bp[0])
         out[hi] = cm[-1] + (pos[hi] - bp[-1]) * (cm[-1] - cm[-2]) / (bp[-1] - bp[-2])
         return out
+
+
+# A chromosome-wide average outside this range (cM/Mb) is warned about: human chromosomes average
+# about 0.5-3; a map in Morgans gives ~0.01
+MAP_RATES_CM_PER_MB = (0.1, 20.0)
 
 
 def _open_text(path: str):
@@ -125,7 +131,8 @@ def read_genetic_map(path: str | os.PathLike, chrom: str) -> GeneticMap:
         raise InputError(
             path,
             f"chromosome {chrom}: positions not increasing at {b[i]} (after {b[i - 1]})",
-            "Sort the map by position and remove duplicate positions",
+            "Sort the map by position and remove duplicate positions (the columns are chrom, id, "
+            "cM, bp in a PLINK .map; Chromosome, Position, Rate, Map in a HapMap map)",
         )
     if (np.diff(g) < 0).any():
         i = int(np.flatnonzero(np.diff(g) < 0)[0]) + 1
@@ -134,6 +141,15 @@ def read_genetic_map(path: str | os.PathLike, chrom: str) -> GeneticMap:
             f"chromosome {chrom}: genetic position decreases at {b[i]} bp ({g[i]} < {g[i - 1]} cM)",
             "A genetic map's cM must not decrease along the chromosome",
         )
+    span_mb = (b[-1] - b[0]) / 1e6
+    rate = (g[-1] - g[0]) / span_mb if span_mb > 0 else float("nan")
+    if span_mb >= 1 and not MAP_RATES_CM_PER_MB[0] <= rate <= MAP_RATES_CM_PER_MB[1]:
+        log.warning(
+            "%s: chromosome %s averages %.3g cM/Mb over %.1f Mb, far from the ~0.5-3 cM/Mb of human "
+            "maps: check that the map is in cM (a map in Morgans reads 100 times too short) and "
+            "that its columns are in the order its format expects",
+            path, chrom, rate, span_mb,
+        )  # fmt: skip
     return GeneticMap(path, chrom, b, g)
 
 

@@ -186,9 +186,12 @@ def match_sites(sites: pd.DataFrame, manifest: pd.DataFrame, manifest_path: obje
     name = sites["chrom"].iloc[0]
     n_unmatched = int((~row_hit & inside).sum())
     if n_unmatched:
+        shown = mpos[~row_hit & inside][:5]
         log.warning(
-            "%s: %d of %d manifest sites within %s:%d-%d are not panel SNVs (ignored)",
+            "%s: %d of %d manifest sites within %s:%d-%d are not panel SNVs (ignored): %s%s. A site "
+            "whose position the panel has is one with other alleles (or on the other strand)",
             manifest_path, n_unmatched, int(inside.sum()), name, first, last,
+            ", ".join(f"{name}:{p}" for p in shown), ", ..." if n_unmatched > len(shown) else "",
         )  # fmt: skip
     if not inside.all():
         log.info(

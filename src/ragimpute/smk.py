@@ -178,3 +178,16 @@ def config_problems(
             if n and o is not None and o >= n
         ]
     return out
+
+
+def config_warnings(config: dict) -> list[str]:
+    """What in a valid config is likely a mistake, one line each (the run goes on)."""
+    out = []
+    target = config.get("impute", {}).get("target_vcf")
+    if target and not config.get("panel", {}).get("vcf"):
+        out.append(
+            f"impute.target_vcf is set ({target}) but panel.vcf is empty: the targets are imputed "
+            "from the simulated demo panel, which suits only the demo's own cohort "
+            "(demo.cohort_samples). For your own targets, set panel.vcf to your reference panel"
+        )
+    return out

@@ -110,6 +110,9 @@ WORKFLOW_PHASING_HINT = (
     + PHASING_HINT[0].lower()
     + PHASING_HINT[1:]
 )
+# Below this fraction of a target's SNV records matching the reference, the overlap is warned about
+# (imputation servers refuse a target whose overlap is under 50 %).
+LOW_OVERLAP = 0.5
 
 
 @dataclass
@@ -274,6 +277,13 @@ def read_target(
         ", ".join(f"{k}={v}" for k, v in skipped.items() if v) or "none",
     )
     match.warn(path)
+    if report["matched"] < LOW_OVERLAP * len(recs):
+        log.warning(
+            "%s: only %d of its %d SNV records on %s (%.0f %%) match a reference site; the rest are "
+            "not used (unmatched.tsv says why). So low an overlap is usually another genome build "
+            "(liftover with `bcftools +liftover` or CrossMap) or another chromosome",
+            path, report["matched"], len(recs), contig, 100 * report["matched"] / len(recs),
+        )  # fmt: skip
     site = match.idx[keep].astype(np.int64)
     unphased_kept = unphased if allow_unphased else None
     return AlignedTarget(path, contig, samples, site, alleles, report, unmatched, unphased_kept)

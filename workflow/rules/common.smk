@@ -18,7 +18,7 @@ from ragimpute.methods import (
     STATES_RULE_SETTINGS,
     TRAIN_MACHINE_SETTINGS,
 )
-from ragimpute.smk import config_problems, config_sources
+from ragimpute.smk import config_problems, config_sources, config_warnings
 from ragimpute.split import SPLITS
 
 # Every key is checked before anything runs: a misspelt key is an error naming it, not a silent
@@ -39,6 +39,8 @@ if _problems:
         + "\nSee config/schema.yaml for every key, its type and its default."
     )
 validate(config, schema="../../config/schema.yaml")
+for _warning in config_warnings(config):
+    print(f"ragimpute: warning: {_warning}", file=sys.stderr)
 
 # Every path of a run comes from the layout (src/ragimpute/layout.py).
 L = Layout(config["results"])
@@ -300,10 +302,28 @@ def mask_array_input(wildcards):
     return manifest
 
 
+def checkpoint_json(path, stage):
+    """A checkpoint's JSON record, read while Snakemake builds its job graph: a truncated or garbled
+    one is named, with the rerun that rebuilds it (not a JSONDecodeError traceback)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WorkflowError(
+            f"{path} is corrupt or truncated ({e}): rebuild it with snakemake --forcerun {stage} "
+            "(and the targets you ran)"
+        ) from None
+
+
 def mask_hashes(unit):
     """Hashes of the masks the config asks for on ``unit`` (known once the mask checkpoint ran)."""
-    with checkpoints.mask.get(unit=unit).output[0].open() as f:
-        return json.load(f)["hashes"]
+    record = checkpoint_json(checkpoints.mask.get(unit=unit).output[0], "mask")
+    if not isinstance(record, dict) or "hashes" not in record:
+        raise WorkflowError(
+            f"{checkpoints.mask.get(unit=unit).output[0]} holds no mask hashes: rebuild it with "
+            "snakemake --forcerun mask"
+        )
+    return record["hashes"]
 
 
 def stored_mask(wildcards):
@@ -424,8 +444,9 @@ def demo_target_array(wildcards):
 
 def alignment(unit):
     """The target_mask checkpoint's alignment.json of a unit (known once it ran)."""
-    with checkpoints.target_mask.get(unit=unit).output.alignment.open() as f:
-        return json.load(f)
+    return checkpoint_json(
+        checkpoints.target_mask.get(unit=unit).output.alignment, "target_mask"
+    )
 
 
 def target_hash(unit):
