@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pysam
 import pytest
 
 from ragimpute.chunks import chrom_of, plan_chunks, unit_name
@@ -82,6 +83,190 @@ def test_a_region_reads_exactly_the_chunks_records(tmp_path):
     assert part.n_sites == inside.sum() > 0
     assert np.array_equal(part.haplotypes, whole.haplotypes[inside])
     assert part.sites["pos"].tolist() == whole.sites["pos"][inside].tolist()
+
+
+# -- chunks over the panel's records: its span, and no chunk in a gap --------------------------------
+
+
+def _has_record(positions):
+    positions = np.asarray(positions)
+
+    def has(a, b):
+        i = np.searchsorted(positions, a)
+        return bool(i < len(positions) and positions[i] <= b)
+
+    return has
+
+
+def check_records_tiled(units, positions):
+    """Every record in exactly one core, within that chunk's region; no core without a record."""
+    positions = np.asarray(positions)
+    owner = np.full(len(positions), -1)
+    for i, u in enumerate(units):
+        in_core = (positions >= u.core_start) & (positions <= u.core_end)
+        assert in_core.any(), f"{u.name}: no record in its core"
+        assert (owner[in_core] == -1).all(), "a record in two cores"
+        owner[in_core] = i
+        assert ((positions[in_core] >= u.start) & (positions[in_core] <= u.end)).all()
+    assert (owner >= 0).all(), f"records in no core: {positions[owner < 0][:5]}"
+    for a, b in zip(units[:-1], units[1:], strict=True):
+        assert b.core_start == a.core_end + 1 and a.start < b.start and a.end <= b.end
+    assert units[0].core_start == positions[0] and units[-1].core_end == positions[-1]
+    assert [u.name for u in units] == [unit_name(units[0].chrom, i) for i in range(len(units))]
+
+
+@pytest.mark.parametrize(
+    "gap", [(1_000_000, 1_300_000), (1_000_000, 2_000_000), (800_000, 6_000_000)]
+)
+@pytest.mark.parametrize("length,overlap", [(500_000, 100_000), (400_000, 0), (1_000_000, 250_000)])
+def test_no_chunk_in_a_gap_and_the_cores_tile_every_record(gap, length, overlap):
+    """A gap (a centromere) of 0.3 to 5.2 Mb: the chunks within it are not made, their neighbours'
+    cores meet over it, and every record is in exactly one core."""
+    rng = np.random.default_rng(1)
+    pos = np.unique(rng.integers(20_000, 8_000_000, 20_000))
+    pos = pos[(pos < gap[0]) | (pos > gap[1])]
+    units = plan_chunks("20", int(pos[0]), int(pos[-1]), length, overlap, "bp", None,
+                        has_record=_has_record(pos))  # fmt: skip
+    check_records_tiled(units, pos)
+    every = plan_chunks("20", int(pos[0]), int(pos[-1]), length, overlap, "bp")
+    inside = [u for u in every if gap[0] < u.core_start and u.core_end < gap[1]]
+    assert len(units) == len(every) - len(inside)
+    assert inside or gap[1] - gap[0] < 2 * (length - overlap)  # a long gap holds a core
+
+
+def test_chunks_in_cm_leave_out_a_gap_the_map_is_flat_over():
+    """The genetic map flat over a 2 Mb centromere: in cM the gap is short, in bp long."""
+    g = GeneticMap(
+        "map", "20", np.array([1, 3_000_000, 5_000_000, 9_000_000]), np.array([0.0, 3, 3.1, 7.1])
+    )
+    pos = np.r_[np.arange(10_000, 3_000_000, 997), np.arange(5_000_000, 9_000_000, 997)]
+    units = plan_chunks("20", int(pos[0]), int(pos[-1]), 0.5, 0.1, "cm", g, _has_record(pos))
+    check_records_tiled(units, pos)
+
+
+def test_records_only_in_overlaps_and_isolated_records():
+    """A chunk whose core holds no record but whose overlap does is left out too (its records are
+    its neighbours'); one record alone between gaps gets a chunk."""
+    pos = np.r_[np.arange(1, 1_000_000, 1000), [1_460_000], np.arange(3_000_000, 4_000_000, 1000)]
+    units = plan_chunks("20", 1, int(pos[-1]), 500_000, 100_000, "bp", None, _has_record(pos))
+    check_records_tiled(units, pos)
+    pos = np.r_[np.arange(1, 1_000_000, 1000), np.arange(1_002_000, 2_000_000, 1000)]
+    units = plan_chunks("20", 1, int(pos[-1]), 500_000, 100_000, "bp", None, _has_record(pos))
+    assert len(units) == len(plan_chunks("20", 1, int(pos[-1]), 500_000, 100_000, "bp"))
+
+
+def _panel(tmp_path, positions, name="panel", extra=(), form="tbi", length=64_444_167):
+    """A panel VCF of SNVs at ``positions`` (and the ``extra`` records), its ##contig saying
+    ``length``: bgzipped and tabix-indexed (tbi), CSI-indexed (csi), a BCF (bcf), or unindexed."""
+    from conftest import vcf_text, write_vcf
+
+    recs = [("20", int(p), "A", "C", "PASS", ["0|1", "1|0"]) for p in positions]
+    recs = sorted([*recs, *extra], key=lambda r: r[1])
+    text = vcf_text(
+        recs, ["S1", "S2"], contigs=(), extra_header=(f"##contig=<ID=20,length={length}>",)
+    )
+    path = write_vcf(tmp_path / f"{name}.vcf.gz", text, "bgzip", index=form == "tbi")
+    if form == "csi":
+        pysam.tabix_index(str(path), preset="vcf", csi=True, force=True)
+    if form == "bcf":
+        bcf = tmp_path / f"{name}.bcf"
+        pysam.bcftools.view("-Ob", "-o", str(bcf), str(path), catch_stdout=False)
+        pysam.bcftools.index(str(bcf))
+        return bcf
+    return path
+
+
+@pytest.mark.parametrize("form", ["tbi", "csi", "bcf", "unindexed"])
+def test_panel_chunks_span_the_records_of_a_region_subset_and_skip_its_gap(tmp_path, form):
+    """A panel cut to 20:2-3.5 Mb with a 1 Mb hole, its ##contig still the whole chromosome's: chunks
+    from its first to its last biallelic SNV (an indel before, a filtered SNV and a multi-allelic
+    record after, and an indel in the hole do not count), none in the hole; the same through
+    every kind of index, and without one (read once, then from the cache)."""
+    import pysam.bcftools  # noqa: F401
+
+    from ragimpute.chunks import plan_panel_chunks
+
+    pos = np.r_[np.arange(2_000_000, 2_500_000, 701), np.arange(3_500_000, 3_900_000, 701)]
+    extra = [
+        ("20", 1_500_000, "AT", "A", "PASS", ["0|1", "1|0"]),
+        ("20", 3_000_000, "AT", "A", "PASS", ["0|1", "1|0"]),
+        ("20", 3_950_000, "A", "C", "LowQual", ["0|1", "1|0"]),
+        ("20", 3_960_000, "A", "C,G", "PASS", ["0|1", "2|0"]),
+    ]
+    path = _panel(tmp_path, pos, extra=extra, form=form)
+    cache = tmp_path / "cache"
+    units = plan_panel_chunks(str(path), "chr20", 0.3, 0.05, "cm", cache_dir=str(cache))
+    check_records_tiled(units, pos)
+    assert (units[0].start, units[-1].end) == (pos[0], pos[-1])
+    assert not any(2_600_000 <= u.start and u.end <= 3_400_000 for u in units)
+    assert len(units) == 5  # of 8 over the span
+    assert (cache.exists() and len(list(cache.iterdir())) == 1) == (form == "unindexed")
+    assert plan_panel_chunks(str(path), "chr20", 0.3, 0.05, "cm", cache_dir=str(cache)) == units
+    # with pass_only off, the filtered SNV is a record: it ends the span
+    units = plan_panel_chunks(
+        str(path), "20", 0.3, 0.05, "cm", pass_only=False, cache_dir=str(cache)
+    )
+    assert units[-1].core_end == 3_950_000
+    # a span shorter than a chunk is one unit, the whole chromosome
+    (u,) = plan_panel_chunks(str(path), "20", 5.0, 1.0, "cm", cache_dir=str(cache))
+    assert u.name == "20"
+
+
+def test_the_unindexed_cache_follows_the_file(tmp_path):
+    from ragimpute.chunks import plan_panel_chunks
+
+    path = _panel(tmp_path, np.arange(1000, 900_000, 997), form="unindexed")
+    cache = tmp_path / "cache"
+    a = plan_panel_chunks(str(path), "20", 0.3, 0.05, "cm", cache_dir=str(cache))
+    _panel(tmp_path, np.arange(1000, 1_900_000, 997), form="unindexed")  # rewritten: new size
+    b = plan_panel_chunks(str(path), "20", 0.3, 0.05, "cm", cache_dir=str(cache))
+    assert a[-1].core_end < 900_000 < b[-1].core_end
+
+
+def test_a_chunk_without_panel_records_says_where_it_read(tmp_path):
+    """The window stage's error for a chunk names its region and says there were no records at
+    all, not an empty "(skipped: )"; a job on a chunk prefixes its name."""
+    from types import SimpleNamespace
+
+    from ragimpute.smk import _chunk_prefix
+    from ragimpute.vcf_io import read_panel
+
+    path = _panel(tmp_path, np.arange(1000, 100_000, 500))
+    with pytest.raises(InputError) as e:
+        read_panel(path, "20", region=(200_000, 300_000))
+    msg = str(e.value)
+    assert "no biallelic SNV records in 20:200000-300000, this chunk's region" in msg
+    assert "it holds no records at all" in msg and "skipped: )" not in msg
+    assert _chunk_prefix(SimpleNamespace(wildcards=SimpleNamespace(unit="20.c004"))) == (
+        "chunk 20.c004: "
+    )
+    assert _chunk_prefix(SimpleNamespace(wildcards=SimpleNamespace(unit="20"))) == ""
+    assert _chunk_prefix(SimpleNamespace(wildcards=SimpleNamespace())) == ""
+
+
+def test_a_target_without_records_in_a_chunk_says_so(tmp_path):
+    """A chunk where the panel has sites but the target has no record: the error names the region
+    and says to lengthen the chunks, not to lift the target over; records that match no site
+    still point at the genome build."""
+    import pandas as pd
+    from conftest import vcf_text, write_vcf
+
+    from ragimpute.targets import read_target
+
+    recs = [("20", p, "A", "C", "PASS", ["0|1"]) for p in (1000, 2000, 900_000)]
+    target = write_vcf(tmp_path / "t.vcf.gz", vcf_text(recs, ["T1"]), "bgzip", index=True)
+    sites = pd.DataFrame({"chrom": "20", "pos": [300_500, 500_000], "ref": "A", "alt": "C"})
+    with pytest.raises(InputError) as e:
+        read_target(target, "20", sites, region=(300_000, 700_000))
+    msg = str(e.value)
+    assert "the target has no records in 20:300000-700000, this chunk's region" in msg
+    assert "chunks.length" in msg and "liftover" not in msg
+    with pytest.raises(InputError, match=r"none of its 3 SNV records on chromosome 20.*liftover"):
+        read_target(target, "20", sites)
+    with pytest.raises(
+        InputError, match=r"none of its 1 SNV records in 20:800000-950000, this chunk"
+    ):
+        read_target(target, "20", sites, region=(800_000, 950_000))
 
 
 # -- sample batches: merged, the same VCF as one batch ---------------------------------------------

@@ -7,6 +7,12 @@ meet in the middle of the overlap, so every site is imputed at least ``overlap /
 edge of the chunk it is taken from (the copying model has context on both sides), as imputation
 servers ligate their chunks.
 
+Chunks are planned over the span of the panel's records (its first to its last biallelic SNV of
+the chromosome: ``plan_panel_chunks``), not over the ``##contig`` length, and a chunk whose core would
+hold no record (a centromere, the empty short arm of an acrocentric chromosome, any gap longer than a
+chunk) is not made: the cores of the chunks either side of it meet in the gap instead, so that the
+cores still tile every record, each exactly once.
+
 Lengths are in cM (``chunks.unit: cm``, positions converted with the genetic map, 1 cM/Mb without
 one) or in bp. A unit is named ``<chrom>`` when the chromosome is not chunked, ``<chrom>.c<NNN>``
 otherwise.
@@ -14,6 +20,7 @@ otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -27,7 +34,10 @@ UNIT_SEPARATOR = ".c"
 @dataclass(frozen=True)
 class Unit:
     """A region of a chromosome processed as one unit. Positions are 1-based and inclusive;
-    sites with ``core_start <= pos <= core_end`` are this unit's in the ligated output."""
+    sites with ``core_start <= pos <= core_end`` are this unit's in the ligated output. A core lies
+    within its region, except where a chunk was left out in a gap between two chunks that do not
+    overlap: the core of the chunk after the gap then starts where the one before ends, over the
+    gap, which holds no record."""
 
     chrom: str
     name: str
@@ -62,10 +72,14 @@ def plan_chunks(
     overlap: float,
     unit: str = "cm",
     genetic_map: GeneticMap | None = None,
+    has_record: Callable[[int, int], bool] | None = None,
 ) -> list[Unit]:
     """Chunks covering ``first``..``last`` (bp): ``length`` long, consecutive ones sharing
     ``overlap`` (in cM or bp, as ``unit`` says). ``length`` 0 (or a chromosome shorter than one
-    chunk) gives one unit named as the chromosome."""
+    chunk) gives one unit named as the chromosome.
+
+    ``has_record(a, b)``: whether a record lies in a..b. A chunk whose core holds none is left out
+    (``_leave_out_empty``), its neighbours' cores joined over it; the rest are numbered in order."""
     if length <= 0 or last - first < 1:
         return [Unit(chrom, chrom, first, last, first, last)]
     if not 0 <= overlap < length:
@@ -91,10 +105,69 @@ def plan_chunks(
     mids = [(bp_start[i + 1] + bp_end[i]) // 2 for i in range(len(starts) - 1)]
     core_start = [first] + [m + 1 for m in mids]
     core_end = mids + [last]
-    return [
+    units = [
         Unit(chrom, unit_name(chrom, i), bp_start[i], bp_end[i], core_start[i], core_end[i])
         for i in range(len(starts))
     ]
+    if has_record is not None:
+        units = _leave_out_empty(units, has_record)
+    return units
+
+
+def _leave_out_empty(units: list[Unit], has_record: Callable[[int, int], bool]) -> list[Unit]:
+    """``units`` without those whose core holds no record, renumbered. The cores tile the span, so
+    every record lies in a kept chunk's core, and records between two kept neighbours lie at or
+    before the first one's old core end or at or after the second's old core start: joining their
+    cores in the middle of their overlap (or, when they no longer overlap, at the end of the first,
+    the gap between them holding no record) loses none and takes none twice. Cores only grow, so
+    no kept core becomes empty. The first and last chunks hold the span's first and last records."""
+    kept = [u for u in units if has_record(u.core_start, u.core_end)]
+    if len(kept) == len(units):
+        return units
+    chrom = units[0].chrom
+    if len(kept) <= 1:  # not from a span whose ends are records; whole, as one unit
+        first, last = units[0], units[-1]
+        return [Unit(chrom, chrom, first.start, last.end, first.core_start, last.core_end)]
+    joins = []
+    for a, b in zip(kept[:-1], kept[1:], strict=True):
+        if a.core_end + 1 == b.core_start:
+            joins.append(a.core_end)  # neighbours in the plan: as planned
+        elif b.start <= a.end:
+            joins.append((b.start + a.end) // 2)
+        else:
+            joins.append(a.end)
+    core_start = [kept[0].core_start] + [j + 1 for j in joins]
+    core_end = joins + [kept[-1].core_end]
+    return [
+        Unit(chrom, unit_name(chrom, i), u.start, u.end, core_start[i], core_end[i])
+        for i, u in enumerate(kept)
+    ]
+
+
+def plan_panel_chunks(
+    panel_vcf: str,
+    chrom: str,
+    length: float,
+    overlap: float,
+    unit: str = "cm",
+    genetic_map: GeneticMap | None = None,
+    pass_only: bool = True,
+    cache_dir: str | None = None,
+) -> list[Unit]:
+    """``plan_chunks`` over the span of ``chrom``'s biallelic SNV records in ``panel_vcf`` (the
+    records the window stage keeps), leaving out chunks in gaps. Read through the index
+    (``SitePositions``: a few milliseconds), so it runs whenever the DAG is built; a chromosome
+    without such records is one unit, which the window stage then reports."""
+    from .vcf_io import SitePositions
+
+    with SitePositions(panel_vcf, chrom, pass_only, cache_dir) as positions:
+        first = positions.first()
+        if first is None:
+            return [Unit(chrom, chrom, 1, 1, 1, 1)]
+        last = positions.last()
+        return plan_chunks(
+            chrom, first, last, length, overlap, unit, genetic_map, has_record=positions.any_in
+        )
 
 
 def _scale(unit: str, genetic_map: GeneticMap | None):

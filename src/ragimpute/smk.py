@@ -18,8 +18,16 @@ def run(snakemake: Any, fn: Callable[..., Any], **kwargs: Any) -> Any:
     try:
         return fn(**kwargs)
     except USER_ERRORS as e:
-        log.error("%s", e)
+        log.error("%s%s", _chunk_prefix(snakemake), e)
         sys.exit(1)
+
+
+def _chunk_prefix(snakemake: Any) -> str:
+    """``chunk 20.c003: `` for a job on a chunk (its ``unit`` wildcard), so that an error names it."""
+    from .chunks import chrom_of
+
+    unit = getattr(getattr(snakemake, "wildcards", None), "unit", None)
+    return f"chunk {unit}: " if isinstance(unit, str) and chrom_of(unit) != unit else ""
 
 
 def known_inputs(snakemake: Any, *names: str) -> Any:

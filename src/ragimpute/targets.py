@@ -219,15 +219,7 @@ def read_target(
     recs, gts, skipped = _target_records(path, contig, region)
     match = _SiteMatch(recs, sites)
     if not match.matched.any():
-        raise InputError(
-            path,
-            f"none of its {len(recs)} SNV records on chromosome {contig} matches a reference site by "
-            f"position and alleles ({int(match.at_pos.sum())} share a position, "
-            f"{int(match.strand_flip.sum())} of them with the reference's alleles on the other "
-            "strand)",
-            "The target does not overlap the reference: check that both use the same genome build "
-            "(liftover with `bcftools +liftover` or CrossMap) and the same strand",
-        )
+        raise _no_match_error(path, contig, region, recs, skipped, match)
     keep = np.flatnonzero(match.matched)
     where = [f"{recs[i][0]}:{recs[i][1]}" for i in keep]
     alleles, unphased = decode_target_calls(
@@ -302,6 +294,52 @@ def _target_contig(path: str, chrom: str) -> str:
             "The target does not overlap the reference on this chromosome; check `chromosomes:` "
             "and that target and reference use the same genome build",
         ) from e
+
+
+def _no_match_error(
+    path: str,
+    contig: str,
+    region: tuple[int, int] | None,
+    recs: list,
+    skipped: dict[str, int],
+    match: _SiteMatch,
+) -> InputError:
+    """The error for a target (or a chunk's region of it) with no record at a reference site: none
+    there at all (a chunk the target does not reach, a chromosome it lacks), or none that matches
+    (another genome build, another strand)."""
+    where = (
+        f"on chromosome {contig}"
+        if region is None
+        else f"in {contig}:{region[0]}-{region[1]}, this chunk's region"
+    )
+    if not recs:
+        what = ", ".join(f"{k}={v}" for k, v in skipped.items() if v)
+        none = (
+            f"no biallelic SNV records {where} (skipped: {what})" if what else f"no records {where}"
+        )
+        if region is None:
+            return InputError(
+                path,
+                f"the target has {none}",
+                "Give the chromosome's genotypes at the array sites (`bcftools index -s` lists a "
+                "file's contigs), or leave it out of `chromosomes:`",
+            )
+        return InputError(
+            path,
+            f"the target has {none}, where the panel has sites to impute",
+            "Lengthen chunks.length (or chunks.overlap) so that every chunk holds typed sites of "
+            "the target, or give a panel restricted to the region the target covers "
+            "(`bcftools view -r`)",
+        )
+    return InputError(
+        path,
+        f"none of its {len(recs)} SNV records {where} matches a reference site by "
+        f"position and alleles ({int(match.at_pos.sum())} share a position, "
+        f"{int(match.strand_flip.sum())} of them with the reference's alleles on the other "
+        "strand)",
+        "The target does not overlap the reference: check that both use the same genome build "
+        "(liftover with `bcftools +liftover` or CrossMap) and the same strand",
+    )
 
 
 def _target_records(

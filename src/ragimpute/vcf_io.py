@@ -437,17 +437,172 @@ class PanelStream:
         if gts:
             yield kept, self._haplotypes(kept, gts)
         if not self.n_sites:
-            raise InputError(
-                self.path,
-                f"no biallelic SNV records on chromosome {self.chrom} (skipped: "
-                + ", ".join(f"{k}={v}" for k, v in self.skipped.items() if v)
-                + ")",
-                "Check `chromosomes:` and the FILTER column (`panel.pass_only`)",
+            raise self._none_kept()
+
+    def _none_kept(self) -> InputError:
+        """The error for a chromosome, or a chunk's region, without a biallelic SNV kept."""
+        skipped = ", ".join(f"{k}={v}" for k, v in self.skipped.items() if v)
+        if self.region is None:
+            where = f"on chromosome {self.chrom}"
+            hint = "Check `chromosomes:` and the FILTER column (`panel.pass_only`)"
+        else:
+            where = f"in {self.chrom}:{self.region[0]}-{self.region[1]}, this chunk's region"
+            hint = (
+                "Chunks are planned over the panel's records when the workflow starts, without "
+                "chunks that hold none: if the panel changed since, run snakemake again; else check "
+                "the FILTER column (`panel.pass_only`)"
             )
+        why = f"skipped: {skipped}" if skipped else "it holds no records at all"
+        return InputError(self.path, f"no biallelic SNV records {where} ({why})", hint)
 
     def _haplotypes(self, kept: list[Site], gts: list[str]) -> np.ndarray:
         self.n_sites += len(kept)
         return _decode_gt(gts, self.path, kept, self.all_samples, self.columns)
+
+
+class SitePositions:
+    """Where the biallelic SNV records of one chromosome lie (those ``PanelStream`` keeps, PASS only
+    with ``pass_only``), found through the index without reading the file through: for planning
+    chunks when the DAG is built (``ragimpute.chunks.plan_panel_chunks``).
+
+    ``next_at(start, end)`` is the first such position in start..end, read by a region query (one
+    BGZF block where records are dense; nothing where the index has no record). ``first()`` is the
+    first, ``last()`` the last (a binary search of about 30 such queries). An unindexed file is
+    read through once for every chromosome's positions (``bcftools query``, no genotypes), kept in
+    ``cache_dir`` keyed on the file's path, size and modification time."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        chrom: str,
+        pass_only: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        self.path = str(path)
+        check_readable(self.path)
+        self.pass_only = pass_only
+        self._handle = None
+        self._positions: np.ndarray | None = None
+        if not is_indexed(self.path):
+            every = _all_site_positions(self.path, pass_only, cache_dir)
+            self.contig = resolve_contig(self.path, chrom, vcf_contigs(self.path) or list(every))
+            self._positions = every.get(self.contig, np.zeros(0, np.int64))
+            return
+        self.contig = resolve_contig(self.path, chrom)
+        if _is_bcf(self.path):
+            self._handle = pysam.VariantFile(self.path)
+        else:
+            self._handle = pysam.TabixFile(self.path, parser=None, index=_index_file(self.path))
+
+    def __enter__(self) -> SitePositions:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def next_at(self, start: int, end: int | None = None) -> int | None:
+        """The first kept position in ``start``..``end`` (1-based, inclusive; None: to the end)."""
+        if self._positions is not None:
+            i = int(np.searchsorted(self._positions, start, side="left"))
+            if i < len(self._positions) and (end is None or self._positions[i] <= end):
+                return int(self._positions[i])
+            return None
+        for pos, ref, alt, filt in self._records(start, end):
+            # a region query also returns records that start before it and reach into it
+            if pos >= start and skip_reason(ref, alt, filt, self.pass_only) is None:
+                return pos
+        return None
+
+    def _records(self, start: int, end: int | None) -> Iterator[tuple[int, str, str, str]]:
+        handle = self._handle
+        if isinstance(handle, pysam.TabixFile):
+            if self.contig not in handle.contigs:
+                return
+            for line in handle.fetch(self.contig, start - 1, end):
+                f = line.split("\t", 7)
+                if len(f) < 7 or not f[1].isdigit():
+                    continue  # the reader itself names a broken record
+                yield int(f[1]), f[3], f[4], f[6]
+            return
+        if self.contig not in set(handle.index):
+            return
+        for r in handle.fetch(self.contig, start - 1, end):
+            alt = ",".join(r.alts) if r.alts else "."
+            yield r.pos, r.ref, alt, ";".join(r.filter.keys()) or "."
+
+    def first(self) -> int | None:
+        return self.next_at(1)
+
+    def last(self) -> int | None:
+        """The last kept position: the largest ``p`` with ``next_at(p)``, by bisection."""
+        lo = self.first()
+        if lo is None:
+            return None
+        if self._positions is not None:
+            return int(self._positions[-1])
+        hi = 1 << 31  # past any position htslib indexes: nothing at or after it
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            p = self.next_at(mid)
+            if p is None:
+                hi = mid
+            else:
+                lo = p
+        return lo
+
+    def any_in(self, start: int, end: int) -> bool:
+        return self.next_at(start, end) is not None
+
+
+def _all_site_positions(
+    path: str, pass_only: bool, cache_dir: str | os.PathLike | None
+) -> dict[str, np.ndarray]:
+    """Every contig's kept positions (``SitePositions``) of an unindexed file, read through once
+    (only CHROM, POS, REF, ALT and FILTER) and cached in ``cache_dir``."""
+    import hashlib
+    import json
+
+    st = os.stat(path)
+    key = json.dumps([os.path.realpath(path), st.st_size, st.st_mtime_ns, bool(pass_only)])
+    cached = None
+    if cache_dir is not None:
+        name = f"positions-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+        cached = Path(cache_dir) / name
+        if cached.exists():
+            try:
+                with np.load(cached) as z:
+                    if str(z["key"]) == key:
+                        names, bounds, pos = list(z["contigs"]), z["bounds"], z["positions"]
+                        return {str(c): pos[bounds[i] : bounds[i + 1]] for i, c in enumerate(names)}
+            except (OSError, ValueError, KeyError, EOFError):
+                pass  # unreadable: read the panel again
+    found: dict[str, list[int]] = {}
+    for line in query_lines(path, "%CHROM\t%POS\t%REF\t%ALT\t%FILTER\n"):
+        if not line:
+            continue
+        c, p, ref, alt, filt = line.split("\t")
+        if skip_reason(ref, alt, filt, pass_only) is None:
+            found.setdefault(c, []).append(int(p))
+    out = {c: np.sort(np.array(v, dtype=np.int64)) for c, v in found.items()}
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        names = list(out)
+        bounds = np.cumsum([0] + [len(out[c]) for c in names])
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(
+            tmp,
+            key=np.array(key),
+            contigs=np.array(names, dtype=str),
+            bounds=bounds,
+            positions=np.concatenate([out[c] for c in names] or [np.zeros(0, np.int64)]),
+        )
+        os.replace(tmp, cached)
+    return out
 
 
 def _is_bcf(path: str) -> bool:
@@ -574,6 +729,20 @@ def _short_record(path: str, where: str, n_columns: int, n_samples: int) -> Inpu
     )
 
 
+def skip_reason(ref: str, alt: str, filt: str, pass_only: bool) -> str | None:
+    """Why a record is not a biallelic SNV the panel reader keeps (a ``SKIP_REASONS`` entry), or
+    None when it is one."""
+    if "," in alt:
+        return "multiallelic"
+    if alt in (".", "*", ""):
+        return "no_alt"
+    if len(ref) != 1 or len(alt) != 1 or ref not in _BASES or alt not in _BASES:
+        return "non_snv"
+    if pass_only and filt not in ("PASS", "."):
+        return "filtered"
+    return None
+
+
 class RecordFilter:
     """Which records are biallelic SNVs, in order: the rest is counted by reason, disorder is an error.
 
@@ -599,16 +768,7 @@ class RecordFilter:
                 record=f"{chrom}:{pos}",
             )
         self.last_pos = pos
-        if "," in alt:
-            reason = "multiallelic"
-        elif alt in (".", "*", ""):
-            reason = "no_alt"
-        elif len(ref) != 1 or len(alt) != 1 or ref not in _BASES or alt not in _BASES:
-            reason = "non_snv"
-        elif self.pass_only and filt not in ("PASS", "."):
-            reason = "filtered"
-        else:
-            reason = None
+        reason = skip_reason(ref, alt, filt, self.pass_only)
         if reason:
             self.skipped[reason] += 1
             return False

@@ -7,7 +7,7 @@ import sys
 from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 from snakemake.utils import validate
 
-from ragimpute.chunks import Unit, plan_chunks
+from ragimpute.chunks import Unit, plan_chunks, plan_panel_chunks
 from ragimpute.layout import Layout
 from ragimpute.methods import (
     ENGINE_METHODS,
@@ -192,28 +192,11 @@ def chromosomes():
 # -- units: a chromosome, or the chunks of one (chunks.length; src/ragimpute/chunks.py) ------------
 
 
-def chromosome_length(chrom):
-    """The last bp of a chromosome, for cutting it into chunks: the demo's length, or the panel's
-    ##contig length."""
-    if use_demo():
-        return int(config["demo"]["sequence_length"])
-    from ragimpute.vcf_io import resolve_contig
-    from ragimpute.vcf_write import contig_lengths
-
-    contig = resolve_contig(panel_vcf(), chrom)
-    length = contig_lengths(panel_vcf()).get(contig)
-    if not length:
-        raise WorkflowError(
-            f"chunks.length is set but the panel's header gives no length for contig {contig} "
-            f"({panel_vcf()}): add ##contig lines with lengths (bcftools reheader --fai), or leave "
-            "chunks.length at 0"
-        )
-    return int(length)
-
-
 @functools.cache
 def chunk_plan():
-    """chromosome -> its units, in order."""
+    """chromosome -> its units, in order: chunks over the span of the panel's records, none in a
+    gap (ragimpute.chunks.plan_panel_chunks, through the panel's index: milliseconds); the demo's
+    over its sequence_length (its panel is made by the workflow)."""
     c = config["chunks"]
     plan = {}
     for chrom in chromosomes():
@@ -225,15 +208,18 @@ def chunk_plan():
             from ragimpute.genmap import read_genetic_map
 
             gmap = read_genetic_map(config["panel"]["genetic_map"], chrom)
-        units_ = plan_chunks(
-            chrom,
-            1,
-            chromosome_length(chrom),
-            c["length"],
-            c["overlap"],
-            c["unit"],
-            gmap,
-        )
+        settings = (c["length"], c["overlap"], c["unit"], gmap)
+        if use_demo():
+            length = int(config["demo"]["sequence_length"])
+            units_ = plan_chunks(chrom, 1, length, *settings)
+        else:
+            units_ = plan_panel_chunks(
+                panel_vcf(),
+                chrom,
+                *settings,
+                pass_only=config["panel"]["pass_only"],
+                cache_dir=L("chunks"),
+            )
         plan[chrom] = tuple(units_)
     return plan
 
