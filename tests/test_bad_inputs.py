@@ -1205,3 +1205,31 @@ def test_engine_settings_add_back_what_the_rules_leave_out_of_their_parameters()
     assert engine_settings(job) == config["engine"]
     job.params.engine = {}
     assert engine_settings(job) == {}
+
+
+@pytest.mark.parametrize("how", ["stale-index", "truncated-split"])
+def test_window_stage_refuses_a_stale_panel_index_or_a_truncated_split(tmp_path, how):
+    """A panel extended after it was indexed (htslib would read only the sites the old index lists)
+    and a results/split/samples.tsv cut short (half the reference panel) stop the stage, named."""
+    import os
+
+    from ragimpute.errors import ArtifactError, InputError
+    from ragimpute.split import random_split, write_split
+    from ragimpute.windows import run_window_stage
+
+    panel, samples = _panel(tmp_path / "p")
+    split = tmp_path / "split" / "samples.tsv"
+    split.parent.mkdir()
+    write_split(random_split(samples, {"train": 0.5, "val": 0.25, "test": 0.25}, 1), split, {})
+    if how == "stale-index":
+        st = os.stat(f"{panel}.tbi")
+        os.utime(f"{panel}.tbi", ns=(st.st_atime_ns, st.st_mtime_ns - 60 * 10**9))
+        error, says = InputError, [str(panel), f"{panel}.tbi is older", "tabix -f -p vcf"]
+    else:
+        data = split.read_bytes()
+        split.write_bytes(data[: len(data) // 2])
+        error, says = ArtifactError, [str(split), "--forcerun split"]
+    with pytest.raises(error) as e:
+        run_window_stage(panel, split, "20", 16, 4, tmp_path / "w")
+    assert all(s in str(e.value) for s in says), str(e.value)
+    assert not (tmp_path / "w").exists()

@@ -63,3 +63,21 @@ def test_vcf_writer_output_is_indexed_and_queryable(tmp_path):
     assert (tmp_path / "x.vcf.gz.tbi").exists()
     rows = pysam.bcftools.query("-r", "20:15000-15002", "-f", "%POS[\t%GT]\n", str(out))
     assert rows.split("\n")[:3] == ["15000\t0|0", "15001\t1|0", "15002\t0|0"]
+
+
+def test_reader_gives_every_block_checked_and_names_a_damaged_one(tmp_path):
+    from ragimpute.bgzf import first_damage, read_blocks
+
+    data = np.random.default_rng(3).integers(0, 4, 300_000).astype(np.uint8).tobytes()
+    path = tmp_path / "x.gz"
+    w = BgzfWriter(path)
+    w.write(data)
+    w.close()
+    assert b"".join(d for _, d in read_blocks(path)) == data and first_damage(path) is None
+    raw = bytearray(path.read_bytes())
+    at = sum(_blocks(bytes(raw))[:2])  # the third block
+    raw[at + 40] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    damage = first_damage(path)
+    assert damage is not None and damage.offset == at
+    assert "does not decompress" in str(damage) or "CRC32" in str(damage)

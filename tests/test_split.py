@@ -165,3 +165,52 @@ def test_names_that_look_like_missing_values_stay_names(tmp_path):
     assert sorted(sum(load_split(out).values(), [])) == sorted(names)
     p = _table(tmp_path, [("NA", "train"), ("null", "val"), ("S1", "test")])
     assert read_split_table(p, names)["sample"].tolist() == ["NA", "null", "S1"]
+
+
+def _written(tmp_path, n: int = 200):
+    """The split stage's samples.tsv (and samples.json) of ``n`` samples, and its bytes."""
+    from ragimpute.split import write_split
+
+    out = tmp_path / "split" / "samples.tsv"
+    out.parent.mkdir()
+    write_split(random_split([f"S{i}" for i in range(n)], FRACTIONS, 1), out, {"seed": 1})
+    return out, out.read_bytes()
+
+
+@pytest.mark.parametrize("cut", ["half", "line", "mid-label", "header", "empty"])
+def test_a_truncated_split_table_is_refused(tmp_path, cut):
+    """`truncate -s 50%` of results/split/samples.tsv silently halved the reference panel."""
+    from ragimpute.errors import UnreadableArtifactError
+
+    out, data = _written(tmp_path)
+    n = {
+        "half": len(data) // 2,
+        "line": data.rfind(b"\n", 0, len(data) // 2) + 1,  # at the end of a line: rows all whole
+        "mid-label": len(data) - 3,
+        "header": 5,
+        "empty": 0,
+    }[cut]
+    out.write_bytes(data[:n])
+    with pytest.raises(UnreadableArtifactError) as e:
+        load_split(out)
+    msg = str(e.value)
+    assert msg.startswith(str(out)) and "--forcerun split" in msg
+    assert "truncated or corrupted" in msg or "corrupt or truncated" in msg
+
+
+def test_a_split_table_that_does_not_match_its_record_says_so(tmp_path):
+    from ragimpute.errors import UnreadableArtifactError
+
+    out, data = _written(tmp_path)
+    lines = data.decode().splitlines(keepends=True)
+    out.write_text("".join(lines[:-2] + lines[-1:]))  # a whole row gone from the middle
+    with pytest.raises(UnreadableArtifactError, match=r"counts per split, .* are not those its record .*"
+                       r"samples\.json gives.*--forcerun split"):  # fmt: skip
+        load_split(out)
+
+
+def test_a_complete_split_table_without_its_record_is_read(tmp_path):
+    """A table written by hand (or by pandas) with no samples.json beside it is still read."""
+    out, _ = _written(tmp_path, 10)
+    out.with_suffix(".json").unlink()
+    assert sum(len(v) for v in load_split(out).values()) == 10

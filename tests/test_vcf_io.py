@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
+import struct
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +24,8 @@ from conftest import (
 
 from ragimpute import vcf_io
 from ragimpute.errors import InputError
+from ragimpute.evaluate import read_truth
+from ragimpute.targets import read_target
 from ragimpute.vcf_io import (
     check_readable,
     chrom_selection,
@@ -591,3 +597,160 @@ def test_an_unindexed_bgzipped_vcf_is_opened_without_htslib_calling_it_an_error(
     # htslib's verbosity is restored: the same open is reported again
     pysam.VariantFile(str(path)).close()
     assert "idx_find_and_load" in capfd.readouterr().err
+
+
+# -- indexes that do not describe their file, and corrupted blocks -------------------------------
+# htslib reads by region only the records an index lists, and says that an index is older than its
+# file only in a warning on stderr: every reader that reads through an index refuses such a file.
+
+
+def _long_and_short(tmp_path, sub: str = "") -> tuple:
+    """An indexed VCF of 300 records, one of its first 100 (indexed), and the records."""
+    d = tmp_path / sub if sub else tmp_path
+    d.mkdir(exist_ok=True)
+    records = random_records(np.random.default_rng(11), 300, len(SAMPLES))
+    long = write_vcf(d / "long.vcf.gz", vcf_text(records, SAMPLES), index=True)
+    short = write_vcf(d / "short.vcf.gz", vcf_text(records[:100], SAMPLES), index=True)
+    return long, short, records
+
+
+def _sites(records) -> pd.DataFrame:
+    return pd.DataFrame([(p, r, a) for _, p, r, a, _, _ in records], columns=["pos", "ref", "alt"])
+
+
+# Each way a VCF is read through its index: the panel (tabix), a target and the truth by region
+# (bcftools query -r), the contigs that hold records and a chromosome's naming (pysam fetch).
+INDEX_READERS = {
+    "panel": lambda p, rec: read_panel(p, "20"),
+    "panel-region": lambda p, rec: read_panel(p, "20", region=(1, 10**6)),
+    "target": lambda p, rec: read_target(p, "20", _sites(rec), region=(1, 10**6)),
+    "truth": lambda p, rec: read_truth(p, "20", region=(1, 10**6)),
+    "query": lambda p, rec: list(query_lines(p, "%POS\n", "20", (1, 10**6))),
+    "contigs": lambda p, rec: vcf_records_contigs(p),
+    "selection": lambda p, rec: chrom_selection(p, "20"),
+    "samples": lambda p, rec: vcf_samples(p),
+}
+
+
+def _age(path, seconds: int) -> None:
+    """Set ``path``'s modification time ``seconds`` into the past."""
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 10**9))
+
+
+@pytest.mark.parametrize("reader", INDEX_READERS)
+def test_an_index_older_than_its_file_is_refused(tmp_path, reader):
+    long, _, records = _long_and_short(tmp_path)
+    INDEX_READERS[reader](long, records)  # a fresh index is read
+    _age(Path(f"{long}.tbi"), 120)  # as if the file were written after its index
+    with pytest.raises(InputError) as e:
+        INDEX_READERS[reader](long, records)
+    msg = str(e.value)
+    assert msg.startswith(f"{long}: its index {long}.tbi is older than the file")
+    assert f"tabix -f -p vcf {long}" in msg
+
+
+@pytest.mark.parametrize("reader", INDEX_READERS)
+def test_an_index_of_a_shorter_file_is_refused_even_when_newer(tmp_path, reader):
+    """The 1 Mb file's index beside the 2 Mb file: htslib would read only the first 100 records."""
+    long, short, records = _long_and_short(tmp_path)
+    Path(f"{long}.tbi").write_bytes(Path(f"{short}.tbi").read_bytes())  # newer than the file
+    with pytest.raises(InputError) as e:
+        INDEX_READERS[reader](long, records)
+    msg = str(e.value)
+    assert msg.startswith(f"{long}: its index {long}.tbi does not match the file")
+    assert f"tabix -f -p vcf {long}" in msg
+
+
+def _same_layout(tmp_path) -> tuple:
+    """Two VCFs of the same length stored uncompressed (level 0: the same BGZF blocks), the second
+    with its records shifted by a longer header: the first's index ends where the second's records
+    do, and points into the middle of its lines."""
+    from ragimpute.bgzf import BgzfWriter
+
+    records = random_records(np.random.default_rng(12), 3000, len(SAMPLES))
+    a = vcf_text(records, SAMPLES)
+    last = a.rstrip("\n").rpartition("\n")[2]
+    head, _, body = vcf_text(records[:-1], SAMPLES).partition("#CHROM")
+    b = head + "##pad=" + "x" * (len(last) - 6) + "\n#CHROM" + body
+    assert len(a) == len(b)
+    paths = []
+    for name, text in (("a.vcf.gz", a), ("b.vcf.gz", b)):
+        w = BgzfWriter(tmp_path / name, level=0)
+        w.write(text.encode())
+        w.close()
+        paths.append(tmp_path / name)
+    pysam.tabix_index(str(paths[0]), preset="vcf", force=True)
+    Path(f"{paths[1]}.tbi").write_bytes(Path(f"{paths[0]}.tbi").read_bytes())
+    return paths[1], records[:-1]
+
+
+@pytest.mark.parametrize("reader", ["panel", "panel-region", "truth", "query", "contigs"])
+def test_reading_through_an_index_that_does_not_fit_names_the_file(tmp_path, reader):
+    """An index whose offsets fall in the middle of the file's lines: htslib's iteration fails
+    ("iteration failed (error code -2)") without naming the file."""
+    path, records = _same_layout(tmp_path)
+    with pytest.raises(InputError) as e:
+        INDEX_READERS[reader](path, records)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: reading ") and f"through its index {path}.tbi failed" in msg
+    assert "the index does not match the file, or the file is corrupted" in msg
+    assert f"tabix -f -p vcf {path}" in msg
+
+
+@needs_bcftools
+def test_a_bcf_with_a_stale_csi_index_is_refused(tmp_path):
+    long, short, records = _long_and_short(tmp_path)
+    for p in (long, short):
+        bcf = p.with_suffix(".bcf")
+        subprocess.run(["bcftools", "view", "-Ob", "-o", bcf, p], check=True)
+        subprocess.run(["bcftools", "index", bcf], check=True)
+    long_bcf, short_bcf = long.with_suffix(".bcf"), short.with_suffix(".bcf")
+    assert read_panel(long_bcf, "20").n_sites == 300
+    Path(f"{long_bcf}.csi").write_bytes(Path(f"{short_bcf}.csi").read_bytes())
+    with pytest.raises(InputError, match=r"its index .*\.bcf\.csi does not match the file.*"
+                       r"bcftools index -f"):  # fmt: skip
+        read_panel(long_bcf, "20")
+    _age(Path(f"{long_bcf}.csi"), 120)
+    with pytest.raises(InputError, match=r"its index .*\.bcf\.csi is older than the file"):
+        read_panel(long_bcf, "20")
+
+
+def test_a_damaged_index_is_refused(tmp_path):
+    long, _, records = _long_and_short(tmp_path)
+    Path(f"{long}.tbi").write_bytes(b"not an index")
+    with pytest.raises(InputError, match=r"its index .*\.tbi cannot be read .*tabix -f -p vcf"):
+        read_panel(long, "20")
+
+
+def _flip_middle_block(path) -> int:
+    """Flip bytes inside the deflate data of a block in the middle of a BGZF file; its offset."""
+    data = bytearray(path.read_bytes())
+    blocks, at = [], 0
+    while at < len(data):
+        size = struct.unpack_from("<H", data, at + 16)[0] + 1
+        blocks.append((at, size))
+        at += size
+    assert len(blocks) >= 4  # a middle data block, not the first or the end-of-file block
+    at, size = blocks[len(blocks) // 2]
+    for i in range(at + size // 2, at + size // 2 + 4):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return at
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+@pytest.mark.parametrize("reader", ["panel", "query", "truth"])
+def test_a_corrupted_block_says_the_file_is_corrupted(tmp_path, indexed, reader):
+    """A bad CRC in the middle: not a traceback, nor (unindexed) "records are not sorted"."""
+    records = random_records(np.random.default_rng(13), 4000, 8)
+    samples = [f"S{i}" for i in range(8)]
+    path = write_vcf(tmp_path / "c.vcf.gz", vcf_text(records, samples), index=indexed)
+    at = _flip_middle_block(path)
+    if indexed:
+        _age(path, 5)  # the index stays newer than the file
+    with pytest.raises(InputError) as e:
+        INDEX_READERS[reader](path, records)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: the file is corrupted: the compressed block at byte {at}")
+    assert "fetch it again" in msg

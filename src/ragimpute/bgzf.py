@@ -1,4 +1,5 @@
-"""A BGZF writer that compresses blocks on several threads (as ``bgzip -@`` and Beagle's writer do).
+"""A BGZF writer that compresses blocks on several threads (as ``bgzip -@`` and Beagle's writer do),
+and a reader that checks every block it reads (``read_blocks``).
 
 BGZF is a series of independent gzip members of at most 64 KiB, each carrying its compressed size
 in a ``BC`` extra field, ended by a fixed empty block (SAM/BAM specification, section 4.1); htslib,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
@@ -110,3 +112,66 @@ class BgzfWriter:
             if self._pool is not None:
                 self._pool.shutdown(cancel_futures=True)
             self._f.close()
+
+
+# -- reading, block by block, every block checked -------------------------------------------------
+
+
+class BgzfDamage(ValueError):
+    """A block of a BGZF file that is not a BGZF block, is cut short, does not inflate, or whose
+    data fails its CRC32 or size: the file is corrupted (or an offset into it is wrong)."""
+
+    def __init__(self, offset: int, what: str) -> None:
+        self.offset = offset
+        self.what = what
+        super().__init__(f"the compressed block at byte {offset} {what}")
+
+
+def _is_block_header(head: bytes) -> bool:
+    return (
+        len(head) == 18 and head[:4] == b"\x1f\x8b\x08\x04" and head[10:16] == b"\x06\x00BC\x02\x00"
+    )
+
+
+def read_blocks(path: str | os.PathLike, start: int = 0) -> Iterator[tuple[int, bytes]]:
+    """``(offset in the file, data)`` of each block from the one at byte ``start`` to the end, each
+    checked as htslib checks it (header, inflate, CRC32, size) before it is given: a damaged block
+    raises ``BgzfDamage`` instead of giving wrong data. (Python's gzip module gives a member's data
+    before it checks the CRC at the member's end.)"""
+    with open(path, "rb") as f:
+        f.seek(start)
+        offset = start
+        while head := f.read(18):
+            if not _is_block_header(head):
+                raise BgzfDamage(offset, "is not a BGZF block (its header is wrong)")
+            size = struct.unpack_from("<H", head, 16)[0] + 1
+            rest = f.read(size - 18)
+            if size < 26 or len(rest) != size - 18:
+                raise BgzfDamage(offset, "is cut short")
+            crc, length = struct.unpack_from("<II", rest, len(rest) - 8)
+            try:
+                data = zlib.decompress(rest[:-8], -15)
+            except zlib.error as e:
+                raise BgzfDamage(offset, f"does not decompress ({e})") from e
+            if len(data) != length or zlib.crc32(data) != crc:
+                raise BgzfDamage(offset, "fails its CRC32 check")
+            yield offset, data
+            offset += size
+
+
+def is_bgzf(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as f:
+        return _is_block_header(f.read(18))
+
+
+def first_damage(path: str | os.PathLike) -> BgzfDamage | None:
+    """The first damaged block of a BGZF file, or None (also for a file that is not BGZF): reads
+    the whole file, so only after a read has failed, to say why."""
+    if not is_bgzf(path):
+        return None
+    try:
+        for _ in read_blocks(path):
+            pass
+    except BgzfDamage as e:
+        return e
+    return None

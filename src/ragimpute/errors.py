@@ -40,6 +40,7 @@ class UnreadableArtifactError(ArtifactError):
 
 # How each stage's artifacts are made again: in the workflow, and outside it.
 _REBUILD = {
+    "split": ("split", "`ragimpute split`"),
     "window": ("window", "`ragimpute window`"),
     "mask": ("mask", "`ragimpute mask`"),
     "tokenize": ("tokenize", "`ragimpute tokenize`"),

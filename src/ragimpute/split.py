@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import write_json, write_tsv
-from .errors import ArtifactError, InputError
+from .atomic import read_artifact_json, reading, write_json, write_tsv
+from .errors import ArtifactError, InputError, UnreadableArtifactError, rebuild_hint
 
 SPLITS = ("train", "val", "test")
 
@@ -144,10 +144,45 @@ def write_split(df: pd.DataFrame, out_tsv: str | os.PathLike, provenance: dict) 
 
 
 def load_split(path: str | os.PathLike) -> dict[str, list[str]]:
+    """The samples of each split, as the split stage wrote them (``write_split``): a table that is
+    cut short or otherwise does not match the counts in its ``samples.json`` is refused."""
     if not Path(path).exists():
         raise ArtifactError(f"{path} is missing; run the split stage first (`ragimpute split`)")
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    with reading(path, "split"):
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    problem = _split_table_problem(df)
+    record = Path(path).with_suffix(".json")
+    if problem is None and record.exists():
+        written = read_artifact_json(record, "split").get("counts")
+        counts = df["split"].value_counts().reindex(SPLITS, fill_value=0).to_dict()
+        if written is not None and counts != written:
+            problem = (
+                f"its counts per split, {_counts(counts)}, are not those its record {record} "
+                f"gives, {_counts(written)}"
+            )
+    if problem is not None:
+        raise UnreadableArtifactError(
+            f"{path}: {problem}: it is truncated or corrupted. {rebuild_hint('split')}"
+        )
     return {s: df.loc[df["split"] == s, "sample"].tolist() for s in SPLITS}
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS)
+
+
+def _split_table_problem(df: pd.DataFrame) -> str | None:
+    """What is wrong with a split table read back (None: nothing): columns, a row cut short, an
+    unknown label, a sample twice."""
+    if list(df.columns) != ["sample", "split"]:
+        return f"its columns are {list(df.columns)}, not sample and split"
+    for i, (sample, label) in enumerate(zip(df["sample"], df["split"], strict=True)):
+        if not sample or label not in SPLITS:
+            return f"line {i + 2} ({sample!r}, {label!r}) is not a sample and its split"
+    dup = df["sample"][df["sample"].duplicated()]
+    if len(dup):
+        return f"sample {dup.iloc[0]} is listed twice"
+    return None
 
 
 def check_disjoint(reference: list[str], target: list[str], target_path: str | os.PathLike) -> None:

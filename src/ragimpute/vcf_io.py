@@ -12,9 +12,11 @@ the one wrapper).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import os
 import re
+import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ import pandas as pd
 import pysam
 import pysam.bcftools
 
+from . import bgzf
 from .errors import InputError
 
 # The empty BGZF block every bgzip/htslib writer ends a file with (SAM/BAM spec, section 4.1.2).
@@ -58,7 +61,8 @@ def normalize_chrom(name: str) -> str:
 
 
 def check_readable(path: str | os.PathLike) -> None:
-    """Fail early, and clearly, on a missing, empty or truncated (b)gzip/BCF file."""
+    """Fail early, and clearly, on a missing, empty or truncated (b)gzip/BCF file, or one whose
+    index does not describe it (``check_index``)."""
     p = Path(path)
     if not p.exists():
         raise InputError(
@@ -89,6 +93,7 @@ def check_readable(path: str | os.PathLike) -> None:
                 f"Recompress it with bgzip: `zcat {p} | bgzip > {fixed}`, then `tabix -p vcf "
                 f"{fixed}`, and give that file",
             )
+    _index_file(p)
 
 
 def _bgzip_name(p: Path) -> Path:
@@ -98,9 +103,127 @@ def _bgzip_name(p: Path) -> Path:
     return p.with_name(f"{stem}.bgzf.vcf.gz")
 
 
-def _index_file(path: str | os.PathLike) -> str | None:
-    """The tabix (.tbi) or CSI (.csi) index beside ``path``, if any."""
+def _index_beside(path: str | os.PathLike) -> str | None:
+    """The tabix (.tbi) or CSI (.csi) index beside ``path``, if any (the one htslib reads first)."""
     return next((str(path) + e for e in (".tbi", ".csi") if os.path.exists(str(path) + e)), None)
+
+
+def _index_file(path: str | os.PathLike) -> str | None:
+    """The tabix (.tbi) or CSI (.csi) index beside ``path``, if any, once checked against the file
+    (``check_index``): every read by region goes through here."""
+    index = _index_beside(path)
+    if index is not None:
+        check_index(path, index)
+    return index
+
+
+def check_index(path: str | os.PathLike, index: str | os.PathLike) -> None:
+    """Refuse an index that does not describe ``path``: htslib would read by region only the
+    records it lists, and say so (an index older than its file) only in a warning on stderr.
+
+    An index older than its file is refused, as is one whose last record ends before the file's
+    records do (the file was extended or replaced after it was indexed, or the index is another
+    file's) and one that cannot be read. Each file and index is checked once per process.
+    """
+    p, i = os.stat(path), os.stat(index)
+    _check_index(str(path), str(index), (p.st_size, p.st_mtime_ns), (i.st_size, i.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=256)
+def _check_index(path: str, index: str, path_stat: tuple, index_stat: tuple) -> None:
+    # whole seconds, as htslib compares them: a file and its index written within a second are equal
+    if index_stat[1] // 10**9 < path_stat[1] // 10**9:
+        raise InputError(
+            path,
+            f"its index {index} is older than the file, so it may not list every record (the file "
+            "was changed or replaced after it was indexed; a copy that did not keep the files' "
+            "times, `cp` without `-p`, does this too)",
+            _reindex_hint(path, index),
+        )
+    try:
+        end = _index_end(gzip.decompress(Path(index).read_bytes()))
+    except (OSError, EOFError, zlib.error, ValueError, struct.error) as e:
+        raise InputError(
+            path,
+            f"its index {index} cannot be read ({e}): it is damaged or not an index",
+            _reindex_hint(path, index),
+        ) from e
+    if end is not None and bgzf.is_bgzf(path) and not _nothing_after(path, end):
+        raise InputError(
+            path,
+            f"its index {index} does not match the file: the file holds records after the last "
+            "one the index lists (the file was changed or replaced after it was indexed, or the "
+            "index is another file's)",
+            _reindex_hint(path, index),
+        )
+
+
+def _reindex_hint(path: str | os.PathLike, index: str | os.PathLike) -> str:
+    how = (
+        f"`tabix -f -p vcf {path}`"
+        if str(index).endswith(".tbi")
+        else f"`bcftools index -f {path}`"
+    )
+    return (
+        f"Index it again: {how} (or delete {index} to read the file without an index); if that "
+        "fails, the file itself is damaged: fetch it again, or rewrite it from an intact source"
+    )
+
+
+def _index_end(raw: bytes) -> int | None:
+    """The largest chunk end (BGZF virtual offset: where the last record listed ends) of a tabix or
+    CSI index (SAM/BAM specification, section 5; tabix), None for an index of no records."""
+    if raw[:4] == b"TBI\x01":
+        csi, depth = False, 5
+        n_ref = struct.unpack_from("<i", raw, 4)[0]
+        at = 36 + struct.unpack_from("<i", raw, 32)[0]  # after the names
+    elif raw[:4] == b"CSI\x01":
+        csi = True
+        _, depth, l_aux = struct.unpack_from("<3i", raw, 4)
+        n_ref = struct.unpack_from("<i", raw, 16 + l_aux)[0]
+        at = 20 + l_aux
+    else:
+        raise ValueError("it does not begin as a tabix (.tbi) or CSI index does")
+    meta_bin = ((1 << (3 * depth + 3)) - 1) // 7 + 1  # its second "chunk" holds record counts
+    end = None
+    for _ in range(n_ref):
+        n_bin = struct.unpack_from("<i", raw, at)[0]
+        at += 4
+        for _ in range(n_bin):
+            if csi:
+                b, _, n_chunk = struct.unpack_from("<IQi", raw, at)
+                at += 16
+            else:
+                b, n_chunk = struct.unpack_from("<Ii", raw, at)
+                at += 8
+            if n_chunk < 0 or at + 16 * n_chunk > len(raw):
+                raise ValueError("it is cut short")
+            if n_chunk:  # a bin's chunks are sorted: the last ends last
+                last = at + 8 if b == meta_bin else at + 16 * n_chunk - 8
+                v = struct.unpack_from("<Q", raw, last)[0]
+                end = v if end is None else max(end, v)
+            at += 16 * n_chunk
+        if not csi:  # the linear index
+            at += 4 + 8 * struct.unpack_from("<i", raw, at)[0]
+    return end
+
+
+def _nothing_after(path: str | os.PathLike, end: int) -> bool:
+    """Whether a BGZF file holds nothing but blank or ``#`` lines after virtual offset ``end``."""
+    start, skip = end >> 16, end & 0xFFFF
+    if start > os.path.getsize(path):
+        return False
+    after = bytearray()
+    try:
+        for n, (_, data) in enumerate(bgzf.read_blocks(path, start)):
+            if n == 0 and skip > len(data):
+                return False
+            after += data[skip:] if n == 0 else data
+            if len(after) > 1 << 16 or n > 1000:
+                break
+    except bgzf.BgzfDamage:
+        return False  # no block begins where the index says the last record ends
+    return all(not ln.strip() or ln.startswith(b"#") for ln in bytes(after).split(b"\n"))
 
 
 def is_indexed(path: str | os.PathLike) -> bool:
@@ -132,6 +255,8 @@ def vcf_samples(path: str | os.PathLike) -> list[str]:
     try:
         with open_vcf(path) as vf:
             samples = list(vf.header.samples)
+    except InputError:
+        raise
     except (OSError, ValueError) as e:
         # htslib refuses a header with duplicate sample names but says so only on stderr; look for
         # them ourselves so that the user is told what is actually wrong.
@@ -191,7 +316,10 @@ def vcf_records_contigs(path: str | os.PathLike) -> list[str]:
     """Contigs that actually hold records, in file order (reads the index when there is one)."""
     check_readable(path)
     if is_indexed(path):
-        with pysam.VariantFile(str(path)) as vf:
+        with (
+            _reading(path, "each chromosome's first record"),
+            pysam.VariantFile(str(path)) as vf,
+        ):
             return [c for c in vf.index if next(vf.fetch(c), None) is not None]
     seen: dict[str, None] = {}
     for c in query_lines(path, "%CHROM\n"):
@@ -209,7 +337,7 @@ def chrom_selection(path: str | os.PathLike, chrom: str) -> str | None:
     if not is_indexed(path):
         names = [c for c in vcf_contigs(path) if normalize_chrom(c) == want]
         return ",".join(dict.fromkeys([*names, want, f"chr{want}"]))
-    with pysam.VariantFile(str(path)) as vf:
+    with _reading(path, f"chromosome {chrom}"), pysam.VariantFile(str(path)) as vf:
         names = [c for c in vf.index if normalize_chrom(c) == want]
         return next((c for c in names if next(vf.fetch(c), None) is not None), None)
 
@@ -242,6 +370,7 @@ def query_lines(
     """
     path = str(path)
     args = ["-f", fmt]
+    where = None
     if contig is not None:
         where = contig
         if region is not None:
@@ -252,7 +381,8 @@ def query_lines(
     try:
         text = pysam.bcftools.query(*args, path)
     except pysam.utils.SamtoolsError as e:
-        raise _query_error(path, e) from e
+        what = f"{'chromosome' if region is None else 'region'} {where}" if "-r" in args else None
+        raise _query_error(path, e, what) from e
     start = 0  # line by line, without a second copy of the text in a list of lines
     while (end := text.find("\n", start)) >= 0:
         yield text[start:end]
@@ -261,18 +391,60 @@ def query_lines(
         yield text[start:]
 
 
-def _query_error(path: str, e: Exception) -> InputError:
-    """What to tell the user when ``bcftools query`` fails on ``path``."""
+def _query_error(path: str, e: Exception, region: str | None) -> InputError:
+    """What to tell the user when ``bcftools query`` fails on ``path`` (reading ``region`` through
+    the index, if not None)."""
+    damage = bgzf.first_damage(path)
+    if damage is not None:
+        return corrupted(path, damage)
     short = short_record_error(path)
     if short is not None:
         return short
     # pysam's message holds all of stdout before stderr: keep only bcftools' own complaint
     said = str(getattr(e, "value", e)).rpartition("stderr=")[2].strip()
+    return read_error(path, f"bcftools: {said[:500]}", region)
+
+
+def corrupted(path: str | os.PathLike, damage: bgzf.BgzfDamage) -> InputError:
+    """The error for a BGZF file with a damaged block."""
     return InputError(
         path,
-        f"bcftools could not read the file: {said[:500]}",
-        "Check that it is a valid, intact VCF/BCF",
+        f"the file is corrupted: {damage}",
+        "It was damaged on disk or in a copy or download: fetch it again, or rewrite it from an "
+        "intact source. A file of a results directory: make it again with `snakemake --cores all "
+        "--forcerun <the rule that wrote it>`",
     )
+
+
+def read_error(path: str | os.PathLike, said: str, region: str | None = None) -> InputError:
+    """The error for a VCF/BCF that htslib failed to read (it said ``said``) and that has no damaged
+    block (callers look for one first: ``corrupted``): an index that does not match the file when
+    ``region`` was read through it (not None), else a file htslib cannot read."""
+    index = _index_beside(path)
+    if region is not None and index is not None:
+        return InputError(
+            path,
+            f"reading {region} through its index {index} failed ({said}): the index does not "
+            "match the file, or the file is corrupted",
+            _reindex_hint(path, index),
+        )
+    return InputError(
+        path, f"htslib could not read the file: {said}", "Check that it is a valid, intact VCF/BCF"
+    )
+
+
+@contextlib.contextmanager
+def _reading(path: str | os.PathLike, what: str | None) -> Iterator[None]:
+    """Read ``path`` (``what`` of it through its index; None: through the file) inside this block:
+    htslib's errors become an InputError naming the file, and what is wrong with it if it can be
+    found (a damaged block, an index that does not match)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (OSError, ValueError) as e:
+        damage = bgzf.first_damage(path)
+        raise (corrupted(path, damage) if damage else read_error(path, f"htslib: {e}", what)) from e
 
 
 def _first_short_record(path: str | os.PathLike, n_samples: int) -> tuple[str, int] | None:
@@ -645,8 +817,10 @@ def _panel_rows(
 
 
 def _tabix_lines(path: str, contig: str, region: tuple[int, int] | None) -> Iterator[str]:
+    where = _where(contig, region)
     # index= explicitly: TabixFile looks only for .tbi by itself, and CSI indexes are common
-    with pysam.TabixFile(path, parser=None, index=_index_file(path)) as tbx:
+    index = _index_file(path)
+    with _reading(path, where), pysam.TabixFile(path, parser=None, index=index) as tbx:
         if contig not in tbx.contigs:
             return
         yield from (
@@ -655,39 +829,64 @@ def _tabix_lines(path: str, contig: str, region: tuple[int, int] | None) -> Iter
 
 
 def _bcf_lines(path: str, contig: str, region: tuple[int, int] | None) -> Iterator[str]:
-    try:
-        with pysam.VariantFile(path) as vf:
-            if vf.index is None:
-                records = (r for r in vf if r.chrom == contig and _in(r.pos, region))
-            elif contig not in set(vf.index):
-                return
-            elif region is None:
-                records = vf.fetch(contig)
-            else:
-                records = vf.fetch(contig, region[0] - 1, region[1])
-            for record in records:
-                yield str(record).rstrip("\n")
-    except (OSError, ValueError) as e:
-        raise InputError(
-            path, f"htslib could not read the file: {e}", "Check that it is a valid, intact BCF"
-        ) from e
+    where = None
+    if is_indexed(path):
+        where = _where(contig, region)
+    with _reading(path, where), pysam.VariantFile(path) as vf:
+        if vf.index is None:
+            records = (r for r in vf if r.chrom == contig and _in(r.pos, region))
+        elif contig not in set(vf.index):
+            return
+        elif region is None:
+            records = vf.fetch(contig)
+        else:
+            records = vf.fetch(contig, region[0] - 1, region[1])
+        for record in records:
+            yield str(record).rstrip("\n")
 
 
 def _vcf_lines(path: str, contig: str, region: tuple[int, int] | None) -> Iterator[str]:
     start = contig + "\t"
     try:
-        with open(path, "rb") as f:
-            gz = f.read(2) == b"\x1f\x8b"
-        with (gzip.open if gz else open)(path, "rt", errors="replace", newline="\n") as f:
-            for line in f:
-                if line.startswith(start) and (region is None or _pos_in(line, region)):
-                    yield line.rstrip("\n")
+        for line in _checked_lines(path):
+            if line.startswith(start) and (region is None or _pos_in(line, region)):
+                yield line
+    except bgzf.BgzfDamage as e:
+        raise corrupted(path, e) from e
     except (OSError, EOFError, zlib.error) as e:
         raise InputError(
             path,
             f"the file cannot be read to the end: {e}",
             "It is damaged: fetch it again, or rewrite it from an intact source",
         ) from e
+
+
+def _where(contig: str, region: tuple[int, int] | None) -> str:
+    return f"chromosome {contig}" if region is None else f"region {contig}:{region[0]}-{region[1]}"
+
+
+def _checked_lines(path: str) -> Iterator[str]:
+    """The lines of a VCF, without their newline: a BGZF file's block by block, each checked before
+    its lines are given (``bgzf.read_blocks``: a corrupted block is not read as records); others
+    through Python (plain text; plain gzip, which ``check_readable`` refuses for panels)."""
+    if not bgzf.is_bgzf(path):
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+        with (gzip.open if gz else open)(path, "rt", errors="replace", newline="\n") as f:
+            for line in f:
+                yield line.rstrip("\n")
+        return
+    pending = bytearray()
+    for _, data in bgzf.read_blocks(path):
+        pending += data
+        if len(pending) < 1 << 20:
+            continue
+        cut = pending.rfind(b"\n") + 1
+        if cut:
+            yield from pending[: cut - 1].decode(errors="replace").split("\n")
+            del pending[:cut]
+    if pending:
+        yield from pending.decode(errors="replace").removesuffix("\n").split("\n")
 
 
 def _in(pos: int, region: tuple[int, int] | None) -> bool:
