@@ -135,6 +135,27 @@ def test_site_map_holds_the_cm_of_every_reference_site(demo_windows, tmp_path):
     np.testing.assert_allclose(back.cm_at(sites["pos"].to_numpy()), sites["cm"], atol=1e-8)
 
 
+def test_a_chromosome_without_records_is_the_panels_error_not_the_maps(
+    demo, demo_split, maps, tmp_path
+):
+    """A contig the panel's header declares but holds no record of, with a map that lacks it too:
+    the error named the map ("no map points"), not the panel."""
+    import pysam
+
+    from ragimpute.windows import run_window_stage
+
+    with gzip.open(demo.vcf, "rt") as f:
+        text = f.read().replace("#CHROM", "##contig=<ID=22,length=1000000>\n#CHROM", 1)
+    plain = tmp_path / "panel.vcf"
+    plain.write_text(text)
+    panel = tmp_path / "panel.vcf.gz"
+    pysam.tabix_compress(str(plain), str(panel))
+    pysam.tabix_index(str(panel), preset="vcf")
+    with pytest.raises(InputError, match="no biallelic SNV records on chromosome 22") as e:
+        run_window_stage(panel, demo_split, "22", 64, 16, tmp_path / "w", genetic_map=maps["plink"])
+    assert str(panel) in str(e.value) and "map" not in str(e.value).split(":")[0]
+
+
 def test_window_stage_uses_the_map_in_either_format(demo, demo_split, maps, tmp_path):
     """The same map as PLINK and as HapMap gives the same cm column."""
     from ragimpute.windows import run_window_stage

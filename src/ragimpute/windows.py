@@ -47,7 +47,7 @@ from .errors import ArtifactError, InputError
 from .genmap import GeneticMap, read_genetic_map, site_cm
 from .logs import log
 from .split import SPLITS
-from .vcf_io import Panel, PanelStream, Site
+from .vcf_io import Panel, PanelStream, Site, SitePositions
 
 FORMAT_VERSION = 3  # 2: the cm column; 3: haplotype alleles as packed bits
 BITS_COLUMN = "n_sites"  # in a table of bits (the haplotype tables): the sites of the row's window
@@ -652,7 +652,14 @@ def run_window_stage(
     order = {s: i for i, s in enumerate(vcf_samples(panel_vcf))}
     samples = sorted((s for name in SPLITS for s in split[name]), key=lambda s: order.get(s, -1))
     panel = PanelStream(panel_vcf, chrom, samples=samples, pass_only=pass_only, region=region)
-    gmap = read_genetic_map(genetic_map, chrom) if genetic_map else None
+    try:
+        gmap = read_genetic_map(genetic_map, chrom) if genetic_map else None
+    except InputError:
+        # a chromosome (or chunk) the panel holds no record of: that, not the map, is the error
+        with SitePositions(panel_vcf, chrom, pass_only) as at:
+            if at.next_at(*(region or (1, None))) is None:
+                raise panel._none_kept() from None
+        raise
     return write_windows(panel, split, length, overlap, out_dir, gmap)
 
 
