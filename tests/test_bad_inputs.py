@@ -784,6 +784,27 @@ def test_short_line_in_target_or_truth_names_the_record(impute_env, tmp_path, ke
         assert str(path) in str(e.value) and "fix that line" in str(e.value)
 
 
+@pytest.mark.parametrize("method,rule", [("copying", "impute"), ("beagle", "beagle")])
+def test_a_damaged_imputed_vcf_names_the_rule_that_rebuilds_it(impute_env, tmp_path, method, rule):
+    """An imputed VCF is the workflow's (or Beagle's) output: not a file to fetch again or fix by
+    hand, as a damaged input is told, but one to make again."""
+    from impute_data import vcf_lines, write_vcf
+
+    from ragimpute.errors import UnreadableArtifactError
+    from ragimpute.evaluate import evaluate
+
+    env = impute_env
+    header, records = vcf_lines(env.truth)
+    records[3] = records[3][:9]
+    cut = write_vcf(tmp_path / "imputed.vcf", header, records)
+    sites = env.windows / "sites.parquet"
+    with pytest.raises(UnreadableArtifactError) as e:
+        evaluate(cut, env.truth, sites, env.target, method, tmp_path / method)
+    msg = str(e.value)
+    assert str(cut) in msg and f"{records[3][0]}:{records[3][1]}" in msg
+    assert f"--forcerun {rule}`" in msg and "fix that line" not in msg
+
+
 # -- the command line names its own options (issue 11.6) -------------------------------------------
 
 

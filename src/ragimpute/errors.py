@@ -49,6 +49,9 @@ _REBUILD = {
     "train": ("train", "`ragimpute train`"),
     "states": ("states", "delete the directory; `ragimpute impute` builds it when it is missing"),
     "prior": ("prior", "only the workflow makes it"),
+    "impute": ("impute", "`ragimpute impute`"),
+    "beagle": ("beagle", "only the workflow runs it"),
+    "minimac4": ("minimac4", "only the workflow runs it"),
 }
 
 

@@ -28,7 +28,7 @@ from numba import njit
 
 from . import __version__
 from .atomic import atomic_path, read_json, read_parquet_df, write_json, write_tsv
-from .errors import InputError
+from .errors import InputError, UnreadableArtifactError, rebuild_hint
 from .logs import log
 from .metrics import BIN_LABELS, MAF_BINS, maf_bin, r2_from_sums  # noqa: F401 (re-exported)
 from .plots import pyplot, save_png
@@ -207,6 +207,10 @@ def read_dosages(
         gts.append(g)
         doses.append(d)
     del lines
+    if any(not g.strip("./|\t") for g in gts):  # a line cut short reads as missing genotypes
+        short = short_record_error(path)
+        if short is not None:
+            raise short
     sites = pd.DataFrame(fixed, columns=["chrom", "pos", "ref", "alt", "info_r2"])
     sites["pos"] = sites["pos"].astype(np.int64)
     sites["info_r2"] = pd.to_numeric(sites["info_r2"], errors="coerce")
@@ -498,7 +502,7 @@ def evaluate(
         where = None if whole else region
         truth = read_truth(truth_vcf, chrom, where, samples, allow_empty=True)
         if reason is None:
-            imp = read_dosages(imputed_vcf, chrom, where, samples, allow_empty=True)
+            imp = _read_imputed(imputed_vcf, method, chrom, where, samples)
             dose_field, info_field = imp["dose_field"], imp["info_field"]
         else:
             imp = _nothing_imputed(samples)
@@ -599,6 +603,19 @@ def _regions(pos: np.ndarray, lo: int, hi: int, per: int) -> list[tuple[int, int
         ends.append(hi)
     starts = [lo, *(e + 1 for e in ends[:-1])]
     return [(a, b) for a, b in zip(starts, ends, strict=True) if a <= b]
+
+
+def _read_imputed(path, method: str, chrom: str, where, samples: list[str]) -> dict:
+    """``read_dosages`` of an imputed VCF, which the workflow wrote: what is wrong with it is a
+    damaged artifact, rebuilt by its rule (not an input to fetch again or fix by hand)."""
+    try:
+        return read_dosages(path, chrom, where, samples, allow_empty=True)
+    except InputError as e:
+        stage = method if method in ("beagle", "minimac4") else "impute"
+        at = f" (at {e.record})" if e.record else ""
+        raise UnreadableArtifactError(
+            f"{e.path}: {e.problem}{at}: the imputed VCF is damaged. {rebuild_hint(stage)}"
+        ) from e
 
 
 def _nothing_imputed(samples: list[str]) -> dict:
