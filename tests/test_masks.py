@@ -167,6 +167,19 @@ def test_manifest_with_no_overlap_is_a_clear_error(sites, tmp_path):
         match_sites(df, read_site_list(path), path)
 
 
+def test_a_chunk_between_two_array_sites_says_so(sites, tmp_path):
+    """A chunk's sites with array sites only on either side: not another genome build."""
+    df, _ = sites
+    chunk = df.iloc[100:120].reset_index(drop=True)
+    outside = [df.iloc[10], df.iloc[300]]
+    path = _write_manifest(tmp_path / "a.tsv", [("20", int(r["pos"]), r["ref"], r["alt"])
+                                                for r in outside])  # fmt: skip
+    with pytest.raises(
+        InputError, match="none of its sites lies within 20:.*Lengthen chunks.length"
+    ):
+        match_sites(chunk, read_site_list(path), path)
+
+
 @pytest.mark.parametrize(
     "text,pattern",
     [

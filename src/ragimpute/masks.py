@@ -165,6 +165,16 @@ def match_sites(sites: pd.DataFrame, manifest: pd.DataFrame, manifest_path: obje
         hit = sites["pos"].astype(np.int64).isin(set(m["pos"].astype(np.int64))).to_numpy()
         row_hit = m["pos"].astype(np.int64).isin(set(sites["pos"].astype(np.int64))).to_numpy()
     if not hit.any():
+        first, last = int(sites["pos"].min()), int(sites["pos"].max())
+        mpos = m["pos"].astype(np.int64)
+        # array sites on either side and none among these panel sites: a chunk between two of them
+        if (mpos < first).any() and (mpos > last).any() and not mpos.between(first, last).any():
+            raise InputError(
+                manifest_path,
+                f"none of its sites lies within {sites['chrom'].iloc[0]}:{first}-{last}, the panel "
+                "sites here (a chunk's), so there is nothing to impute them from",
+                "Lengthen chunks.length (chunks of a few cM hold many array sites)",
+            )
         raise InputError(
             manifest_path,
             f"none of its {len(m)} sites on chromosome {chrom} is a panel site (position and alleles)",
