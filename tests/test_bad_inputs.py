@@ -564,6 +564,21 @@ def test_tool_success_is_indexed_and_moved(impute_env, tmp_path):
 
 
 @needs_htslib
+def test_a_tool_failing_on_a_damaged_file_of_ours_fails_the_job(impute_env, tmp_path):
+    """Beagle failing because the workflow's own reference is truncated is not the input's fault:
+    the job fails naming the file, instead of leaving Beagle out of the comparison."""
+    damaged = tmp_path / "reference.vcf.gz"
+    data = impute_env.target.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])
+    r, out = run_tool(tmp_path, impute_env.target, 1, "false", f"ref={damaged}")
+    assert r.returncode != 0 and not out.exists()
+    assert f"{damaged} is corrupted or truncated" in r.stderr and "run snakemake again" in r.stderr
+    # the same failure with sound files leaves the tool out, as before
+    r, out = run_tool(tmp_path, impute_env.target, 1, "false", f"ref={impute_env.target}")
+    assert r.returncode == 0 and out.exists()
+
+
+@needs_htslib
 def test_beagles_log_is_kept_once(impute_env, tmp_path):
     """Beagle prints its log and writes the same text beside its output (.tmp.log): $log keeps what
     it printed, once, and the copy beside the output is removed."""

@@ -56,5 +56,15 @@ if grep -q 'OutOfMemoryError' "$log"; then
     exit "$rc"
 fi
 rm -f "$tmp" "$tmp.tbi"
+# A failure on one of the workflow's own files that is damaged (a truncated reference or target) is
+# not the input's fault either: the job fails, naming the file, instead of leaving the tool out.
+for arg in "$target" "$@"; do
+    f=${arg#*=}
+    if [[ $f == *.gz && -f $f ]] && ! bgzip -t "$f" 2>/dev/null; then
+        echo "ragimpute: $method failed, and $f is corrupted or truncated (bgzip -t fails): delete" \
+            "it and run snakemake again, which makes it anew" | tee -a "$log" >&2
+        exit "$rc"
+    fi
+done
 what=$(grep -m1 -E 'Exception|Error|error|Assertion|assert|Abort|abort' "$log" || true)
 not_run "$method failed with exit status $rc${what:+: $what}"
