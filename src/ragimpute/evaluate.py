@@ -271,6 +271,13 @@ def read_truth(
 NOT_RUN_KEY = "##ragimpute_not_run="
 
 
+def parse_not_run(line: str) -> tuple[str, str]:
+    """(method, reason) of a placeholder's ``##ragimpute_not_run=<method=...,reason="...">`` line."""
+    text = line[len(NOT_RUN_KEY) :].strip().strip("<>")
+    method = text.partition("method=")[2].split(",")[0]
+    return method, text.partition('reason="')[2].rstrip('"') or text
+
+
 def not_run_reason(path: str | os.PathLike) -> str | None:
     """Why the tool behind ``path`` did not run (a placeholder VCF), or None for a real output."""
     check_readable(path)
@@ -279,8 +286,7 @@ def not_run_reason(path: str | os.PathLike) -> str | None:
     with (gzip.open if gz else open)(path, "rt", errors="replace") as f:
         for line in f:
             if line.startswith(NOT_RUN_KEY):
-                text = line[len(NOT_RUN_KEY) :].strip().strip("<>")
-                return text.partition('reason="')[2].rstrip('"') or text
+                return parse_not_run(line)[1]
             if not line.startswith("##"):
                 return None
     return None

@@ -100,18 +100,16 @@ def _not_run(meta: list[str]) -> str | None:
 def _placeholder(parts, heads, out_vcf: str | os.PathLike) -> dict:
     """A chromosome's placeholder from chunks some of which are placeholders: a tool that could not
     run on a chunk is left out of the whole chromosome, with each such chunk and its reason."""
-    from .evaluate import NOT_RUN_KEY
+    from .evaluate import NOT_RUN_KEY, parse_not_run
 
     method, reasons = "", []
     for (v, _, _), (meta, _, _) in zip(parts, heads, strict=True):
         line = _not_run(meta)
         if line is None:
             continue
-        fields = line[len(NOT_RUN_KEY) :].strip().strip("<>")
-        method = fields.partition("method=")[2].split(",")[0] or method
-        reasons.append(
-            f"chunk {Path(v).parent.name}: " + fields.partition('reason="')[2].rstrip('"')
-        )
+        chunk_method, why = parse_not_run(line)
+        method = chunk_method or method
+        reasons.append(f"chunk {Path(v).parent.name}: {why}")
     reason = "; ".join(reasons).replace('"', "'")
     log.warning("%s did not run on every chunk (%s): %s is a placeholder, and %s is left out of "
                 "the comparison", method, reason, out_vcf, method)  # fmt: skip
