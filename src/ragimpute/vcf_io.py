@@ -662,7 +662,6 @@ class SitePositions:
             return
         self.contig = resolve_contig(self.path, chrom)
         if _is_bcf(self.path):
-            _index_file(self.path)  # checked against the file, as every read by region
             self._handle = pysam.VariantFile(self.path)
         else:
             self._handle = pysam.TabixFile(self.path, parser=None, index=_index_file(self.path))
