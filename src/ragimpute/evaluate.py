@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,15 @@ def _floats(lines: list[str], n: int, how: str = "plain") -> np.ndarray:
     return arr[:, :, 0]
 
 
+def _refuse_a_line_cut_short(path: str, genotypes: Iterable[str]) -> None:
+    """A record without a single genotype (its ``[%GT\t]`` all missing) is what bcftools makes of a
+    line cut short: if the file holds one, the error naming it."""
+    if any(not g.strip("./|\t") for g in genotypes):
+        short = short_record_error(path)
+        if short is not None:
+            raise short
+
+
 def read_dosages(
     path: str | os.PathLike,
     chrom: str,
@@ -207,10 +217,7 @@ def read_dosages(
         gts.append(g)
         doses.append(d)
     del lines
-    if any(not g.strip("./|\t") for g in gts):  # a line cut short reads as missing genotypes
-        short = short_record_error(path)
-        if short is not None:
-            raise short
+    _refuse_a_line_cut_short(path, gts)
     sites = pd.DataFrame(fixed, columns=["chrom", "pos", "ref", "alt", "info_r2"])
     sites["pos"] = sites["pos"].astype(np.int64)
     sites["info_r2"] = pd.to_numeric(sites["info_r2"], errors="coerce")
@@ -245,11 +252,7 @@ def read_truth(
     lines, n, cols = _chrom_lines(path, fmt, chrom, have, region, samples, allow_empty)
     rows = [ln.split("\t", 4) for ln in lines]
     del lines
-    if any(not r[4].strip("./|\t") for r in rows):
-        # a record without a single true genotype: a line cut short reads like that
-        short = short_record_error(path)
-        if short is not None:
-            raise short
+    _refuse_a_line_cut_short(path, (r[4] for r in rows))
     sites = pd.DataFrame([r[:4] for r in rows], columns=["chrom", "pos", "ref", "alt"])
     sites["pos"] = sites["pos"].astype(np.int64)
     keep = (
