@@ -164,14 +164,19 @@ def match_sites(sites: pd.DataFrame, manifest: pd.DataFrame, manifest_path: obje
     else:
         hit = sites["pos"].astype(np.int64).isin(set(m["pos"].astype(np.int64))).to_numpy()
         row_hit = m["pos"].astype(np.int64).isin(set(sites["pos"].astype(np.int64))).to_numpy()
+    # A manifest site beyond the first or last panel site here is another chunk's (or beyond the
+    # panel's end), not a site the panel lacks: said apart, so that every chunk does not warn of the
+    # rest of the array.
+    mpos = m["pos"].astype(np.int64).to_numpy()
+    first, last = int(sites["pos"].min()), int(sites["pos"].max())
+    inside = (mpos >= first) & (mpos <= last)
+    name = sites["chrom"].iloc[0]
     if not hit.any():
-        first, last = int(sites["pos"].min()), int(sites["pos"].max())
-        mpos = m["pos"].astype(np.int64)
         # array sites on either side and none among these panel sites: a chunk between two of them
-        if (mpos < first).any() and (mpos > last).any() and not mpos.between(first, last).any():
+        if (mpos < first).any() and (mpos > last).any() and not inside.any():
             raise InputError(
                 manifest_path,
-                f"none of its sites lies within {sites['chrom'].iloc[0]}:{first}-{last}, the panel "
+                f"none of its sites lies within {name}:{first}-{last}, the panel "
                 "sites here (a chunk's), so there is nothing to impute them from",
                 "Lengthen chunks.length (chunks of a few cM hold many array sites)",
             )
@@ -187,13 +192,6 @@ def match_sites(sites: pd.DataFrame, manifest: pd.DataFrame, manifest_path: obje
             n_dup,
             chrom,
         )
-    # A manifest site beyond the first or last panel site here is another chunk's (or beyond the
-    # panel's end), not a site the panel lacks: said apart, so that every chunk does not warn of the
-    # rest of the array.
-    mpos = m["pos"].astype(np.int64).to_numpy()
-    first, last = int(sites["pos"].min()), int(sites["pos"].max())
-    inside = (mpos >= first) & (mpos <= last)
-    name = sites["chrom"].iloc[0]
     n_unmatched = int((~row_hit & inside).sum())
     if n_unmatched:
         shown = mpos[~row_hit & inside][:5]
