@@ -303,11 +303,11 @@ def checkpoint_json(path, stage):
 
 def mask_hashes(unit):
     """Hashes of the masks the config asks for on ``unit`` (known once the mask checkpoint ran)."""
-    record = checkpoint_json(checkpoints.mask.get(unit=unit).output[0], "mask")
+    path = checkpoints.mask.get(unit=unit).output[0]
+    record = checkpoint_json(path, "mask")
     if not isinstance(record, dict) or "hashes" not in record:
         raise WorkflowError(
-            f"{checkpoints.mask.get(unit=unit).output[0]} holds no mask hashes: rebuild it with "
-            "snakemake --forcerun mask"
+            f"{path} holds no mask hashes: rebuild it with snakemake --forcerun mask"
         )
     return record["hashes"]
 
