@@ -57,9 +57,11 @@ from .vcf_io import (
     query_lines,
     resolve_contig,
     short_record_error,
+    skip_counts,
     split_fields,
     vcf_records_contigs,
     vcf_samples,
+    where_words,
 )
 from .vcf_write import contig_lengths, phased_vcf_writer, write_phased_vcf
 
@@ -266,7 +268,7 @@ def read_target(
         report["matched"],
         report["flipped"],
         len(unmatched),
-        ", ".join(f"{k}={v}" for k, v in skipped.items() if v) or "none",
+        skip_counts(skipped) or "none",
     )
     match.warn(path)
     if report["matched"] < LOW_OVERLAP * len(recs):
@@ -307,13 +309,9 @@ def _no_match_error(
     """The error for a target (or a chunk's region of it) with no record at a reference site: none
     there at all (a chunk the target does not reach, a chromosome it lacks), or none that matches
     (another genome build, another strand)."""
-    where = (
-        f"on chromosome {contig}"
-        if region is None
-        else f"in {contig}:{region[0]}-{region[1]}, this chunk's region"
-    )
+    where = where_words(contig, region)
     if not recs:
-        what = ", ".join(f"{k}={v}" for k, v in skipped.items() if v)
+        what = skip_counts(skipped)
         none = (
             f"no biallelic SNV records {where} (skipped: {what})" if what else f"no records {where}"
         )

@@ -547,6 +547,18 @@ def _block_records(n_samples: int) -> int:
     return max(1, min(_CHUNK_RECORDS, _CHUNK_BYTES // max(4 * n_samples, 1)))
 
 
+def where_words(chrom: str, region: tuple[int, int] | None) -> str:
+    """Where a read looked, for a message: ``on chromosome 20``, or a chunk's region."""
+    if region is None:
+        return f"on chromosome {chrom}"
+    return f"in {chrom}:{region[0]}-{region[1]}, this chunk's region"
+
+
+def skip_counts(skipped: dict[str, int]) -> str:
+    """The records skipped by reason, for a message: ``multiallelic=3, non_snv=1`` ("" for none)."""
+    return ", ".join(f"{k}={v}" for k, v in skipped.items() if v)
+
+
 class PanelStream:
     """The biallelic SNVs of ``chrom`` (or of its ``region``) of a panel with the phased haplotypes of
     ``samples`` (all by default), read block by block: memory is one block, whatever the length of
@@ -613,12 +625,11 @@ class PanelStream:
 
     def _none_kept(self) -> InputError:
         """The error for a chromosome, or a chunk's region, without a biallelic SNV kept."""
-        skipped = ", ".join(f"{k}={v}" for k, v in self.skipped.items() if v)
+        skipped = skip_counts(self.skipped)
+        where = where_words(self.chrom, self.region)
         if self.region is None:
-            where = f"on chromosome {self.chrom}"
             hint = "Check `chromosomes:` and the FILTER column (`panel.pass_only`)"
         else:
-            where = f"in {self.chrom}:{self.region[0]}-{self.region[1]}, this chunk's region"
             hint = (
                 "Chunks are planned over the panel's records when the workflow starts, without "
                 "chunks that hold none: if the panel changed since, run snakemake again; else check "
