@@ -312,6 +312,15 @@ def test_batches_merged_equal_one_batch(tmp_path_factory, tmp_path):
     assert got[0] == want[0]  # #CHROM line: every sample, in order
     assert got == want  # every record, INFO AF/R2 and every sample's GT:DS:GP
 
+    # every batch's provenance line (its own estimated error rate), named by its batch
+    def impute_lines(path):
+        with gzip.open(path, "rt") as f:
+            return [ln for ln in f if ln.startswith("##ragimpute_impute=<")]
+
+    own = [impute_lines(v)[0] for v, _ in parts]
+    kept = impute_lines(merged)
+    assert kept == [own[i].replace("<", f"<batch=b{i},", 1) for i in range(2)]
+
 
 # -- the workflow: chunks ligated, against the chromosome in one piece ------------------------------
 

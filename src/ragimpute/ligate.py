@@ -58,6 +58,14 @@ def _split_header(path: str | os.PathLike) -> tuple[list[str], list[str], Iterat
     raise ArtifactError(f"{path}: no #CHROM header line; it is not an imputed VCF of ours")
 
 
+IMPUTE_KEY = "##ragimpute_impute=<"  # the provenance line each imputation job writes
+
+
+def _batch_name(vcf: str | os.PathLike) -> str:
+    """A batch's name from its file, ``<method>.<batch>.vcf.gz``."""
+    return Path(vcf).name.removesuffix(".vcf.gz").rsplit(".", 1)[-1]
+
+
 def merge_batches(
     parts: list[tuple[str | os.PathLike, str | os.PathLike]], out_vcf: str | os.PathLike
 ) -> dict:
@@ -74,7 +82,13 @@ def merge_batches(
     total = sum(st["sum"] for st in stats)
     total_sq = sum(st["sumsq"] for st in stats)
     n_hap = int(sum(int(st["n_hap"]) for st in stats))
-    meta = heads[0][0] + [f"##ragimpute_merged=<batches={len(parts)},samples={len(samples)}>\n"]
+    # Each batch estimates its own error rate (and records its own settings): every batch's line is
+    # kept, named by its batch, as ligate keeps every chunk's.
+    meta = [m for m in heads[0][0] if not m.startswith(IMPUTE_KEY)]
+    meta.append(f"##ragimpute_merged=<batches={len(parts)},samples={len(samples)}>\n")
+    meta += [IMPUTE_KEY + f"batch={_batch_name(v)}," + m[len(IMPUTE_KEY) :]
+             for (v, _), (m_all, _, _) in zip(parts, heads, strict=True)
+             for m in m_all if m.startswith(IMPUTE_KEY)]  # fmt: skip
     columns = heads[0][1][:9] + samples
     readers = [h[2] for h in heads]
     with bgzip_vcf_writer(out_vcf) as write:
@@ -134,12 +148,11 @@ def ligate(parts: list[tuple[str | os.PathLike, int, int]], out_vcf: str | os.Pa
     for (v, _, _), (_, cols, _) in zip(parts, heads, strict=True):
         if cols != columns:
             raise ArtifactError(f"{v}: other samples than {parts[0][0]}; impute it again")
-    key = "##ragimpute_impute=<"
-    meta = [m for m in heads[0][0] if not m.startswith(key)]
+    meta = [m for m in heads[0][0] if not m.startswith(IMPUTE_KEY)]
     meta.append(f"##ragimpute_ligated=<chunks={len(parts)}>\n")
-    meta += [key + f"chunk={Path(v).parent.name}," + m[len(key) :]
+    meta += [IMPUTE_KEY + f"chunk={Path(v).parent.name}," + m[len(IMPUTE_KEY) :]
              for (v, _, _), (m_all, _, _) in zip(parts, heads, strict=True)
-             for m in m_all if m.startswith(key)]  # fmt: skip
+             for m in m_all if m.startswith(IMPUTE_KEY)]  # fmt: skip
     kept = []
     last = 0
     with bgzip_vcf_writer(out_vcf) as write:
