@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pysam
 import pytest
@@ -280,7 +282,7 @@ def test_batches_merged_equal_one_batch(tmp_path_factory, tmp_path):
 
     from ragimpute.impute import impute_target, run_impute_stage
     from ragimpute.layout import Layout
-    from ragimpute.ligate import merge_batches
+    from ragimpute.ligate import merge_batch_stage
 
     env = shared_env(tmp_path_factory)
     whole = tmp_path / "whole.vcf.gz"
@@ -288,7 +290,7 @@ def test_batches_merged_equal_one_batch(tmp_path_factory, tmp_path):
     impute_target(env.results, CHROM, env.split, env.target, "copying", whole, **kw)
     layout = Layout(str(env.results))
     aligned = tmp_path / "al"
-    h = __import__("json").loads((aligned / "alignment.json").read_text())["hash"]
+    h = json.loads((aligned / "alignment.json").read_text())["hash"]
     n = len(env.split_samples["test"])
     parts = []
     for i, (first, count) in enumerate([(0, 2), (2, n - 2)]):
@@ -301,7 +303,7 @@ def test_batches_merged_equal_one_batch(tmp_path_factory, tmp_path):
         )  # fmt: skip
         parts.append((vcf, tmp_path / f"b{i}.stats.npz"))
     merged = tmp_path / "merged.vcf.gz"
-    merge_batches(parts, merged)
+    report = merge_batch_stage(*map(list, zip(*parts, strict=True)), merged, tmp_path / "m.json")
 
     def body(path):
         with gzip.open(path, "rt") as f:
@@ -320,6 +322,9 @@ def test_batches_merged_equal_one_batch(tmp_path_factory, tmp_path):
     own = [impute_lines(v)[0] for v, _ in parts]
     kept = impute_lines(merged)
     assert kept == [own[i].replace("<", f"<batch=b{i},", 1) for i in range(2)]
+    errors = [json.loads((tmp_path / f"b{i}.json").read_text())["error"] for i in range(2)]
+    assert [b["error"] for b in report["batches"]] == errors
+    assert "error" not in report and "error" not in report["engine"]
 
 
 # -- the workflow: chunks ligated, against the chromosome in one piece ------------------------------

@@ -181,7 +181,11 @@ def merge_batch_stage(
     info = merge_batches(list(zip(vcfs, stats, strict=True)), out_vcf)
     reports = [read_json(str(v)[: -len(".vcf.gz")] + ".json") for v in vcfs]
     report = dict(reports[0])
-    report.pop("sample_batch", None)
+    # each batch estimates its own error rate: it is reported per batch, not batch 0's for all
+    for key in ("sample_batch", "error"):
+        report.pop(key, None)
+    if isinstance(report.get("engine"), dict):
+        report["engine"] = {k: v for k, v in report["engine"].items() if k != "error"}
     report.update(
         output=str(out_vcf),
         samples=info["samples"],
@@ -191,7 +195,7 @@ def merge_batch_stage(
         batches=[
             {
                 "output": str(v),
-                **{k: r.get(k) for k in ("sample_batch", "wall_seconds", "peak_rss_mb")},
+                **{k: r.get(k) for k in ("sample_batch", "error", "wall_seconds", "peak_rss_mb")},
             }
             for v, r in zip(vcfs, reports, strict=True)
         ],
