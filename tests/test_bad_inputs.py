@@ -1269,3 +1269,66 @@ def test_window_stage_refuses_a_stale_panel_index_or_a_truncated_split(tmp_path,
         run_window_stage(panel, split, "20", 16, 4, tmp_path / "w")
     assert all(s in str(e.value) for s in says), str(e.value)
     assert not (tmp_path / "w").exists()
+
+
+def _contig_vcf(path: Path, contigs: list[str]) -> Path:
+    """A bgzipped, indexed VCF of two samples with a few SNVs on each of ``contigs``."""
+    import pysam
+
+    lines = ["##fileformat=VCFv4.2", *(f"##contig=<ID={c}>" for c in contigs),
+             '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+             "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tA\tB"]  # fmt: skip
+    for c in contigs:
+        lines += [f"{c}\t{p}\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|0" for p in (100, 200, 300)]
+    plain = path.with_suffix("")
+    plain.write_text("\n".join(lines) + "\n")
+    pysam.tabix_compress(str(plain), str(path), force=True)
+    pysam.tabix_index(str(path), preset="vcf", force=True)
+    return path
+
+
+def _own_data_plan(tmp_path: Path, panel: list[str], target: list[str], chromosomes: list[str]):
+    """``snakemake -n`` of a run on your own target: the panel on ``panel``, the target on
+    ``target`` (also the array manifest), ``chromosomes:`` as given."""
+    p = _contig_vcf(tmp_path / "panel.vcf.gz", panel)
+    t = _contig_vcf(tmp_path / "target.vcf.gz", target)
+    extra = write_yaml(tmp_path / "own.yaml", {
+        "panel": {"vcf": str(p), "array_manifest": str(t)}, "chromosomes": chromosomes,
+        "impute": {"target_vcf": str(t)}, "evaluate": {"methods": ["af"]}})  # fmt: skip
+    return snakemake(tmp_path, "-n", "--cores", "1", configs=(TINY, extra)), t
+
+
+@pytest.mark.slow
+def test_a_panel_chromosome_the_own_target_lacks_is_not_planned(tmp_path):
+    """A panel of chr1-chr3 and a target of 1 and 2 (and 5, which the panel lacks), `chromosomes:`
+    empty: the run planned chr3 too, and its mask job failed minutes in with "check the build". Now
+    only the chromosomes both have are planned, and the log says which were left out."""
+    r, _ = _own_data_plan(tmp_path, ["chr1", "chr2", "chr3"], ["1", "2", "5"], [])
+    text = output(r)
+    assert r.returncode == 0, text[-3000:]
+    assert "panel chromosomes without target records are not imputed: chr3" in text
+    assert "impute/chr1/af.vcf.gz" in text and "impute/chr2/af.vcf.gz" in text
+    assert "chr3" not in text.replace("not imputed: chr3", "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "target, chromosomes, says",
+    [
+        (["1", "2"], ["chr1", "chr3"], ["has no records on chr3, which `chromosomes:` names",
+                                        "Remove chr3 from `chromosomes:`"]),
+        (["7"], [], ["has records on no chromosome of the panel", "the panel's: chr1, chr2, chr3",
+                     "same genome build"]),
+    ],
+    ids=["configured-chromosome-missing", "no-shared-chromosome"],
+)  # fmt: skip
+def test_own_target_chromosomes_are_checked_before_any_job_runs(
+    tmp_path, target, chromosomes, says
+):
+    r, t = _own_data_plan(tmp_path, ["chr1", "chr2", "chr3"], target, chromosomes)
+    text = output(r)
+    assert r.returncode != 0
+    assert f"{t}: the target (impute.target_vcf)" in text, text[-3000:]
+    for words in says:
+        assert words in text, text[-3000:]
+    assert "Traceback" not in text

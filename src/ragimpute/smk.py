@@ -199,3 +199,49 @@ def config_warnings(config: dict) -> list[str]:
             "(demo.cohort_samples). For your own targets, set panel.vcf to your reference panel"
         )
     return out
+
+
+def own_target_chromosomes(
+    configured: list[str], panel_vcf: str, target_vcf: str
+) -> tuple[list[str], list[str]]:
+    """The chromosomes of a run on your own target, and notes for the log.
+
+    Empty ``configured``: the panel's chromosomes that the target has records on (a whole-genome
+    panel with a one-chromosome target is the usual case, not an error). A configured chromosome the
+    target has no record on is refused here, before any job runs: otherwise the run failed minutes
+    later in its mask job, with a hint at the build rather than at ``chromosomes:``. Raises
+    ``InputError`` naming the target, what it lacks and what to do."""
+    from .errors import InputError
+    from .vcf_io import normalize_chrom, vcf_records_contigs
+
+    in_target = vcf_records_contigs(target_vcf)
+    have = {normalize_chrom(c) for c in in_target}
+    if configured:
+        lacking = [c for c in configured if normalize_chrom(c) not in have]
+        if lacking:
+            raise InputError(
+                target_vcf,
+                f"the target (impute.target_vcf) has no records on {', '.join(lacking)}, which "
+                f"`chromosomes:` names (the target's chromosomes: {', '.join(in_target) or 'none'})",
+                f"Remove {', '.join(lacking)} from `chromosomes:`, or leave it empty to impute "
+                "every chromosome of the panel that the target has",
+            )
+        return list(configured), []
+    in_panel = vcf_records_contigs(panel_vcf)
+    chosen = [c for c in in_panel if normalize_chrom(c) in have]
+    if not chosen:
+        raise InputError(
+            target_vcf,
+            f"the target (impute.target_vcf) has records on no chromosome of the panel "
+            f"{panel_vcf} (the target's: {', '.join(in_target) or 'none'}; the panel's: "
+            f"{', '.join(in_panel) or 'none'})",
+            "Check that both are of the same genome build and name the same chromosomes "
+            "(chr20 and 20 match)",
+        )
+    left = [c for c in in_panel if c not in chosen]
+    notes = (
+        [f"panel chromosomes without target records are not imputed: {', '.join(left)}"]
+        if left
+        else []
+    )
+    return chosen, notes

@@ -18,7 +18,12 @@ from ragimpute.methods import (
     STATES_RULE_SETTINGS,
     TRAIN_MACHINE_SETTINGS,
 )
-from ragimpute.smk import config_problems, config_sources, config_warnings
+from ragimpute.smk import (
+    config_problems,
+    config_sources,
+    config_warnings,
+    own_target_chromosomes,
+)
 from ragimpute.split import SPLITS
 
 # Every key is checked before anything runs: a misspelt key is an error naming it, not a silent
@@ -180,8 +185,19 @@ def split_table():
 
 @functools.cache
 def chromosomes():
-    if config["chromosomes"]:
-        return [str(c) for c in config["chromosomes"]]
+    configured = [str(c) for c in config["chromosomes"]]
+    if config["impute"]["target_vcf"] and not use_demo():
+        try:
+            chosen, notes = own_target_chromosomes(
+                configured, config["panel"]["vcf"], config["impute"]["target_vcf"]
+            )
+        except ValueError as e:
+            raise WorkflowError(str(e)) from None
+        for note in notes:
+            print(f"ragimpute: {note}", file=sys.stderr)
+        return chosen
+    if configured:
+        return configured
     if use_demo():
         return [str(c) for c in config["demo"]["chromosomes"]]
     from ragimpute.vcf_io import vcf_records_contigs
