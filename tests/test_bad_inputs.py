@@ -1287,14 +1287,17 @@ def _contig_vcf(path: Path, contigs: list[str]) -> Path:
     return path
 
 
-def _own_data_plan(tmp_path: Path, panel: list[str], target: list[str], chromosomes: list[str]):
+def _own_data_plan(
+    tmp_path: Path, panel: list[str], target: list[str], chromosomes: list[str], genetic_map=""
+):
     """``snakemake -n`` of a run on your own target: the panel on ``panel``, the target on
-    ``target`` (also the array manifest), ``chromosomes:`` as given."""
+    ``target`` (also the array manifest), ``chromosomes:`` and ``panel.genetic_map`` as given."""
     p = _contig_vcf(tmp_path / "panel.vcf.gz", panel)
     t = _contig_vcf(tmp_path / "target.vcf.gz", target)
     extra = write_yaml(tmp_path / "own.yaml", {
-        "panel": {"vcf": str(p), "array_manifest": str(t)}, "chromosomes": chromosomes,
-        "impute": {"target_vcf": str(t)}, "evaluate": {"methods": ["af"]}})  # fmt: skip
+        "panel": {"vcf": str(p), "array_manifest": str(t), "genetic_map": str(genetic_map)},
+        "chromosomes": chromosomes, "impute": {"target_vcf": str(t)},
+        "evaluate": {"methods": ["af"]}})  # fmt: skip
     return snakemake(tmp_path, "-n", "--cores", "1", configs=(TINY, extra)), t
 
 
@@ -1332,3 +1335,22 @@ def test_own_target_chromosomes_are_checked_before_any_job_runs(
     for words in says:
         assert words in text, text[-3000:]
     assert "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_one_chromosomes_hapmap_map_is_refused_in_a_run_of_several(tmp_path):
+    """A HapMap map of one chromosome (Position Rate Map: no chromosome column), as 1000 Genomes'
+    genetic_map_chr1.txt, in a run of chr1 and chr2: chr2 silently got chr1's map. Now the plan
+    stops and says to give one map with a chromosome column; a PLINK map of both runs."""
+    hapmap = tmp_path / "genetic_map_chr1.txt"
+    hapmap.write_text("Position(bp) Rate(cM/Mb) Map(cM)\n100 1.0 0.0\n300 1.0 0.0002\n")
+    r, _ = _own_data_plan(tmp_path, ["chr1", "chr2"], ["1", "2"], [], genetic_map=hapmap)
+    text = output(r)
+    assert r.returncode != 0 and "Traceback" not in text
+    assert f"{hapmap}: panel.genetic_map is one chromosome's HapMap map" in text, text[-3000:]
+    assert "this run imputes chr1, chr2" in text and "cat plink.chr*.GRCh38.map" in text
+    plink = tmp_path / "plink.map"
+    plink.write_text("".join(f"{c}\t.\t{cm}\t{bp}\n" for c in ("chr1", "chr2")
+                             for bp, cm in ((100, 0.0), (300, 0.0002))))  # fmt: skip
+    r, _ = _own_data_plan(tmp_path, ["chr1", "chr2"], ["1", "2"], [], genetic_map=plink)
+    assert r.returncode == 0, output(r)[-3000:]

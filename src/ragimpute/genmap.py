@@ -73,6 +73,30 @@ def _number(text: str, path: str, line_no: int, what: str) -> float:
     return v
 
 
+def _first_row_format(fields: list[str]) -> tuple[str, bool]:
+    """The map's format from its first row, and whether that row is a header ("Chromosome
+    Position(bp) Rate(cM/Mb) Map(cM)" or "Position Rate Map")."""
+    try:
+        float(fields[-1])
+    except ValueError:
+        return ("hapmap4" if len(fields) >= 4 else "hapmap3"), True
+    if len(fields) == 3:
+        return "hapmap3", False
+    return ("hapmap4" if _is_hapmap_row(fields) else "plink"), False
+
+
+def map_names_chromosomes(path: str | os.PathLike) -> bool:
+    """Whether the map says which chromosome each point is on: False for one chromosome's HapMap
+    map (``Position Rate Map``), whose points ``read_genetic_map`` gives to whatever chromosome it
+    is asked for. Reads the first row only."""
+    with _open_text(str(path)) as f:
+        for line in f:
+            fields = line.split()
+            if fields and not fields[0].startswith("#"):
+                return _first_row_format(fields)[0] != "hapmap3"
+    return True
+
+
 def read_genetic_map(path: str | os.PathLike, chrom: str) -> GeneticMap:
     """The points of ``chrom`` in a PLINK or HapMap genetic map (plain or gzipped)."""
     path = str(path)
@@ -88,16 +112,9 @@ def read_genetic_map(path: str | os.PathLike, chrom: str) -> GeneticMap:
             if not fields or fields[0].startswith("#"):
                 continue
             if fmt is None:
-                try:
-                    float(fields[-1])
-                except ValueError:
-                    # a header ("Chromosome Position(bp) Rate(cM/Mb) Map(cM)" or "Position Rate Map")
-                    fmt = "hapmap4" if len(fields) >= 4 else "hapmap3"
+                fmt, header = _first_row_format(fields)
+                if header:
                     continue
-                if len(fields) == 3:
-                    fmt = "hapmap3"
-                else:
-                    fmt = "hapmap4" if _is_hapmap_row(fields) else "plink"
             if fmt == "plink":
                 if len(fields) != 4:
                     raise InputError(
@@ -122,7 +139,9 @@ def read_genetic_map(path: str | os.PathLike, chrom: str) -> GeneticMap:
         raise InputError(
             path,
             f"no map points for chromosome {chrom}",
-            "Give a map of this chromosome (or leave panel.genetic_map empty for 1 cM/Mb)",
+            "Give a map of this chromosome (or leave panel.genetic_map empty for 1 cM/Mb): the "
+            "map is one file for every chromosome of the run, and Beagle's per-chromosome PLINK "
+            "maps join into one with `cat plink.chr*.GRCh38.map > plink.GRCh38.map`",
         )
     b = np.asarray(bp, dtype=np.int64)
     g = np.asarray(cm, dtype=np.float64)

@@ -8,6 +8,7 @@ from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 from snakemake.utils import validate
 
 from ragimpute.chunks import Unit, plan_chunks, plan_panel_chunks
+from ragimpute.genmap import map_names_chromosomes
 from ragimpute.layout import Layout
 from ragimpute.methods import (
     ENGINE_METHODS,
@@ -203,6 +204,25 @@ def chromosomes():
     from ragimpute.vcf_io import vcf_records_contigs
 
     return vcf_records_contigs(config["panel"]["vcf"])
+
+
+def check_map_chromosomes():
+    """One chromosome's HapMap map (Position Rate Map) names no chromosome, and read_genetic_map
+    gives its points to any chromosome asked for: in a run of several chromosomes each would
+    silently get that chromosome's map."""
+    path = config["panel"]["genetic_map"]
+    if path and len(chromosomes()) > 1 and not map_names_chromosomes(path):
+        raise WorkflowError(
+            f"{path}: panel.genetic_map is one chromosome's HapMap map (Position Rate Map, no "
+            f"Chromosome column), and this run imputes {', '.join(chromosomes())}: every one "
+            "would get that chromosome's map. Give one map with a chromosome column that covers "
+            "them all (a PLINK .map, as Beagle's map=: Beagle's per-chromosome files join with "
+            "`cat plink.chr*.GRCh38.map > plink.GRCh38.map`; or a HapMap map with a Chromosome "
+            "column), or run one chromosome per configuration (`chromosomes: [NAME]`)"
+        )
+
+
+check_map_chromosomes()
 
 
 # -- units: a chromosome, or the chunks of one (chunks.length; src/ragimpute/chunks.py) ------------
