@@ -837,6 +837,29 @@ def test_cli_missing_target_names_the_option(impute_env, tmp_path, capsys):
     assert "config" not in line and not (tmp_path / "out.vcf.gz").exists()
 
 
+@pytest.mark.parametrize("chrom", ["20", "20.c001"])
+def test_cli_on_a_chunked_run_says_it_imputes_whole_chromosomes(
+    impute_env, tmp_path, capsys, chrom
+):
+    """A run with chunks.length keeps windows/20.c000/, ...: `--chrom 20` said "windows/20/
+    sites.parquet is missing; run the window stage first" and `--chrom 20.c001` looked for target
+    records on a chromosome of that name."""
+    from ragimpute.cli import main
+
+    env = impute_env
+    results = tmp_path / "results"
+    for unit in ("20.c000", "20.c001"):
+        shutil.copytree(env.results / "windows/20", results / "windows" / unit)
+    args = ["impute", "--results", str(results), "--chrom", chrom, "--split", str(env.split),
+            "--target", str(env.target), "--out", str(tmp_path / "out.vcf.gz")]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if " ERROR " in ln]
+    assert f"{results}: this run is cut into chunks (chunks.length): 20 is 20.c000, 20.c001" in line
+    assert "imputes whole chromosomes only. Impute through the workflow" in line
+    assert not (tmp_path / "out.vcf.gz").exists()
+
+
 def test_cli_model_without_a_checkpoint_names_the_option(impute_env, tmp_path):
     from ragimpute.cli import main
 

@@ -143,6 +143,7 @@ def _impute(a: argparse.Namespace) -> None:
             "ragimpute impute: --method model needs --checkpoint (the trained model.pt, e.g. "
             "results/model/model.pt)"
         )
+    _refuse_chunks(a.results, a.chrom)
     options = _key_values(a.set)
     engine = {**section_defaults("engine"), **_key_values(a.engine)}
     impute_target(
@@ -167,6 +168,30 @@ def _impute(a: argparse.Namespace) -> None:
         engine=engine,
         reference_splits=tuple(a.reference),
     )
+
+
+def _refuse_chunks(results: str, chrom: str) -> None:
+    """A run with chunks.length keeps its tables per chunk (windows/20.c000/, ...). ``--chrom 20``
+    then failed with "windows/20/sites.parquet is missing; run the window stage first", and
+    ``--chrom 20.c001`` looked for records on a chromosome called 20.c001: neither said that this
+    command imputes whole chromosomes only."""
+    from pathlib import Path
+
+    from .chunks import UNIT_SEPARATOR, chrom_of
+    from .layout import Layout
+
+    whole = chrom_of(chrom)
+    windows = Path(Layout(results).windows(whole)).parent
+    chunks = sorted(p.name for p in windows.glob(f"{whole}{UNIT_SEPARATOR}*") if p.is_dir())
+    chunks = [c for c in chunks if chrom_of(c) == whole]
+    if chunks and (chrom != whole or not (windows / whole).is_dir()):
+        raise InputError(
+            results,
+            f"this run is cut into chunks (chunks.length): {whole} is {', '.join(chunks)}, and "
+            "`ragimpute impute` imputes whole chromosomes only",
+            "Impute through the workflow, which imputes every chunk and ligates them into "
+            f"impute/{whole}/<method>.vcf.gz, or give --results a run with chunks.length: 0",
+        )
 
 
 def _evaluate(a: argparse.Namespace) -> None:
