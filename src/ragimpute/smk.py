@@ -202,7 +202,7 @@ def config_warnings(config: dict) -> list[str]:
 
 
 def own_target_chromosomes(
-    configured: list[str], panel_vcf: str, target_vcf: str
+    configured: list[str], panel_vcf: str, target_vcf: str, cache_dir: str | None = None
 ) -> tuple[list[str], list[str]]:
     """The chromosomes of a run on your own target, and notes for the log.
 
@@ -210,11 +210,25 @@ def own_target_chromosomes(
     panel with a one-chromosome target is the usual case, not an error). A configured chromosome the
     target has no record on is refused here, before any job runs: otherwise the run failed minutes
     later in its mask job, with a hint at the build rather than at ``chromosomes:``. Raises
-    ``InputError`` naming the target, what it lacks and what to do."""
-    from .errors import InputError
-    from .vcf_io import normalize_chrom, vcf_records_contigs
+    ``InputError`` naming the target, what it lacks and what to do.
 
-    in_target = vcf_records_contigs(target_vcf)
+    This runs whenever the DAG is built, on a cluster in every job: an unindexed target is read
+    through once (CHROM, POS, REF, ALT) and what it holds kept in ``cache_dir``, keyed on its path,
+    size and modification time, as the chunk plan keeps an unindexed panel's positions."""
+    from .errors import InputError
+    from .vcf_io import (
+        _all_site_positions,
+        check_readable,
+        is_indexed,
+        normalize_chrom,
+        vcf_records_contigs,
+    )
+
+    check_readable(target_vcf)
+    if is_indexed(target_vcf):
+        in_target = vcf_records_contigs(target_vcf)
+    else:
+        in_target = list(_all_site_positions(target_vcf, False, cache_dir))
     have = {normalize_chrom(c) for c in in_target}
     if configured:
         lacking = [c for c in configured if normalize_chrom(c) not in have]

@@ -190,7 +190,10 @@ def chromosomes():
     if config["impute"]["target_vcf"] and not use_demo():
         try:
             chosen, notes = own_target_chromosomes(
-                configured, config["panel"]["vcf"], config["impute"]["target_vcf"]
+                configured,
+                config["panel"]["vcf"],
+                config["impute"]["target_vcf"],
+                cache_dir=L("chunks"),
             )
         except ValueError as e:
             raise WorkflowError(str(e)) from None
