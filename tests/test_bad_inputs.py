@@ -1311,15 +1311,22 @@ def _contig_vcf(path: Path, contigs: list[str]) -> Path:
 
 
 def _own_data_plan(
-    tmp_path: Path, panel: list[str], target: list[str], chromosomes: list[str], genetic_map=""
+    tmp_path: Path,
+    panel: list[str],
+    target: list[str],
+    chromosomes: list[str],
+    genetic_map="",
+    truth: list[str] | None = None,
 ):
     """``snakemake -n`` of a run on your own target: the panel on ``panel``, the target on
-    ``target`` (also the array manifest), ``chromosomes:`` and ``panel.genetic_map`` as given."""
+    ``target`` (also the array manifest), the truth on ``truth`` (None: no truth),
+    ``chromosomes:`` and ``panel.genetic_map`` as given."""
     p = _contig_vcf(tmp_path / "panel.vcf.gz", panel)
     t = _contig_vcf(tmp_path / "target.vcf.gz", target)
+    truth_vcf = "" if truth is None else str(_contig_vcf(tmp_path / "truth.vcf.gz", truth))
     extra = write_yaml(tmp_path / "own.yaml", {
         "panel": {"vcf": str(p), "array_manifest": str(t), "genetic_map": str(genetic_map)},
-        "chromosomes": chromosomes, "impute": {"target_vcf": str(t)},
+        "chromosomes": chromosomes, "impute": {"target_vcf": str(t), "truth_vcf": truth_vcf},
         "evaluate": {"methods": ["af"]}})  # fmt: skip
     return snakemake(tmp_path, "-n", "--cores", "1", configs=(TINY, extra)), t
 
@@ -1382,4 +1389,18 @@ def test_one_chromosomes_hapmap_map_is_refused_in_a_run_of_several(tmp_path):
     plink.write_text("".join(f"{c}\t.\t{cm}\t{bp}\n" for c in ("chr1", "chr2")
                              for bp, cm in ((100, 0.0), (300, 0.0002))))  # fmt: skip
     r, _ = _own_data_plan(tmp_path, ["chr1", "chr2"], ["1", "2"], [], genetic_map=plink)
+    assert r.returncode == 0, output(r)[-3000:]
+
+
+@pytest.mark.slow
+def test_a_truth_without_a_chromosome_of_the_run_is_refused_before_any_job_runs(tmp_path):
+    """A truth VCF of chr1 only, in a run of chr1 and chr2: chr2's evaluate jobs failed after every
+    imputation had run. Now the plan stops, naming the truth, chr2 and the ways out."""
+    r, _ = _own_data_plan(tmp_path, ["chr1", "chr2"], ["1", "2"], [], truth=["1"])
+    text = output(r)
+    assert r.returncode != 0 and "Traceback" not in text
+    truth = tmp_path / "truth.vcf.gz"
+    assert f"{truth}: the truth (impute.truth_vcf) has no records on chr2" in text, text[-3000:]
+    assert 'set impute.truth_vcf: "" to stop at the imputed VCFs' in text
+    r, _ = _own_data_plan(tmp_path, ["chr1", "chr2"], ["1", "2"], [], truth=["chr1", "chr2"])
     assert r.returncode == 0, output(r)[-3000:]

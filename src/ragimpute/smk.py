@@ -216,19 +216,9 @@ def own_target_chromosomes(
     through once (CHROM, POS, REF, ALT) and what it holds kept in ``cache_dir``, keyed on its path,
     size and modification time, as the chunk plan keeps an unindexed panel's positions."""
     from .errors import InputError
-    from .vcf_io import (
-        _all_site_positions,
-        check_readable,
-        is_indexed,
-        normalize_chrom,
-        vcf_records_contigs,
-    )
+    from .vcf_io import normalize_chrom, vcf_records_contigs
 
-    check_readable(target_vcf)
-    if is_indexed(target_vcf):
-        in_target = vcf_records_contigs(target_vcf)
-    else:
-        in_target = list(_all_site_positions(target_vcf, False, cache_dir))
+    in_target = _contigs_with_records(target_vcf, cache_dir)
     have = {normalize_chrom(c) for c in in_target}
     if configured:
         lacking = [c for c in configured if normalize_chrom(c) not in have]
@@ -259,3 +249,36 @@ def own_target_chromosomes(
         else []
     )
     return chosen, notes
+
+
+def _contigs_with_records(path: str, cache_dir: str | None) -> list[str]:
+    """Contigs with records, through the index; an unindexed file read once and cached."""
+    from .vcf_io import _all_site_positions, check_readable, is_indexed, vcf_records_contigs
+
+    check_readable(path)
+    if is_indexed(path):
+        return vcf_records_contigs(path)
+    return list(_all_site_positions(path, False, cache_dir))
+
+
+def check_truth_chromosomes(
+    chromosomes: list[str], truth_vcf: str, cache_dir: str | None = None
+) -> None:
+    """A truth VCF without records on a chromosome of the run failed that chromosome's evaluate
+    jobs after every imputation had run; refused before any job runs instead. Raises
+    ``InputError`` naming the truth, the chromosomes it lacks and what to do."""
+    from .errors import InputError
+    from .vcf_io import normalize_chrom
+
+    in_truth = _contigs_with_records(truth_vcf, cache_dir)
+    have = {normalize_chrom(c) for c in in_truth}
+    lacking = [c for c in chromosomes if normalize_chrom(c) not in have]
+    if lacking:
+        raise InputError(
+            truth_vcf,
+            f"the truth (impute.truth_vcf) has no records on {', '.join(lacking)}, which this run "
+            f"imputes (the truth's chromosomes: {', '.join(in_truth) or 'none'})",
+            "Give a truth VCF of every chromosome of the run (`bcftools concat` joins per-"
+            'chromosome files), set impute.truth_vcf: "" to stop at the imputed VCFs, or run the '
+            f"chromosomes without truth apart (leave {', '.join(lacking)} out of `chromosomes:`)",
+        )

@@ -20,6 +20,7 @@ from ragimpute.methods import (
     TRAIN_MACHINE_SETTINGS,
 )
 from ragimpute.smk import (
+    check_truth_chromosomes,
     config_problems,
     config_sources,
     config_warnings,
@@ -195,6 +196,10 @@ def chromosomes():
                 config["impute"]["target_vcf"],
                 cache_dir=L("chunks"),
             )
+            if config["impute"]["truth_vcf"]:
+                check_truth_chromosomes(
+                    chosen, config["impute"]["truth_vcf"], cache_dir=L("chunks")
+                )
         except ValueError as e:
             raise WorkflowError(str(e)) from None
         for note in notes:
