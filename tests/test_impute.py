@@ -491,6 +491,27 @@ def test_duplicate_positions_in_target(env, tmp_path):
         run(env, edited_target(env, tmp_path, edit), tmp_path / "out.vcf.gz")
 
 
+def test_a_second_record_of_other_alleles_at_a_typed_site_is_unmatched(env, clean, tmp_path):
+    """Arrays carry second probes at a site with other alleles (and `bcftools norm -m-` splits
+    multi-allelics into such records): Beagle drops the one the reference lacks, ours refused the
+    whole target. Now it is unmatched (allele_mismatch) and the imputation is the clean one."""
+
+    def edit(h, r):
+        other = r[4][:]
+        other[4] = next(b for b in "ACGT" if b not in (other[3], other[4]))
+        other[9:] = ["1|1"] * len(other[9:])  # would change the site if it were used
+        return h, r[:5] + [other] + r[5:]
+
+    target = edited_target(env, tmp_path, edit)
+    out = tmp_path / "out.vcf.gz"
+    report = run(env, target, out)
+    assert report["alignment"]["unmatched"]["allele_mismatch"] == 1
+    pos = vcf_lines(env.target)[1][4][1]
+    unmatched = (tmp_path / "out.vcf.gz.aligned" / "unmatched.tsv").read_text()
+    assert f"\t{pos}\t" in unmatched and "allele_mismatch" in unmatched
+    assert body(out) == body(clean[0])
+
+
 def test_target_on_another_chromosome(env, tmp_path):
     def edit(h, r):
         h = [x.replace(f"##contig=<ID={CHROM},", "##contig=<ID=21,") for x in h]

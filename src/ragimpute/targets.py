@@ -223,6 +223,7 @@ def read_target(
     if not match.matched.any():
         raise _no_match_error(path, contig, region, recs, skipped, match)
     keep = np.flatnonzero(match.matched)
+    _refuse_two_matches(path, recs, keep)
     where = [f"{recs[i][0]}:{recs[i][1]}" for i in keep]
     alleles, unphased = decode_target_calls(
         [gts[i] for i in keep], path, where, samples, allow_unphased, hint
@@ -281,6 +282,25 @@ def read_target(
     site = match.idx[keep].astype(np.int64)
     unphased_kept = unphased if allow_unphased else None
     return AlignedTarget(path, contig, samples, site, alleles, report, unmatched, unphased_kept)
+
+
+def _refuse_two_matches(path: str, recs: list, keep: np.ndarray) -> None:
+    """Two records at one position that both match the reference site (a duplicate, or the same
+    SNV with REF/ALT swapped): which to use would be the file's order. A second record of other
+    alleles there (an array's second probe, a split multi-allelic) is unmatched, as Beagle drops
+    it, not an error."""
+    pos = np.fromiter((recs[i][1] for i in keep), dtype=np.int64, count=len(keep))
+    twice = np.flatnonzero(pos[1:] == pos[:-1])
+    if len(twice):
+        c, p, ref, alt = recs[keep[twice[0] + 1]]
+        raise InputError(
+            path,
+            f"two biallelic SNV records at position {p} match the reference's site there (this one "
+            f"{ref}/{alt})",
+            "Drop duplicates (`bcftools norm -d all`), keeping the record you trust; a record of "
+            "other alleles at a reference site is left out as unmatched, not an error",
+            record=f"{c}:{p}",
+        )
 
 
 def _target_contig(path: str, chrom: str) -> str:
@@ -349,7 +369,7 @@ def _target_records(
     skipped = dict.fromkeys(TARGET_SKIP_REASONS, 0)
     recs: list[tuple[str, int, str, str]] = []
     gts: list[str] = []
-    records = RecordFilter(path, False, skipped)
+    records = RecordFilter(path, False, skipped, same_position=True)
     for line in query_lines(path, "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n", contig, region):
         if not line:
             continue

@@ -961,10 +961,15 @@ class RecordFilter:
     naming the record, since the order of the file would otherwise decide the answer.
     """
 
-    def __init__(self, path: str, pass_only: bool, skipped: dict[str, int]):
+    def __init__(
+        self, path: str, pass_only: bool, skipped: dict[str, int], same_position: bool = False
+    ):
         self.path = path
         self.pass_only = pass_only
         self.skipped = skipped
+        # a target's second SNV at one position is an error only where both match the reference
+        # (``targets.read_target``): arrays have probes of other alleles at a reference site
+        self.same_position = same_position
         self.last_pos = 0
         self.last_kept = -1
 
@@ -982,7 +987,7 @@ class RecordFilter:
         if reason:
             self.skipped[reason] += 1
             return False
-        if pos == self.last_kept:
+        if pos == self.last_kept and not self.same_position:
             raise InputError(
                 self.path,
                 f"two biallelic SNV records at position {pos}",
