@@ -860,6 +860,31 @@ def test_cli_on_a_chunked_run_says_it_imputes_whole_chromosomes(
     assert not (tmp_path / "out.vcf.gz").exists()
 
 
+@pytest.mark.parametrize("command", ["impute", "evaluate"])
+def test_cli_chrom_named_otherwise_than_the_run_says_which_name(
+    impute_env, tmp_path, capsys, command
+):
+    """`--chrom chr20` on a run whose config says `20` (its tables under windows/20/): the error was
+    that windows/chr20/sites.parquet is missing, with the command to rebuild the window stage."""
+    from ragimpute.cli import main
+
+    env = impute_env
+    out = tmp_path / "out.vcf.gz"
+    common = ["--results", str(env.results), "--chrom", "chr20"]
+    if command == "impute":
+        args = ["impute", *common, "--split", str(env.split), "--target", str(env.target),
+                "--out", str(out)]  # fmt: skip
+    else:
+        args = ["evaluate", *common, "--imputed", str(env.target), "--truth", str(env.target),
+                "--typed", str(env.target), "--method", "x", "--out", str(tmp_path / "ev")]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if " ERROR " in ln]
+    assert f"{env.results}: this run has no chromosome named chr20: its tables are under " in line
+    assert "windows/20/. Give --chrom 20" in line and "forcerun" not in line
+    assert not out.exists() and not (tmp_path / "ev").exists()
+
+
 def test_cli_model_without_a_checkpoint_names_the_option(impute_env, tmp_path):
     from ragimpute.cli import main
 

@@ -144,6 +144,7 @@ def _impute(a: argparse.Namespace) -> None:
             "results/model/model.pt)"
         )
     _refuse_chunks(a.results, a.chrom)
+    _name_the_runs_chrom(a.results, a.chrom)
     options = _key_values(a.set)
     engine = {**section_defaults("engine"), **_key_values(a.engine)}
     impute_target(
@@ -194,11 +195,37 @@ def _refuse_chunks(results: str, chrom: str) -> None:
         )
 
 
+def _name_the_runs_chrom(results: str, chrom: str) -> None:
+    """``--chrom 20`` on a run whose config says ``chr20`` (or the other way round): the tables are
+    under windows/chr20/, and the error was that windows/20/sites.parquet is missing, with the
+    command to rebuild it. Say which name the run uses instead."""
+    from pathlib import Path
+
+    from .layout import Layout
+    from .vcf_io import normalize_chrom
+
+    windows = Path(Layout(results).windows(chrom)).parent
+    if (windows / chrom).is_dir() or not windows.is_dir():
+        return
+    same = [
+        p.name
+        for p in sorted(windows.iterdir())
+        if p.is_dir() and normalize_chrom(p.name) == normalize_chrom(chrom)
+    ]
+    if same:
+        raise InputError(
+            results,
+            f"this run has no chromosome named {chrom}: its tables are under windows/{same[0]}/",
+            f"Give --chrom {same[0]} (the chromosome as the run's config names it)",
+        )
+
+
 def _evaluate(a: argparse.Namespace) -> None:
     from pathlib import Path
 
     from .evaluate import evaluate
 
+    _name_the_runs_chrom(a.results, a.chrom)
     sites = Path(a.results) / "windows" / a.chrom / "sites.parquet"
     evaluate(a.imputed, a.truth, sites, a.typed, a.method, a.out)
 
