@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pysam
@@ -376,7 +378,7 @@ def test_ligated_chunks_match_the_unchunked_chromosome(tiny_finished, tiny_chunk
 
 def _chunk_vcf(path, samples, positions, prov=None, not_run=None):
     """A gzipped chunk VCF as impute (``prov``) or external_tool.sh's placeholder (``not_run``)
-    writes it; each record's GT says which chunk it came from."""
+    writes it; each record's ID says which chunk it came from."""
     import gzip
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -387,9 +389,9 @@ def _chunk_vcf(path, samples, positions, prov=None, not_run=None):
         lines.append(f'##ragimpute_not_run=<method=beagle,reason="{not_run}">\n')
     lines.append("\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO",
                             "FORMAT", *samples]) + "\n")  # fmt: skip
-    gt = "0|1" if "c001" in str(path) else "1|0"
+    chunk = path.parent.name
     for p in positions:
-        lines.append(f"20\t{p}\t.\tA\tC\t.\tPASS\tIMP\tGT" + f"\t{gt}" * len(samples) + "\n")
+        lines.append(f"20\t{p}\t{chunk}\tA\tC\t.\tPASS\tIMP\tGT" + "\t0|1" * len(samples) + "\n")
     with gzip.open(path, "wt") as f:
         f.writelines(lines)
     return path
@@ -415,8 +417,9 @@ def test_ligate_takes_each_site_from_its_core_and_keeps_every_chunks_provenance(
     info = ligate([(a, 1, 250), (b, 251, 10_000)], out)
     assert info["records"] == [2, 3]
     meta, rows = _records(out)
-    assert [(int(r[1]), r[9]) for r in rows] == [(100, "1|0"), (200, "1|0"), (300, "0|1"),
-                                                 (400, "0|1"), (500, "0|1")]  # fmt: skip
+    assert [(int(r[1]), r[2]) for r in rows] == [(100, "20.c000"), (200, "20.c000"),
+                                                 (300, "20.c001"), (400, "20.c001"),
+                                                 (500, "20.c001")]  # fmt: skip
     prov = [m for m in meta if m.startswith("##ragimpute_impute=")]
     assert prov == ["##ragimpute_impute=<chunk=20.c000,method=copying,mask_hash=aa>",
                     "##ragimpute_impute=<chunk=20.c001,method=copying,mask_hash=bb>"]  # fmt: skip
@@ -442,3 +445,106 @@ def test_a_baseline_that_did_not_run_on_one_chunk_is_left_out_of_the_chromosome(
     d = _chunk_vcf(tmp_path / "20.c003" / "beagle.vcf.gz", ["s9"], [950])
     with pytest.raises(Exception, match="other samples"):
         ligate([(a, 1, 250), (d, 251, 10_000)], tmp_path / "x.vcf.gz")
+
+
+def _phased_chunk(path, haps, positions, lo, hi, swap=(), fmt="GT:DS"):
+    """A chunk VCF of the haplotypes ``haps`` (sites, samples, 2) at the sites from ``lo`` to ``hi``
+    (indices), the samples in ``swap`` written the other way round, as a phaser run on the chunk alone
+    may put them; with ``fmt`` GT:DS:HDS the haplotype dosages too."""
+    import gzip
+
+    n = haps.shape[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["##fileformat=VCFv4.2\n", "##contig=<ID=20,length=100000>\n",
+             "\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT",
+                        *[f"s{j}" for j in range(n)]]) + "\n"]  # fmt: skip
+    for i in range(lo, hi + 1):
+        fields = []
+        for j in range(n):
+            a, b = haps[i, j][::-1] if j in swap else haps[i, j]
+            field = f"{a}|{b}:{a + b}"
+            if "HDS" in fmt:
+                field += f":{a}.000,{b}.000"
+            fields.append(field)
+        lines.append(
+            f"20\t{positions[i]}\t.\tA\tC\t.\tPASS\tIMP\t{fmt}\t" + "\t".join(fields) + "\n"
+        )
+    with gzip.open(path, "wt") as f:
+        f.writelines(lines)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["GT:DS", "GT:DS:HDS"])
+def test_ligate_puts_each_chunks_haplotypes_the_way_round_of_the_chunk_before(tmp_path, fmt):
+    """Each chunk's targets are phased on their own, so a sample's haplotypes can come out swapped
+    from one chunk to the next; the ligated VCF puts them back in line through the overlap, so
+    that each haplotype is one haplotype along the chromosome (as bcftools concat --ligate)."""
+    from ragimpute.ligate import ligate
+
+    rng = np.random.default_rng(3)
+    sites, n = 90, 6
+    haps = rng.integers(0, 2, size=(sites, n, 2))
+    positions = [100 * (i + 1) for i in range(sites)]
+    # chunks of sites 0-39, 30-69, 60-89; cores 0-34, 35-64, 65-89; chunk 1 swaps samples 1 and 2,
+    # chunk 2 swaps samples 2 and 4 (relative to the truth, not to chunk 1)
+    a = _phased_chunk(tmp_path / "20.c000" / "m.vcf.gz", haps, positions, 0, 39, (), fmt)
+    b = _phased_chunk(tmp_path / "20.c001" / "m.vcf.gz", haps, positions, 30, 69, (1, 2), fmt)
+    c = _phased_chunk(tmp_path / "20.c002" / "m.vcf.gz", haps, positions, 60, 89, (2, 4), fmt)
+    out = tmp_path / "20.vcf.gz"
+    info = ligate([(a, 1, 3500), (b, 3501, 6500), (c, 6501, 100_000)], out)
+    assert info["records"] == [35, 30, 25]
+    assert [j["samples_swapped"] for j in info["phase_joins"]] == [2, 2]
+    _, rows = _records(out)
+    got = np.array([[[int(x) for x in g.split(":")[0].split("|")] for g in r[9:]] for r in rows])
+    assert np.array_equal(got, haps)
+    if "HDS" in fmt:
+        hds = np.array([[[float(x) for x in g.split(":")[2].split(",")] for g in r[9:]]
+                        for r in rows])  # fmt: skip
+        assert np.array_equal(hds, haps)
+    # dosages are not touched
+    assert [r[9].split(":")[1] for r in rows] == [str(h.sum()) for h in haps[:, 0]]
+    # bcftools reads it all
+    if shutil.which("bcftools"):
+        r = subprocess.run(["bcftools", "view", "-H", str(out)], capture_output=True, text=True)
+        assert r.returncode == 0 and len(r.stdout.splitlines()) == sites
+
+
+def test_ligate_decides_on_the_typed_sites_not_on_imputed_ties(tmp_path):
+    """An imputed heterozygote can be a tie written the same way round in every chunk whatever the
+    phase (the allele-frequency method: GT 1|0 wherever P(ALT) is equal on both haplotypes). The
+    typed sites, which carry the phaser's phase, decide, however many such ties the overlap has."""
+    import gzip
+
+    from ragimpute.ligate import ligate
+
+    rng = np.random.default_rng(5)
+    sites, n = 90, 4
+    haps = rng.integers(0, 2, size=(sites, n, 2))
+    haps[::3, :, 0], haps[::3, :, 1] = 0, 1  # a typed heterozygote every third site
+    positions = [100 * (i + 1) for i in range(sites)]
+
+    def chunk(name, lo, hi, swap):
+        path = tmp_path / name / "af.vcf.gz"
+        path.parent.mkdir()
+        lines = ["##fileformat=VCFv4.2\n", "#" + "\t".join(["CHROM", "POS", "ID", "REF", "ALT",
+                 "QUAL", "FILTER", "INFO", "FORMAT", *[f"s{j}" for j in range(n)]]) + "\n"]  # fmt: skip
+        for i in range(lo, hi + 1):
+            if i % 3:  # imputed: a tie, the same in every chunk
+                lines.append(f"20\t{positions[i]}\t.\tA\tC\t.\tPASS\tAF=0.5;IMP\tGT"
+                             + "\t1|0" * n + "\n")  # fmt: skip
+                continue
+            gts = [f"{b}|{a}" if j in swap else f"{a}|{b}" for j, (a, b) in enumerate(haps[i])]
+            lines.append(f"20\t{positions[i]}\t.\tA\tC\t.\tPASS\tAF=0.5;TYPED\tGT\t"
+                         + "\t".join(gts) + "\n")  # fmt: skip
+        with gzip.open(path, "wt") as f:
+            f.writelines(lines)
+        return path
+
+    a = chunk("20.c000", 0, 39, ())
+    b = chunk("20.c001", 30, 69, (0, 3))
+    out = tmp_path / "20.vcf.gz"
+    info = ligate([(a, 1, 3500), (b, 3501, 100_000)], out)
+    assert info["phase_joins"][0]["samples_swapped"] == 2
+    _, rows = _records(out)
+    typed = [r for r in rows if r[7].endswith("TYPED")]
+    assert all(g == "0|1" for r in typed for g in r[9:])

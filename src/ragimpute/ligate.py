@@ -7,7 +7,12 @@
   imputed in a single batch, INFO included.
 - **Chunks** (``ligate``): the VCFs of overlapping chunks become one VCF in which every site comes from
   the one chunk whose core holds it (``ragimpute.chunks``); the chunks overlap so that no site is
-  imputed near the edge of the chunk it is taken from.
+  imputed near the edge of the chunk it is taken from. Each chunk's targets are phased on their own
+  (the ``phase`` rule, and Beagle, run per chunk), so a sample's two haplotypes can come out the
+  other way round in the next chunk: as ``bcftools concat --ligate`` does, a sample whose
+  heterozygous calls at the typed sites of the overlap disagree in phase with the chunk before more
+  often than they agree has its haplotypes swapped (GT, and HDS, AP1/AP2 where present) over the
+  whole chunk.
 
 Both stream the inputs line by line and write with ``bgzip_vcf_writer`` (bgzipped, indexed, atomic).
 """
@@ -137,6 +142,138 @@ def _placeholder(parts, heads, out_vcf: str | os.PathLike) -> dict:
             "not_run": reason}  # fmt: skip
 
 
+def _gt_starts(arr: np.ndarray) -> np.ndarray:
+    """Where each sample's field (its GT, the first FORMAT field) starts in a record's bytes."""
+    return np.flatnonzero(arr == 9)[8:] + 1
+
+
+def _haplotypes(line: str) -> np.ndarray:
+    """(samples, 2) alleles of a record's phased GT calls; -1 where a call is missing or unphased."""
+    arr = np.frombuffer(line.encode(), np.uint8)
+    at = _gt_starts(arr)
+    last = len(arr) - 1
+    a, sep = arr[at], arr[np.minimum(at + 1, last)]
+    b, end = arr[np.minimum(at + 2, last)], arr[np.minimum(at + 3, last)]
+    ok = (sep == ord("|")) & np.isin(a, (48, 49)) & np.isin(b, (48, 49))
+    ok &= (at + 3 > last) | np.isin(end, (ord(":"), 9, 10))
+    out = np.stack([a.astype(np.int8) - 48, b.astype(np.int8) - 48], axis=1)
+    out[~ok] = -1
+    return out
+
+
+def _swap_haplotypes(line: str, swap: np.ndarray) -> str:
+    """The record with the two haplotypes of the ``swap`` samples exchanged: the alleles of GT (the
+    first FORMAT field, ``a|b``), and the per-haplotype fields HDS (``h0,h1``) and AP1/AP2."""
+    b = bytearray(line.encode())
+    arr = np.frombuffer(b, np.uint8)
+    at = _gt_starts(arr)[: len(swap)][swap]
+    at = at[at + 2 < len(arr)]  # a last field shorter than a|b (a file's last line, unended)
+    at = at[arr[at + 1] == ord("|")]
+    first = arr[at].copy()
+    arr[at] = arr[at + 2]
+    arr[at + 2] = first
+    out = b.decode()
+    keys = out.split("\t", 9)[8].split(":")
+    if "HDS" not in keys and not {"AP1", "AP2"} <= set(keys):
+        return out
+    fields = out.rstrip("\n").split("\t")
+    for j in np.flatnonzero(swap):
+        values = fields[9 + j].split(":")
+        if "HDS" in keys and keys.index("HDS") < len(values):
+            values[keys.index("HDS")] = ",".join(values[keys.index("HDS")].split(",")[::-1])
+        if {"AP1", "AP2"} <= set(keys) and max(keys.index("AP1"), keys.index("AP2")) < len(values):
+            i1, i2 = keys.index("AP1"), keys.index("AP2")
+            values[i1], values[i2] = values[i2], values[i1]
+        fields[9 + j] = ":".join(values)
+    return "\t".join(fields) + "\n"
+
+
+# INFO flags of an imputed record: ours and Beagle's (IMP), Minimac4's (IMPUTED).
+IMPUTED_FLAGS = {"IMP", "IMPUTED"}
+
+
+def _is_typed(line: str) -> bool:
+    """Whether a record is a typed site (no imputed flag in its INFO)."""
+    return not IMPUTED_FLAGS.intersection(line.split("\t", 8)[7].split(";"))
+
+
+class _PhaseJoin:
+    """Carries each sample's haplotype orientation from one chunk to the next. The chunk before
+    records its written calls from where the next chunk begins (``watch``); the next chunk's records
+    before its core are compared with them at the same sites, where both call a heterozygote; at its
+    first written record the samples that disagree more often than they agree are swapped. The typed
+    sites decide (the phaser's phase of the target's own calls); imputed heterozygotes only for a
+    sample with none there, since an imputed call can be a tie written the same way round in both
+    chunks whatever the phase (allele frequency only: GT 1|0 wherever P(ALT) is the same on both)."""
+
+    def __init__(self, n_samples: int):
+        self.n = n_samples
+        self.watch_from: int | None = None
+        self.written: dict[int, np.ndarray] = {}
+        self.swap = np.zeros(n_samples, bool)
+        # agree / disagree per sample, at typed (row 0) and imputed (row 1) sites
+        self.votes = np.zeros((2, 2, n_samples), np.int64)
+        self.report: list[dict] = []
+        self.decided = True
+
+    def start_chunk(self, first: bool, next_start: int | None) -> None:
+        """A new chunk (``first``: it keeps its orientation) whose successor's first record is at
+        ``next_start`` (None: it is the last)."""
+        self.votes[:] = 0
+        self.decided = first
+        self.watch_from = next_start
+
+    def compare(self, pos: int, line: str) -> None:
+        """A record of this chunk before its core: compared with the chunk before, if it wrote it."""
+        before = self.written.get(pos)
+        if before is None:
+            return
+        now = _haplotypes(line)
+        both = (before[:, 0] != before[:, 1]) & (now[:, 0] != now[:, 1])
+        both &= (before >= 0).all(axis=1) & (now >= 0).all(axis=1)
+        same = before[:, 0] == now[:, 0]
+        row = 0 if _is_typed(line) else 1
+        self.votes[row, 0] += both & same
+        self.votes[row, 1] += both & ~same
+
+    def decide(self) -> None:
+        """At this chunk's first written record: swap where the overlap says so."""
+        if self.decided:
+            return
+        typed = self.votes[0].sum(axis=0) > 0
+        agree, disagree = np.where(typed, self.votes[0], self.votes[1])
+        self.swap = disagree > agree
+        compared = self.votes.sum(axis=(0, 1))
+        self.report.append(
+            {
+                "het_sites_compared": int(compared.sum()),
+                "samples_swapped": int(self.swap.sum()),
+                "samples_decided_on_imputed_sites": int((~typed & (compared > 0)).sum()),
+                "samples_without_a_shared_heterozygote": int((compared == 0).sum()),
+            }
+        )
+        self.written = {}
+        self.decided = True
+
+    def written_line(self, pos: int, line: str) -> str:
+        """A record as it is written (swapped where decided), remembered for the next chunk."""
+        if self.swap.any():
+            line = _swap_haplotypes(line, self.swap)
+        if self.watch_from is not None and pos >= self.watch_from:
+            self.written[pos] = _haplotypes(line)
+        return line
+
+
+def _peek_first_position(records: Iterator[str]) -> tuple[int | None, Iterator[str]]:
+    """The position of an iterator's first record, and the iterator with that record put back."""
+    import itertools
+
+    first = next(records, None)
+    if first is None:
+        return None, iter(())
+    return int(first.split("\t", 2)[1]), itertools.chain([first], records)
+
+
 def ligate(parts: list[tuple[str | os.PathLike, int, int]], out_vcf: str | os.PathLike) -> dict:
     """One VCF from chunk VCFs: each record from the part whose core (first, last bp) holds it. The
     provenance line of every chunk is kept, named by its chunk. A placeholder among the parts (a
@@ -153,22 +290,49 @@ def ligate(parts: list[tuple[str | os.PathLike, int, int]], out_vcf: str | os.Pa
     meta += [IMPUTE_KEY + f"chunk={Path(v).parent.name}," + m[len(IMPUTE_KEY) :]
              for (v, _, _), (m_all, _, _) in zip(parts, heads, strict=True)
              for m in m_all if m.startswith(IMPUTE_KEY)]  # fmt: skip
+    records = [records for _, _, records in heads]
+    starts = [None] * len(parts)
+    for k in range(1, len(parts)):
+        starts[k], records[k] = _peek_first_position(records[k])
+    join = _PhaseJoin(len(columns) - 9)
     kept = []
     last = 0
     with bgzip_vcf_writer(out_vcf) as write:
         write("".join(meta) + "\t".join(columns) + "\n")
-        for (v, lo, hi), (_, _, records) in zip(parts, heads, strict=True):
+        for k, ((v, lo, hi), lines) in enumerate(zip(parts, records, strict=True)):
+            join.start_chunk(k == 0, starts[k + 1] if k + 1 < len(parts) else None)
             n = 0
-            for line in records:
+            for line in lines:
                 pos = int(line.split("\t", 2)[1])
-                if lo <= pos <= hi:
+                if pos < lo:
+                    join.compare(pos, line)
+                elif pos <= hi:
                     if pos <= last:
                         raise ArtifactError(f"{v}: record at {pos} out of order after {last}")
-                    write(line)
+                    join.decide()
+                    write(join.written_line(pos, line))
                     last = pos
                     n += 1
+            join.decide()  # a chunk that wrote no record still has its join reported
             kept.append(n)
-    return {"chunks": len(parts), "records": kept, "output": str(Path(out_vcf))}
+    _log_joins(out_vcf, parts, join.report)
+    return {"chunks": len(parts), "records": kept, "output": str(Path(out_vcf)),
+            "phase_joins": join.report}  # fmt: skip
+
+
+def _log_joins(out_vcf, parts, report: list[dict]) -> None:
+    """How each chunk's haplotypes were put in line with the chunk before (the ligate log)."""
+    for (v, _, _), r in zip(parts[1:], report, strict=False):
+        log.info("%s: %s: haplotypes of %d samples swapped to match the chunk before (%d "
+                 "heterozygous calls compared in the overlap)", out_vcf, v,
+                 r["samples_swapped"], r["het_sites_compared"])  # fmt: skip
+        if r["samples_without_a_shared_heterozygote"]:
+            log.warning(
+                "%s: %d samples share no heterozygous call with the chunk before %s in the "
+                "overlap: their haplotypes may be the other way round from there on (phase is "
+                "not carried across the join). Lengthen chunks.overlap",
+                out_vcf, r["samples_without_a_shared_heterozygote"], v,
+            )  # fmt: skip
 
 
 def merge_batch_stage(
