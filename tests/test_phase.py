@@ -315,6 +315,38 @@ def test_a_phaser_that_keeps_every_marker_passes_and_missing_calls_are_restored(
     assert records[10][9] == ".|." and records[12][10] == ".|."
 
 
+# Phases every heterozygote the other way round from its input (as Beagle re-phases phased samples).
+SWAP_PHASED = COPY_PHASED.replace(
+    "'0|0' if '.' in g else g.replace('/', '|')",
+    "'0|0' if '.' in g else {'0|1': '1|0', '1|0': '0|1', '0/1': '1|0'}.get(g, g.replace('/', '|'))",
+)
+
+
+@pytest.mark.parametrize("phase", ["auto", "always"])
+def test_samples_given_phased_keep_their_phase_unless_always(env, tmp_path, monkeypatch, phase):
+    """A target of which some samples come phased (trio, an earlier run) and others not: the
+    phaser re-phases everyone, but the samples given phased keep the phase they came with, as a
+    target given phased is not phased again; impute.phase always re-phases them too."""
+    header, records = vcf_lines(env.target)
+    given = (0, 1, 2)  # phased as given (the truth); samples 3-5 unphased
+    records = [r[:9] + [g if j in given else g.replace("|", "/").replace("1/0", "0/1")
+                        for j, g in enumerate(r[9:])] for r in records]  # fmt: skip
+    raw = write_vcf(tmp_path / "mixed.vcf", header, records)
+    harmonise(env, raw, tmp_path / "aligned", phase=phase)
+    fake_beagle(tmp_path, monkeypatch, SWAP_PHASED.replace("DROP", ""))
+    report = phase_target(tmp_path / "aligned" / "target.vcf.gz", env.reference,
+                          tmp_path / "phased.vcf.gz", tmp_path / "phase.json",
+                          **({} if phase == "auto" else {"keep_given_phase": False}))  # fmt: skip
+    truth = truth_genotypes(env)
+    _, out = vcf_lines(tmp_path / "phased.vcf.gz")
+    got = np.array([[[int(a) for a in g.split("|")] for g in r[9:]] for r in out])
+    het = truth[..., 0] != truth[..., 1]
+    for j in range(truth.shape[1]):
+        kept = np.array_equal(got[:, j], truth[:, j])
+        assert kept == (j in given and phase == "auto") or not het[:, j].any()
+    assert report["samples_given_phased_kept"] == (3 if phase == "auto" else 0)
+
+
 def test_a_failing_phaser_says_what_went_wrong(env, tmp_path, monkeypatch):
     raw = unphased_target(env, tmp_path / "raw.vcf")
     harmonise(env, raw, tmp_path / "aligned")

@@ -145,6 +145,8 @@ rule phase:
         phaser=config["impute"]["phaser"],
         seed=config["baselines"]["beagle"]["seed"],
         args=config["impute"]["phase_args"],
+        # impute.phase always re-phases every sample, including those given phased
+        keep_given_phase=config["impute"]["phase"] != "always",
         java_mb=lambda wildcards, resources: int(0.85 * resources.mem_mb),
     script:
         "../scripts/phase.py"

@@ -15,4 +15,5 @@ run(
     java_mb=snakemake.params.java_mb,
     args=snakemake.params.args,
     log_path=snakemake.log[0],
+    keep_given_phase=snakemake.params.keep_given_phase,
 )
