@@ -20,7 +20,14 @@ from impute_data import CHROM, imputed_records, shared_env, vcf_lines, write_vcf
 
 from ragimpute.demo import ArrayNoise, add_array_noise
 from ragimpute.errors import InputError, ToolError
-from ragimpute.phasing import Calls, check_phased, phase_target, read_calls, shapeit5_binary
+from ragimpute.phasing import (
+    Calls,
+    check_phased,
+    phase_args_problems,
+    phase_target,
+    read_calls,
+    shapeit5_binary,
+)
 from ragimpute.targets import harmonise_target
 
 HAVE_BEAGLE = shutil.which("beagle") is not None
@@ -357,6 +364,42 @@ def test_a_failing_phaser_says_what_went_wrong(env, tmp_path, monkeypatch):
     msg = str(e.value)
     assert "with beagle failed (exit status 3: ERROR: no markers in the window)" in msg
     assert "impute.phase: never" in msg
+
+
+def test_phase_args_that_the_workflow_sets_are_refused_before_the_phaser_runs(
+    env, tmp_path, monkeypatch
+):
+    """impute.phase_args naming an argument the workflow gives the phaser (seed=, nthreads=,
+    impute=, ...) made Beagle stop with "duplicate arguments" once the run reached phasing; it is
+    refused with the config key that sets it, before the phaser runs."""
+    assert phase_args_problems("beagle", "window=30 ne=1000") == []
+    assert phase_args_problems("beagle", "seed=5 nthreads=2 impute=true") == [
+        "seed (set from baselines.beagle.seed)",
+        "nthreads (set from impute.threads)",
+        "impute (set from phasing only (impute=false))",
+    ]
+    assert phase_args_problems("shapeit5", "--seed 3 --pbwt-depth 8 -T 4") == [
+        "--seed (set from baselines.beagle.seed)",
+        "-T (set from impute.threads)",
+    ]
+    raw = unphased_target(env, tmp_path / "raw.vcf")
+    harmonise(env, raw, tmp_path / "aligned")
+    fake_beagle(tmp_path, monkeypatch, "open('ran', 'w').write('x')\nsys.exit(1)\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"impute.phase_args names what the workflow gives beagle "
+                       r"itself: seed \(set from baselines.beagle.seed\)"):  # fmt: skip
+        phase_target(tmp_path / "aligned" / "target.vcf.gz", env.reference,
+                     tmp_path / "phased.vcf.gz", tmp_path / "phase.json", args="seed=7")  # fmt: skip
+    assert not (tmp_path / "ran").exists()
+
+
+def test_workflow_refuses_phase_args_it_sets_itself_before_anything_runs(tmp_path):
+    (tmp_path / "bad.yaml").write_text("results: results\nimpute: {phase_args: 'nthreads=4'}\n")
+    r = _snakemake(tmp_path, tmp_path / "bad.yaml", targets=("-n",))
+    assert r.returncode != 0
+    text = r.stdout + r.stderr
+    assert "impute.phase_args names what the workflow gives beagle itself: nthreads" in text
+    assert "impute.threads" in text and not (tmp_path / "results").exists()
 
 
 def test_a_missing_phaser_is_named(env, tmp_path, monkeypatch):

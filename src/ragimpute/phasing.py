@@ -46,6 +46,54 @@ PHASERS = ("beagle", "shapeit5")
 SHAPEIT5_BINARIES = ("phase_common", "phase_common_static", "SHAPEIT5_phase_common")
 
 
+# The phasers' arguments the workflow sets itself, and what sets each: the same one in
+# impute.phase_args makes Beagle stop with "duplicate arguments" only once the run reaches phasing.
+SET_BY_THE_WORKFLOW = {
+    "beagle": {
+        "gt": "the harmonised target",
+        "ref": "the imputation reference",
+        "out": "the phased target's path",
+        "impute": "phasing only (impute=false)",
+        "nthreads": "impute.threads",
+        "seed": "baselines.beagle.seed",
+        "map": "panel.genetic_map",
+    },
+    "shapeit5": {
+        **dict.fromkeys(("--input", "-I"), "the harmonised target"),
+        **dict.fromkeys(("--reference", "-H"), "the imputation reference"),
+        **dict.fromkeys(("--output", "-O"), "the phased target's path"),
+        **dict.fromkeys(("--region", "-R"), "the chromosome or chunk"),
+        **dict.fromkeys(("--thread", "-T"), "impute.threads"),
+        "--seed": "baselines.beagle.seed",
+        **dict.fromkeys(("--map", "-M"), "panel.genetic_map"),
+    },
+}
+
+
+def phase_args_problems(phaser: str, args: str) -> list[str]:
+    """The arguments of ``impute.phase_args`` that the workflow already gives ``phaser``, each with
+    what sets it (empty when there are none)."""
+    taken = SET_BY_THE_WORKFLOW.get(phaser, {})
+    out = []
+    for arg in shlex.split(args or ""):
+        name = arg.split("=", 1)[0] if phaser == "beagle" or arg.startswith("--") else arg
+        if name in taken:
+            out.append(f"{name} (set from {taken[name]})")
+    return out
+
+
+def check_phase_args(phaser: str, args: str) -> None:
+    """Refuse ``impute.phase_args`` that name an argument the workflow gives the phaser."""
+    problems = phase_args_problems(phaser, args)
+    if problems:
+        raise InputError(
+            "config",
+            f"impute.phase_args names what the workflow gives {phaser} itself: "
+            + ", ".join(problems),
+            "Remove them from impute.phase_args and set the config key named instead",
+        )
+
+
 def shapeit5_binary() -> str | None:
     """The SHAPEIT5 ``phase_common`` binary on PATH, or None."""
     for name in SHAPEIT5_BINARIES:
@@ -298,6 +346,7 @@ def phase_target(
         raise InputError(
             "config", f"impute.phaser is {phaser!r}", f"Use one of {', '.join(PHASERS)}"
         )
+    check_phase_args(phaser, args)
     raw = read_calls(target_vcf)
     if not len(raw.sites):
         raise InputError(target_vcf, "no typed site to phase", "Check the target_mask stage's log")

@@ -163,6 +163,14 @@ def check_tool_args():
             "the phaser itself, converted to their format and chromosome naming. Remove it from the "
             "arguments and set panel.genetic_map instead."
         )
+    # the phaser's other arguments that the workflow sets: refused now, not once phasing runs
+    from ragimpute.errors import InputError
+    from ragimpute.phasing import check_phase_args
+
+    try:
+        check_phase_args(config["impute"]["phaser"], config["impute"]["phase_args"])
+    except InputError as e:
+        raise WorkflowError(str(e)) from None
 
 
 check_tool_args()
