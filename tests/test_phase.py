@@ -577,3 +577,29 @@ def shared_env_for(tmp_path):
     from impute_data import build_env
 
     return build_env(tmp_path / "env")
+
+
+@pytest.mark.slow
+def test_workflow_phase_always_without_a_phaser_says_why_it_phases(tmp_path):
+    """impute.phase always on a phased target (no unphased heterozygote) with the phaser not
+    installed: the error says the target is to be phased because of `always` (it said the target
+    had "unphased genotypes (0 heterozygotes)") and points to impute.phase auto."""
+    (tmp_path / "always.yaml").write_text(
+        "results: results\nimpute: {threads: 1, phase: always}\nevaluate: {methods: [af]}\n"
+    )
+    r = _snakemake(tmp_path, tmp_path / "always.yaml",
+                   targets=("results/targets/20/aligned/alignment.json",))  # fmt: skip
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    bindir = tmp_path / "bin"  # the tools but no beagle
+    bindir.mkdir()
+    for tool in ("bcftools", "tabix", "bgzip", "bash", "sh", "which", "env", "cat", "ls", "rm"):
+        if shutil.which(tool):
+            (bindir / tool).symlink_to(shutil.which(tool))
+    cmd = [sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "-d",
+           str(tmp_path), "--cores", "1", "--configfile", str(TINY), str(tmp_path / "always.yaml")]  # fmt: skip
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{Path(sys.executable).parent}"}
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    text = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "the target of 20 is to be phased (impute.phase: always)" in text
+    assert "(and impute.phase: auto)" in text and "0 heterozygotes" not in text

@@ -503,12 +503,18 @@ def imputation_target(unit):
     if needs_phasing(unit):
         phaser = config["impute"]["phaser"]
         if not phaser_available(phaser):
+            n = alignment(unit)["phasing"]["unphased_heterozygotes"]
+            # impute.phase always phases a target that has no unphased heterozygote too
+            why, own = (
+                (f"has unphased genotypes ({n} heterozygotes)", "impute.phase: never")
+                if n
+                else ("is to be phased (impute.phase: always)", "impute.phase: auto")
+            )
             raise WorkflowError(
-                f"the target of {unit} has unphased genotypes "
-                f"({alignment(unit)['phasing']['unphased_heterozygotes']} heterozygotes) and "
-                f"impute.phaser is {phaser}, which is not installed (not on PATH). Install it "
-                "(apt-get install beagle; or SHAPEIT5's phase_common), choose the other phaser "
-                "(impute.phaser), or give a phased target (and impute.phase: never)."
+                f"the target of {unit} {why} and impute.phaser is {phaser}, which is not "
+                "installed (not on PATH). Install it (apt-get install beagle; or SHAPEIT5's "
+                f"phase_common), choose the other phaser (impute.phaser), or give a phased target "
+                f"(and {own})."
             )
         return L.phased(unit, "target.vcf.gz")
     return L.aligned(unit, "target.vcf.gz")
