@@ -267,8 +267,9 @@ def test_a_changed_table_is_named(tiny, tmp_path, caplog):
         retrieve(copy / f"tokens/20/{h}/{s}.parquet", copy / f"index/20/{h}", 6,
                  copy / f"retrieval/20/{h}/{s}.parquet")  # fmt: skip
     caplog.set_level("INFO", logger="ragimpute")
-    train(TrainConfig(**{**FAST, "epochs": 1}), inputs({**tiny, "results": copy}), tmp_path / "b",
-          tmp_path / "state")  # fmt: skip
+    # k as the tables now hold (another k is refused: model.pt records it for imputation)
+    train(TrainConfig(**{**FAST, "epochs": 1, "k": 6}), inputs({**tiny, "results": copy}),
+          tmp_path / "b", tmp_path / "state")  # fmt: skip
     assert f"contents changed: retrieval/{h}/train, retrieval/{h}/val" in caplog.text
     assert "split changed" not in caplog.text
 
@@ -486,3 +487,35 @@ def test_a_sampled_run_resumes_exactly(tiny, tmp_path, monkeypatch):
     assert (tmp_path / "out/model.pt").read_bytes() == (tmp_path / "ref/model.pt").read_bytes()
     ref, out = pd.read_csv(tmp_path / "ref/metrics.csv"), pd.read_csv(tmp_path / "out/metrics.csv")
     np.testing.assert_array_equal(out["val_r2"], ref["val_r2"])
+
+
+def test_cli_train_takes_k_from_the_configs_retrieval_section(tiny, tmp_path, capfd):
+    """`ragimpute train --config` read only the config's train section, so the model recorded
+    k = 256 (the default) after training on tables of 8 neighbours; imputation then asked for 256
+    neighbours ("the reference holds 64 haplotypes") or fed the model more than it trained on. The
+    config's retrieval.k is now taken, as the workflow passes it, and a k that does not match the
+    retrieval tables is refused, naming the table and the fix."""
+    import torch
+    import yaml
+
+    from ragimpute.cli import main
+
+    res = str(tiny["results"])
+    train = {"preset": "tiny", "epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4,
+             "sites_per_example": 32, "log_every": 0}  # fmt: skip
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"retrieval": {"k": 8}, "train": train}))
+    out = tmp_path / "model"
+    args = ["train", "--results", res, "--config", str(cfg), "--state", str(tmp_path / "s")]
+    assert main([*args, "--out", str(out)]) == 0
+    ck = torch.load(out / "model.pt", weights_only=False)
+    assert ck["train_config"]["k"] == 8
+    # without retrieval.k: the default 256 does not match the tables' 8
+    cfg.write_text(yaml.safe_dump({"train": train}))
+    assert main([*args, "--out", str(tmp_path / "other")]) == 1
+    text = capfd.readouterr().err
+    assert (
+        "retrieval/20/" in text and "holds 8 neighbours per query, but training is set to" in text
+    )
+    assert "k=256" in text and "--set k=8" in text
+    assert not (tmp_path / "other" / "model.pt").exists()

@@ -112,10 +112,14 @@ def _train(a: argparse.Namespace) -> None:
     from .train import TrainConfig, train
     from .train_data import iter_inputs
 
-    # k: the neighbours retrieved for training are those retrieved for imputation (retrieval.k)
+    # k: the neighbours retrieved for training are those retrieved for imputation (retrieval.k,
+    # from the config file as the workflow passes it)
     settings = {**section_defaults("train"), "k": default("retrieval.k")}
     if a.config:
-        settings.update((yaml.safe_load(Path(a.config).read_text()) or {}).get("train", {}))
+        config = yaml.safe_load(Path(a.config).read_text()) or {}
+        settings.update(config.get("train", {}))
+        if "k" in (config.get("retrieval") or {}):
+            settings["k"] = config["retrieval"]["k"]
     settings.update(_key_values(a.set))
     cfg = TrainConfig(**settings)
     masks_root = Path(a.results) / "masks"
@@ -375,7 +379,9 @@ def _train_parser(sub: Subparsers) -> None:
     s.add_argument("--results", required=True, help="results directory of a pipeline run")
     s.add_argument("--chromosomes", nargs="+", help="default: every chromosome with masks")
     s.add_argument(
-        "--config", help="YAML file whose `train:` section sets the options (config/config.yaml)"
+        "--config",
+        help="YAML file whose `train:` section sets the options, and `retrieval.k` the neighbours "
+        "(config/config.yaml; k must be what the retrieve stage ran with)",
     )
     s.add_argument(
         "--set",

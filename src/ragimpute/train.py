@@ -34,7 +34,7 @@ from . import __version__
 from .atomic import atomic_path, write_json, write_tsv
 from .checkpoint import Checkpoints, RunState
 from .devices import pick_device
-from .errors import ArtifactError
+from .errors import ArtifactError, InputError
 from .logs import log, setup_logging
 from .metrics import BIN_LABELS, Accumulator
 from .model import ImputationModel, ModelConfig, masked_loss
@@ -200,6 +200,25 @@ class Epoch:
     loads: int = 0  # windows the cache read while training (from ``data.cache.loads`` at the start)
 
 
+def check_retrieval_k(cfg: TrainConfig, inputs: list[ChromInputs]) -> None:
+    """In token mode the model trains on the neighbours the retrieve stage stored, and model.pt
+    records ``cfg.k`` as the number imputation retrieves: the two must agree, or imputation feeds
+    the model another number of neighbours than it trained on (or asks for more than there are)."""
+    import pyarrow.parquet as pq
+
+    for chrom in inputs:
+        for path in chrom.retrieval.values():
+            width = pq.read_schema(path).field("neighbours").type.list_size
+            if width != cfg.k:
+                raise InputError(
+                    path,
+                    f"holds {width} neighbours per query, but training is set to k={cfg.k} "
+                    "(retrieval.k), which model.pt records and imputation retrieves",
+                    f"Set retrieval.k to {width} (ragimpute train: the --config file's "
+                    f"retrieval.k, or --set k={width}), or re-run retrieve with k={cfg.k}",
+                )
+
+
 def train(
     cfg: TrainConfig,
     inputs: list[ChromInputs],
@@ -212,6 +231,8 @@ def train(
     ``retrieval_factory(data, device)`` may supply another retrieval provider; benchmarks use it to
     reproduce the prototype's mismatched-mask defect on purpose. The pipeline never passes one.
     """
+    if cfg.mode == "token" and retrieval_factory is None:
+        check_retrieval_k(cfg, inputs)
     world = cfg.processes or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
     world = max(1, world)
     on_cuda = pick_device(cfg.device, "train.device").startswith("cuda")
