@@ -754,3 +754,23 @@ def test_a_corrupted_block_says_the_file_is_corrupted(tmp_path, indexed, reader)
     msg = str(e.value)
     assert msg.startswith(f"{path}: the file is corrupted: the compressed block at byte {at}")
     assert "fetch it again" in msg
+
+
+@pytest.mark.parametrize("reader", ["panel", "target", "truth", "samples"])
+def test_a_corrupted_header_block_says_the_file_is_corrupted(tmp_path, reader):
+    """A bad CRC in the first block, the one that holds the header (a small file is often that one
+    block): htslib then fails on the header, which is not a reason to ask whether the file is a
+    VCF at all."""
+    records = random_records(np.random.default_rng(17), 300, 8)
+    samples = [f"S{i}" for i in range(8)]
+    path = write_vcf(tmp_path / "h.vcf.gz", vcf_text(records, samples), index=False)
+    data = bytearray(path.read_bytes())
+    size = struct.unpack_from("<H", data, 16)[0] + 1
+    for i in range(size // 2, size // 2 + 4):  # inside the first block's deflate data
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError) as e:
+        INDEX_READERS[reader](path, records)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: the file is corrupted: the compressed block at byte 0"), msg
+    assert "fetch it again" in msg

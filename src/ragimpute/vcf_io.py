@@ -243,11 +243,19 @@ def htslib_verbosity(level: int) -> Iterator[None]:
 def open_vcf(path: str | os.PathLike) -> pysam.VariantFile:
     """``pysam.VariantFile(path)`` for its header. Opening a bgzipped file looks for its index,
     and htslib reports one it does not find as an error on stderr: a file without an index is
-    opened quietly, since reading it through is what we then do."""
-    if is_indexed(path):
-        return pysam.VariantFile(str(path))
-    with htslib_verbosity(0):
-        return pysam.VariantFile(str(path))
+    opened quietly, since reading it through is what we then do. A file whose damaged block holds
+    the header (a small file's only block, often) is refused as corrupted: htslib, which fails on
+    the header, would only ask whether it is a VCF at all."""
+    try:
+        if is_indexed(path):
+            return pysam.VariantFile(str(path))
+        with htslib_verbosity(0):
+            return pysam.VariantFile(str(path))
+    except (OSError, ValueError):
+        damage = bgzf.first_damage(path)
+        if damage is not None:
+            raise corrupted(path, damage) from None
+        raise
 
 
 def vcf_samples(path: str | os.PathLike) -> list[str]:
