@@ -144,6 +144,27 @@ def test_a_number_that_yaml_reads_as_text_says_how_to_write_it(tmp_path, key, gi
     assert config_problems(cfg, SCHEMA) == []
 
 
+@pytest.mark.parametrize(
+    "text,key", [("results:\n", "results"), ("panel:\n  genetic_map:\n", "panel.genetic_map")]
+)
+def test_a_key_left_without_a_value_says_what_yaml_made_of_it(tmp_path, text, key):
+    """`genetic_map:` with nothing after it (meaning "none") is YAML's null, not "": the problem says
+    so and how to write an empty value, instead of only that None is not text."""
+    from ragimpute.schema import read_yaml
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(text)
+    cfg = tiny_config()
+    given = read_yaml(mine)
+    for section, value in given.items():
+        cfg[section] = {**cfg.get(section, {}), **value} if isinstance(value, dict) else value
+    (problem,) = config_problems(cfg, SCHEMA)
+    assert problem == (
+        f"config key {key!r}: None is not of type 'string'; YAML reads a key with no value as "
+        'null: write "" for an empty value, or leave the key out for its default'
+    )
+
+
 def test_a_target_without_a_reference_panel_is_warned_about():
     """With panel.vcf left empty the demo panel is simulated: a user's target would be imputed from
     it (right only for the demo's own cohort), and the first error was a suggestion to lift over."""

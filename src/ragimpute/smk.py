@@ -160,6 +160,12 @@ def config_problems(
             message = f"{err.instance!r} is not allowed: {err.schema['description']}"
         if err.validator == "type" and "enum" in err.schema:
             message += f" (one of: {', '.join(map(str, err.schema['enum']))})"
+        if err.instance is None and err.validator == "type":
+            # `genetic_map:` with nothing after it reads as "no value" to its writer, as null to YAML
+            message += (
+                '; YAML reads a key with no value as null: write "" for an empty value, or leave '
+                "the key out for its default"
+            )
         if isinstance(err.instance, bool) and err.validator in ("type", "enum"):
             message += "; YAML reads yes, no, on and off as true or false: quote the value"
         if err.validator == "type" and isinstance(err.instance, str):
