@@ -176,6 +176,32 @@ def test_unphased_input_comes_out_phased_with_the_same_genotypes(env, phased):
     assert json.loads((d / "phased" / "phase.json").read_text())["sites"] == len(recs)
 
 
+def test_a_target_of_one_typed_site_is_written_phased_without_a_phaser(env, tmp_path):
+    """One typed site has no phase to find, and Beagle stops on it ("Window has only one position"),
+    which stopped the whole run (a chunk, or a sparse array, that types one site): its genotypes are
+    written as they are, heterozygotes 0|1, missing calls missing."""
+    header, records = vcf_lines(env.target)
+    row = next(i for i, r in enumerate(records) if {"0|1", "1|0"} & set(r[9:]))
+    r = records[row]
+    r = r[:9] + ["0/1" if g in ("0|1", "1|0") else g.replace("|", "/") for g in r[9:]]
+    r[9] = "./."
+    raw = write_vcf(tmp_path / "one.vcf", header, [r])
+    info = harmonise(env, raw, tmp_path / "aligned")
+    assert info["typed"] == 1 and info["phasing"]["needs_phasing"]
+    out = tmp_path / "phased" / "target.vcf.gz"
+    report = phase_target(
+        tmp_path / "aligned" / "target.vcf.gz", env.reference, out, tmp_path / "phase.json"
+    )
+    with pysam.VariantFile(str(out)) as vf:
+        (rec,) = list(vf)
+    truth = truth_genotypes(env)[row]
+    assert rec.samples[0]["GT"] == (None, None)  # missing stays missing
+    for j, s in enumerate(list(rec.samples)[1:], start=1):
+        assert rec.samples[s].phased and rec.samples[s]["GT"] == tuple(sorted(truth[j]))
+    assert report["sites"] == 1 and report["command"] == []
+    assert report["phaser_version"] == "not run: one typed site"
+
+
 @needs_beagle
 def test_phasing_is_mostly_right(env, phased):
     """Against the reference, Beagle gets most of the switches right on this tiny panel (not a

@@ -351,26 +351,33 @@ def phase_target(
     if not len(raw.sites):
         raise InputError(target_vcf, "no typed site to phase", "Check the target_mask stage's log")
     chrom = str(raw.sites["chrom"].iloc[0])
-    with scratch_dir(out_vcf) as tmp:
-        produced, command, output = run_phaser(
-            phaser,
-            target_vcf,
-            reference_vcf,
-            Path(tmp) / "phased",
-            chrom,
-            str(genetic_map) if genetic_map else None,
-            threads,
-            seed,
-            java_mb,
-            args,
-            log_path,
-        )
-        phased = check_phased(raw, read_calls(produced), phaser)
-    # Missing calls stay missing: every method imputes them itself.
     r0, r1 = raw.alleles[:, 0::2], raw.alleles[:, 1::2]
+    if len(raw.sites) == 1:
+        # One typed site has no phase to find (there is no other site to phase it against), and
+        # Beagle stops on it ("Window has only one position"): its heterozygotes are written 0|1.
+        alleles = raw.alleles.copy()
+        alleles[:, 0::2], alleles[:, 1::2] = np.minimum(r0, r1), np.maximum(r0, r1)
+        command, version = [], "not run: one typed site"
+    else:
+        with scratch_dir(out_vcf) as tmp:
+            produced, command, output = run_phaser(
+                phaser,
+                target_vcf,
+                reference_vcf,
+                Path(tmp) / "phased",
+                chrom,
+                str(genetic_map) if genetic_map else None,
+                threads,
+                seed,
+                java_mb,
+                args,
+                log_path,
+            )
+            alleles = check_phased(raw, read_calls(produced), phaser).alleles.copy()
+        version = _version(phaser, output)
+    # Missing calls stay missing: every method imputes them itself.
     missing = (r0 < 0) | (r1 < 0)
     half = (r0 < 0) != (r1 < 0)
-    alleles = phased.alleles.copy()
     # A sample given phased keeps its phase: the phaser re-phased it with the others.
     given = ~raw.unphased.any(axis=0) if keep_given_phase else np.zeros(len(raw.samples), bool)
     cols = np.repeat(given, 2)
@@ -379,7 +386,6 @@ def phase_target(
     a0[missing], a1[missing] = -1, -1
     alleles[:, 0::2], alleles[:, 1::2] = a0, a1
     het = (r0 >= 0) & (r1 >= 0) & (r0 != r1)
-    version = _version(phaser, output)
     length = contig_lengths(target_vcf).get(chrom)
     meta = [
         f"##ragimpute_phased=<phaser={phaser},version={version},source={target_vcf},"
