@@ -28,7 +28,7 @@ from ragimpute.phasing import (
     read_calls,
     shapeit5_binary,
 )
-from ragimpute.targets import harmonise_target
+from ragimpute.targets import harmonise_target, write_minimac4_target
 
 HAVE_BEAGLE = shutil.which("beagle") is not None
 needs_beagle = pytest.mark.skipif(
@@ -342,10 +342,29 @@ def test_a_phaser_that_keeps_every_marker_passes_and_missing_calls_are_restored(
     harmonise(env, raw, tmp_path / "aligned")
     fake_beagle(tmp_path, monkeypatch, COPY_PHASED.replace("DROP", ""))
     report = phase_target(tmp_path / "aligned" / "target.vcf.gz", env.reference,
-                          tmp_path / "phased.vcf.gz", tmp_path / "phase.json")  # fmt: skip
+                          tmp_path / "phased.vcf.gz", tmp_path / "phase.json",
+                          filled_vcf=tmp_path / "filled.vcf.gz")  # fmt: skip
     assert report["missing_calls_kept_missing"] == 2
     _, records = vcf_lines(tmp_path / "phased.vcf.gz")
     assert records[10][9] == ".|." and records[12][10] == ".|."
+    # Minimac4's copy keeps the phaser's fills (the fake fills 0|0), and is otherwise the same
+    _, filled = vcf_lines(tmp_path / "filled.vcf.gz")
+    assert filled[10][9] == "0|0" and filled[12][10] == "0|0"
+    assert [r[9:] for i, r in enumerate(filled) if i not in (10, 12)] == [
+        r[9:] for i, r in enumerate(records) if i not in (10, 12)
+    ]
+    assert (tmp_path / "filled.vcf.gz.tbi").is_file()  # as the phase rule declares
+    # so Minimac4 is given every typed site from it, and the sites of those calls left out without
+    mm = write_minimac4_target(
+        tmp_path / "filled.vcf.gz", tmp_path / "mm.vcf.gz", tmp_path / "mm.json"
+    )
+    assert mm["sites_with_missing_calls_left_out"] == 0 and mm["sites_kept"] == len(records)
+    assert mm["missing_alleles_filled_by_the_phaser"] == 4
+    bare = write_minimac4_target(
+        tmp_path / "phased.vcf.gz", tmp_path / "b.vcf.gz", tmp_path / "b.json"
+    )
+    assert bare["sites_with_missing_calls_left_out"] == 2
+    assert bare["missing_alleles_filled_by_the_phaser"] is None
 
 
 # Phases every heterozygote the other way round from its input (as Beagle re-phases phased samples).
@@ -551,7 +570,13 @@ def test_workflow_phases_noisy_array_targets_and_gives_every_method_the_map(tmp_
     copying = json.loads((res / "impute/20/copying.json").read_text())
     assert copying["target"] == phased
     assert copying["missing_alleles_imputed_at_typed_sites"] > 0
-    assert json.loads((t / "aligned/minimac4.json").read_text())["source"] == phased
+    # Minimac4 gets the phaser's fills of the missing calls (imputation servers give it Eagle's):
+    # every typed site, where it had lost those with a missing call
+    mm = json.loads((t / "aligned/minimac4.json").read_text())
+    assert mm["source"] == f"{rel}/phased/filled.vcf.gz"
+    assert (
+        mm["sites_with_missing_calls_left_out"] == 0 and mm["missing_alleles_filled_by_the_phaser"]
+    )
     beagle_log = (res / "logs/impute/20/beagle.log").read_text()
     assert f"map={map_file}" in beagle_log and f"gt={rel}/aligned/target.vcf.gz" in beagle_log
     assert f"--map {map_file}" in (res / "logs/impute/20/minimac4.log").read_text()

@@ -43,6 +43,7 @@ from .vcf_write import contig_lengths, write_phased_vcf
 
 PHASERS = ("beagle", "shapeit5")
 # SHAPEIT5's phasing tool, as its releases name the binary (static build, bioconda).
+FILLED_KEY = "##ragimpute_filled=<"  # the header line of the phased target with the phaser's fills
 SHAPEIT5_BINARIES = ("phase_common", "phase_common_static", "SHAPEIT5_phase_common")
 
 
@@ -323,6 +324,42 @@ def check_phased(raw: Calls, phased: Calls, phaser: str) -> Calls:
     return phased
 
 
+def _write_filled(filled_vcf, alleles, cols, filled, raw: Calls, chrom, target_vcf, phaser) -> None:
+    """The phased target with the phaser's fills of missing calls (the given-phase samples' calls
+    as they came, their missing ones filled by the phaser): Minimac4 4.1 aborts on a missing call
+    at a typed site, and imputation servers give it the output of the pre-phasing (Eagle), which
+    fills them. Only Minimac4 reads it: every other method imputes missing calls itself."""
+    out = alleles.copy()
+    out[:, cols] = filled
+    n = int(((raw.alleles < 0) & (out >= 0)).sum())
+    meta = [f"{FILLED_KEY}phaser={phaser},source={target_vcf},missing_alleles_filled={n}>"]
+    write_phased_vcf(
+        filled_vcf, chrom, raw.sites, raw.samples, out, contig_lengths(target_vcf).get(chrom), meta
+    )
+
+
+def _phaser_alleles(
+    raw: Calls, phaser, target_vcf, reference_vcf, out_vcf, chrom, genetic_map, threads, seed,
+    java_mb, args, log_path,
+) -> tuple[np.ndarray, list[str], str]:  # fmt: skip
+    """The phaser's alleles of every call (its fills of missing calls included), checked against
+    the input, with its command and version."""
+    if len(raw.sites) == 1:
+        # One typed site has no phase to find (there is no other site to phase it against), and
+        # Beagle stops on it ("Window has only one position"): its heterozygotes are written 0|1.
+        r0, r1 = raw.alleles[:, 0::2], raw.alleles[:, 1::2]
+        alleles = raw.alleles.copy()
+        alleles[:, 0::2], alleles[:, 1::2] = np.minimum(r0, r1), np.maximum(r0, r1)
+        return alleles, [], "not run: one typed site"
+    with scratch_dir(out_vcf) as tmp:
+        produced, command, output = run_phaser(
+            phaser, target_vcf, reference_vcf, Path(tmp) / "phased", chrom,
+            str(genetic_map) if genetic_map else None, threads, seed, java_mb, args, log_path,
+        )  # fmt: skip
+        alleles = check_phased(raw, read_calls(produced), phaser).alleles.copy()
+    return alleles, command, _version(phaser, output)
+
+
 def phase_target(
     target_vcf: str | os.PathLike,
     reference_vcf: str | os.PathLike,
@@ -336,9 +373,12 @@ def phase_target(
     args: str = "",
     log_path: str = "",
     keep_given_phase: bool = True,
+    filled_vcf: str | os.PathLike | None = None,
 ) -> dict:
     """Phase the harmonised target ``target_vcf`` against ``reference_vcf`` (the imputation
     reference, at the reference sites) into ``out_vcf`` (+ .tbi), with the report ``report_json``.
+    ``filled_vcf`` (+ .tbi): the same with the missing calls the phaser filled left filled
+    (Minimac4's target, as imputation servers give it the pre-phasing's output).
     With ``keep_given_phase`` a sample without an unphased heterozygote keeps its own phase."""
     t0 = time.perf_counter()
     target_vcf, reference_vcf = str(target_vcf), str(reference_vcf)
@@ -351,37 +391,21 @@ def phase_target(
     if not len(raw.sites):
         raise InputError(target_vcf, "no typed site to phase", "Check the target_mask stage's log")
     chrom = str(raw.sites["chrom"].iloc[0])
+    alleles, command, version = _phaser_alleles(
+        raw, phaser, target_vcf, reference_vcf, out_vcf, chrom, genetic_map, threads, seed,
+        java_mb, args, log_path,
+    )  # fmt: skip
     r0, r1 = raw.alleles[:, 0::2], raw.alleles[:, 1::2]
-    if len(raw.sites) == 1:
-        # One typed site has no phase to find (there is no other site to phase it against), and
-        # Beagle stops on it ("Window has only one position"): its heterozygotes are written 0|1.
-        alleles = raw.alleles.copy()
-        alleles[:, 0::2], alleles[:, 1::2] = np.minimum(r0, r1), np.maximum(r0, r1)
-        command, version = [], "not run: one typed site"
-    else:
-        with scratch_dir(out_vcf) as tmp:
-            produced, command, output = run_phaser(
-                phaser,
-                target_vcf,
-                reference_vcf,
-                Path(tmp) / "phased",
-                chrom,
-                str(genetic_map) if genetic_map else None,
-                threads,
-                seed,
-                java_mb,
-                args,
-                log_path,
-            )
-            alleles = check_phased(raw, read_calls(produced), phaser).alleles.copy()
-        version = _version(phaser, output)
     # Missing calls stay missing: every method imputes them itself.
     missing = (r0 < 0) | (r1 < 0)
     half = (r0 < 0) != (r1 < 0)
     # A sample given phased keeps its phase: the phaser re-phased it with the others.
     given = ~raw.unphased.any(axis=0) if keep_given_phase else np.zeros(len(raw.samples), bool)
     cols = np.repeat(given, 2)
+    filled = np.where(raw.alleles[:, cols] < 0, alleles[:, cols], raw.alleles[:, cols])
     alleles[:, cols] = raw.alleles[:, cols]
+    if filled_vcf:
+        _write_filled(filled_vcf, alleles, cols, filled, raw, chrom, target_vcf, phaser)
     a0, a1 = alleles[:, 0::2], alleles[:, 1::2]
     a0[missing], a1[missing] = -1, -1
     alleles[:, 0::2], alleles[:, 1::2] = a0, a1

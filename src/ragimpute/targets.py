@@ -784,16 +784,22 @@ def write_minimac4_target(
     """The harmonised target as Minimac4 can take it: without the typed sites where any allele is
     missing (``.|.``, ``.|1``). Minimac4 4.1 aborts on some missing calls (an assertion in its dosage
     writer), so those sites are typed for nobody in its input and it imputes them for everyone;
-    Beagle and our methods get every typed site. The counts go to ``report_json`` and the log."""
+    Beagle and our methods get every typed site. A phased target comes with the phaser's fills
+    (``phasing._write_filled``), so that only calls the phaser left missing remove a site. The
+    counts go to ``report_json`` and the log."""
+    from .phasing import FILLED_KEY
     from .vcf_write import bgzip_vcf_writer
 
     kept = dropped = 0
+    filled = None
     dropped_at: list[str] = []
     with gzip.open(aligned_vcf, "rt") as f, bgzip_vcf_writer(out_vcf) as write:
         header: list[str] = []
         for line in f:
             if line.startswith("##"):
                 header.append(line)
+                if line.startswith(FILLED_KEY):
+                    filled = int(line.rsplit("missing_alleles_filled=", 1)[1].split(">")[0])
                 continue
             if line.startswith("#"):
                 header.append(
@@ -817,8 +823,12 @@ def write_minimac4_target(
         "sites_kept": kept,
         "sites_with_missing_calls_left_out": dropped,
         "first_left_out": dropped_at,
+        "missing_alleles_filled_by_the_phaser": filled,
     }
     write_json(report_json, report)
+    if filled:
+        log.info("%s: Minimac4's target carries the phaser's fills of %d missing alleles (the other "
+                 "methods impute them themselves)", aligned_vcf, filled)  # fmt: skip
     if dropped:
         log.warning(
             "%s: %d of %d typed sites have a missing call; Minimac4 cannot take them, so they are left "

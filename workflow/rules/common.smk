@@ -524,6 +524,16 @@ def imputation_target_input(wildcards):
     return imputation_target(wildcards.unit)
 
 
+def minimac4_target_input(wildcards):
+    """Minimac4's target: the phaser's output with its fills of missing calls when the target was
+    phased (Minimac4 aborts on missing calls; every other method imputes them itself).
+    """
+    target = imputation_target(wildcards.unit)
+    if target == L.phased(wildcards.unit, "target.vcf.gz"):
+        return L.phased(wildcards.unit, "filled.vcf.gz")
+    return target
+
+
 def impute_inputs(wildcards):
     unit = wildcards.unit
     out = {

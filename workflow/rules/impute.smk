@@ -131,6 +131,8 @@ rule phase:
     output:
         vcf=L.phased("{unit}", "target.vcf.gz"),
         tbi=L.phased("{unit}", "target.vcf.gz.tbi"),
+        filled=L.phased("{unit}", "filled.vcf.gz"),
+        filled_tbi=L.phased("{unit}", "filled.vcf.gz.tbi"),
         report=L.phased("{unit}", "phase.json"),
     log:
         logs("phase/{unit}.log"),
@@ -322,12 +324,13 @@ rule minimac4_reference:
         "minimac4 --compress-reference {input} > {output}.tmp 2> {log} && mv {output}.tmp {output}"
 
 
-# Minimac4 4.1 aborts on some missing calls at typed sites (.|., .|1): its target (made from the
-# phased target when the target was phased) leaves those sites out, so that it imputes them for every
-# sample (counted in minimac4.json and the log).
+# Minimac4 4.1 aborts on some missing calls at typed sites (.|., .|1). When the target was phased,
+# Minimac4 takes the phaser's output with its fills of missing calls, as imputation servers give it
+# the pre-phasing's; otherwise (or where a call is still missing) its target leaves those sites out,
+# so that it imputes them for every sample (counted in minimac4.json and the log).
 rule minimac4_target:
     input:
-        imputation_target_input,
+        minimac4_target_input,
     output:
         vcf=L.aligned("{unit}", "minimac4.vcf.gz"),
         tbi=L.aligned("{unit}", "minimac4.vcf.gz.tbi"),

@@ -7,6 +7,7 @@ run(
     target_vcf=snakemake.input.target,
     reference_vcf=snakemake.input.reference,
     out_vcf=snakemake.output.vcf,
+    filled_vcf=snakemake.output.filled,
     report_json=snakemake.output.report,
     phaser=snakemake.params.phaser,
     genetic_map=snakemake.input.genetic_map or None,
