@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pysam
@@ -356,6 +357,10 @@ def test_ligated_chunks_match_the_unchunked_chromosome(tiny_finished, tiny_chunk
     chunked = runs["chunked"]
     assert sorted(p.name for p in (chunked / "impute").iterdir()) == ["20", "20.c000", "20.c001"]
     assert (chunked / "impute" / "20.c000" / "batches" / "copying.b001.vcf.gz").exists()
+    # the ligated chromosome has its report beside it, as an unchunked one has
+    lig = json.loads((chunked / "impute" / "20" / "copying.json").read_text())
+    assert lig["chunks"] == 2 and len(lig["phase_joins"]) == 1
+    assert [Path(p).parent.name for p in lig["chunk_reports"]] == ["20.c000", "20.c001"]
     for method, tolerance in (("af", 0.0), ("copying", 0.005)):
         pos_w, ds_w = ds(runs["whole"] / "impute" / "20" / f"{method}.vcf.gz")
         pos_c, ds_c = ds(chunked / "impute" / "20" / f"{method}.vcf.gz")

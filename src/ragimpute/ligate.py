@@ -335,6 +335,22 @@ def _log_joins(out_vcf, parts, report: list[dict]) -> None:
             )  # fmt: skip
 
 
+def ligate_stage(
+    parts: list[tuple[str | os.PathLike, int, int]],
+    out_vcf: str | os.PathLike,
+    report_json: str | os.PathLike,
+) -> dict:
+    """The ligate rule: the chromosome's VCF, and its report beside it (as an unchunked
+    chromosome's): the chunks, the records each gave, the phase joins and each chunk's own report."""
+    from .atomic import write_json
+
+    report = ligate(parts, out_vcf)
+    chunk_reports = [str(v)[: -len(".vcf.gz")] + ".json" for v, _, _ in parts]
+    report["chunk_reports"] = [p if Path(p).exists() else None for p in chunk_reports]
+    write_json(report_json, report)
+    return report
+
+
 def merge_batch_stage(
     vcfs: list[str], stats: list[str], out_vcf: str | os.PathLike, report_json: str | os.PathLike
 ) -> dict:

@@ -257,6 +257,7 @@ rule ligate:
     output:
         vcf=L.imputed("{chrom}", "{method}"),
         tbi=L.imputed("{chrom}", "{method}", ".vcf.gz.tbi"),
+        report=L.imputed("{chrom}", "{method}", ".json"),
     log:
         logs("ligate/{chrom}/{method}.log"),
     benchmark:
