@@ -112,6 +112,33 @@ def test_maf_bins_are_closed_above():
     assert list(maf_bin([0, 0.005, 0.0051, 0.01, 0.05, 0.0501, 0.5])) == [0, 0, 1, 1, 2, 3, 3]
 
 
+def test_maf_bins_of_the_minor_allele_count_exactly(env, tmp_path):
+    """A site at a bin edge is binned by its minor allele's count whichever allele is ALT: AC 760 of
+    800 is MAF 5 % (1-5 %), as AC 40 is, though 1 - 760/800 is 0.050000000000000044."""
+    from fractions import Fraction
+
+    sites = pd.read_parquet(env.windows / "sites.parquet")
+    rng = np.random.default_rng(2)
+    sites["an"] = 800
+    sites["ac"] = rng.choice([0, 4, 796, 5, 795, 8, 792, 40, 760, 41, 759, 400, 800], len(sites))
+    af = sites["ac"] / sites["an"]
+    sites["af"], sites["maf"] = af, np.minimum(af, 1 - af)  # what the window stage wrote before
+    sites.to_parquet(tmp_path / "sites.parquet")
+    evaluate(env.truth, env.truth, tmp_path / "sites.parquet", env.target, "truth", tmp_path / "e")
+    per_site = pd.read_csv(tmp_path / "e" / "sites.tsv.gz", sep="\t")
+    edges = [Fraction(1, 200), Fraction(1, 100), Fraction(1, 20)]
+    at = sites.set_index("pos")
+    want = [
+        sum(Fraction(min(a, 800 - a), 800) > e for e in edges)
+        for a in at.loc[per_site["pos"], "ac"]
+    ]
+    assert per_site["bin"].tolist() == want
+    assert {760, 792, 796} <= set(at.loc[per_site["pos"], "ac"])  # the edges, from above
+    bins = pd.read_csv(tmp_path / "e" / "bins.tsv", sep="\t").set_index("maf_bin")
+    for b, label in enumerate(BIN_LABELS):
+        assert bins.loc[label, "n_sites"] == want.count(b)
+
+
 def test_perfect_imputation_scores_one(env, tmp_path):
     summary = evaluate(
         env.truth, env.truth, env.windows / "sites.parquet", env.target, "truth", tmp_path

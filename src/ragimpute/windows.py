@@ -307,7 +307,9 @@ class _SiteColumns:
         sites["ac"] = ac
         sites["an"] = an
         sites["af"] = af
-        sites["maf"] = np.minimum(af, 1 - af)
+        # from the counts: 1 - af is not always the minor count's frequency to the bit (AC 456 of
+        # 480 gives 0.050000000000000044), and MAF bins and thresholds are closed at such values
+        sites["maf"] = np.minimum(ac, an - ac) / an
         sites["cm"] = site_cm(sites["pos"].to_numpy(), genetic_map)
         return sites
 
