@@ -139,6 +139,41 @@ def test_maf_bins_of_the_minor_allele_count_exactly(env, tmp_path):
         assert bins.loc[label, "n_sites"] == want.count(b)
 
 
+@pytest.mark.parametrize("splits", [("train",), ("train", "val", "test"), ("val", "test")])
+def test_maf_bins_are_the_imputation_references(env, tmp_path, splits):
+    """The bins are the MAF of the panel the tools imputed from: with one's own targets the whole
+    panel (every split), not the train split alone. Brute force: the panel VCF's genotypes."""
+    from fractions import Fraction
+
+    want = set(sum((env.split_samples[s] for s in splits), []))
+    text = subprocess.run(
+        ["bcftools", "query", "-f", "%POS[\t%SAMPLE=%GT]\n", str(env.panel)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    counts = {}
+    for line in text.splitlines():
+        pos, *calls = line.split("\t")
+        alleles = [a for c in calls for a in c.split("=")[1].split("|") if c.split("=")[0] in want]
+        counts[int(pos)] = (alleles.count("1"), len(alleles))
+    evaluate(env.truth, env.truth, env.windows / "sites.parquet", env.target, "truth", tmp_path,
+             reference_splits=splits)  # fmt: skip
+    per_site = pd.read_csv(tmp_path / "sites.tsv.gz", sep="\t")
+    edges = [Fraction(1, 200), Fraction(1, 100), Fraction(1, 20)]
+    expect = []
+    for p in per_site["pos"]:
+        ac, an = counts[p]
+        expect.append(sum(Fraction(min(ac, an - ac), an) > e for e in edges))
+    assert per_site["bin"].tolist() == expect
+    minor = [min(counts[p][0], counts[p][1] - counts[p][0]) / counts[p][1] for p in per_site["pos"]]
+    np.testing.assert_array_equal(per_site["maf"], minor)
+    if splits != ("train",):  # the train split alone bins some of these sites otherwise
+        assert (
+            per_site["bin"] != maf_bin(env.sites.set_index("pos").loc[per_site["pos"], "maf"])
+        ).any()
+
+
 def test_perfect_imputation_scores_one(env, tmp_path):
     summary = evaluate(
         env.truth, env.truth, env.windows / "sites.parquet", env.target, "truth", tmp_path

@@ -589,6 +589,7 @@ def test_cli_impute_then_evaluate(env, tmp_path, capsys):
     ev = tmp_path / "ev"
     args = ["evaluate", "--imputed", str(out), "--truth", str(env.truth), "--results"]
     args += [str(env.results), "--chrom", CHROM, "--typed", str(env.target), "--method", "af"]
+    args += ["--reference", "train"]
     assert cli_main(args + ["--out", str(ev)]) == 0
     assert (ev / "bins.tsv").exists()
     # A user error is one clear line and exit status 1, not a traceback.

@@ -231,7 +231,7 @@ def _evaluate(a: argparse.Namespace) -> None:
 
     _name_the_runs_chrom(a.results, a.chrom)
     sites = Path(a.results) / "windows" / a.chrom / "sites.parquet"
-    evaluate(a.imputed, a.truth, sites, a.typed, a.method, a.out)
+    evaluate(a.imputed, a.truth, sites, a.typed, a.method, a.out, reference_splits=a.reference)
 
 
 def _compare(a: argparse.Namespace) -> None:
@@ -471,6 +471,14 @@ def _evaluate_parser(sub: Subparsers) -> None:
     )
     s.add_argument("--method", required=True, help="name of the method in the tables")
     s.add_argument("--out", required=True, help="output directory")
+    s.add_argument(
+        "--reference",
+        nargs="+",
+        default=["train", "val", "test"],
+        choices=("train", "val", "test"),
+        help="splits whose samples were the imputation reference, as given to impute: their MAF "
+        "bins the sites (default: the whole panel; train for the panel's own held-out samples)",
+    )
     s.set_defaults(func=_evaluate)
 
 

@@ -1,8 +1,8 @@
 """Evaluation against true genotypes, as the field measures imputation, the same code for every method.
 
 Scored sites: in the reference (the windowed panel sites), in the truth VCF, and NOT typed in the target;
-scored pairs: (site, sample) with a true genotype. Per MAF bin (MAF of the reference panel's train split;
-bins [0, 0.5%], (0.5%, 1%], (1%, 5%], (5%, 50%]):
+scored pairs: (site, sample) with a true genotype. Per MAF bin (MAF of the imputation reference: the
+train split, or the whole panel for one's own targets; bins [0, 0.5%], (0.5%, 1%], (1%, 5%], (5%, 50%]):
 - aggregate dosage r²: squared Pearson correlation of all pairs' dosage (DS) and true ALT count, pooled
   over the bin's sites (not a mean of per-site r²);
 - genotype concordance: best-guess genotype (GT, as an ALT count) equals the true one;
@@ -43,6 +43,7 @@ from .vcf_io import (
     short_record_error,
     vcf_records_sites,
 )
+from .windows import WindowedTable
 
 ALL = "all"
 INFO_R2_EDGES = np.round(np.linspace(0, 1, 11), 2)
@@ -472,14 +473,16 @@ def evaluate(
     core: tuple[int, int] | None = None,
     block_genotypes: int = BLOCK_GENOTYPES,
     typed_sites_given: int | None = None,
+    reference_splits: Iterable[str] = ("train",),
 ) -> dict:
     """Score one method's imputed VCF; writes ``sites.tsv.gz`` (per-site sums), ``bins.tsv`` and
     ``summary.json`` in ``out_dir``. ``typed_vcf``: the (harmonised) target, whose sites are not scored.
     ``core`` (first, last bp): score only these sites (a chunk's share of its chromosome).
     ``typed_sites_given``: of them, how many the tool was given (recorded: Minimac4's are fewer).
+    ``reference_splits``: the imputation reference, whose MAF bins the sites.
     Only the scored samples are decoded, and when both files are indexed they are read in regions
     of about ``block_genotypes`` sites x scored samples (one region otherwise)."""
-    ref = _reference_sites(sites_parquet, core)
+    ref = _reference_sites(sites_parquet, core, tuple(reference_splits))
     chrom = str(ref["chrom"].iloc[0])
     reason = not_run_reason(imputed_vcf)
     truth_samples = _header_samples(truth_vcf)
@@ -561,20 +564,45 @@ def evaluate(
 
 
 def _reference_sites(
-    sites_parquet: str | os.PathLike, core: tuple[int, int] | None
+    sites_parquet: str | os.PathLike,
+    core: tuple[int, int] | None,
+    splits: tuple[str, ...] = ("train",),
 ) -> pd.DataFrame:
     """The reference sites (``chrom pos ref alt maf``), of ``core`` only if given. The MAF that
-    bins them is min(AC, AN - AC) / AN: ``min(af, 1 - af)``, which ``sites.parquet`` held before,
-    is 0.050000000000000044 for AC 456 of 480, putting a site of MAF exactly 5 % whose ALT is the
-    major allele in the 5-50 % bin and its mirror image (AC 24) in 1-5 %."""
+    bins them is min(AC, AN - AC) / AN over the samples of ``splits``, the imputation reference
+    (the whole panel for one's own targets: binned by the train split's MAF, a site with 2 ALT of
+    the train split's 432 haplotypes and 3 more in the rest of a 540-haplotype reference is in
+    0-0.5 % though the panel every tool imputed from has it at 0.9 %). From the counts, not
+    ``min(af, 1 - af)``, which is 0.050000000000000044 for AC 456 of 480, putting a site of MAF
+    exactly 5 % whose ALT is the major allele in the 5-50 % bin and its mirror image in 1-5 %."""
     ref = read_parquet_df(
         sites_parquet, "window", columns=["chrom", "pos", "ref", "alt", "ac", "an"]
     )
+    ac, an = ref.pop("ac").to_numpy(np.int64), ref.pop("an").to_numpy(np.int64)
+    if "train" not in splits:
+        ac, an = np.zeros_like(ac), np.zeros_like(an)
+    for split in (s for s in splits if s != "train"):  # sites.parquet counts the train split
+        more, n_hap = _split_counts(Path(sites_parquet).parent, split)
+        ac, an = ac + more, an + n_hap
+    ref["maf"] = np.minimum(ac, an - ac) / np.maximum(an, 1)
     if core is not None:
         ref = ref[(ref["pos"] >= core[0]) & (ref["pos"] <= core[1])].reset_index(drop=True)
-    ac, an = ref.pop("ac").to_numpy(np.int64), ref.pop("an").to_numpy(np.int64)
-    ref["maf"] = np.minimum(ac, an - ac) / np.maximum(an, 1)
     return ref
+
+
+def _split_counts(windows_dir: Path, split: str) -> tuple[np.ndarray, int]:
+    """ALT counts of a split's haplotypes at every site (each from its owner window), and how many
+    haplotypes it has."""
+    sites = read_parquet_df(windows_dir / "sites.parquet", "window", columns=["site", "window"])
+    first = read_parquet_df(windows_dir / "windows.parquet", "window", columns=["first_site"])
+    table = WindowedTable(windows_dir / "haplotypes" / f"{split}.parquet", "alleles")
+    owner, site = sites["window"].to_numpy(), sites["site"].to_numpy()
+    ac = np.zeros(len(sites), dtype=np.int64)
+    for w, alleles in table:
+        rows = np.flatnonzero(owner == w)
+        if len(alleles):
+            ac[rows] = alleles[:, site[rows] - first["first_site"].iloc[w]].sum(axis=0)
+    return ac, table.n_haplotypes
 
 
 def _score_region(

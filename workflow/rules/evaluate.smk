@@ -9,6 +9,9 @@ rule evaluate:
         truth=truth_vcf,
         sites=L.sites("{unit}"),
         typed=L.aligned("{unit}", "target.vcf.gz"),
+        # the imputation reference's haplotypes: its MAF bins the sites (the whole panel for one's
+        # own targets, whose train split alone is not what the tools imputed from)
+        haplotypes=lambda w: [L.haplotypes(w.unit, s) for s in reference_splits()],
     output:
         sites=L.evaluation("{unit}", "{method}", "sites.tsv.gz"),
         bins=L.evaluation("{unit}", "{method}", "bins.tsv"),
@@ -21,6 +24,7 @@ rule evaluate:
         "../../envs/ragimpute.yaml"
     params:
         core=unit_core,
+        splits=reference_splits(),
     script:
         "../scripts/evaluate.py"
 

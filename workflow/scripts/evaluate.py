@@ -18,4 +18,5 @@ run(
     out_dir=Path(snakemake.output.bins).parent,
     core=snakemake.params.core,
     typed_sites_given=given,
+    reference_splits=snakemake.params.splits,
 )
