@@ -259,6 +259,28 @@ def test_compare_pools_chromosomes_exactly(env, imputed, tmp_path):
     assert (pooled["n_genotypes"] == whole["n_genotypes"]).all()
 
 
+def test_compare_says_when_a_method_misses_scored_sites(env, imputed, tmp_path):
+    """A tool whose output lacks some scored sites is pooled over fewer sites than the others:
+    comparison.tsv says how many, not only its n_sites."""
+    header, records = vcf_lines(imputed["retrieval"])
+    typed = {int(r[1]) for r in vcf_lines(env.target)[1]}
+    untyped = [i for i, r in enumerate(records) if int(r[1]) not in typed]
+    drop = set(untyped[::7])
+    kept = [r for i, r in enumerate(records) if i not in drop]
+    partial = write_bgzip(tmp_path / "partial.vcf.gz", header, kept)
+    tables = []
+    for m, path in (("retrieval", imputed["retrieval"]), ("partial", partial)):
+        evaluate(path, env.truth, env.windows / "sites.parquet", env.target, m, tmp_path / m)
+        tables.append(tmp_path / m / "sites.tsv.gz")
+    table = compare(tables, tmp_path / "cmp").set_index(["method", "maf_bin"])
+    n_scored = len(env.sites) - len(typed)
+    assert table.loc[("partial", "all"), "n_sites"] == n_scored - len(drop)
+    assert table.loc[("retrieval", "all"), "note"] == ""
+    assert table.loc[("partial", "all"), "note"] == (
+        f"scored sites not in its output (scored on the others): {len(drop)} of {n_scored} on {CHROM}"
+    )
+
+
 def test_compare_reads_a_few_rows_at_a_time(env, imputed, tmp_path):
     """compare pools the sums of blocks of rows: three tables (one method over two chromosomes,
     another whole) read 5 rows at a time give the tables read whole, and those are the field's

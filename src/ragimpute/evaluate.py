@@ -788,7 +788,7 @@ def compare(
     seen, by_bin, by_info = pooled_terms(site_tables, rows)
     summaries = _summaries(site_tables)
     not_run = _not_run(summaries)
-    fewer_typed = _fewer_typed(summaries)
+    caveats = _caveats(summaries)
     order = methods or list(dict.fromkeys([*seen, *not_run]))
     rows_out = []
     cal = []
@@ -803,8 +803,8 @@ def compare(
         left_out = bool(note)
         if left_out:
             log.warning("%s is left out of the comparison (%s)", m, note)
-        elif m in fewer_typed:
-            note = fewer_typed[m]  # scored, on the same sites, but from less input
+        elif m in caveats:
+            note = caveats[m]  # scored, but from less input or on fewer sites: it says so
         t = bin_rows(NO_TERMS if left_out else by_bin[m])
         t.insert(0, "method", m)
         t["note"] = note
@@ -853,6 +853,31 @@ def _fewer_typed(summaries: list[dict]) -> dict[str, str]:
         m: "given fewer typed sites (missing calls left out): " + "; ".join(v)
         for m, v in out.items()
     }
+
+
+def _missing_sites(summaries: list[dict]) -> dict[str, str]:
+    """Methods whose output lacks some scored sites, with how many per chromosome: their rows pool
+    fewer sites than the other methods', which would otherwise show only in ``n_sites``."""
+    out: dict[str, list[str]] = {}
+    for info in summaries:
+        missed = info.get("scored_sites_not_in_output") or 0
+        if missed and not info.get("not_run"):
+            out.setdefault(info["method"], []).append(
+                f"{missed} of {info['scored_sites']} on {info['chrom']}"
+            )
+    return {
+        m: "scored sites not in its output (scored on the others): " + "; ".join(v)
+        for m, v in out.items()
+    }
+
+
+def _caveats(summaries: list[dict]) -> dict[str, str]:
+    """The notes of the methods scored with a caveat (``_fewer_typed``, ``_missing_sites``)."""
+    out: dict[str, list[str]] = {}
+    for notes in (_fewer_typed(summaries), _missing_sites(summaries)):
+        for m, note in notes.items():
+            out.setdefault(m, []).append(note)
+    return {m: "; ".join(v) for m, v in out.items()}
 
 
 def _not_run(summaries: list[dict]) -> dict[str, list[tuple[str, str]]]:
