@@ -281,6 +281,30 @@ def test_compare_says_when_a_method_misses_scored_sites(env, imputed, tmp_path):
     )
 
 
+def test_fewer_typed_sites_given_pooled_over_chunk_cores(env, tmp_path):
+    """A tool given fewer typed sites (Minimac4 without the ones with a missing call) says so in a
+    chunked run too: each chunk counts the typed sites of its core it was given, and the note sums
+    the chunks of a chromosome, as an unchunked run counts them."""
+    from ragimpute.evaluate import sites_in_core
+
+    header, records = vcf_lines(env.target)
+    given = write_bgzip(tmp_path / "given.vcf.gz", header, records[:3] + records[4:])
+    pos = env.sites["pos"].to_numpy()
+    mid = int(pos[len(pos) // 2])
+    cores = [(int(pos[0]), mid), (mid + 1, int(pos[-1]))]
+    tables = []
+    for i, core in enumerate(cores):
+        n = sites_in_core(given, core)
+        assert n == sum(core[0] <= int(r[1]) <= core[1] for r in records[:3] + records[4:])
+        out = tmp_path / f"c{i}"
+        evaluate(env.truth, env.truth, env.windows / "sites.parquet", env.target, "minimac4", out,
+                 core=core, typed_sites_given=n)  # fmt: skip
+        tables.append(out / "sites.tsv.gz")
+    table = compare(tables, tmp_path / "cmp")
+    note = f"given fewer typed sites (missing calls left out): {len(records) - 1} of {len(records)} on {CHROM}"
+    assert (table["note"] == note).all()
+
+
 def test_compare_reads_a_few_rows_at_a_time(env, imputed, tmp_path):
     """compare pools the sums of blocks of rows: three tables (one method over two chromosomes,
     another whole) read 5 rows at a time give the tables read whole, and those are the field's

@@ -841,17 +841,29 @@ def _summaries(site_tables: list[str | os.PathLike]) -> list[dict]:
     return [read_json(p) for p in paths if p.exists()]
 
 
+def sites_in_core(vcf: str | os.PathLike, core: tuple[int, int] | None = None) -> int:
+    """How many records of ``vcf`` lie in ``core`` (first, last bp; all of them without): the typed
+    sites a tool was given, counted over the sites that ``evaluate`` counts as typed."""
+    pos = vcf_records_sites(vcf)["pos"].to_numpy()
+    return int(len(pos) if core is None else ((pos >= core[0]) & (pos <= core[1])).sum())
+
+
 def _fewer_typed(summaries: list[dict]) -> dict[str, str]:
     """Methods given fewer typed sites than the target has (Minimac4, which cannot take a typed site
-    with a missing call), with what they were given per chromosome."""
-    out: dict[str, list[str]] = {}
+    with a missing call), with what they were given per chromosome (its chunks' cores summed)."""
+    counts: dict[str, dict[str, list[int]]] = {}
     for info in summaries:
         given, typed = info.get("typed_sites_given"), info.get("typed_sites")
-        if given is not None and typed is not None and given < typed:
-            out.setdefault(info["method"], []).append(f"{given} of {typed} on {info['chrom']}")
+        if given is not None and typed is not None:
+            n = counts.setdefault(info["method"], {}).setdefault(str(info["chrom"]), [0, 0])
+            n[0], n[1] = n[0] + given, n[1] + typed
+    out = {
+        m: [f"{g} of {t} on {c}" for c, (g, t) in per.items() if g < t] for m, per in counts.items()
+    }
     return {
         m: "given fewer typed sites (missing calls left out): " + "; ".join(v)
         for m, v in out.items()
+        if v
     }
 
 

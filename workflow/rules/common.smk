@@ -656,10 +656,11 @@ def train_rule_settings():
     return {k: v for k, v in config["train"].items() if k not in TRAIN_MACHINE_SETTINGS}
 
 
-def typed_report(wildcards):
-    """Minimac4's report of the typed sites its target kept, for the evaluation to record."""
+def typed_given(wildcards):
+    """Minimac4's target (the typed sites it was given), for the evaluation to count those of the
+    unit's core: a chunk's report counts its overlaps too."""
     if wildcards.method == "minimac4":
-        return {"typed_report": L.aligned(wildcards.unit, "minimac4.json")}
+        return {"typed_given": L.aligned(wildcards.unit, "minimac4.vcf.gz")}
     return {}
 
 

@@ -4,7 +4,7 @@
 
 rule evaluate:
     input:
-        unpack(typed_report),
+        unpack(typed_given),
         imputed=L.imputed("{unit}", "{method}"),
         truth=truth_vcf,
         sites=L.sites("{unit}"),

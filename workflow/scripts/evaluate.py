@@ -1,12 +1,11 @@
-import json
 from pathlib import Path
 
-from ragimpute.evaluate import evaluate
+from ragimpute.evaluate import evaluate, sites_in_core
 from ragimpute.smk import run
 
-# Minimac4's harmonised target leaves out typed sites with a missing call (its report says how many)
-report = snakemake.input.get("typed_report")
-given = json.loads(Path(report).read_text())["sites_kept"] if report else None
+# Minimac4's target can leave out typed sites with a missing call: those of this unit's core it has
+given_vcf = snakemake.input.get("typed_given")
+given = sites_in_core(given_vcf, snakemake.params.core) if given_vcf else None
 run(
     snakemake,
     evaluate,
