@@ -848,18 +848,24 @@ def sites_in_core(vcf: str | os.PathLike, core: tuple[int, int] | None = None) -
     return int(len(pos) if core is None else ((pos >= core[0]) & (pos <= core[1])).sum())
 
 
+def _per_chrom(summaries: list[dict], part: str, whole: str) -> dict[str, dict[str, list[int]]]:
+    """Per method and chromosome, the sums of two counts of ``summary.json`` (a chromosome's chunks
+    summed, so that a chunked run reads as an unchunked one); summaries without them, or of a tool
+    that did not run, left out."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for info in summaries:
+        a, b = info.get(part), info.get(whole)
+        if a is not None and b is not None and not info.get("not_run"):
+            n = out.setdefault(info["method"], {}).setdefault(str(info["chrom"]), [0, 0])
+            n[0], n[1] = n[0] + a, n[1] + b
+    return out
+
+
 def _fewer_typed(summaries: list[dict]) -> dict[str, str]:
     """Methods given fewer typed sites than the target has (Minimac4, which cannot take a typed site
-    with a missing call), with what they were given per chromosome (its chunks' cores summed)."""
-    counts: dict[str, dict[str, list[int]]] = {}
-    for info in summaries:
-        given, typed = info.get("typed_sites_given"), info.get("typed_sites")
-        if given is not None and typed is not None:
-            n = counts.setdefault(info["method"], {}).setdefault(str(info["chrom"]), [0, 0])
-            n[0], n[1] = n[0] + given, n[1] + typed
-    out = {
-        m: [f"{g} of {t} on {c}" for c, (g, t) in per.items() if g < t] for m, per in counts.items()
-    }
+    with a missing call), with what they were given per chromosome."""
+    counts = _per_chrom(summaries, "typed_sites_given", "typed_sites")
+    out = {m: [f"{g} of {t} on {c}" for c, (g, t) in v.items() if g < t] for m, v in counts.items()}
     return {
         m: "given fewer typed sites (missing calls left out): " + "; ".join(v)
         for m, v in out.items()
@@ -870,16 +876,12 @@ def _fewer_typed(summaries: list[dict]) -> dict[str, str]:
 def _missing_sites(summaries: list[dict]) -> dict[str, str]:
     """Methods whose output lacks some scored sites, with how many per chromosome: their rows pool
     fewer sites than the other methods', which would otherwise show only in ``n_sites``."""
-    out: dict[str, list[str]] = {}
-    for info in summaries:
-        missed = info.get("scored_sites_not_in_output") or 0
-        if missed and not info.get("not_run"):
-            out.setdefault(info["method"], []).append(
-                f"{missed} of {info['scored_sites']} on {info['chrom']}"
-            )
+    counts = _per_chrom(summaries, "scored_sites_not_in_output", "scored_sites")
+    out = {m: [f"{k} of {n} on {c}" for c, (k, n) in v.items() if k] for m, v in counts.items()}
     return {
         m: "scored sites not in its output (scored on the others): " + "; ".join(v)
         for m, v in out.items()
+        if v
     }
 
 
