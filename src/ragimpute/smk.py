@@ -224,10 +224,9 @@ def own_target_chromosomes(
     from .errors import InputError
     from .vcf_io import normalize_chrom, vcf_records_contigs
 
-    in_target = _contigs_with_records(target_vcf, cache_dir)
+    in_target, lacking = _contigs_lacking(target_vcf, configured, cache_dir)
     have = {normalize_chrom(c) for c in in_target}
     if configured:
-        lacking = [c for c in configured if normalize_chrom(c) not in have]
         if lacking:
             raise InputError(
                 target_vcf,
@@ -267,6 +266,18 @@ def _contigs_with_records(path: str, cache_dir: str | None) -> list[str]:
     return list(_all_site_positions(path, False, cache_dir))
 
 
+def _contigs_lacking(
+    path: str, chromosomes: list[str], cache_dir: str | None
+) -> tuple[list[str], list[str]]:
+    """The contigs ``path`` has records on, and those of ``chromosomes`` it has none on (chr20 and
+    20 the same)."""
+    from .vcf_io import normalize_chrom
+
+    held = _contigs_with_records(path, cache_dir)
+    have = {normalize_chrom(c) for c in held}
+    return held, [c for c in chromosomes if normalize_chrom(c) not in have]
+
+
 def check_truth_chromosomes(
     chromosomes: list[str], truth_vcf: str, cache_dir: str | None = None
 ) -> None:
@@ -274,11 +285,8 @@ def check_truth_chromosomes(
     jobs after every imputation had run; refused before any job runs instead. Raises
     ``InputError`` naming the truth, the chromosomes it lacks and what to do."""
     from .errors import InputError
-    from .vcf_io import normalize_chrom
 
-    in_truth = _contigs_with_records(truth_vcf, cache_dir)
-    have = {normalize_chrom(c) for c in in_truth}
-    lacking = [c for c in chromosomes if normalize_chrom(c) not in have]
+    in_truth, lacking = _contigs_lacking(truth_vcf, chromosomes, cache_dir)
     if lacking:
         raise InputError(
             truth_vcf,
