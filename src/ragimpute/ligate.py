@@ -71,6 +71,22 @@ def _batch_name(vcf: str | os.PathLike) -> str:
     return Path(vcf).name.removesuffix(".vcf.gz").rsplit(".", 1)[-1]
 
 
+def _joined_meta(metas: list[list[str]], labels: list[str], marker: str) -> list[str]:
+    """The header lines of a VCF joined from parts: the first part's, less its provenance line,
+    then ``marker``, then every part's provenance line with its label (``chunk=...``) first."""
+    meta = [m for m in metas[0] if not m.startswith(IMPUTE_KEY)]
+    meta.append(marker)
+    meta += [IMPUTE_KEY + f"{label}," + m[len(IMPUTE_KEY) :]
+             for label, part in zip(labels, metas, strict=True)
+             for m in part if m.startswith(IMPUTE_KEY)]  # fmt: skip
+    return meta
+
+
+def _report_of(vcf: str | os.PathLike) -> str:
+    """The report an imputation job writes beside its VCF (``<method>.json``)."""
+    return str(vcf)[: -len(".vcf.gz")] + ".json"
+
+
 def merge_batches(
     parts: list[tuple[str | os.PathLike, str | os.PathLike]], out_vcf: str | os.PathLike
 ) -> dict:
@@ -89,11 +105,11 @@ def merge_batches(
     n_hap = int(sum(int(st["n_hap"]) for st in stats))
     # Each batch estimates its own error rate (and records its own settings): every batch's line is
     # kept, named by its batch, as ligate keeps every chunk's.
-    meta = [m for m in heads[0][0] if not m.startswith(IMPUTE_KEY)]
-    meta.append(f"##ragimpute_merged=<batches={len(parts)},samples={len(samples)}>\n")
-    meta += [IMPUTE_KEY + f"batch={_batch_name(v)}," + m[len(IMPUTE_KEY) :]
-             for (v, _), (m_all, _, _) in zip(parts, heads, strict=True)
-             for m in m_all if m.startswith(IMPUTE_KEY)]  # fmt: skip
+    meta = _joined_meta(
+        [h[0] for h in heads],
+        [f"batch={_batch_name(v)}" for v, _ in parts],
+        f"##ragimpute_merged=<batches={len(parts)},samples={len(samples)}>\n",
+    )
     columns = heads[0][1][:9] + samples
     readers = [h[2] for h in heads]
     with bgzip_vcf_writer(out_vcf) as write:
@@ -285,11 +301,11 @@ def ligate(parts: list[tuple[str | os.PathLike, int, int]], out_vcf: str | os.Pa
     for (v, _, _), (_, cols, _) in zip(parts, heads, strict=True):
         if cols != columns:
             raise ArtifactError(f"{v}: other samples than {parts[0][0]}; impute it again")
-    meta = [m for m in heads[0][0] if not m.startswith(IMPUTE_KEY)]
-    meta.append(f"##ragimpute_ligated=<chunks={len(parts)}>\n")
-    meta += [IMPUTE_KEY + f"chunk={Path(v).parent.name}," + m[len(IMPUTE_KEY) :]
-             for (v, _, _), (m_all, _, _) in zip(parts, heads, strict=True)
-             for m in m_all if m.startswith(IMPUTE_KEY)]  # fmt: skip
+    meta = _joined_meta(
+        [h[0] for h in heads],
+        [f"chunk={Path(v).parent.name}" for v, _, _ in parts],
+        f"##ragimpute_ligated=<chunks={len(parts)}>\n",
+    )
     records = [records for _, _, records in heads]
     starts = [None] * len(parts)
     for k in range(1, len(parts)):
@@ -345,7 +361,7 @@ def ligate_stage(
     from .atomic import write_json
 
     report = ligate(parts, out_vcf)
-    chunk_reports = [str(v)[: -len(".vcf.gz")] + ".json" for v, _, _ in parts]
+    chunk_reports = [_report_of(v) for v, _, _ in parts]
     report["chunk_reports"] = [p if Path(p).exists() else None for p in chunk_reports]
     write_json(report_json, report)
     return report
@@ -359,7 +375,7 @@ def merge_batch_stage(
     from .atomic import read_json, write_json
 
     info = merge_batches(list(zip(vcfs, stats, strict=True)), out_vcf)
-    reports = [read_json(str(v)[: -len(".vcf.gz")] + ".json") for v in vcfs]
+    reports = [read_json(_report_of(v)) for v in vcfs]
     report = dict(reports[0])
     # each batch estimates its own error rate: it is reported per batch, not batch 0's for all
     for key in ("sample_batch", "error"):
