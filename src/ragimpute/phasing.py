@@ -324,18 +324,16 @@ def check_phased(raw: Calls, phased: Calls, phaser: str) -> Calls:
     return phased
 
 
-def _write_filled(filled_vcf, alleles, cols, filled, raw: Calls, chrom, target_vcf, phaser) -> None:
+def _write_filled(
+    filled_vcf, filled: np.ndarray, raw: Calls, chrom, length, target_vcf, phaser
+) -> None:
     """The phased target with the phaser's fills of missing calls (the given-phase samples' calls
     as they came, their missing ones filled by the phaser): Minimac4 4.1 aborts on a missing call
     at a typed site, and imputation servers give it the output of the pre-phasing (Eagle), which
     fills them. Only Minimac4 reads it: every other method imputes missing calls itself."""
-    out = alleles.copy()
-    out[:, cols] = filled
-    n = int(((raw.alleles < 0) & (out >= 0)).sum())
+    n = int(((raw.alleles < 0) & (filled >= 0)).sum())
     meta = [f"{FILLED_KEY}phaser={phaser},source={target_vcf},missing_alleles_filled={n}>"]
-    write_phased_vcf(
-        filled_vcf, chrom, raw.sites, raw.samples, out, contig_lengths(target_vcf).get(chrom), meta
-    )
+    write_phased_vcf(filled_vcf, chrom, raw.sites, raw.samples, filled, length, meta)
 
 
 def _phaser_alleles(
@@ -402,15 +400,17 @@ def phase_target(
     # A sample given phased keeps its phase: the phaser re-phased it with the others.
     given = ~raw.unphased.any(axis=0) if keep_given_phase else np.zeros(len(raw.samples), bool)
     cols = np.repeat(given, 2)
-    filled = np.where(raw.alleles[:, cols] < 0, alleles[:, cols], raw.alleles[:, cols])
-    alleles[:, cols] = raw.alleles[:, cols]
-    if filled_vcf:
-        _write_filled(filled_vcf, alleles, cols, filled, raw, chrom, target_vcf, phaser)
+    kept = alleles.copy()
+    kept[:, cols] = raw.alleles[:, cols]
+    length = contig_lengths(target_vcf).get(chrom)
+    if filled_vcf:  # where a kept call is missing, the phaser's fill
+        _write_filled(filled_vcf, np.where(kept < 0, alleles, kept), raw, chrom, length, target_vcf,
+                      phaser)  # fmt: skip
+    alleles = kept
     a0, a1 = alleles[:, 0::2], alleles[:, 1::2]
     a0[missing], a1[missing] = -1, -1
     alleles[:, 0::2], alleles[:, 1::2] = a0, a1
     het = (r0 >= 0) & (r1 >= 0) & (r0 != r1)
-    length = contig_lengths(target_vcf).get(chrom)
     meta = [
         f"##ragimpute_phased=<phaser={phaser},version={version},source={target_vcf},"
         f"reference={reference_vcf},map={genetic_map or 'none'},missing_calls_kept={int(missing.sum())}>"
