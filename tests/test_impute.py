@@ -9,6 +9,7 @@ import subprocess
 
 import numpy as np
 import pandas as pd
+import pysam
 import pytest
 from impute_data import (
     CHROM,
@@ -604,3 +605,31 @@ def test_method_names_match_the_predictors():
     from ragimpute.methods import OUR_METHODS
 
     assert tuple(PREDICTOR_FACTORIES) == OUR_METHODS
+
+
+def test_own_targets_get_the_whole_panels_allele_frequencies(env, tmp_path):
+    """With the whole panel as the imputation reference (one's own targets), the ``af`` method
+    answers the whole panel's frequency (brute force over every panel sample), not the train
+    split's."""
+
+    def rename(h, r):
+        cols = h[-1].split("\t")
+        h[-1] = "\t".join(cols[:9] + [f"own_{c}" for c in cols[9:]])
+        return h, r
+
+    target = edited_target(env, tmp_path, rename, "own.vcf")
+    out = tmp_path / "af.vcf.gz"
+    report = run(env, target, out, "af", options={}, reference_splits=("train", "val", "test"))
+    assert report["allele_frequency_splits"] == ["train", "val", "test"]
+    gts = pysam.bcftools.query("-f", "%POS[\t%GT]\n", str(env.panel))
+    af = {}
+    for line in gts.splitlines():
+        f = line.split("\t")
+        alleles = [int(x) for gt in f[1:] for x in gt.split("|")]
+        af[int(f[0])] = sum(alleles) / len(alleles)
+    got = imputed_records(out)
+    untyped = ~np.isin(got["pos"], [int(r[1]) for r in body(target)])
+    want = np.array([2 * af[int(p)] for p in got["pos"][untyped]])
+    np.testing.assert_allclose(got["ds"][untyped, 0], want, atol=5e-4)
+    train_af = env.sites.set_index("pos")["af"]
+    assert np.abs(want - 2 * train_af.loc[got["pos"][untyped]].to_numpy()).max() > 0.01

@@ -89,6 +89,10 @@ def reference_build_windows(panel, split, length, overlap, out_dir, genetic_map=
     sites["an"] = an
     sites["af"] = af
     sites["maf"] = np.minimum(ac, an - ac) / an
+    for name in ("val", "test"):
+        cols = reference_hap_columns(panel, split[name])
+        sites[f"ac_{name}"] = np.take(panel.haplotypes, cols, axis=1).sum(axis=1, dtype=np.int64)
+        sites[f"an_{name}"] = len(cols)
     sites["cm"] = site_cm(sites["pos"].to_numpy(), genetic_map)
     slh = site_list_hash(sites)
     meta = {"format_version": FORMAT_VERSION, "site_list_hash": slh, "chrom": panel.chrom}

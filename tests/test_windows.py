@@ -30,6 +30,8 @@ from ragimpute.windows import (
     load_windows,
     owner_windows,
     packed_haplotypes,
+    reference_af,
+    reference_counts,
     sites_with_hash,
     window_bounds,
 )
@@ -274,3 +276,38 @@ def test_windowed_table_detects_a_missing_file(tmp_path):
         WindowedTable(tmp_path / "nope.parquet", "alleles")
     with pytest.raises(ArtifactError, match="run the window stage first"):
         sites_with_hash(tmp_path)
+
+
+@needs_bcftools
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_other_splits_counts_equal_bcftools(demo, demo_windows, split_dict, split):
+    """sites.parquet counts every split, so that one's own targets get the whole panel's
+    frequencies (``reference_af``) without reading the haplotype tables again."""
+    samples = split_dict[split]
+    gts = subprocess.run(
+        ["bcftools", "query", "-s", ",".join(samples), "-f", "%POS[\t%GT]\n", str(demo.vcf)],
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    counts = {}
+    for line in gts.splitlines():
+        f = line.split("\t")
+        counts[int(f[0])] = sum(int(x) for gt in f[1:] for x in gt.split("|"))
+    sites = pd.read_parquet(demo_windows / "sites.parquet")
+    np.testing.assert_array_equal(sites[f"ac_{split}"], [counts[p] for p in sites["pos"]])
+    assert (sites[f"an_{split}"] == 2 * len(samples)).all()
+
+
+def test_reference_counts_from_columns_equal_the_haplotype_tables(demo_windows, tmp_path):
+    """A sites.parquet written before the split columns: the counts come from the split's
+    haplotype tables, the same numbers."""
+    sites = pd.read_parquet(demo_windows / "sites.parquet")
+    splits = ("train", "val", "test")
+    ac, an = reference_counts(sites, splits, demo_windows)
+    old = sites.drop(columns=["ac_val", "an_val", "ac_test", "an_test"])
+    ac_old, an_old = reference_counts(old, splits, demo_windows)
+    np.testing.assert_array_equal(ac, ac_old)
+    np.testing.assert_array_equal(an, an_old)
+    assert (an == sum(sites[c].iloc[0] for c in ("an", "an_val", "an_test"))).all()
+    np.testing.assert_array_equal(reference_af(sites, splits, demo_windows), ac / an)
+    np.testing.assert_array_equal(reference_af(sites, ["train"], demo_windows), sites["af"])

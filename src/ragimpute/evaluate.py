@@ -43,7 +43,7 @@ from .vcf_io import (
     short_record_error,
     vcf_records_sites,
 )
-from .windows import WindowedTable
+from .windows import reference_counts
 
 ALL = "all"
 INFO_R2_EDGES = np.round(np.linspace(0, 1, 11), 2)
@@ -575,34 +575,13 @@ def _reference_sites(
     0-0.5 % though the panel every tool imputed from has it at 0.9 %). From the counts, not
     ``min(af, 1 - af)``, which is 0.050000000000000044 for AC 456 of 480, putting a site of MAF
     exactly 5 % whose ALT is the major allele in the 5-50 % bin and its mirror image in 1-5 %."""
-    ref = read_parquet_df(
-        sites_parquet, "window", columns=["chrom", "pos", "ref", "alt", "ac", "an"]
-    )
-    ac, an = ref.pop("ac").to_numpy(np.int64), ref.pop("an").to_numpy(np.int64)
-    if "train" not in splits:
-        ac, an = np.zeros_like(ac), np.zeros_like(an)
-    for split in (s for s in splits if s != "train"):  # sites.parquet counts the train split
-        more, n_hap = _split_counts(Path(sites_parquet).parent, split)
-        ac, an = ac + more, an + n_hap
+    ref = read_parquet_df(sites_parquet, "window")
+    ac, an = reference_counts(ref, splits, Path(sites_parquet).parent)
+    ref = ref[["chrom", "pos", "ref", "alt"]].copy()
     ref["maf"] = np.minimum(ac, an - ac) / np.maximum(an, 1)
     if core is not None:
         ref = ref[(ref["pos"] >= core[0]) & (ref["pos"] <= core[1])].reset_index(drop=True)
     return ref
-
-
-def _split_counts(windows_dir: Path, split: str) -> tuple[np.ndarray, int]:
-    """ALT counts of a split's haplotypes at every site (each from its owner window), and how many
-    haplotypes it has."""
-    sites = read_parquet_df(windows_dir / "sites.parquet", "window", columns=["site", "window"])
-    first = read_parquet_df(windows_dir / "windows.parquet", "window", columns=["first_site"])
-    table = WindowedTable(windows_dir / "haplotypes" / f"{split}.parquet", "alleles")
-    owner, site = sites["window"].to_numpy(), sites["site"].to_numpy()
-    ac = np.zeros(len(sites), dtype=np.int64)
-    for w, alleles in table:
-        rows = np.flatnonzero(owner == w)
-        if len(alleles):
-            ac[rows] = alleles[:, site[rows] - first["first_site"].iloc[w]].sum(axis=0)
-    return ac, table.n_haplotypes
 
 
 def _score_region(

@@ -53,7 +53,7 @@ from .vcf_write import (
     format_records,
     header_lines,
 )
-from .windows import WindowedTable, load_windows, sites_with_hash
+from .windows import WindowedTable, load_windows, reference_af, sites_with_hash
 
 
 def _model_predictor(opts: dict) -> Predictor:
@@ -142,6 +142,7 @@ def impute(
     stats_out: str | os.PathLike | None = None,
     gp: bool = True,
     engine_device: str = "cpu",
+    reference_splits: tuple[str, ...] | list[str] = ("train",),
 ) -> dict:
     """Impute every reference site for the samples of a harmonised target; returns the run report.
 
@@ -154,7 +155,9 @@ def impute(
     into batches; the engine's error rate is still estimated on the whole target, so that every batch
     uses the same); ``stats_out``: where to write the sums INFO is recomputed from when the batches
     are merged (``ragimpute.ligate``). ``gp``: records are ``GT:DS:GP``, else ``GT:DS`` (Beagle's
-    default; about half the bytes to write).
+    default; about half the bytes to write). ``reference_splits``: the splits of the imputation
+    reference, whose allele frequencies the ``af`` method, the model's input and the fill of missing
+    calls take.
     """
     import faiss
 
@@ -163,6 +166,7 @@ def impute(
     job = _open_inputs(
         target_vcf, windows_dir, mask_store, mask_hash, index_dir, predictor, k, sample_batch
     )
+    job.af = reference_af(job.sites, reference_splits, windows_dir)
     job.batch_haplotypes = batch_haplotypes
     job.gp = gp
     needs_prior = getattr(predictor, "needs_prior", False)
@@ -200,6 +204,7 @@ def impute(
         "output": str(out_vcf),
         "target": str(target_vcf),
         **_counts(job, filled),
+        "allele_frequency_splits": list(reference_splits),
         "batch_haplotypes": batch_haplotypes,
         "device": str(device),
         **({"engine": engine_report} if engine_report else {}),
@@ -564,6 +569,8 @@ def run_impute_stage(
         stats_out=stats_out,
         gp=gp,
         engine_device=engine_device(engine) if method in ("copying", "model") else "cpu",
+        # written by target_mask; an alignment.json of an earlier version: the train split's
+        reference_splits=alignment.get("reference_splits", ["train"]),
     )
     if sample_batch is not None:
         report["sample_batch"] = {"first": sample_batch[0], "count": sample_batch[1]}

@@ -583,7 +583,7 @@ def harmonise_target(
     whether the target is to be phased (``phasing.needs_phasing``: always, or auto with an unphased
     heterozygote). ``never`` and None (outside the workflow, which does not phase) refuse them."""
     from .split import load_split
-    from .windows import sites_with_hash
+    from .windows import reference_af, sites_with_hash
 
     if phase is not None and phase not in PHASE_MODES:
         raise InputError(
@@ -594,6 +594,8 @@ def harmonise_target(
     sites, slh = sites_with_hash(windows_dir)
     split = load_split(split_tsv)
     reference_samples = [s for name in reference_splits for s in split[name]]
+    # the strand check compares with the frequency of the panel every method imputes from
+    sites = sites.assign(af=reference_af(sites, reference_splits, windows_dir))
     target = read_target(target_vcf, chrom, sites, allow_unphased=allow, hint=hint, region=region)
     check_disjoint(reference_samples, target.samples, target_vcf)
     target = apply_missing_rule(target, max_missing)
@@ -633,6 +635,7 @@ def harmonise_target(
         "chrom": ref_chrom,
         "hash": h,
         "mask_spec": TARGET_MASK_SPEC,
+        "reference_splits": list(reference_splits),
         "ragimpute": __version__,
         **target.report,
         "phasing": {

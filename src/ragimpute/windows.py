@@ -21,7 +21,7 @@ import hashlib
 import io
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +160,7 @@ def write_windows(
     check_window_params(length, overlap)
     out = Path(out_dir)
     cols = {name: hap_columns(panel.samples, split[name]) for name in SPLITS}
-    sites = _SiteColumns(cols["train"])
+    sites = _SiteColumns(cols)
     cutter = _WindowCutter(length, overlap)
     with contextlib.ExitStack() as stack:
         writers = {
@@ -259,15 +259,15 @@ def _summary(
 
 
 class _SiteColumns:
-    """What ``sites.parquet`` holds of each site as the blocks go by: the five VCF columns, the train
-    split's ALT count (``ref_cols``) and the site list hash (``site_list_hash``, fed line by line).
-    A few pointers and numbers per site, no genotype."""
+    """What ``sites.parquet`` holds of each site as the blocks go by: the five VCF columns, each
+    split's ALT count (``split_cols``: the split's haplotype columns) and the site list hash
+    (``site_list_hash``, fed line by line). A few pointers and numbers per site, no genotype."""
 
-    def __init__(self, ref_cols: np.ndarray):
-        self.ref_cols = ref_cols
+    def __init__(self, split_cols: dict[str, np.ndarray]):
+        self.split_cols = split_cols
         self.columns: dict[str, list] = {c: [] for c in ("chrom", "id", "ref", "alt")}
         self.pos: list[np.ndarray] = []
-        self.ac: list[np.ndarray] = []
+        self.ac: dict[str, list[np.ndarray]] = {name: [] for name in split_cols}
         self._names: dict[str, str] = {}  # one string object per chromosome name
         self._hash = hashlib.sha256()
         self.n = 0
@@ -278,9 +278,9 @@ class _SiteColumns:
         for i, c in ((2, "id"), (3, "ref"), (4, "alt")):
             self.columns[c] += [s[i] for s in sites]
         self.pos.append(np.fromiter((s[1] for s in sites), dtype=np.int64, count=len(sites)))
-        # np.take: fancy indexing along axis 1 is several times slower on large panels
-        ac = np.take(haplotypes, self.ref_cols, axis=1).sum(axis=1, dtype=np.int64)
-        self.ac.append(ac)
+        for name, cols in self.split_cols.items():
+            # np.take: fancy indexing along axis 1 is several times slower on large panels
+            self.ac[name].append(np.take(haplotypes, cols, axis=1).sum(axis=1, dtype=np.int64))
         self._hash.update("".join(f"{s[0]}\t{s[1]}\t{s[3]}\t{s[4]}\n" for s in sites).encode())
         self.n += len(sites)
 
@@ -289,8 +289,8 @@ class _SiteColumns:
         return self._hash.hexdigest()[:16]
 
     def table(self, owner: np.ndarray, genetic_map: GeneticMap | None) -> pd.DataFrame:
-        """The ``sites.parquet`` table: the VCF columns, site index, owner window, reference
-        AC/AN/AF/MAF of the train split and cM."""
+        """The ``sites.parquet`` table: the VCF columns, site index, owner window, the train split's
+        AC/AN/AF/MAF, the other splits' AC/AN (``ac_val an_val ac_test an_test``) and cM."""
         concat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
         sites = pd.DataFrame(
             {
@@ -299,19 +299,70 @@ class _SiteColumns:
                 **{c: self.columns[c] for c in ("id", "ref", "alt")},
             }
         )
-        ac = concat(self.ac)
-        an = len(self.ref_cols)
-        af = ac / an
+        ac = concat(self.ac["train"])
+        an = len(self.split_cols["train"])
         sites["site"] = np.arange(self.n, dtype=np.int64)
         sites["window"] = owner
         sites["ac"] = ac
         sites["an"] = an
-        sites["af"] = af
+        sites["af"] = ac / an
         # from the counts: 1 - af is not always the minor count's frequency to the bit (AC 456 of
         # 480 gives 0.050000000000000044), and MAF bins and thresholds are closed at such values
         sites["maf"] = np.minimum(ac, an - ac) / an
+        for name in (n for n in self.split_cols if n != "train"):
+            sites[f"ac_{name}"] = concat(self.ac[name])
+            sites[f"an_{name}"] = len(self.split_cols[name])
         sites["cm"] = site_cm(sites["pos"].to_numpy(), genetic_map)
         return sites
+
+
+def reference_counts(
+    sites: pd.DataFrame, splits: Iterable[str], windows_dir: str | os.PathLike
+) -> tuple[np.ndarray, np.ndarray]:
+    """ALT count and number of haplotypes at every site of ``sites`` (all of ``sites.parquet``, in
+    order) over the samples of ``splits``: the imputation reference's counts (the whole panel for
+    one's own targets, whose frequencies are not the train split's). From the split columns of
+    ``sites.parquet``, or, in one written before they were, from the splits' haplotype tables."""
+    ac = np.zeros(len(sites), dtype=np.int64)
+    an = np.zeros(len(sites), dtype=np.int64)
+    for split in splits:
+        if split == "train":
+            ac += sites["ac"].to_numpy(np.int64)
+            an += sites["an"].to_numpy(np.int64)
+        elif f"ac_{split}" in sites:
+            ac += sites[f"ac_{split}"].to_numpy(np.int64)
+            an += sites[f"an_{split}"].to_numpy(np.int64)
+        else:
+            more, n_hap = _split_counts(Path(windows_dir), split)
+            ac, an = ac + more, an + n_hap
+    return ac, an
+
+
+def reference_af(
+    sites: pd.DataFrame, splits: Iterable[str], windows_dir: str | os.PathLike
+) -> np.ndarray:
+    """The ALT frequency over the samples of ``splits`` at every site (``reference_counts``); the
+    train split's ``af`` column when ``splits`` is the train split alone."""
+    splits = list(splits)
+    if splits == ["train"]:
+        return sites["af"].to_numpy(np.float64)
+    ac, an = reference_counts(sites, splits, windows_dir)
+    return ac / np.maximum(an, 1)
+
+
+def _split_counts(windows_dir: Path, split: str) -> tuple[np.ndarray, int]:
+    """ALT counts of a split's haplotypes at every site (each from its owner window), and how many
+    haplotypes it has: for a ``sites.parquet`` without the split's columns."""
+    sites = read_parquet_df(windows_dir / "sites.parquet", "window", columns=["site", "window"])
+    first = read_parquet_df(windows_dir / "windows.parquet", "window", columns=["first_site"])
+    table = WindowedTable(windows_dir / "haplotypes" / f"{split}.parquet", "alleles")
+    owner, site = sites["window"].to_numpy(), sites["site"].to_numpy()
+    ac = np.zeros(len(sites), dtype=np.int64)
+    for w, alleles in table:
+        rows = np.flatnonzero(owner == w)
+        if len(alleles):
+            ac[rows] = alleles[:, site[rows] - first["first_site"].iloc[w]].sum(axis=0)
+    return ac, table.n_haplotypes
 
 
 class _WindowCutter:
