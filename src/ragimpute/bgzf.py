@@ -127,7 +127,8 @@ class BgzfDamage(ValueError):
         super().__init__(f"the compressed block at byte {offset} {what}")
 
 
-def _is_block_header(head: bytes) -> bool:
+def is_block_header(head: bytes) -> bool:
+    """The first 18 bytes of a BGZF block: gzip with FEXTRA, whose first subfield is BC (block size)."""
     return (
         len(head) == 18 and head[:4] == b"\x1f\x8b\x08\x04" and head[10:16] == b"\x06\x00BC\x02\x00"
     )
@@ -142,7 +143,7 @@ def read_blocks(path: str | os.PathLike, start: int = 0) -> Iterator[tuple[int, 
         f.seek(start)
         offset = start
         while head := f.read(18):
-            if not _is_block_header(head):
+            if not is_block_header(head):
                 raise BgzfDamage(offset, "is not a BGZF block (its header is wrong)")
             size = struct.unpack_from("<H", head, 16)[0] + 1
             rest = f.read(size - 18)
@@ -161,7 +162,7 @@ def read_blocks(path: str | os.PathLike, start: int = 0) -> Iterator[tuple[int, 
 
 def is_bgzf(path: str | os.PathLike) -> bool:
     with open(path, "rb") as f:
-        return _is_block_header(f.read(18))
+        return is_block_header(f.read(18))
 
 
 def first_damage(path: str | os.PathLike) -> BgzfDamage | None:
