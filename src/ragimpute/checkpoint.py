@@ -123,16 +123,12 @@ def _data_changes(chrom: str, o: dict, n: dict) -> list[str]:
 
 
 def state_hash(model: torch.nn.Module | dict) -> str:
-    """Digest of a model's weights (a module or its state dict), recorded in model.pt and best.pt."""
-    weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
-    h = hashlib.sha256()
-    for k, v in sorted(weights.items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """Digest of a model's weights (a module or its state dict), recorded in model.pt and best.pt:
+    ``tensors_hash`` of the state dict (the bytes of every tensor under its sorted name)."""
+    return tensors_hash(dict(model.state_dict() if isinstance(model, torch.nn.Module) else model))
 
 
-def _tensors_hash(obj, h=None) -> str:
+def tensors_hash(obj, h=None) -> str:
     """Digest of every tensor in a nested dict / list (a checkpoint's model and optimizer state):
     torch.load does not check the archive's CRCs, so a flipped byte loads silently otherwise."""
     top = h is None
@@ -142,10 +138,10 @@ def _tensors_hash(obj, h=None) -> str:
     elif isinstance(obj, dict):
         for k in sorted(obj, key=str):
             h.update(str(k).encode())
-            _tensors_hash(obj[k], h)
+            tensors_hash(obj[k], h)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            _tensors_hash(v, h)
+            tensors_hash(v, h)
     return h.hexdigest()[:16] if top else ""
 
 
@@ -291,7 +287,7 @@ class Checkpoints:
         tensors not those it was saved with, or best.pt missing, unreadable, corrupted or of another
         epoch (the run would end by copying it to model.pt)."""
         recorded = ck.get("content_hash")
-        if recorded and _tensors_hash([ck["model"], ck["optimizer"]]) != recorded:
+        if recorded and tensors_hash([ck["model"], ck["optimizer"]]) != recorded:
             return f"{self.path} is corrupted: its tensors do not match the digest it records"
         if ck["best"]["epoch"] < 0:
             return None
@@ -314,7 +310,7 @@ class Checkpoints:
     def save(self, state: RunState) -> None:
         ck = state.to_checkpoint()
         ck.update(fingerprint=self.fingerprint, identity=self.identity, ragimpute=__version__,
-                  content_hash=_tensors_hash([ck["model"], ck["optimizer"]]))  # fmt: skip
+                  content_hash=tensors_hash([ck["model"], ck["optimizer"]]))  # fmt: skip
         torch_save(ck, self.path)
 
     def save_best(self, model: ImputationModel, row: dict) -> None:
