@@ -452,6 +452,20 @@ def test_truth_in_other_naming_without_contig_lines(env, tmp_path, indexed):
         read_truth(path, "21")
 
 
+def test_lowercase_truth_and_imputed_alleles_are_the_uppercase_sites(env, tmp_path):
+    """Bases are case-insensitive: a truth or imputed VCF with lowercase REF/ALT gives the sites
+    (uppercase) and genotypes of the uppercase file, so that they meet the reference's sites."""
+    header, records = vcf_lines(env.truth)
+    for r in records:
+        r[3], r[4] = r[3].lower(), r[4].lower()
+    path = write_bgzip(tmp_path / "truth.vcf.gz", header, records)
+    ref, got = read_truth(env.truth, CHROM), read_truth(path, CHROM)
+    pd.testing.assert_frame_equal(got["sites"], ref["sites"])
+    np.testing.assert_array_equal(got["gt"], ref["gt"])
+    ref, got = read_dosages(env.truth, CHROM), read_dosages(path, CHROM)
+    pd.testing.assert_frame_equal(got["sites"], ref["sites"])
+
+
 def test_imputed_samples_not_in_truth(env, imputed, tmp_path):
     header, records = vcf_lines(env.truth)
     cols = header[-1].split("\t")

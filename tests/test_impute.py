@@ -356,6 +356,20 @@ def test_multiallelic_and_non_snv_records_are_skipped_and_counted(env, clean, tm
     assert body(out) == body(clean[0])
 
 
+def test_lowercase_target_alleles_match_the_panel(env, clean, tmp_path):
+    """A target written with lowercase bases (valid VCF) types the same sites as the uppercase one:
+    nothing skipped as non-SNV, nothing unmatched, the same imputed records."""
+    header, records = vcf_lines(env.target)
+    lower = [r[:3] + [r[3].lower(), r[4].lower()] + r[5:] for r in records]
+    target = write_vcf(tmp_path / "t.vcf", header, lower)
+    out = tmp_path / "out.vcf.gz"
+    report = run(env, target, out)
+    assert report["alignment"]["skipped"] == clean[1]["alignment"]["skipped"]
+    assert report["alignment"]["matched"] == clean[1]["alignment"]["matched"]
+    assert report["mask_hash"] == clean[1]["mask_hash"]
+    assert body(out) == body(clean[0])
+
+
 def test_unmatched_sites_are_counted_and_listed(env, clean, tmp_path):
     header, records = vcf_lines(env.target)
     taken = set(env.sites["pos"])

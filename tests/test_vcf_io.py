@@ -286,6 +286,32 @@ def test_skipped_records_are_counted(tmp_path, form):
     np.testing.assert_array_equal(panel.haplotypes[0], [0, 1, 1, 1, 0, 0])
 
 
+@pytest.mark.parametrize("form", FORMS)
+def test_lowercase_alleles_are_snvs_stored_uppercase(tmp_path, form):
+    """VCF bases are case-insensitive (VCF 4.3, 1.6.1): a lowercase SNV is kept, not skipped as a
+    non-SNV, and stored uppercase, so that it is the same site as the uppercase record."""
+    records = [
+        _ok(100),
+        _ok(110, ref="a", alt="g"),
+        _ok(120, ref="C", alt="t"),
+        _ok(130, ref="at", alt="a"),
+    ]
+    upper = [
+        _ok(100),
+        _ok(110, ref="A", alt="G"),
+        _ok(120, ref="C", alt="T"),
+        _ok(130, ref="AT", alt="A"),
+    ]
+    panel = read_panel(_write(tmp_path, vcf_text(records, SAMPLES), form), "20")
+    same = read_panel(_write(tmp_path, vcf_text(upper, SAMPLES), form, name="upper"), "20")
+    assert panel.sites["pos"].tolist() == [100, 110, 120]
+    assert panel.sites["ref"].tolist() == ["A", "A", "C"]
+    assert panel.sites["alt"].tolist() == ["C", "G", "T"]
+    assert panel.skipped["non_snv"] == 1  # the lowercase deletion is still not an SNV
+    pd.testing.assert_frame_equal(panel.sites, same.sites)
+    np.testing.assert_array_equal(panel.haplotypes, same.haplotypes)
+
+
 def test_filtered_records_kept_when_asked(tmp_path):
     path = write_vcf(tmp_path / "p.vcf.gz", vcf_text(SKIP_RECORDS, SAMPLES))
     panel = read_panel(path, "20", pass_only=False)

@@ -41,6 +41,7 @@ from .vcf_io import (
     open_vcf,
     query_lines,
     short_record_error,
+    upper_alleles,
     vcf_records_sites,
 )
 from .windows import reference_counts
@@ -219,7 +220,7 @@ def read_dosages(
         doses.append(d)
     del lines
     _refuse_a_line_cut_short(path, gts)
-    sites = pd.DataFrame(fixed, columns=["chrom", "pos", "ref", "alt", "info_r2"])
+    sites = upper_alleles(pd.DataFrame(fixed, columns=["chrom", "pos", "ref", "alt", "info_r2"]))
     sites["pos"] = sites["pos"].astype(np.int64)
     sites["info_r2"] = pd.to_numeric(sites["info_r2"], errors="coerce")
     gt = alt_counts(gts, n)
@@ -254,7 +255,9 @@ def read_truth(
     rows = [ln.split("\t", 4) for ln in lines]
     del lines
     _refuse_a_line_cut_short(path, (r[4] for r in rows))
-    sites = pd.DataFrame([r[:4] for r in rows], columns=["chrom", "pos", "ref", "alt"])
+    sites = upper_alleles(
+        pd.DataFrame([r[:4] for r in rows], columns=["chrom", "pos", "ref", "alt"])
+    )
     sites["pos"] = sites["pos"].astype(np.int64)
     keep = (
         ~sites["alt"].str.contains(",")

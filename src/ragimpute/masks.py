@@ -30,7 +30,7 @@ from . import __version__
 from .atomic import file_sha256, read_artifact_json, read_parquet_df, write_json, write_parquet
 from .errors import ArtifactError, InputError, UnreadableArtifactError
 from .logs import log
-from .vcf_io import normalize_chrom, vcf_records_sites
+from .vcf_io import normalize_chrom, upper_alleles, vcf_records_sites
 
 FORMAT_VERSION = 1
 STRATEGIES = ("random", "af", "array")
@@ -146,6 +146,8 @@ def match_sites(sites: pd.DataFrame, manifest: pd.DataFrame, manifest_path: obje
             "The target or array does not overlap the reference: check the build and chromosome names",
         )
     alleles = {"ref", "alt"} <= set(m.columns)
+    if alleles:
+        m = upper_alleles(m.copy())  # bases are case-insensitive, as in the panel
     # The same site listed twice is one site: counted once, and said so (not as "not a panel SNV").
     dup = m.duplicated(subset=["pos", "ref", "alt"] if alleles else ["pos"])
     n_dup = int(dup.sum())

@@ -137,7 +137,7 @@ def read_calls(path: str | os.PathLike) -> Calls:
     for line in lines:
         if line:
             c, pos, vid, ref, alt, gt = line.split("\t", 5)
-            rows.append((c, int(pos), vid, ref, alt))
+            rows.append((c, int(pos), vid, ref.upper(), alt.upper()))
             gts.append(gt)
     sites = pd.DataFrame(rows, columns=["chrom", "pos", "id", "ref", "alt"])
     where = [f"{c}:{p}" for c, p, *_ in rows]

@@ -375,6 +375,7 @@ def _target_records(
             continue
         c, pos_s, ref, alt, gt = line.split("\t", 4)
         pos = int(pos_s)
+        ref, alt = ref.upper(), alt.upper()  # bases are case-insensitive, as in the panel
         if not records.keep(c, pos, ref, alt):
             continue
         recs.append((c, pos, ref, alt))

@@ -355,6 +355,15 @@ def vcf_records_sites(path: str | os.PathLike) -> pd.DataFrame:
     rows = [ln.split("\t") for ln in query_lines(path, "%CHROM\t%POS\t%REF\t%ALT\n") if ln]
     df = pd.DataFrame(rows, columns=["chrom", "pos", "ref", "alt"])
     df["pos"] = df["pos"].astype(np.int64)
+    return upper_alleles(df)
+
+
+def upper_alleles(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its ``ref`` and ``alt`` columns in upper case: VCF bases are case-insensitive
+    (VCF 4.3, section 1.6.1), so ``a``/``g`` is the site ``A``/``G``."""
+    for col in ("ref", "alt"):
+        if col in df:
+            df[col] = df[col].astype(str).str.upper()
     return df
 
 
@@ -831,7 +840,8 @@ def _panel_rows(
                 "Fix or remove that line",
                 record=f"{f[0]}:{f[1]}",
             )
-        yield [f[0], f[1], f[2], f[3], f[4], f[6], _gt_only(f[8], f[9])]
+        # VCF bases are case-insensitive: a lowercase site is the uppercase one (kept uppercase)
+        yield [f[0], f[1], f[2], f[3].upper(), f[4].upper(), f[6], _gt_only(f[8], f[9])]
 
 
 def _tabix_lines(path: str, contig: str, region: tuple[int, int] | None) -> Iterator[str]:
@@ -948,7 +958,8 @@ def _short_record(path: str, where: str, n_columns: int, n_samples: int) -> Inpu
 
 def skip_reason(ref: str, alt: str, filt: str, pass_only: bool) -> str | None:
     """Why a record is not a biallelic SNV the panel reader keeps (a ``SKIP_REASONS`` entry), or
-    None when it is one."""
+    None when it is one. Bases are case-insensitive (VCF 4.3, section 1.6.1): ``a``/``g`` is an SNV."""
+    ref, alt = ref.upper(), alt.upper()
     if "," in alt:
         return "multiallelic"
     if alt in (".", "*", ""):
