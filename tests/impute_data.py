@@ -8,6 +8,7 @@ test split. Helpers edit the target VCF text to make the bad inputs users send.
 from __future__ import annotations
 
 import gzip
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,32 @@ def imputed_records(path: Path) -> dict:
     out["gt"] = np.asarray(out["gt"], dtype=np.int64)  # (n_sites, n_samples, 2)
     out["phased"] = True
     return out
+
+
+def foreign_results(env: Env, root: Path) -> Path:
+    """A copy of ``env``'s results whose windows were made from another panel file of the same layout
+    (``other_panel_results``)."""
+    return other_panel_results(env.results, env.panel, env.split, Path(root), (128, 32))
+
+
+def other_panel_results(
+    results: Path, panel: Path, split: Path, root: Path, window: tuple[int, int], drop: int = 0
+) -> Path:
+    """A copy of ``results`` under ``root`` whose windows were made from another panel file: the same
+    samples and (``drop=0``) sites, so the same site list, split and mask hashes, with other
+    haplotypes (each record's genotype columns in reverse sample order); with ``drop``, also without
+    the ten records from the ``drop``-th (other sites). Everything else (tokens, indexes) is the copy's, made from
+    ``panel``."""
+    res = Path(root) / "results"
+    shutil.copytree(results, res)
+    header, records = vcf_lines(panel)
+    other = [
+        r[:9] + r[9:][::-1] for i, r in enumerate(records) if not drop <= i < drop + 10 or not drop
+    ]
+    path = write_bgzip(Path(root) / "other_panel.vcf.gz", header, other)
+    pysam.tabix_index(str(path), preset="vcf", force=True)
+    run_window_stage(path, split, CHROM, window[0], window[1], res / "windows" / CHROM)
+    return res
 
 
 _ENV: dict[str, Env] = {}

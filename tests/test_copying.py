@@ -12,16 +12,24 @@ import numpy as np
 import pysam
 import pysam.bcftools
 import pytest
-from impute_data import CHROM, imputed_records, shared_env, vcf_lines, write_bgzip
+from impute_data import (
+    CHROM,
+    foreign_results,
+    imputed_records,
+    shared_env,
+    vcf_lines,
+    write_bgzip,
+)
 
 from ragimpute.engine import EngineParams
 from ragimpute.errors import ArtifactError, MaskMismatchError
 from ragimpute.impute import engine_params, impute_target
+from ragimpute.masks import load_mask_for
 from ragimpute.methods import STATES_RULE_SETTINGS
 from ragimpute.predictors import PriorPredictor
 from ragimpute.schema import section_defaults
 from ragimpute.states import build_states, load_chunk, load_states, stale_reason
-from ragimpute.windows import run_window_stage
+from ragimpute.windows import run_window_stage, sites_hash
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +87,27 @@ def test_state_index_refuses_another_mask_and_other_settings(env, tmp_path):
     with pytest.raises(ArtifactError, match="checksum"):
         load_states(out, env.train_hash, params)
     assert json.loads(meta_path.read_text())["mask_hash"] == env.train_hash
+
+
+def test_state_index_of_another_panel_with_the_same_layout_is_refused(env, tmp_path):
+    """The state index holds its own reference: one built from another panel file of the same
+    samples, sites and mask would impute from haplotypes that are not the reference. Loading it is
+    refused with the rebuild; outside Snakemake it is stale, and ``impute_target`` builds it anew."""
+    res = foreign_results(env, tmp_path)
+    states, params = tmp_path / "states", EngineParams()
+    build_states(env.windows, env.store, env.train_hash, ["train"], states, params)
+    other = res / "windows" / CHROM
+    assert stale_reason(states, env.windows, ["train"], params) is None
+    assert "other reference haplotypes" in stale_reason(states, other, ["train"], params)
+    typed = np.flatnonzero(load_mask_for(env.store, env.train_hash, sites_hash(other)).observed)
+    load_chunk(states, env.windows, typed)
+    with pytest.raises(ArtifactError, match=r"other reference haplotypes.*--forcerun states"):
+        load_chunk(states, other, typed)
+    meta = json.loads((states / "meta.json").read_text())
+    del meta["haplotypes_digest"]  # as an earlier version wrote it
+    (states / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=r"records no digest.*--forcerun states"):
+        load_chunk(states, env.windows, typed)
 
 
 def test_state_index_records_the_span_steps_chosen_for_its_reference(env, tmp_path):

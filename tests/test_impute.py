@@ -13,6 +13,7 @@ import pysam
 import pytest
 from impute_data import (
     CHROM,
+    foreign_results,
     imputed_records,
     shared_env,
     vcf_lines,
@@ -21,7 +22,7 @@ from impute_data import (
 )
 
 from ragimpute.cli import main as cli_main
-from ragimpute.errors import InputError
+from ragimpute.errors import ArtifactError, InputError
 from ragimpute.impute import PREDICTOR_FACTORIES, impute_target
 from ragimpute.tokens import MASK
 from ragimpute.vcf_write import STATS_SCALE, genotype_codes
@@ -368,6 +369,22 @@ def test_lowercase_target_alleles_match_the_panel(env, clean, tmp_path):
     assert report["alignment"]["matched"] == clean[1]["alignment"]["matched"]
     assert report["mask_hash"] == clean[1]["mask_hash"]
     assert body(out) == body(clean[0])
+
+
+def test_index_of_another_panel_with_the_same_layout_is_refused(env, clean, tmp_path):
+    """An index built from another panel file of the same samples, sites and mask passes the mask
+    and sample checks; its neighbour ids would name haplotypes of the other panel: refused, naming
+    the index, the reference and the rebuild."""
+    res = foreign_results(env, tmp_path)
+    index = res / "index" / CHROM / env.train_hash
+    assert json.loads((index / "meta.json").read_text())["samples"] == env.split_samples["train"]
+    with pytest.raises(ArtifactError, match=r"built from other haplotypes.*--forcerun tokenize"):
+        impute_target(res, CHROM, env.split, env.target, "retrieval", tmp_path / "o.vcf.gz",
+                      options={"k": 16}, panel_vcf=env.panel, reference_splits=("train",))  # fmt: skip
+    shutil.rmtree(res / "tokens")  # made again from the new windows, with the index: then it runs
+    shutil.rmtree(index)
+    impute_target(res, CHROM, env.split, env.target, "retrieval", tmp_path / "o.vcf.gz",
+                  options={"k": 16}, panel_vcf=env.panel, reference_splits=("train",))  # fmt: skip
 
 
 def test_unmatched_sites_are_counted_and_listed(env, clean, tmp_path):

@@ -4,6 +4,7 @@ the length of the chromosome."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -114,14 +115,20 @@ def reference_build_windows(panel, split, length, overlap, out_dir, genetic_map=
     )
     for name in SPLITS:
         cols = reference_hap_columns(panel, split[name])
-        blocks = (np.take(panel.haplotypes[a:b], cols, axis=1).T for a, b in bounds)
+        blocks = [np.take(panel.haplotypes[a:b], cols, axis=1).T for a, b in bounds]
+        # the digest of the alleles: each window's shape, then its rows of bits
+        digest = hashlib.sha256()
+        for block in blocks:
+            digest.update(f"{block.shape[0]}x{block.shape[1]}\n".encode())
+            digest.update(np.packbits(block, axis=1, bitorder="little").tobytes())
         reference_write_windowed(
             out / "haplotypes" / f"{name}.parquet",
             blocks,
             "alleles",
             split[name],
-            {**meta, "split": name, "n_windows": len(bounds)},
-        )
+            {**meta, "split": name, "n_windows": len(bounds),
+             "haplotypes_digest": digest.hexdigest()[:16]},
+        )  # fmt: skip
     skipped = pd.DataFrame({"reason": list(panel.skipped), "records": list(panel.skipped.values())})
     write_tsv(out / "skipped.tsv", skipped)
     summary = {

@@ -267,6 +267,7 @@ def _open_inputs(
             raise ArtifactError(
                 f"index {index_dir} holds other reference samples than {reference.path}; rebuild it"
             )
+        index.check_reference(reference)
     whole = target
     if sample_batch is not None:
         first, count = sample_batch

@@ -34,6 +34,7 @@ from .errors import (
 )
 from .logs import Progress, log
 from .tokens import ALT, MASK, TokenTable
+from .windows import DIGEST_KEY, WindowedTable, haplotypes_digest
 
 FORMAT_VERSION = 1
 KINDS = ("binary_flat", "binary_hnsw", "float_l2")
@@ -129,6 +130,8 @@ def build_index(
             "hnsw_m": hnsw_m if kind == "binary_hnsw" else None,
             "n_haplotypes": table.n_haplotypes,
             "samples": table.samples,
+            # the haplotypes the tokens were made from: imputation refuses another reference
+            DIGEST_KEY: table.metadata.get(DIGEST_KEY),
             "n_windows": table.n_windows,
             "n_observed": n_observed,
             "bytes": int(sum(nbytes)),
@@ -218,6 +221,30 @@ class HaplotypeIndex:
                 "build the index for the queries' mask (Snakemake does this when the mask changes; "
                 "where the directory is the queries' mask's own, its meta.json was changed by hand. "
                 f"{rebuild_hint('index')})"
+            )
+
+    def check_reference(self, reference: WindowedTable) -> None:
+        """Refuse a ``reference`` (the haplotype table the neighbour ids index) other than the one
+        this index was built from: with the same samples, sites and mask, another panel file's
+        haplotypes would pass every other check, and the ids would name haplotypes never searched."""
+        redo = (
+            "Rebuild the tokens and the index from the reference: `snakemake --cores all "
+            "--forcerun tokenize`, with the target you ran if it was not the whole workflow "
+            "(outside Snakemake: `ragimpute tokenize` then `ragimpute index`)"
+        )
+        built = self.meta.get(DIGEST_KEY)
+        if not built:
+            raise ArtifactError(
+                f"index {self.dir} records no digest of the haplotypes it was built from (built "
+                f"by an earlier version, or from tokens of one), so it cannot be checked against "
+                f"the reference {reference.path}. {redo}"
+            )
+        have = haplotypes_digest(reference)
+        if have != built:
+            raise ArtifactError(
+                f"index {self.dir} was built from other haplotypes (digest {built}) than the "
+                f"reference {reference.path} ({have}): another panel, or tokens or an index copied "
+                f"from another run. Its neighbours would name other haplotypes. {redo}"
             )
 
     def search(self, q: QueryBlock, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -42,7 +42,15 @@ from .errors import ArtifactError, MaskMismatchError, rebuild_hint
 from .logs import log
 from .masks import load_mask_for
 from .methods import ENGINE_VERSION, INDEX_SETTINGS
-from .windows import WindowedTable, load_windows, packed_haplotypes, sites_hash, sites_with_hash
+from .windows import (
+    DIGEST_KEY,
+    WindowedTable,
+    haplotypes_digest,
+    load_windows,
+    packed_haplotypes,
+    sites_hash,
+    sites_with_hash,
+)
 
 FORMAT_VERSION = 1
 
@@ -51,6 +59,23 @@ def reference_tables(windows_dir: str | os.PathLike, splits: list[str]) -> list[
     return [
         WindowedTable(Path(windows_dir) / "haplotypes" / f"{s}.parquet", "alleles") for s in splits
     ]
+
+
+def reference_digests(tables: list[WindowedTable]) -> dict[str, str]:
+    """The digest of each reference table's alleles (``haplotypes_digest``), by file name."""
+    return {t.path.stem: haplotypes_digest(t) for t in tables}
+
+
+def _other_haplotypes(meta: dict, windows_dir: str | os.PathLike) -> str | None:
+    """Why the state index of ``meta`` was not built from the haplotypes of ``windows_dir`` (None:
+    it was): another panel file of the same samples and sites passes every other check."""
+    built = meta.get(DIGEST_KEY)
+    if not built:
+        return "it records no digest of its reference haplotypes (built by an earlier version)"
+    have = reference_digests(reference_tables(windows_dir, meta.get("splits") or []))
+    if have != built:
+        return f"it was built from other reference haplotypes ({built} != {have} now)"
+    return None
 
 
 def build_states(
@@ -114,6 +139,8 @@ def build_states(
             "site_list_hash": slh,
             "splits": list(splits),
             "samples": samples,
+            # the haplotypes of each split, so that the index is never used with other ones
+            DIGEST_KEY: reference_digests(tables),
             "n_haplotypes": n_ref,
             "n_typed": int(len(typed)),
             "n_steps": index.n_steps,
@@ -192,7 +219,7 @@ def stale_reason(
         return "built on another site list"
     if meta.get("samples") != [s for t in reference_tables(windows_dir, splits) for s in t.samples]:
         return "built on other reference samples"
-    return None
+    return _other_haplotypes(meta, windows_dir)
 
 
 def _verify(path: Path, meta: dict) -> None:
@@ -248,6 +275,12 @@ def load_chunk(
         raise ArtifactError(
             f"state index {states_dir} was built on site list {meta['site_list_hash']}, the windows "
             f"are {slh}. {rebuild_hint('states')}"
+        )
+    other = _other_haplotypes(meta, windows_dir)
+    if other:
+        raise ArtifactError(
+            f"state index {states_dir}: {other}, not from {Path(windows_dir) / 'haplotypes'}: "
+            f"it would impute from haplotypes that are not the reference. {rebuild_hint('states')}"
         )
     path = Path(states_dir) / "reference.npy"
     _verify(path, meta)

@@ -17,7 +17,7 @@ import pandas as pd
 from .atomic import write_json
 from .errors import ArtifactError, MaskMismatchError
 from .masks import Mask
-from .windows import WindowedTable, write_windowed
+from .windows import DIGEST_KEY, WindowedTable, haplotypes_digest, write_windowed
 
 FORMAT_VERSION = 1
 PAD, MASK, REF, ALT = 0, 1, 2, 3
@@ -52,6 +52,7 @@ def tokenize(
         "mask_hash": mask.hash,
         "site_list_hash": mask.site_list_hash,
         "split": haps.metadata.get("split", ""),
+        DIGEST_KEY: haplotypes_digest(haps),  # what an index built from these tokens holds
         "format_version": FORMAT_VERSION,
         "vocab": json.dumps(VOCAB),
     }

@@ -51,6 +51,10 @@ from .vcf_io import Panel, PanelStream, Site, SitePositions
 
 FORMAT_VERSION = 3  # 2: the cm column; 3: haplotype alleles as packed bits
 BITS_COLUMN = "n_sites"  # in a table of bits (the haplotype tables): the sites of the row's window
+# In a haplotype table's schema metadata: the digest of its alleles (``AllelesDigest``), which the
+# artifacts made from the table (tokens, the index, the state index) record, so that they are
+# never used with other haplotypes of the same layout (another panel file, the same samples and sites).
+DIGEST_KEY = "haplotypes_digest"
 
 
 def window_bounds(n_sites: int, length: int, overlap: int) -> np.ndarray:
@@ -97,6 +101,34 @@ def site_list_hash(sites: pd.DataFrame) -> str:
     columns = [sites[c].astype(str).tolist() for c in ("chrom", "pos", "ref", "alt")]
     text = "".join(f"{c}\t{p}\t{r}\t{a}\n" for c, p, r, a in zip(*columns, strict=True))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class AllelesDigest:
+    """16 hex of SHA-256 over a haplotype table's windows in order: each window's shape and its rows
+    of bits (as ``WindowedWriter`` stores them). Computed while the table is written, and from the
+    table (``haplotypes_digest``) where an earlier version wrote none."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def add(self, packed: np.ndarray, n_sites: int) -> None:
+        self._h.update(f"{packed.shape[0]}x{n_sites}\n".encode())
+        self._h.update(np.ascontiguousarray(packed).tobytes())
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()[:16]
+
+
+def haplotypes_digest(table: WindowedTable) -> str:
+    """The digest of a haplotype table's alleles: as its metadata records it, or (a table written by
+    an earlier version) computed from its windows, which gives the same value."""
+    recorded = table.metadata.get(DIGEST_KEY)
+    if recorded:
+        return recorded
+    digest = AllelesDigest()
+    for _, alleles in table:
+        digest.add(np.packbits(alleles, axis=1, bitorder="little"), alleles.shape[1])
+    return digest.hexdigest()
 
 
 def hap_columns(panel_samples: list[str], samples: list[str]) -> np.ndarray:
@@ -184,7 +216,12 @@ def write_windows(
         bounds = np.asarray(cutter.bounds, dtype=np.int64)
         table, meta = _write_sites(sites, bounds, panel.chrom, out, genetic_map)
         for name, writer in writers.items():
-            writer.metadata = {**meta, "split": name, "n_windows": len(bounds)}
+            writer.metadata = {
+                **meta,
+                "split": name,
+                "n_windows": len(bounds),
+                DIGEST_KEY: writer.digest.hexdigest(),
+            }
     return _summary(panel, out, meta, len(table), bounds, split, length, overlap, genetic_map)
 
 
@@ -507,6 +544,7 @@ class WindowedWriter:
         )
         self.parquet: pq.ParquetWriter | None = None
         self.n_windows = 0
+        self.digest = AllelesDigest()  # of the rows of bits written (tables of bits only)
 
     def schema(self) -> pa.Schema:
         return self.fields.with_metadata({k: str(v) for k, v in self.metadata.items()})
@@ -520,6 +558,7 @@ class WindowedWriter:
         arrays = [pa.array(np.full(n_rows, w, dtype=np.int32)), self.sample_col, self.hap_col]
         if self.bits:
             packed = np.packbits(block, axis=1, bitorder="little")
+            self.digest.add(packed, length)
             offsets = np.arange(n_rows + 1, dtype=np.int32) * packed.shape[1]
             arrays += [
                 pa.BinaryArray.from_buffers(
