@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,6 +182,61 @@ def test_a_corrupted_model_is_refused_at_imputation(tiny, tmp_path):
     with pytest.raises(ArtifactError, match="weights do not match the digest it records") as e:
         load_predictor(str(tmp_path / "m/model.pt"), "cpu")
     assert "--forcerun train" in str(e.value)
+
+
+def test_a_model_of_another_reference_is_refused_at_imputation(tiny, tmp_path, capsys, caplog):
+    """model.pt records the site list and the train haplotypes' digest it was trained on. Imputation
+    on that reference works (a copied results directory too); on other sites, on the same sites and
+    samples from another panel file, or with a model.pt that records none, it is refused, naming the
+    file and what to run (``ragimpute impute --checkpoint`` as the library)."""
+    from impute_data import other_panel_results
+
+    from ragimpute.cli import main
+    from ragimpute.errors import ArtifactError
+    from ragimpute.impute import impute_target
+    from ragimpute.targets import make_demo_targets
+
+    train(TrainConfig(**{**FAST, "epochs": 1}), inputs(tiny), tmp_path / "m", tmp_path / "s")
+    model = tmp_path / "m/model.pt"
+    r = Path(tiny["results"])
+    panel, split, t = r / "demo/panel.vcf.gz", r / "split/samples.tsv", tmp_path / "targets"
+    make_demo_targets(panel, split, r / "windows/20", r / "demo/array_sites.tsv", "20",
+                      t / "target.vcf.gz", t / "truth.vcf.gz")  # fmt: skip
+
+    def impute(results, name, checkpoint=model):
+        return impute_target(results, "20", split, t / "target.vcf.gz", "model", tmp_path / name,
+                             k=8, panel_vcf=panel, checkpoint=checkpoint, device="cpu",
+                             reference_splits=("train",))  # fmt: skip
+
+    impute(r, "same.vcf.gz")
+    copied = tmp_path / "copied"
+    shutil.copytree(r, copied)
+    impute(copied, "copied.vcf.gz")
+    other = other_panel_results(r, panel, split, tmp_path / "other", (256, 64), drop=5)
+    with pytest.raises(ArtifactError, match=r"trained on other sites.*--forcerun train"):
+        impute(other, "other.vcf.gz")
+    ck = torch.load(model, weights_only=False)
+    del ck["reference"]  # as an earlier version wrote it
+    torch.save(ck, tmp_path / "old.pt")
+    with pytest.raises(ArtifactError, match=r"old.pt records no reference.*--forcerun train"):
+        impute(r, "old.vcf.gz", checkpoint=tmp_path / "old.pt")
+    # the run's best.pt of an earlier version is not copied to model.pt again: the rerun the message
+    # names trains afresh, and its model.pt records the reference
+    best = torch.load(tmp_path / "s/best.pt", weights_only=False)
+    reference = best.pop("reference")
+    torch.save(best, tmp_path / "s/best.pt")
+    caplog.set_level("WARNING", logger="ragimpute")
+    train(TrainConfig(**{**FAST, "epochs": 1}), inputs(tiny), tmp_path / "m2", tmp_path / "s")
+    assert "records no reference it was trained on" in caplog.text
+    assert torch.load(tmp_path / "m2/model.pt", weights_only=False)["reference"] == reference
+    foreign = other_panel_results(r, panel, split, tmp_path / "foreign", (256, 64))
+    args = ["impute", "--results", str(foreign), "--chrom", "20", "--split", str(split),
+            "--target", str(t / "target.vcf.gz"), "--method", "model", "--checkpoint", str(model),
+            "--reference", "train", "-k", "8", "--out", str(tmp_path / "foreign.vcf.gz")]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{model} was trained on other reference haplotypes" in err
+    assert "--forcerun train" in err and not (tmp_path / "foreign.vcf.gz").exists()
 
 
 @pytest.mark.parametrize("damage", ["checkpoint flipped", "best truncated", "best missing"])

@@ -27,6 +27,7 @@ from .logs import log
 from .methods import TRAIN_MACHINE_SETTINGS
 from .model import ImputationModel
 from .tokens import VOCAB
+from .windows import reference_identity
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -237,6 +238,8 @@ class Checkpoints:
         self.cfg, self.inputs = cfg, inputs
         self.identity = identity(cfg, inputs, data_identity)
         self.fingerprint = _fingerprint_of(self.identity)
+        # the reference of each chromosome, as model.pt records it for imputation to check
+        self.reference = {i.chrom: reference_identity(i.windows_dir) for i in inputs}
 
     def resume(self, state: RunState, lead: bool) -> bool:
         """Restore ``state`` from ``ckpt.pt`` when this run wrote it; True when there is a checkpoint
@@ -299,6 +302,9 @@ class Checkpoints:
             return f"{self.best_path} is unreadable, truncated or corrupted ({type(e).__name__})"
         if best.get("fingerprint") != self.fingerprint or best.get("epoch") != ck["best"]["epoch"]:
             return f"{self.best_path} is not the best model of {self.path}"
+        if best.get("reference") != self.reference:
+            # written by an earlier version: as model.pt, imputation would refuse it
+            return f"{self.best_path} records no reference it was trained on, or another one"
         return verify_weights(best, self.best_path)
 
     def start_afresh(self, stale: bool) -> None:
@@ -321,6 +327,8 @@ class Checkpoints:
             "vocab": VOCAB,
             "train_config": recorded_config(self.cfg),
             "mask_hashes": {i.chrom: i.hashes for i in self.inputs},
+            # checked at imputation (``ModelPredictor.check_reference``)
+            "reference": self.reference,
             "epoch": row["epoch"],
             "val": {k: v for k, v in row.items() if k.startswith("val_")},
             "fingerprint": self.fingerprint,

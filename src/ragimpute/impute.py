@@ -237,6 +237,8 @@ def _open_inputs(
     with the stage to re-run when it does not belong with the others."""
     sites, slh = sites_with_hash(windows_dir)
     windows = load_windows(windows_dir)
+    if hasattr(predictor, "check_reference"):  # a model: trained on this reference, or refused
+        predictor.check_reference(windows_dir)
     mask = load_mask_for(mask_store, mask_hash, slh, "target_mask")
     reference = WindowedTable(Path(windows_dir) / "haplotypes" / "train.parquet", "alleles")
     # already harmonised (and perhaps phased, its missing calls filled): checked once, before

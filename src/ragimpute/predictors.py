@@ -99,9 +99,18 @@ class ModelPredictor:
     name = "model"
 
     def __init__(
-        self, checkpoint: dict, device: torch.device, batch_rows: int = 32, site_chunk: int = 512
+        self,
+        checkpoint: dict,
+        device: torch.device,
+        batch_rows: int = 32,
+        site_chunk: int = 512,
+        path: str = "model.pt",
     ):
         from .model import ImputationModel, ModelConfig
+
+        self.path = str(path)
+        # {chrom: site list hash and train haplotypes' digest} of what it was trained on
+        self.reference: dict | None = checkpoint.get("reference")
 
         self.model = ImputationModel(ModelConfig(**checkpoint["model_args"])).to(device)
         self.model.load_state_dict(checkpoint["model"])
@@ -121,6 +130,44 @@ class ModelPredictor:
             "mask_hashes": checkpoint.get("mask_hashes"),
             "ragimpute": checkpoint.get("ragimpute"),
         }
+
+    def check_reference(self, windows_dir: str | os.PathLike) -> None:
+        """Refuse to impute with a model trained on another reference than ``windows_dir``'s (other
+        sites, or the same sites and samples with other haplotypes): its weights learnt that panel's
+        haplotypes, and its neighbours would come from this one."""
+        from .windows import DIGEST_KEY, reference_identity
+
+        here = reference_identity(windows_dir)
+        redo = (
+            "Impute with the model.pt of the run that made these windows, or train one on them: "
+            "`snakemake --cores all --forcerun train` in that run, with the target you ran if it "
+            "was not the whole workflow (outside Snakemake: `ragimpute train --results RESULTS`)"
+        )
+        if not self.reference:
+            raise ArtifactError(
+                f"{self.path} records no reference it was trained on (trained by an earlier "
+                f"version), so it cannot be checked against {windows_dir}. {redo}"
+            )
+        same = [
+            c
+            for c, r in self.reference.items()
+            if r.get("site_list_hash") == here["site_list_hash"]
+        ]
+        if not same:
+            trained = ", ".join(
+                f"{c}: {r.get('site_list_hash')}" for c, r in self.reference.items()
+            )
+            raise ArtifactError(
+                f"{self.path} was trained on other sites (site lists {trained}) than {windows_dir} "
+                f"({here['site_list_hash']}): another panel, other filters, or a chromosome or "
+                f"chunk it was not trained on. {redo}"
+            )
+        if all(self.reference[c].get(DIGEST_KEY) != here[DIGEST_KEY] for c in same):
+            raise ArtifactError(
+                f"{self.path} was trained on other reference haplotypes (digest "
+                f"{self.reference[same[0]].get(DIGEST_KEY)}) than {windows_dir}/haplotypes/"
+                f"train.parquet ({here[DIGEST_KEY]}): the same sites, another panel file. {redo}"
+            )
 
     def predict(self, batch: WindowBatch) -> np.ndarray:
         import torch
@@ -185,4 +232,4 @@ def load_predictor(
     broken = verify_weights(ck, checkpoint_path)
     if broken:
         raise UnreadableArtifactError(f"{broken}. {rebuild_hint('train')}")
-    return ModelPredictor(ck, device, **kwargs)
+    return ModelPredictor(ck, device, path=str(checkpoint_path), **kwargs)

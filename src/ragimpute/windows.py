@@ -52,7 +52,7 @@ from .vcf_io import Panel, PanelStream, Site, SitePositions
 FORMAT_VERSION = 3  # 2: the cm column; 3: haplotype alleles as packed bits
 BITS_COLUMN = "n_sites"  # in a table of bits (the haplotype tables): the sites of the row's window
 # In a haplotype table's schema metadata: the digest of its alleles (``AllelesDigest``), which the
-# artifacts made from the table (tokens, the index, the state index) record, so that they are
+# artifacts made from the table (tokens, the index, the state index, model.pt) record, so that they are
 # never used with other haplotypes of the same layout (another panel file, the same samples and sites).
 DIGEST_KEY = "haplotypes_digest"
 
@@ -129,6 +129,13 @@ def haplotypes_digest(table: WindowedTable) -> str:
     for _, alleles in table:
         digest.add(np.packbits(alleles, axis=1, bitorder="little"), alleles.shape[1])
     return digest.hexdigest()
+
+
+def reference_identity(windows_dir: str | os.PathLike) -> dict[str, str]:
+    """What identifies the reference a model is trained on and imputes with, without paths: the site
+    list hash and the digest of the train split's haplotypes (the table neighbour ids index)."""
+    train = WindowedTable(Path(windows_dir) / "haplotypes" / "train.parquet", "alleles")
+    return {"site_list_hash": sites_hash(windows_dir), DIGEST_KEY: haplotypes_digest(train)}
 
 
 def hap_columns(panel_samples: list[str], samples: list[str]) -> np.ndarray:
