@@ -21,7 +21,12 @@ from workflow_runs import (
     wildcard_dict,
 )
 
-from ragimpute.methods import ENGINE_METHODS, ENGINE_PARAM, ENGINE_VERSION
+from ragimpute.methods import (
+    ENGINE_METHODS,
+    ENGINE_PARAM,
+    ENGINE_VERSION,
+    REFERENCE_RECORD_PARAM,
+)
 
 SPLITS = ("train", "val", "test")
 
@@ -168,6 +173,29 @@ def test_an_engine_upgrade_reruns_what_the_engine_made(finished_copy):
     methods = {wildcard_dict(w)["method"] for rule, w in jobs if rule == "impute"}
     assert methods and methods <= set(ENGINE_METHODS)
     assert "Params have changed since last execution" in output(r)
+
+
+@pytest.mark.slow
+def test_artifacts_that_record_no_reference_are_rebuilt(finished_copy):
+    """Tokens, indexes, state indexes and model.pt written before they recorded the haplotypes they
+    were made from (which imputation refuses) are not kept: their rules carry
+    REFERENCE_RECORD_PARAM, and Snakemake reruns a job whose recorded parameters lack it. Here the
+    run's records are made to say they were written without it."""
+    wd = finished_copy
+    aged = set()
+    for record in (wd / ".snakemake" / "metadata").iterdir():
+        meta = json.loads(record.read_text())
+        if repr(REFERENCE_RECORD_PARAM) in meta["params"]:
+            meta["params"] = [v for v in meta["params"] if v != repr(REFERENCE_RECORD_PARAM)]
+            record.write_text(json.dumps(meta))
+            aged.add(meta["rule"])
+    assert {"tokenize", "index", "states"} <= aged <= {"tokenize", "index", "states", "train"}
+    r = snakemake(wd, "-n", "--cores", "2")
+    assert r.returncode == 0, output(r)[-3000:]
+    scheduled = {rule for rule, _ in jobs_in_log(output(r))}
+    assert aged <= scheduled and "impute" in scheduled
+    # the reference tables and masks stand
+    assert not scheduled & {"window", "mask", "split"}
 
 
 @pytest.mark.slow

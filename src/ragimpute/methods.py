@@ -17,6 +17,12 @@ EXTERNAL_METHODS = ("beagle", "minimac4")
 ENGINE_VERSION = 3
 ENGINE_PARAM = f"ragimpute-engine-{ENGINE_VERSION}"
 
+# What the artifacts made from the haplotype tables record of them (1: ``haplotypes_digest``, which
+# the tokens, the index, the state index and model.pt carry, and imputation checks against the
+# reference). A parameter of the rules that write them, so that Snakemake rebuilds those an earlier
+# version wrote (which record none, and imputation would refuse) instead of keeping them.
+REFERENCE_RECORD_PARAM = "ragimpute-haplotypes-digest-1"
+
 # The engine settings a state index is built with (another value needs another index), and those the
 # workflow's `states` rule is given: these, with `states` (an auto span_steps depends on it) and
 # `candidates` (which the settings check against it: without it the rule met the default 64).

@@ -15,6 +15,7 @@ rule index:
     params:
         kind=config["index"]["kind"],
         hnsw_m=config["index"]["hnsw_m"],
+        reference_record=REFERENCE_RECORD_PARAM,
     script:
         "../scripts/index.py"
 
@@ -59,5 +60,6 @@ rule states:
         store=lambda wildcards: L.mask_store(wildcards.unit),
         engine={k: config["engine"][k] for k in STATES_RULE_SETTINGS},
         engine_version=ENGINE_PARAM,
+        reference_record=REFERENCE_RECORD_PARAM,
     script:
         "../scripts/states.py"

@@ -33,5 +33,7 @@ rule tokenize:
         bench("tokenize/{unit}/{mask_hash}/{split}.tsv")
     conda:
         "../../envs/ragimpute.yaml"
+    params:
+        reference_record=REFERENCE_RECORD_PARAM,
     script:
         "../scripts/tokenize.py"

@@ -57,5 +57,6 @@ rule train:
         cfg=train_rule_settings(),
         k=config["retrieval"]["k"],
         masks=lambda wildcards: {u: mask_hashes(u) for u in units()},
+        reference_record=REFERENCE_RECORD_PARAM,
     script:
         "../scripts/train.py"
