@@ -239,6 +239,31 @@ def test_a_model_of_another_reference_is_refused_at_imputation(tiny, tmp_path, c
     assert "--forcerun train" in err and not (tmp_path / "foreign.vcf.gz").exists()
 
 
+def test_training_refuses_tokens_and_neighbours_of_other_haplotypes(tiny, tmp_path):
+    """Windows re-made from another panel file of the same samples and sites leave the tokens and
+    the retrieval tables of the old haplotypes: their mask, site list and samples still match.
+    Training refuses them, naming the table and the rerun."""
+    from impute_data import other_panel_results
+
+    from ragimpute.errors import ArtifactError
+    from ragimpute.split import SPLITS
+    from ragimpute.tokens import run_tokenize_stage
+    from ragimpute.train_data import load_chromosome
+
+    r = Path(tiny["results"])
+    res = other_panel_results(r, r / "demo/panel.vcf.gz", r / "split/samples.tsv", tmp_path,
+                              (256, 64))  # fmt: skip
+    (inp,) = inputs({**tiny, "results": res})
+    with pytest.raises(ArtifactError, match=r"made from other haplotypes.*--forcerun tokenize"):
+        load_chromosome(inp)
+    w, store = res / "windows/20", res / "masks/20"
+    for h in tiny["hashes"]:
+        for s in SPLITS:
+            run_tokenize_stage(w, store, h, s, res / "tokens/20" / h / f"{s}.parquet")
+    with pytest.raises(ArtifactError, match=r"index of other haplotypes.*--forcerun tokenize"):
+        load_chromosome(inp)
+
+
 @pytest.mark.parametrize("damage", ["checkpoint flipped", "best truncated", "best missing"])
 def test_a_damaged_checkpoint_or_best_model_trains_afresh(tiny, tmp_path, caplog, damage):
     """A finished run's state, damaged: resuming it would end by copying a bad best.pt to model.pt

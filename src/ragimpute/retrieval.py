@@ -13,6 +13,7 @@ from .atomic import PARQUET_WRITE, atomic_path
 from .index import HaplotypeIndex, query_block
 from .logs import Progress, log
 from .tokens import TokenTable
+from .windows import DIGEST_KEY
 
 
 def retrieve(
@@ -38,6 +39,8 @@ def retrieve(
         "index_kind": index.kind,
         "k": k,
         "split": table.split,
+        # the haplotypes the neighbour ids name: training checks them against its reference
+        DIGEST_KEY: index.meta.get(DIGEST_KEY),
     }
     schema = pa.schema(
         [
@@ -47,7 +50,7 @@ def retrieve(
             ("neighbours", pa.list_(pa.field("element", pa.int32()), k)),
             ("distances", pa.list_(pa.field("element", pa.float32()), k)),
         ]
-    ).with_metadata({key: str(v) for key, v in meta.items()})
+    ).with_metadata({key: str(v) for key, v in meta.items() if v is not None})
     progress = Progress(table.n_windows, f"retrieve {table.split}", "windows")
     with atomic_path(out_path, suffix=".parquet") as tmp:
         with pq.ParquetWriter(tmp, schema, **PARQUET_WRITE) as writer:

@@ -29,7 +29,14 @@ from .metrics import Accumulator
 from .prior import PRIOR_COLUMN
 from .prior import SCALE as PRIOR_SCALE
 from .tokens import TokenTable
-from .windows import WindowedTable, load_windows, sites_with_hash
+from .windows import DIGEST_KEY, WindowedTable, haplotypes_digest, load_windows, sites_with_hash
+
+# What re-makes tokens, and the index and retrieval tables after them, from the windows' haplotypes.
+REMAKE_TOKENS = (
+    "Re-make them from the haplotypes: `snakemake --cores all --forcerun tokenize`, with the target "
+    "you ran if it was not the whole workflow (outside Snakemake: `ragimpute tokenize`, `ragimpute "
+    "index` and `ragimpute retrieve`)"
+)
 
 SPLITS = ("train", "val")
 
@@ -162,13 +169,21 @@ class RetrievalTable:
     """The retrieve stage's table, read window by window and checked against the token table it must
     match: its mask, and the rows of each window in the order of the token table's haplotypes."""
 
-    def __init__(self, path: str | os.PathLike, tokens: TokenTable):
+    def __init__(
+        self, path: str | os.PathLike, tokens: TokenTable, reference: WindowedTable | None = None
+    ):
         self.path, self.tokens = Path(path), tokens
         meta = parquet_metadata(path, "retrieve")
         if meta.get("mask_hash") != tokens.mask_hash:
             raise MaskMismatchError(
                 f"{path} was retrieved with mask {meta.get('mask_hash')}, the queries {tokens.path} use "
                 f"mask {tokens.mask_hash}; re-run the retrieve stage"
+            )
+        if reference is not None and meta.get(DIGEST_KEY) != haplotypes_digest(reference):
+            raise ArtifactError(
+                f"{path} was retrieved from an index of other haplotypes (digest "
+                f"{meta.get(DIGEST_KEY)}; none: written by an earlier version) than {reference.path} "
+                f"({haplotypes_digest(reference)}), which its neighbour ids index. {REMAKE_TOKENS}"
             )
         self._file = open_parquet(path, "retrieve")
         with reading(path, "retrieve"):
@@ -232,6 +247,11 @@ def _open_tables(
                 f"{t.path}: its samples are not those of {truth[key[1]].path} (stale tokens); "
                 "re-run the tokenize stage (`snakemake --cores all --forcerun tokenize`)"
             )
+        if key[1] in truth and t.metadata.get(DIGEST_KEY) != haplotypes_digest(truth[key[1]]):
+            raise ArtifactError(
+                f"{t.path} was made from other haplotypes (digest {t.metadata.get(DIGEST_KEY)}; "
+                f"none: written by an earlier version) than {truth[key[1]].path}. {REMAKE_TOKENS}"
+            )
     priors = {key: WindowedTable(p, PRIOR_COLUMN) for key, p in inp.priors.items()}
     for key, t in priors.items():
         meta = t.metadata
@@ -261,8 +281,9 @@ class Chromosome:
         sites, self.site_list_hash = sites_with_hash(inp.windows_dir)
         self._wins = load_windows(inp.windows_dir)
         self.truth, self.tokens, self.priors = _open_tables(inp, splits, self.site_list_hash)
+        reference = self.truth.get("train")  # the haplotypes neighbour ids name
         self.retrieval_tables = {
-            key: RetrievalTable(p, self.tokens[key]) for key, p in inp.retrieval.items()
+            key: RetrievalTable(p, self.tokens[key], reference) for key, p in inp.retrieval.items()
         }
         self.samples = {s: t.samples for s, t in self.truth.items()}
         self._sites = (
