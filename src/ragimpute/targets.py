@@ -630,8 +630,6 @@ def harmonise_target(
         unphased=target.unphased,
     )
     write_tsv(out / "unmatched.tsv", target.unmatched)
-    n_unphased = 0 if target.unphased is None else int(target.unphased.sum())
-    needs = phase == "always" or (phase == "auto" and n_unphased > 0)
     info = {
         "chrom": ref_chrom,
         "hash": h,
@@ -639,19 +637,8 @@ def harmonise_target(
         "reference_splits": list(reference_splits),
         "ragimpute": __version__,
         **target.report,
-        "phasing": {
-            "phase": phase or "never",
-            "unphased_heterozygotes": n_unphased,
-            "needs_phasing": needs,
-        },
+        "phasing": _phasing_report(target, target_vcf, phase),
     }
-    if n_unphased:
-        log.info(
-            "%s: %d unphased heterozygotes at %d typed sites; the phase stage phases them",
-            target_vcf,
-            n_unphased,
-            int(target.unphased.any(axis=1).sum()),
-        )
     write_json(out / "alignment.json", info)
     log.info(
         "target mask %s: %d of %d reference sites typed, %d to impute",
@@ -661,6 +648,24 @@ def harmonise_target(
         len(sites) - len(target.site),
     )
     return info
+
+
+def _phasing_report(target: AlignedTarget, target_vcf, phase: str | None) -> dict:
+    """``alignment.json``'s ``phasing``: the unphased heterozygotes and whether the target is to be
+    phased (``impute.phase`` always, or auto with an unphased heterozygote)."""
+    n_unphased = 0 if target.unphased is None else int(target.unphased.sum())
+    if n_unphased:
+        log.info(
+            "%s: %d unphased heterozygotes at %d typed sites; the phase stage phases them",
+            target_vcf,
+            n_unphased,
+            int(target.unphased.any(axis=1).sum()),
+        )
+    return {
+        "phase": phase or "never",
+        "unphased_heterozygotes": n_unphased,
+        "needs_phasing": phase == "always" or (phase == "auto" and n_unphased > 0),
+    }
 
 
 def _windowed_span(windows_dir) -> tuple[pd.DataFrame, tuple[int, int] | None]:
