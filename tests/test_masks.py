@@ -317,6 +317,23 @@ def test_store_is_idempotent_and_keeps_mtime(sites, tmp_path):
     np.testing.assert_array_equal(table.column("pos").to_numpy(), df["pos"].to_numpy())
 
 
+def test_store_rewrites_an_entry_made_for_other_windows(sites, tmp_path):
+    """The hash covers the sites, not the windows: after windows.length changes, the same mask's
+    stored window column and per-window counts are those of the new windows, as a fresh run's."""
+    df, slh = sites
+    spec = {"strategy": "random", "rate": 0.2, "seed": 1}
+    m = make_mask(spec, df)
+    h = store_mask(tmp_path, m, spec, df, slh)
+    other = df.assign(window=df["window"] // 2)  # the same sites in longer windows
+    assert store_mask(tmp_path, m, spec, other, slh) == h
+    stored = pq.read_table(tmp_path / h / "mask.parquet").column("window").to_numpy()
+    np.testing.assert_array_equal(stored, other["window"].to_numpy())
+    fresh = tmp_path / "fresh"
+    store_mask(fresh, m, spec, other, slh)
+    assert read_json(tmp_path / h / "spec.json") == read_json(fresh / h / "spec.json")
+    np.testing.assert_array_equal(load_mask(tmp_path, h).masked, m)
+
+
 def test_load_mask_detects_a_tampered_mask(sites, tmp_path):
     df, slh = sites
     spec = {"strategy": "random", "rate": 0.2, "seed": 1}

@@ -269,7 +269,9 @@ def store_mask(
     """Write ``store/<hash>/{spec.json,mask.parquet}`` unless already there; return the hash.
 
     An existing store entry is left untouched (its mtime too), so that artifacts keyed on it, such as
-    the index, are not rebuilt when an earlier mask setting comes back.
+    the index, are not rebuilt when an earlier mask setting comes back. The hash does not cover the
+    windows (``sites["window"]``): an entry written under other windows (windows.length changed) is
+    written again, so that its ``window`` column and per-window counts are those of the windows now.
     """
     h = mask_hash(masked, spec, site_list_hash)
     d = Path(store) / h
@@ -284,7 +286,9 @@ def store_mask(
             raise ArtifactError(
                 f"{d}: stored mask differs from the one with the same hash; delete {d}"
             )
-        return h
+        if _same_windows(d / "mask.parquet", sites):
+            return h
+        log.info("mask %s was stored for other windows: its window column is written again", h)
     windows = sites["window"].to_numpy()
     n_win = int(windows.max()) + 1 if len(windows) else 0
     observed_per_window = np.bincount(windows[~masked], minlength=n_win)
@@ -334,6 +338,12 @@ def store_mask(
         },
     )
     return h
+
+
+def _same_windows(path: Path, sites: pd.DataFrame) -> bool:
+    """Whether a stored mask's ``window`` column is that of ``sites`` (the windows now)."""
+    stored = read_parquet_df(path, "mask", columns=["window"])["window"].to_numpy()
+    return np.array_equal(stored, sites["window"].to_numpy())
 
 
 def load_mask(store: str | os.PathLike, h: str) -> Mask:
