@@ -13,7 +13,7 @@ import pysam
 import pytest
 from impute_data import CHROM, shared_env, vcf_lines, write_bgzip
 
-from ragimpute.errors import InputError
+from ragimpute.errors import InputError, UnreadableArtifactError
 from ragimpute.evaluate import (
     BIN_LABELS,
     bin_table,
@@ -303,6 +303,27 @@ def test_fewer_typed_sites_given_pooled_over_chunk_cores(env, tmp_path):
     table = compare(tables, tmp_path / "cmp")
     note = f"given fewer typed sites (missing calls left out): {len(records) - 1} of {len(records)} on {CHROM}"
     assert (table["note"] == note).all()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "summary_missing"])
+def test_compare_refuses_a_damaged_evaluation(env, imputed, tmp_path, damage):
+    """A per-site table cut short, or the summary.json beside it gone (its not-run reasons and
+    caveats would be silently dropped), is refused naming the file and the rerun that makes it."""
+    tables = []
+    for m in ("af", "retrieval"):
+        evaluate(imputed[m], env.truth, env.windows / "sites.parquet", env.target, m, tmp_path / m)
+        tables.append(tmp_path / m / "sites.tsv.gz")
+    if damage == "truncated":
+        damaged = tables[1]
+        data = damaged.read_bytes()
+        damaged.write_bytes(data[: len(data) // 2])
+    else:
+        damaged = tmp_path / "retrieval" / "summary.json"
+        damaged.unlink()
+    with pytest.raises(UnreadableArtifactError) as e:
+        compare(tables, tmp_path / "cmp")
+    assert str(damaged) in str(e.value) and "--forcerun evaluate" in str(e.value)
+    assert not (tmp_path / "cmp" / "comparison.tsv").exists()
 
 
 def test_compare_reads_a_few_rows_at_a_time(env, imputed, tmp_path):

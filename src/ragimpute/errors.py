@@ -50,6 +50,7 @@ _REBUILD = {
     "states": ("states", "delete the directory; `ragimpute impute` builds it when it is missing"),
     "prior": ("prior", "only the workflow makes it"),
     "impute": ("impute", "`ragimpute impute`"),
+    "evaluate": ("evaluate", "`ragimpute evaluate`"),
     "beagle": ("beagle", "only the workflow runs it"),
     "minimac4": ("minimac4", "only the workflow runs it"),
 }

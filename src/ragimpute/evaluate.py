@@ -28,7 +28,14 @@ import pandas as pd
 from numba import njit
 
 from . import __version__
-from .atomic import atomic_path, read_json, read_parquet_df, write_json, write_tsv
+from .atomic import (
+    atomic_path,
+    read_artifact_json,
+    read_parquet_df,
+    reading,
+    write_json,
+    write_tsv,
+)
 from .errors import InputError, UnreadableArtifactError, rebuild_hint
 from .logs import log
 from .metrics import BIN_LABELS, MAF_BINS, maf_bin, r2_from_sums  # noqa: F401 (re-exported)
@@ -741,7 +748,11 @@ def pooled_terms(
     seen: dict[str, None] = {}
     by_bin, by_info = [], []
     for path in site_tables:
-        with pd.read_csv(path, sep="\t", usecols=_SITE_COLUMNS, chunksize=rows) as blocks:
+        # a table cut short fails part-way (gzip's EOFError): named, with the rerun that makes it
+        with (
+            reading(path, "evaluate"),
+            pd.read_csv(path, sep="\t", usecols=_SITE_COLUMNS, chunksize=rows) as blocks,
+        ):
             for block in blocks:
                 seen.update(dict.fromkeys(block["method"].unique()))
                 terms = row_terms(block)
@@ -818,9 +829,10 @@ def compare(
 
 
 def _summaries(site_tables: list[str | os.PathLike]) -> list[dict]:
-    """The ``summary.json`` that ``evaluate`` writes beside each ``sites.tsv.gz``."""
+    """The ``summary.json`` that ``evaluate`` writes beside each ``sites.tsv.gz``: one gone or cut
+    short is an error (its not-run reasons and caveats would otherwise be dropped unsaid)."""
     paths = [Path(p).parent / "summary.json" for p in site_tables if Path(p).name == "sites.tsv.gz"]
-    return [read_json(p) for p in paths if p.exists()]
+    return [read_artifact_json(p, "evaluate") for p in paths]
 
 
 def sites_in_core(vcf: str | os.PathLike, core: tuple[int, int] | None = None) -> int:

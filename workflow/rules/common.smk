@@ -671,6 +671,14 @@ def evaluation_tables(wildcards):
     ]
 
 
+def evaluation_summaries(wildcards):
+    """The summary.json beside each per-site table: compare reads them too (a deleted one is made
+    again, not left out with its method's not-run reason or caveat)."""
+    return [
+        L.evaluation(unit, m, "summary.json") for unit in units() for m in methods()
+    ]
+
+
 def imputation_outputs():
     """Every chromosome's imputed VCF per method (ligated from its chunks when chunked), and the
     comparison when there is a truth to score against."""

@@ -31,7 +31,8 @@ rule evaluate:
 
 rule compare:
     input:
-        evaluation_tables,
+        tables=evaluation_tables,
+        summaries=evaluation_summaries,
     output:
         table=report(
             L.comparison("comparison.tsv"),

@@ -6,7 +6,7 @@ from ragimpute.smk import run
 run(
     snakemake,
     compare,
-    site_tables=list(snakemake.input),
+    site_tables=list(snakemake.input.tables),
     out_dir=Path(snakemake.output.table).parent,
     methods=list(snakemake.params.methods),
 )
