@@ -176,3 +176,18 @@ def test_lint_and_dry_run(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "demo_panel" in r.stdout + r.stderr
     assert not os.path.exists(tmp_path / "results" / "demo")
+
+
+@pytest.mark.parametrize("rule", ["index", "states"])
+def test_until_a_mask_keyed_stage_is_refused(tmp_path, rule):
+    """--until cannot see the jobs whose paths carry a mask hash (behind the mask checkpoint): after a
+    changed mask it ran nothing, not even the mask, and the old index stood as if current. Refused
+    before anything runs, with the stage target to use instead."""
+    override = tmp_path / "override.yaml"
+    override.write_text(f"results: {tmp_path / 'results'}\n")
+    r = snakemake([override], "--until", rule, "-n")
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert f"--until {rule}" in out and "index_all" in out
+    r = snakemake([override], "--until", "mask", "-n")  # before the checkpoint: works
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -176,6 +176,27 @@ def check_tool_args():
 
 check_tool_args()
 
+# Rules whose paths carry a mask hash, known only once the mask checkpoint has run.
+MASK_KEYED_RULES = ("tokenize", "index", "retrieve", "states", "prior")
+
+
+def check_until():
+    """Snakemake's --until cannot see the jobs of a rule behind a checkpoint (snakemake#2824): with
+    such a rule it runs nothing, not even a mask whose settings changed, and leaves the old index,
+    tokens or state index standing as if current. Refused before anything runs (checked when the
+    job graph is built: the settings are not there yet when the Snakefile is read)."""
+    settings = getattr(workflow, "dag_settings", None)
+    until = sorted(set(getattr(settings, "until", None) or ()) & set(MASK_KEYED_RULES))
+    if until:
+        raise WorkflowError(
+            f"--until {' '.join(until)}: the paths of these stages carry the mask hash, known only "
+            "once the `mask` checkpoint has run, and Snakemake's --until cannot see past a "
+            "checkpoint (snakemake#2824): it would run nothing even where they are out of date. "
+            "Use the stage targets instead (snakemake --cores all tokenize_all, index_all or "
+            "retrieve_all: everything they need and nothing after), or --until impute for the "
+            "state index (states) and train for the priors (prior). See docs/cluster.md."
+        )
+
 
 def reference_splits():
     """The imputation reference: the train split for the panel's held-out test samples, the whole
@@ -396,6 +417,7 @@ def for_each_unit(paths_of):
     IncompleteCheckpointException escape would hide the other units from the DAG until that
     checkpoint finished, and the units would run one after the other instead of in parallel.
     """
+    check_until()
     out = []
     for unit in units():
         try:
