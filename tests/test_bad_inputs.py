@@ -196,6 +196,21 @@ def test_an_overlap_not_shorter_than_the_length_is_named_before_anything_runs(se
         assert config_problems(cfg, SCHEMA) == []
 
 
+@pytest.mark.parametrize("engine", [{"states": 20}, {"states": 16, "candidates": 16}])
+def test_engine_candidates_not_below_states_is_named_before_anything_runs(engine):
+    """engine.states at or below engine.candidates (64 by default) failed only in the states job,
+    after the jobs before it had run, with a traceback."""
+    cfg = tiny_config()
+    cfg["engine"] = {**cfg.get("engine", {}), **engine}
+    candidates = engine.get("candidates", 64)
+    assert config_problems(cfg, SCHEMA) == [
+        f"config key 'engine.candidates': {candidates} is not less than engine.states "
+        f"({engine['states']}); a step takes fewer candidates than there are states"
+    ]
+    cfg["engine"]["candidates"] = engine["states"] - 1
+    assert config_problems(cfg, SCHEMA) == []
+
+
 @pytest.mark.parametrize("value", ["", "   "])
 def test_empty_results_directory_is_refused(value):
     (problem,) = config_problems({**tiny_config(), "results": value}, SCHEMA)

@@ -191,7 +191,24 @@ def config_problems(
             for n, o in [(config.get(section, {}).get(k) for k in ("length", "overlap"))]
             if n and o is not None and o >= n
         ]
+        out += _engine_problems(config, schema, origin)
     return out
+
+
+def _engine_problems(config: dict, schema: dict, origin) -> list[str]:
+    """engine.candidates must stay below engine.states (either may be left at its default): checked
+    here, not first in the states job after the stages before it have run."""
+    defaults = {
+        k: v.get("default") for k, v in schema["properties"]["engine"]["properties"].items()
+    }
+    engine = {**defaults, **config.get("engine", {})}
+    states, candidates = engine.get("states"), engine.get("candidates")
+    if states is None or candidates is None or candidates < states:
+        return []
+    return [
+        f"config key 'engine.candidates'{origin(['engine', 'candidates'])}: {candidates} is not "
+        f"less than engine.states ({states}); a step takes fewer candidates than there are states"
+    ]
 
 
 def config_warnings(config: dict) -> list[str]:
