@@ -431,6 +431,45 @@ def test_ligate_takes_each_site_from_its_core_and_keeps_every_chunks_provenance(
     assert (tmp_path / "20.vcf.gz.tbi").exists()
 
 
+@pytest.mark.parametrize("cut", ["mid_stream", "eof_block"])
+def test_ligate_refuses_a_chunk_vcf_cut_short(tmp_path, cut):
+    """A chunk VCF cut short was a raw EOFError; cut at a BGZF block boundary (the end-of-file block
+    gone) it was read as a VCF with fewer records. Either is named, with the rerun that makes it."""
+    from ragimpute.errors import ArtifactError
+    from ragimpute.ligate import ligate
+
+    a = _chunk_vcf(tmp_path / "20.c000" / "m.vcf.gz", ["s1", "s2"], [100, 200, 300], "mask_hash=aa")
+    b = _chunk_vcf(tmp_path / "20.c001" / "m.vcf.gz", ["s1", "s2"], [300, 400], "mask_hash=bb")
+    if cut == "eof_block":  # a BGZF file (ligate writes one) without its last, empty block
+        bgzf = tmp_path / "bgzf" / "m.vcf.gz"
+        bgzf.parent.mkdir()
+        ligate([(b, 1, 10_000)], bgzf)
+        b.write_bytes(bgzf.read_bytes()[:-28])
+    else:
+        data = b.read_bytes()
+        b.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError) as e:
+        ligate([(a, 1, 250), (b, 251, 10_000)], tmp_path / "20.vcf.gz")
+    assert str(b) in str(e.value) and "--forcerun impute" in str(e.value)
+    assert not (tmp_path / "20.vcf.gz").exists()
+
+
+def test_merging_batches_refuses_a_stats_file_cut_short(tmp_path):
+    """A batch's stats file cut short was a raw BadZipFile traceback."""
+    import numpy as np
+
+    from ragimpute.errors import ArtifactError
+    from ragimpute.ligate import merge_batches
+
+    a = _chunk_vcf(tmp_path / "a" / "m.vcf.gz", ["s1"], [100, 200], "mask_hash=aa")
+    stats = tmp_path / "a.stats.npz"
+    np.savez(stats, pos=np.array([100, 200]))
+    stats.write_bytes(stats.read_bytes()[:40])
+    with pytest.raises(ArtifactError) as e:
+        merge_batches([(a, stats)], tmp_path / "merged.vcf.gz")
+    assert str(stats) in str(e.value) and "--forcerun impute" in str(e.value)
+
+
 def test_a_baseline_that_did_not_run_on_one_chunk_is_left_out_of_the_chromosome(tmp_path):
     """Beagle skips a chunk that types too few sites (a placeholder VCF without samples); the
     chromosome's VCF is then a placeholder naming that chunk, and evaluation scores it as not run."""

@@ -16,6 +16,7 @@ import shutil
 import socket
 import tempfile
 import time
+import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,8 +210,16 @@ def parquet_metadata(path: str | os.PathLike, stage: str | None = None) -> dict[
 # Every Parquet artifact: zstd, and a CRC32 per page that readers verify.
 PARQUET_WRITE = {"compression": "zstd", "write_page_checksum": True}
 # What the libraries raise on a truncated, corrupted or foreign file (json: ValueError; faiss:
-# RuntimeError; pyarrow: OSError and ArrowException; gzip: EOFError and zlib.error).
-_READ_ERRORS = (OSError, EOFError, ValueError, RuntimeError, pa.ArrowException, zlib.error)
+# RuntimeError; pyarrow: OSError and ArrowException; gzip: EOFError and zlib.error; npz: BadZipFile).
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    RuntimeError,
+    pa.ArrowException,
+    zlib.error,
+    zipfile.BadZipFile,
+)
 
 
 @contextlib.contextmanager

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import ArtifactError
+from .atomic import atomic_path, reading
+from .errors import ArtifactError, UnreadableArtifactError, rebuild_hint
 from .logs import log
+from .vcf_io import BGZF_EOF
 from .vcf_write import bgzip_vcf_writer, info_strings
 
 VCF_COLUMNS = ("#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT")
@@ -45,7 +46,18 @@ def write_stats(
 
 
 def _lines(path: str | os.PathLike) -> Iterator[str]:
-    with gzip.open(path, "rt") as f:
+    """The lines of an imputed (chunk or batch) VCF; one cut short is an error naming it, not a
+    traceback or, cut at a BGZF block boundary, a VCF with fewer records."""
+    with open(path, "rb") as f:
+        bgzf = f.read(16)[12:14] == b"BC"
+        f.seek(0, os.SEEK_END)
+        f.seek(max(f.tell() - len(BGZF_EOF), 0))
+        if bgzf and f.read() != BGZF_EOF:
+            raise UnreadableArtifactError(
+                f"{path} is truncated (the BGZF end-of-file block is missing). "
+                + rebuild_hint("impute")
+            )
+    with reading(path, "impute"), gzip.open(path, "rt") as f:
         yield from f
 
 
@@ -91,7 +103,10 @@ def merge_batches(
     parts: list[tuple[str | os.PathLike, str | os.PathLike]], out_vcf: str | os.PathLike
 ) -> dict:
     """Merge the sample columns of batch VCFs (with their stats files), recomputing INFO AF and R2."""
-    stats = [np.load(s) for _, s in parts]
+    stats = []
+    for _, s in parts:
+        with reading(s, "impute"), np.load(s) as st:
+            stats.append(dict(st))
     heads = [_split_header(v) for v, _ in parts]
     samples = [s for _, cols, _ in heads for s in cols[9:]]
     if len(set(samples)) != len(samples):
