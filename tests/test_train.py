@@ -600,3 +600,19 @@ def test_cli_train_takes_k_from_the_configs_retrieval_section(tiny, tmp_path, ca
     )
     assert "k=256" in text and "--set k=8" in text
     assert not (tmp_path / "other" / "model.pt").exists()
+
+
+def test_a_retrieval_table_cut_short_is_named_before_training(tmp_path):
+    """The k check read each retrieval table's schema raw: a table cut short was a pyarrow
+    traceback, not the file and the rerun that makes it."""
+    from types import SimpleNamespace
+
+    from ragimpute.errors import ArtifactError
+    from ragimpute.train import check_retrieval_k
+
+    path = tmp_path / "val.parquet"
+    path.write_bytes(b"PAR1" + b"\0" * 100)
+    inputs = [SimpleNamespace(retrieval={("h", "val"): path})]
+    with pytest.raises(ArtifactError) as e:
+        check_retrieval_k(SimpleNamespace(k=8), inputs)
+    assert str(path) in str(e.value) and "--forcerun retrieve" in str(e.value)

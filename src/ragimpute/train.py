@@ -206,9 +206,12 @@ def check_retrieval_k(cfg: TrainConfig, inputs: list[ChromInputs]) -> None:
     the model another number of neighbours than it trained on (or asks for more than there are)."""
     import pyarrow.parquet as pq
 
+    from .atomic import reading
+
     for chrom in inputs:
         for path in chrom.retrieval.values():
-            width = pq.read_schema(path).field("neighbours").type.list_size
+            with reading(path, "retrieve"):
+                width = pq.read_schema(path).field("neighbours").type.list_size
             if width != cfg.k:
                 raise InputError(
                     path,
