@@ -466,6 +466,20 @@ def test_corrupted_stage_tables_name_file_and_rebuild(tmp_path_factory, tmp_path
     assert str(path) in str(e.value) and f"--forcerun {stage}" in str(e.value)
 
 
+@pytest.mark.parametrize("column,stage", [("prior", "prior"), ("tokens", "tokenize"),
+                                          ("alleles", "window")])  # fmt: skip
+def test_a_windowed_table_cut_short_names_the_stage_that_writes_it(tmp_path, column, stage):
+    """A prior table cut short named `--forcerun window`, which does not make it again."""
+    from ragimpute.errors import ArtifactError
+    from ragimpute.windows import WindowedTable
+
+    path = tmp_path / "val.parquet"
+    path.write_bytes(b"PAR1" + b"\0" * 100)
+    with pytest.raises(ArtifactError) as e:
+        WindowedTable(path, column)
+    assert str(path) in str(e.value) and f"--forcerun {stage}`" in str(e.value)
+
+
 def test_a_corrupted_mask_is_written_again_by_the_mask_stage(tmp_path_factory, tmp_path):
     """`--forcerun mask` (the fix the message gives) repairs a corrupted stored mask."""
     from ragimpute.masks import load_mask, run_mask_stage_dir

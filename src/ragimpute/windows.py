@@ -617,7 +617,7 @@ class WindowedTable:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         # the stage that writes it, named when the file is missing or corrupt
-        self.stage = "tokenize" if self.column == "tokens" else "window"
+        self.stage = {"tokens": "tokenize", "prior": "prior"}.get(self.column, "window")
         if not self.path.exists():
             raise ArtifactError(f"{self.path} is missing; re-run the stage that writes it")
         self._file = open_parquet(self.path, self.stage)
