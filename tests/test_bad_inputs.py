@@ -663,6 +663,21 @@ def test_minimac4_target_leaves_out_sites_with_missing_calls(impute_env, tmp_pat
                                         f"{records[4][0]}:{records[4][1]}"]  # fmt: skip
 
 
+def test_minimac4_target_refuses_a_harmonised_target_cut_short(impute_env, tmp_path):
+    """The harmonised target was read with gzip as it was: cut short it was a raw EOFError."""
+    from impute_data import vcf_lines, write_bgzip
+
+    from ragimpute.errors import InputError
+    from ragimpute.targets import write_minimac4_target
+
+    header, records = vcf_lines(impute_env.target)
+    target = write_bgzip(tmp_path / "t.vcf.gz", header, records)
+    target.write_bytes(target.read_bytes()[:-40])
+    with pytest.raises(InputError, match="file is truncated"):
+        write_minimac4_target(target, tmp_path / "m.vcf.gz", tmp_path / "m.json")
+    assert not (tmp_path / "m.vcf.gz").exists()
+
+
 @needs_htslib
 def test_a_method_that_did_not_run_is_left_out_of_the_comparison(impute_env, tmp_path):
     """evaluate scores a placeholder as not run; compare keeps the method's rows, without scores,

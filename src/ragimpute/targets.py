@@ -799,6 +799,7 @@ def write_minimac4_target(
     from .phasing import FILLED_KEY
     from .vcf_write import bgzip_vcf_writer
 
+    check_readable(aligned_vcf)  # cut short: named, not an EOFError (or fewer records)
     kept = dropped = 0
     filled = None
     dropped_at: list[str] = []
