@@ -181,8 +181,8 @@ MASK_KEYED_RULES = ("tokenize", "index", "retrieve", "states", "prior")
 
 
 def check_until():
-    """Snakemake's --until cannot see the jobs of a rule behind a checkpoint (snakemake#2824): with
-    such a rule it runs nothing, not even a mask whose settings changed, and leaves the old index,
+    """Snakemake's --until cannot see the jobs behind a checkpoint (snakemake#2824), so with one of
+    these stages it runs nothing, not even a mask whose settings changed, and leaves the old index,
     tokens or state index standing as if current. Refused before anything runs (checked when the
     job graph is built: the settings are not there yet when the Snakefile is read)."""
     settings = getattr(workflow, "dag_settings", None)
