@@ -268,7 +268,8 @@ def test_training_refuses_tokens_and_neighbours_of_other_haplotypes(tiny, tmp_pa
 def test_a_damaged_checkpoint_or_best_model_trains_afresh(tiny, tmp_path, caplog, damage):
     """A finished run's state, damaged: resuming it would end by copying a bad best.pt to model.pt
     (and a rebuild hint that loops), or continue from corrupted weights. It starts afresh, says why,
-    and ends with the model an undamaged run makes."""
+    and ends with the model an undamaged run makes. A best.pt missing where the checkpoint's own
+    weights are the best model (what a kill between the two writes leaves) is written again."""
     cfg = TrainConfig(**{**FAST, "epochs": 1})
     train(cfg, inputs(tiny), tmp_path / "m", tmp_path / "s")
     good = (tmp_path / "m/model.pt").read_bytes()
@@ -279,11 +280,16 @@ def test_a_damaged_checkpoint_or_best_model_trains_afresh(tiny, tmp_path, caplog
         (state / "best.pt").write_bytes((state / "best.pt").read_bytes()[:5000])
     else:
         (state / "best.pt").unlink()
-    caplog.set_level("WARNING", logger="ragimpute")
+    caplog.set_level("INFO", logger="ragimpute")
     train(cfg, inputs(tiny), tmp_path / "m2", state)
     why = {"checkpoint flipped": "tensors do not match the digest", "best truncated":
            "best.pt is unreadable", "best missing": "best.pt, the best model of"}[damage]  # fmt: skip
-    assert why in caplog.text and "training starts afresh" in caplog.text
+    assert why in caplog.text
+    if damage == "best missing":  # the checkpoint's own weights are the best model: no loss
+        assert "written again from the checkpoint's weights" in caplog.text
+        assert "training starts afresh" not in caplog.text
+    else:
+        assert "training starts afresh" in caplog.text
     assert (tmp_path / "m2/model.pt").read_bytes() == good
 
 
@@ -616,3 +622,38 @@ def test_a_retrieval_table_cut_short_is_named_before_training(tmp_path):
     with pytest.raises(ArtifactError) as e:
         check_retrieval_k(SimpleNamespace(k=8), inputs)
     assert str(path) in str(e.value) and "--forcerun retrieve" in str(e.value)
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL: no ``except Exception`` catches it."""
+
+
+def test_a_kill_between_the_checkpoint_and_the_best_model_resumes(
+    tiny, tmp_path, monkeypatch, caplog
+):
+    """An epoch that improves writes two files, ckpt.pt and best.pt. A kill after the first (or
+    while the second is written: both are written whole) must not cost the epochs already done:
+    the run resumes, and ends with the model an uninterrupted run makes."""
+    import ragimpute.checkpoint as checkpoint
+
+    cfg = TrainConfig(**FAST)
+    ref = train(cfg, inputs(tiny), tmp_path / "ref", tmp_path / "ref_state")
+    assert ref["best_epoch"] == 1, "epoch 1 must improve: it writes both files"
+    real, calls = checkpoint.torch_save, []
+
+    def killed_at_the_fourth(state, path):  # epoch 0: two writes; epoch 1: one, then the kill
+        calls.append(Path(path).name)
+        if len(calls) == 4:
+            raise _Killed
+        real(state, path)
+
+    monkeypatch.setattr(checkpoint, "torch_save", killed_at_the_fourth)
+    with pytest.raises(_Killed):
+        train(cfg, inputs(tiny), tmp_path / "out", tmp_path / "state")
+    monkeypatch.setattr(checkpoint, "torch_save", real)
+    caplog.set_level("INFO", logger="ragimpute")
+    train(cfg, inputs(tiny), tmp_path / "out", tmp_path / "state")
+    assert "starts afresh" not in caplog.text
+    assert "resuming from" in caplog.text
+    assert list(pd.read_csv(tmp_path / "out/metrics.csv")["epoch"]) == [0, 1]
+    assert (tmp_path / "out/model.pt").read_bytes() == (tmp_path / "ref/model.pt").read_bytes()

@@ -240,6 +240,7 @@ class Checkpoints:
         self.fingerprint = _fingerprint_of(self.identity)
         # the reference of each chromosome, as model.pt records it for imputation to check
         self.reference = {i.chrom: reference_identity(i.windows_dir) for i in inputs}
+        self.best_behind: str | None = None  # why best.pt is written again from ckpt.pt on resume
 
     def resume(self, state: RunState, lead: bool) -> bool:
         """Restore ``state`` from ``ckpt.pt`` when this run wrote it; True when there is a checkpoint
@@ -283,6 +284,11 @@ class Checkpoints:
                 state.best["val_r2"],
                 state.best["epoch"],
             )
+            if self.best_behind:
+                # ckpt.pt is written before best.pt: a kill between them leaves the epoch's best
+                # model in the checkpoint only
+                log.info("%s; written again from the checkpoint's weights", self.best_behind)
+                self.save_best(state.model, state.history[-1])
         return False
 
     def _broken(self, ck: dict) -> str | None:
@@ -292,14 +298,28 @@ class Checkpoints:
         recorded = ck.get("content_hash")
         if recorded and tensors_hash([ck["model"], ck["optimizer"]]) != recorded:
             return f"{self.path} is corrupted: its tensors do not match the digest it records"
+        self.best_behind = None
         if ck["best"]["epoch"] < 0:
             return None
+        # the checkpoint's own weights are its best model: best.pt, written after it, may lag
+        own = ck["best"]["epoch"] == ck["epoch"] and ck["history"][-1]["epoch"] == ck["epoch"]
         if not self.best_path.exists():
-            return f"{self.best_path}, the best model of {self.path}, is missing"
+            missing = f"{self.best_path}, the best model of {self.path}, is missing"
+            self.best_behind = missing if own else None
+            return None if own else missing
         try:
             best = torch.load(self.best_path, map_location="cpu", weights_only=False)
         except Exception as e:
             return f"{self.best_path} is unreadable, truncated or corrupted ({type(e).__name__})"
+        if (
+            own
+            and best.get("fingerprint") == self.fingerprint
+            and best.get("epoch", 0) < ck["epoch"]
+        ):
+            self.best_behind = (
+                f"{self.best_path} is of epoch {best.get('epoch')}, not {ck['epoch']}"
+            )
+            return None
         if best.get("fingerprint") != self.fingerprint or best.get("epoch") != ck["best"]["epoch"]:
             return f"{self.best_path} is not the best model of {self.path}"
         if best.get("reference") != self.reference:

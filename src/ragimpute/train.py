@@ -476,7 +476,6 @@ def _end_of_epoch(run: Run, ep: Epoch, ckpts: Checkpoints) -> None:
     if improved:
         st.best = {"val_r2": row["val_r2"], "epoch": ep.number}
         st.bad_epochs = 0
-        ckpts.save_best(st.model, row)
     else:
         st.bad_epochs += 1
     log.info(
@@ -497,7 +496,11 @@ def _end_of_epoch(run: Run, ep: Epoch, ckpts: Checkpoints) -> None:
         " *best*" if improved else "",
     )
     st.epoch = ep.number
+    # the checkpoint first: a kill before best.pt is written leaves the best model in it
+    # (``Checkpoints.resume`` writes best.pt again from it)
     ckpts.save(st)
+    if improved:
+        ckpts.save_best(st.model, row)
 
 
 @torch.no_grad()
