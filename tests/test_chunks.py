@@ -228,6 +228,37 @@ def test_the_unindexed_cache_follows_the_file(tmp_path):
     assert a[-1].core_end < 900_000 < b[-1].core_end
 
 
+def test_the_unindexed_cache_leaves_no_temporary_after_an_interruption(tmp_path, monkeypatch):
+    """The cache is written when Snakemake builds the DAG: a Ctrl-C there left a
+    ``positions-*.<pid>.tmp.npz`` behind, and every killed run another. The temporary is removed
+    when interrupted, and those of killed processes when the cache is written again."""
+    from ragimpute import vcf_io
+    from ragimpute.atomic import _host
+    from ragimpute.chunks import plan_panel_chunks
+
+    path = _panel(tmp_path, np.arange(1000, 900_000, 997), form="unindexed")
+    cache = tmp_path / "cache"
+    real = np.savez
+
+    def interrupted(file, **arrays):
+        real(file, **arrays)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vcf_io.np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        plan_panel_chunks(str(path), "20", 0.3, 0.05, "cm", cache_dir=str(cache))
+    assert list(cache.iterdir()) == []
+    monkeypatch.setattr(vcf_io.np, "savez", real)
+    plan_panel_chunks(str(path), "20", 0.3, 0.05, "cm", cache_dir=str(cache))
+    (cached,) = cache.iterdir()
+    cached.unlink()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (cache / f".{cached.name}.tmp~{_host()}~{dead.pid}~abcdefgh.npz").write_bytes(b"half")
+    plan_panel_chunks(str(path), "20", 0.3, 0.05, "cm", cache_dir=str(cache))
+    assert list(cache.iterdir()) == [cached]
+
+
 def test_a_chunk_without_panel_records_says_where_it_read(tmp_path):
     """The window stage's error for a chunk names its region and says there were no records at
     all, not an empty "(skipped: )"; a job on a chunk prefixes its name."""

@@ -28,6 +28,7 @@ import pysam
 import pysam.bcftools
 
 from . import bgzf
+from .atomic import atomic_path
 from .errors import InputError
 
 # The empty BGZF block every bgzip/htslib writer ends a file with (SAM/BAM spec, section 4.1.2).
@@ -792,15 +793,15 @@ def _all_site_positions(
         cached.parent.mkdir(parents=True, exist_ok=True)
         names = list(out)
         bounds = np.cumsum([0] + [len(out[c]) for c in names])
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(
-            tmp,
-            key=np.array(key),
-            contigs=np.array(names, dtype=str),
-            bounds=bounds,
-            positions=np.concatenate([out[c] for c in names] or [np.zeros(0, np.int64)]),
-        )
-        os.replace(tmp, cached)
+        # written when Snakemake builds the DAG: an interrupted or killed run leaves no temporary
+        with atomic_path(cached, suffix=".npz") as tmp:
+            np.savez(
+                tmp,
+                key=np.array(key),
+                contigs=np.array(names, dtype=str),
+                bounds=bounds,
+                positions=np.concatenate([out[c] for c in names] or [np.zeros(0, np.int64)]),
+            )
     return out
 
 
