@@ -654,3 +654,45 @@ def test_workflow_phase_always_without_a_phaser_says_why_it_phases(tmp_path):
     assert r.returncode != 0
     assert "the target of 20 is to be phased (impute.phase: always)" in text
     assert "(and impute.phase: auto)" in text and "0 heterozygotes" not in text
+
+
+def test_a_killed_phasing_job_leaves_no_phaser_running(tmp_path):
+    """SIGKILL of the job's process (a kill from outside, an out-of-memory kill) left Beagle running
+    on, orphaned, writing into a scratch directory the next job removes. The phaser dies with it."""
+    import signal
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "beagle"
+    fake.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nexec sleep 120\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    code = (
+        "from pathlib import Path\nfrom ragimpute.phasing import run_phaser\n"
+        f"run_phaser('beagle', 't.vcf.gz', 'r.vcf.gz', Path({str(tmp_path)!r}) / 'out', '20', "
+        "None, 1, 1, None, '')\n"
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    job = subprocess.Popen([sys.executable, "-c", code], env=env)
+    pid_file = tmp_path / "pid"
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.05)
+    phaser = int(pid_file.read_text())
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    deadline = time.time() + 10
+    while _alive(phaser) and time.time() < deadline:
+        time.sleep(0.05)
+    alive = _alive(phaser)
+    if alive:
+        os.kill(phaser, signal.SIGKILL)
+    assert not alive, "the phaser outlived the killed job"
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its (new) parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
