@@ -9,6 +9,7 @@ here they are gathered so that the list of bad inputs users send is checked as o
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -602,6 +603,43 @@ def test_tool_killed_or_out_of_memory_fails_the_job(impute_env, tmp_path, how):
     r, out = run_tool(tmp_path, impute_env.target, 1, "bash", "-c", script)
     assert r.returncode != 0 and not out.exists()
     assert ("was killed" if how == "killed" else "ran out of memory") in r.stderr
+
+
+@needs_htslib
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not on PATH")
+def test_a_killed_tool_job_leaves_no_tool_running(impute_env, tmp_path):
+    """SIGKILL of the job (no trap runs) left Beagle running on, orphaned, to its end: it dies
+    with the job."""
+    import signal
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "pid"
+    out = tmp_path / "out.vcf.gz"
+    script = f"echo $$ > {pid_file}; exec sleep 120"
+    job = subprocess.Popen(["bash", str(RUNNER), "beagle", str(tmp_path / "tool.log"),
+                            str(impute_env.target), "1", str(tmp_path / ".tmp.vcf.gz"), str(out),
+                            f"{out}.tbi", "--", "bash", "-c", script])  # fmt: skip
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.05)
+    tool = int(pid_file.read_text())
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    deadline = time.time() + 10
+    while _running(tool) and time.time() < deadline:
+        time.sleep(0.05)
+    alive = _running(tool)
+    if alive:
+        os.kill(tool, signal.SIGKILL)
+    assert not alive, "the tool outlived the killed job"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 @needs_htslib

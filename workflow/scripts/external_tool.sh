@@ -35,6 +35,11 @@ if [ "$n_sites" -lt "$min_sites" ]; then
 fi
 
 echo "ragimpute: running: $*" >>"$log"
+# The tool dies with this script where util-linux's setpriv can ask for it (PR_SET_PDEATHSIG): a
+# job killed from outside (SIGKILL: no trap runs) otherwise leaves Beagle running on, orphaned.
+if command -v setpriv >/dev/null 2>&1 && setpriv --pdeathsig KILL true 2>/dev/null; then
+    set -- setpriv --pdeathsig KILL -- "$@"
+fi
 "$@" >>"$log" 2>&1
 rc=$?
 # Beagle also writes the log it printed (above) beside its output: once in $log is enough
