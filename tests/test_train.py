@@ -657,3 +657,50 @@ def test_a_kill_between_the_checkpoint_and_the_best_model_resumes(
     assert "resuming from" in caplog.text
     assert list(pd.read_csv(tmp_path / "out/metrics.csv")["epoch"]) == [0, 1]
     assert (tmp_path / "out/model.pt").read_bytes() == (tmp_path / "ref/model.pt").read_bytes()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc and PR_SET_PDEATHSIG")
+def test_a_killed_distributed_job_leaves_no_training_process(tiny, tmp_path):
+    """SIGKILL of the job of a run with train.processes left its spawned processes training on,
+    orphaned, to the end, writing model/ after Snakemake had given the job up (and beside the next
+    run's), whenever SIGINT was ignored: torch has them sent SIGINT when their parent dies, and a
+    Snakemake started in the background (`nohup snakemake ... &`) passes SIGINT ignored on to its
+    jobs. They die with the job."""
+    extra = ["--set", "processes=2", "--set", "device=cpu", "--set", "patience=1000"]
+    cmd = _run_training_cli(tiny["results"], None, tmp_path / "out", tmp_path / "state", 200, extra)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as `nohup ... &`
+    )
+    deadline = time.time() + 300
+    while not (tmp_path / "state/ckpt.pt").exists() and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    spawned = [int(c) for c in children if "spawn_main" in _cmdline(int(c))]
+    assert len(spawned) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while any(_running(p) for p in spawned) and time.time() < deadline:
+        time.sleep(0.1)
+    left = [p for p in spawned if _running(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, "spawned training processes outlived the killed job"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -23,11 +23,9 @@ heterozygote is unphased, ``always`` phases every target, ``never`` refuses unph
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from . import __version__
 from .atomic import scratch_dir, write_json
 from .errors import InputError, ToolError
 from .logs import log
+from .procs import dies_with_parent
 from .vcf_io import htslib_verbosity, query_lines, vcf_samples
 from .vcf_write import contig_lengths, write_phased_vcf
 
@@ -174,24 +173,6 @@ def _tool_failed(phaser: str, command: list[str], rc: int, output: str, log_path
     )
 
 
-def _die_with_parent():
-    """A ``preexec_fn`` that has the phaser killed when the job's process dies (Linux's
-    PR_SET_PDEATHSIG): a job killed from outside (SIGKILL, out of memory) otherwise leaves Beagle
-    running, writing into a scratch directory the next job removes. None where there is no prctl."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def set_death_signal() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the job died before this ran
-            os._exit(1)
-
-    return set_death_signal
-
-
 def run_phaser(
     phaser: str,
     target_vcf: str,
@@ -258,7 +239,7 @@ def run_phaser(
         produced = Path(f"{out_prefix}.vcf.gz")
     log.info("phasing: %s", shlex.join(command))
     r = subprocess.run(
-        command, capture_output=True, text=True, env=env, preexec_fn=_die_with_parent()
+        command, capture_output=True, text=True, env=env, preexec_fn=dies_with_parent()
     )
     # Beagle prints its log and also writes it beside its output: the file once, or else what it
     # printed (a run that died before writing it); and what went to stderr (Java's own errors)

@@ -39,6 +39,7 @@ from .logs import log, setup_logging
 from .metrics import BIN_LABELS, Accumulator
 from .model import ImputationModel, ModelConfig, masked_loss
 from .plots import pyplot, save_png
+from .procs import die_with_parent
 from .retrieval_providers import (
     EmbeddingRetrieval,
     ProviderFactory,
@@ -252,6 +253,7 @@ def train(
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(_free_port())
+    os.environ["RAGIMPUTE_TRAIN_PARENT"] = str(os.getpid())
     log.info("distributed training: %d processes", world)
     # the spawned processes log to this process's log files (Snakemake's log:), appending
     log_files = [
@@ -285,7 +287,8 @@ def _run(
     """One process of the run (``mp.spawn`` calls it with the rank, and the parent's ``log_files``,
     which a spawned process logs to: the lead at INFO, the others their warnings); the lead returns
     the summary."""
-    if log_files is not None:
+    if log_files is not None:  # a spawned process: it dies with the job that spawned it
+        die_with_parent(int(os.environ["RAGIMPUTE_TRAIN_PARENT"]))
         setup_logging(log_files[0] if log_files else None, append=True,
                       level=logging.INFO if rank == 0 else logging.WARNING)  # fmt: skip
     proc = Process.start(rank, world, cfg)
