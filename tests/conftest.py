@@ -258,3 +258,38 @@ def tiny_chunked_finished(tmp_path_factory) -> Path:
     from workflow_runs import CHUNKS, TINY
 
     return _finished_run(tmp_path_factory, "tiny-chunked-finished", TINY, CHUNKS)
+
+
+# -- processes that must die with a killed job ----------------------------------------------------
+
+
+def pid_written(pid_file: Path, timeout: float = 60) -> int:
+    """The pid a started process writes into ``pid_file``, once it has."""
+    import time
+
+    deadline = time.time() + timeout
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.05)
+    return int(pid_file.read_text())
+
+
+def survivors(pids: list[int], timeout: float = 10) -> list[int]:
+    """Which of ``pids`` still run after ``timeout`` s (a zombie waiting to be reaped does not
+    count); those are killed, so that a failing test leaves nothing behind."""
+    import os
+    import signal
+    import time
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    deadline = time.time() + timeout
+    while any(running(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    left = [p for p in pids if running(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    return left

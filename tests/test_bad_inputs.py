@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import pid_written, survivors
 from workflow_runs import REPO, TINY, TINY_RESULTS, output, snakemake
 
 from ragimpute.smk import config_problems
@@ -612,7 +613,6 @@ def test_a_killed_tool_job_leaves_no_tool_running(impute_env, tmp_path):
     with the job."""
     import signal
     import subprocess
-    import time
 
     pid_file = tmp_path / "pid"
     out = tmp_path / "out.vcf.gz"
@@ -620,26 +620,10 @@ def test_a_killed_tool_job_leaves_no_tool_running(impute_env, tmp_path):
     job = subprocess.Popen(["bash", str(RUNNER), "beagle", str(tmp_path / "tool.log"),
                             str(impute_env.target), "1", str(tmp_path / ".tmp.vcf.gz"), str(out),
                             f"{out}.tbi", "--", "bash", "-c", script])  # fmt: skip
-    deadline = time.time() + 60
-    while not (pid_file.exists() and pid_file.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.05)
-    tool = int(pid_file.read_text())
+    tool = pid_written(pid_file)
     job.send_signal(signal.SIGKILL)
     job.wait()
-    deadline = time.time() + 10
-    while _running(tool) and time.time() < deadline:
-        time.sleep(0.05)
-    alive = _running(tool)
-    if alive:
-        os.kill(tool, signal.SIGKILL)
-    assert not alive, "the tool outlived the killed job"
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
+    assert not survivors([tool]), "the tool outlived the killed job"
 
 
 @needs_htslib
@@ -1004,7 +988,6 @@ def test_cli_model_without_a_checkpoint_names_the_option(impute_env, tmp_path):
 
 
 def test_temp_files_of_dead_writers_are_removed_when_the_output_is_written_again(tmp_path):
-    import os
     import subprocess
     import time
 
@@ -1398,7 +1381,6 @@ def test_engine_settings_add_back_what_the_rules_leave_out_of_their_parameters()
 def test_window_stage_refuses_a_stale_panel_index_or_a_truncated_split(tmp_path, how):
     """A panel extended after it was indexed (htslib would read only the sites the old index lists)
     and a results/split/samples.tsv cut short (half the reference panel) stop the stage, named."""
-    import os
 
     from ragimpute.errors import ArtifactError, InputError
     from ragimpute.split import random_split, write_split

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pysam
 import pytest
+from conftest import pid_written, survivors
 from impute_data import CHROM, imputed_records, shared_env, vcf_lines, write_vcf
 
 from ragimpute.demo import ArrayNoise, add_array_noise
@@ -660,7 +661,6 @@ def test_a_killed_phasing_job_leaves_no_phaser_running(tmp_path):
     """SIGKILL of the job's process (a kill from outside, an out-of-memory kill) left Beagle running
     on, orphaned, writing into a scratch directory the next job removes. The phaser dies with it."""
     import signal
-    import time
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -675,24 +675,7 @@ def test_a_killed_phasing_job_leaves_no_phaser_running(tmp_path):
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     job = subprocess.Popen([sys.executable, "-c", code], env=env)
     pid_file = tmp_path / "pid"
-    deadline = time.time() + 60
-    while not (pid_file.exists() and pid_file.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.05)
-    phaser = int(pid_file.read_text())
+    phaser = pid_written(pid_file)
     job.send_signal(signal.SIGKILL)
     job.wait()
-    deadline = time.time() + 10
-    while _alive(phaser) and time.time() < deadline:
-        time.sleep(0.05)
-    alive = _alive(phaser)
-    if alive:
-        os.kill(phaser, signal.SIGKILL)
-    assert not alive, "the phaser outlived the killed job"
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie waiting for its (new) parent to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
+    assert not survivors([phaser]), "the phaser outlived the killed job"

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import survivors
 from pipeline_data import build_tiny_results, window_batch
 
 from ragimpute.errors import MaskMismatchError
@@ -683,13 +684,7 @@ def test_a_killed_distributed_job_leaves_no_training_process(tiny, tmp_path):
     assert len(spawned) == 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    deadline = time.time() + 20
-    while any(_running(p) for p in spawned) and time.time() < deadline:
-        time.sleep(0.1)
-    left = [p for p in spawned if _running(p)]
-    for p in left:
-        os.kill(p, signal.SIGKILL)
-    assert not left, "spawned training processes outlived the killed job"
+    assert not survivors(spawned, 20), "spawned training processes outlived the killed job"
 
 
 def _cmdline(pid: int) -> str:
@@ -697,10 +692,3 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_text()
     except FileNotFoundError:
         return ""
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
