@@ -115,9 +115,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
+        old = None
+        if path.is_dir() and not path.is_symlink():
+            # moved aside whole before the new one goes in, and only then removed: a kill while
+            # it is being removed leaves a leftover beside ``path``, not part of it at ``path``
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
+            os.replace(path, old)  # onto an empty directory: allowed
+        elif path.exists() or path.is_symlink():
+            path.unlink()
         os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
