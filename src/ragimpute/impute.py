@@ -103,6 +103,7 @@ class _Job:
     index: HaplotypeIndex | None  # None when the predictor needs no neighbours
     k: int  # neighbours retrieved per haplotype window
     predictor: Predictor
+    af: np.ndarray  # (n_sites,) ALT frequency of the imputation reference
     batch_haplotypes: int = 1024  # target haplotypes per predictor call
     method: str = ""  # the method's name in the VCF header and the report
     prior: PriorStore | None = None  # the engine's P(ALT), for predictors that refine it
@@ -113,7 +114,6 @@ class _Job:
 
     def __post_init__(self) -> None:
         self.chrom = str(self.sites["chrom"].iloc[0])
-        self.af = self.sites["af"].to_numpy()
         self.pos = self.sites["pos"].to_numpy()
         self.owner = self.sites["window"].to_numpy()
         self.n_hap = 2 * len(self.target.samples)
@@ -163,10 +163,8 @@ def impute(
 
     t0 = time.perf_counter()
     faiss.omp_set_num_threads(max(1, threads))
-    job = _open_inputs(
-        target_vcf, windows_dir, mask_store, mask_hash, index_dir, predictor, k, sample_batch
-    )
-    job.af = reference_af(job.sites, reference_splits, windows_dir)
+    job = _open_inputs(target_vcf, windows_dir, mask_store, mask_hash, index_dir, predictor, k,
+                       sample_batch, reference_splits)  # fmt: skip
     job.batch_haplotypes = batch_haplotypes
     job.gp = gp
     needs_prior = getattr(predictor, "needs_prior", False)
@@ -232,9 +230,11 @@ def _open_inputs(
     predictor: Predictor,
     k: int,
     sample_batch: tuple[int, int] | None = None,
+    reference_splits: tuple[str, ...] | list[str] = ("train",),
 ) -> _Job:
     """The windows, the mask, the target (or one batch of its samples) and the index, each refused
-    with the stage to re-run when it does not belong with the others."""
+    with the stage to re-run when it does not belong with the others; the allele frequencies of the
+    imputation reference (``reference_splits``)."""
     sites, slh = sites_with_hash(windows_dir)
     windows = load_windows(windows_dir)
     if hasattr(predictor, "check_reference"):  # a model: trained on this reference, or refused
@@ -278,7 +278,8 @@ def _open_inputs(
                          alleles=target.alleles[:, cols])  # fmt: skip
         if not target.samples:
             raise InputError(target_vcf, f"no target sample in batch {sample_batch}", "Check it")
-    job = _Job(sites, windows, mask, reference, target, typed, index, k_query, predictor)
+    af = reference_af(sites, reference_splits, windows_dir)
+    job = _Job(sites, windows, mask, reference, target, typed, index, k_query, predictor, af)
     job.whole_target = whole
     return job
 
