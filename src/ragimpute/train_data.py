@@ -179,11 +179,12 @@ class RetrievalTable:
                 f"{path} was retrieved with mask {meta.get('mask_hash')}, the queries {tokens.path} use "
                 f"mask {tokens.mask_hash}; re-run the retrieve stage"
             )
-        if reference is not None and meta.get(DIGEST_KEY) != haplotypes_digest(reference):
+        have = None if reference is None else haplotypes_digest(reference)
+        if reference is not None and meta.get(DIGEST_KEY) != have:
             raise ArtifactError(
                 f"{path} was retrieved from an index of other haplotypes (digest "
                 f"{meta.get(DIGEST_KEY)}; none: written by an earlier version) than {reference.path} "
-                f"({haplotypes_digest(reference)}), which its neighbour ids index. {REMAKE_TOKENS}"
+                f"({have}), which its neighbour ids index. {REMAKE_TOKENS}"
             )
         self._file = open_parquet(path, "retrieve")
         with reading(path, "retrieve"):

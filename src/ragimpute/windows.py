@@ -17,6 +17,7 @@ last site has been read, so that its memory is a window and a block of records, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -125,8 +126,16 @@ def haplotypes_digest(table: WindowedTable) -> str:
     recorded = table.metadata.get(DIGEST_KEY)
     if recorded:
         return recorded
+    st = os.stat(table.path)
+    return _computed_digest(str(table.path), table.column, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _computed_digest(path: str, column: str, size: int, mtime_ns: int) -> str:
+    """``haplotypes_digest`` of a table that records none: it reads the whole table, so once per
+    process for each version of the file (size and time), not at every check that asks."""
     digest = AllelesDigest()
-    for _, alleles in table:
+    for _, alleles in WindowedTable(path, column):
         digest.add(np.packbits(alleles, axis=1, bitorder="little"), alleles.shape[1])
     return digest.hexdigest()
 
@@ -385,11 +394,8 @@ def reference_counts(
 def reference_af(
     sites: pd.DataFrame, splits: Iterable[str], windows_dir: str | os.PathLike
 ) -> np.ndarray:
-    """The ALT frequency over the samples of ``splits`` at every site (``reference_counts``); the
-    train split's ``af`` column when ``splits`` is the train split alone."""
-    splits = list(splits)
-    if splits == ["train"]:
-        return sites["af"].to_numpy(np.float64)
+    """The ALT frequency over the samples of ``splits`` at every site (``reference_counts``): for
+    the train split alone, ``sites.parquet``'s ``af``."""
     ac, an = reference_counts(sites, splits, windows_dir)
     return ac / np.maximum(an, 1)
 
