@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from numba import njit
 
 from . import __version__
@@ -585,7 +586,12 @@ def _reference_sites(
     0-0.5 % though the panel every tool imputed from has it at 0.9 %). From the counts, not
     ``min(af, 1 - af)``, which is 0.050000000000000044 for AC 456 of 480, putting a site of MAF
     exactly 5 % whose ALT is the major allele in the 5-50 % bin and its mirror image in 1-5 %."""
-    ref = read_parquet_df(sites_parquet, "window")
+    # the columns binning needs: the VCF columns and the counts (not ids or cM, on every site)
+    with reading(sites_parquet, "window"):
+        names = pq.read_schema(sites_parquet).names
+    counts = [c for c in names if c.startswith(("ac_", "an_"))]
+    columns = ["chrom", "pos", "ref", "alt", "ac", "an", *counts]
+    ref = read_parquet_df(sites_parquet, "window", columns=columns)
     ac, an = reference_counts(ref, splits, Path(sites_parquet).parent)
     ref = ref[["chrom", "pos", "ref", "alt"]].copy()
     ref["maf"] = np.minimum(ac, an - ac) / np.maximum(an, 1)
