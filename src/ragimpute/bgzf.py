@@ -165,6 +165,13 @@ def is_bgzf(path: str | os.PathLike) -> bool:
         return is_block_header(f.read(18))
 
 
+def ends_with_eof_block(path: str | os.PathLike) -> bool:
+    """Whether the file ends with BGZF's end-of-file block: a BGZF file without it was cut short."""
+    with open(path, "rb") as f:
+        f.seek(max(f.seek(0, os.SEEK_END) - len(EOF_BLOCK), 0))
+        return f.read() == EOF_BLOCK
+
+
 def first_damage(path: str | os.PathLike) -> BgzfDamage | None:
     """The first damaged block of a BGZF file, or None (also for a file that is not BGZF): reads
     the whole file, so only after a read has failed, to say why."""

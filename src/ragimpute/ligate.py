@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import bgzf
 from .atomic import atomic_path, reading
 from .errors import ArtifactError, UnreadableArtifactError, rebuild_hint
 from .logs import log
-from .vcf_io import BGZF_EOF
 from .vcf_write import bgzip_vcf_writer, info_strings
 
 VCF_COLUMNS = ("#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT")
@@ -48,15 +48,11 @@ def write_stats(
 def _lines(path: str | os.PathLike) -> Iterator[str]:
     """The lines of an imputed (chunk or batch) VCF; one cut short is an error naming it, not a
     traceback or, cut at a BGZF block boundary, a VCF with fewer records."""
-    with open(path, "rb") as f:
-        bgzf = f.read(16)[12:14] == b"BC"
-        f.seek(0, os.SEEK_END)
-        f.seek(max(f.tell() - len(BGZF_EOF), 0))
-        if bgzf and f.read() != BGZF_EOF:
-            raise UnreadableArtifactError(
-                f"{path} is truncated (the BGZF end-of-file block is missing). "
-                + rebuild_hint("impute")
-            )
+    if bgzf.is_bgzf(path) and not bgzf.ends_with_eof_block(path):
+        raise UnreadableArtifactError(
+            f"{path} is truncated (the BGZF end-of-file block is missing). "
+            + rebuild_hint("impute")
+        )
     with reading(path, "impute"), gzip.open(path, "rt") as f:
         yield from f
 

@@ -32,7 +32,6 @@ from .atomic import atomic_path
 from .errors import InputError
 
 # The empty BGZF block every bgzip/htslib writer ends a file with (SAM/BAM spec, section 4.1.2).
-BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 SKIP_REASONS = ("multiallelic", "non_snv", "no_alt", "filtered")
 _BASES = frozenset("ACGT")
 
@@ -74,25 +73,24 @@ def check_readable(path: str | os.PathLike) -> None:
         raise InputError(p, "file is empty", "Re-create or re-download it")
     with open(p, "rb") as f:
         head = f.read(18)
-        if bgzf.is_block_header(head):  # the test htslib and our block reader make
-            f.seek(max(size - len(BGZF_EOF), 0))
-            if f.read() != BGZF_EOF:
-                raise InputError(
-                    p,
-                    "file is truncated: the BGZF end-of-file block is missing",
-                    "The download or copy was cut short; fetch it again, or rewrite it with "
-                    "`bcftools view -Oz -o fixed.vcf.gz` from an intact source. A file of a "
-                    "results directory: make it again with `snakemake --cores all --forcerun "
-                    "<the rule that wrote it>` (impute, beagle, minimac4, phase, ...)",
-                )
-        elif head[:2] == b"\x1f\x8b":
-            fixed = _bgzip_name(p)
+    if bgzf.is_block_header(head):  # the test htslib and our block reader make
+        if not bgzf.ends_with_eof_block(p):
             raise InputError(
                 p,
-                "file is gzip- but not bgzip-compressed, so it cannot be indexed or read by region",
-                f"Recompress it with bgzip: `zcat {p} | bgzip > {fixed}`, then `tabix -p vcf "
-                f"{fixed}`, and give that file",
+                "file is truncated: the BGZF end-of-file block is missing",
+                "The download or copy was cut short; fetch it again, or rewrite it with "
+                "`bcftools view -Oz -o fixed.vcf.gz` from an intact source. A file of a "
+                "results directory: make it again with `snakemake --cores all --forcerun "
+                "<the rule that wrote it>` (impute, beagle, minimac4, phase, ...)",
             )
+    elif head[:2] == b"\x1f\x8b":
+        fixed = _bgzip_name(p)
+        raise InputError(
+            p,
+            "file is gzip- but not bgzip-compressed, so it cannot be indexed or read by region",
+            f"Recompress it with bgzip: `zcat {p} | bgzip > {fixed}`, then `tabix -p vcf "
+            f"{fixed}`, and give that file",
+        )
     _index_file(p)
 
 
