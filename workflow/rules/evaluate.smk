@@ -9,9 +9,6 @@ rule evaluate:
         truth=truth_vcf,
         sites=L.sites("{unit}"),
         typed=L.aligned("{unit}", "target.vcf.gz"),
-        # the imputation reference's haplotypes: its MAF bins the sites (the whole panel for one's
-        # own targets, whose train split alone is not what the tools imputed from)
-        haplotypes=lambda w: [L.haplotypes(w.unit, s) for s in reference_splits()],
     output:
         sites=L.evaluation("{unit}", "{method}", "sites.tsv.gz"),
         bins=L.evaluation("{unit}", "{method}", "bins.tsv"),
@@ -24,6 +21,7 @@ rule evaluate:
         "../../envs/ragimpute.yaml"
     params:
         core=unit_core,
+        # the imputation reference, whose counts (sites.parquet) bin the sites by MAF
         splits=reference_splits(),
     script:
         "../scripts/evaluate.py"
