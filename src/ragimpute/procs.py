@@ -9,6 +9,7 @@ Linux's PR_SET_PDEATHSIG has the kernel kill a child when its parent dies.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 from collections.abc import Callable
@@ -23,15 +24,18 @@ def _prctl() -> Callable | None:
         return None
 
 
+def _set_death_signal(prctl: Callable, parent: int | None) -> None:
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent:  # the parent died before this ran
+        os._exit(1)
+
+
 def die_with_parent(parent: int | None = None) -> None:
     """In a child: be killed when the parent dies (and exit now if ``parent``, the pid it was
     started by, is already gone). Does nothing where there is no prctl."""
     prctl = _prctl()
-    if prctl is None:
-        return
-    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if parent is not None and os.getppid() != parent:
-        os._exit(1)
+    if prctl is not None:
+        _set_death_signal(prctl, parent)
 
 
 def dies_with_parent() -> Callable[[], None] | None:
@@ -40,11 +44,4 @@ def dies_with_parent() -> Callable[[], None] | None:
     prctl = _prctl()
     if prctl is None:
         return None
-    parent = os.getpid()
-
-    def set_death_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before this ran
-            os._exit(1)
-
-    return set_death_signal
+    return functools.partial(_set_death_signal, prctl, os.getpid())
