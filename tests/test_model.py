@@ -188,3 +188,39 @@ def test_masked_loss_weights_rare_sites():
     w = masked_loss(torch.tensor([[3.0, 0.0]]), truth, torch.tensor([1.0, 3.0]))
     manual = (np.log1p(np.exp(-3.0)) + 3 * np.log(2)) / 4
     assert w.item() == pytest.approx(manual, rel=1e-5)
+
+
+def test_the_correction_is_scaled_by_the_maf_bin_of_each_site():
+    """logit = logit(prior) + correction_scale[bin] * correction, the bin of each site's MAF as
+    metrics.maf_bin draws it; scale 1 everywhere is the model as trained."""
+    from ragimpute.metrics import maf_bin
+
+    torch.manual_seed(3)
+    m = ImputationModel(ModelConfig.preset("tiny")).eval()
+    torch.nn.init.normal_(m.head.weight, std=0.5)  # a correction that is not zero
+    tokens, af, pos, nb, dist = random_window()
+    af[:8] = torch.tensor([0.001, 0.004, 0.007, 0.02, 0.3, 0.996, 0.992, 0.97])
+    hid = hidden_sites(tokens)
+    with torch.no_grad():
+        whole = m(tokens, af, pos, nb, dist)
+        base, corr = m(tokens, af, pos, nb, dist, parts=True)
+        torch.testing.assert_close(whole, base + corr)
+        scale = torch.tensor([0.0, 0.25, 0.75, 0.5])
+        m.correction_scale.copy_(scale)
+        scaled = m(tokens, af, pos, nb, dist)
+    a = af[hid].numpy()
+    bins = torch.from_numpy(maf_bin(np.minimum(a, 1 - a)))
+    assert set(bins.tolist()) == {0, 1, 2, 3}
+    torch.testing.assert_close(scaled, base + scale[bins][None] * corr)
+    assert not torch.allclose(scaled, whole)
+
+
+def test_a_model_saved_without_the_scale_applies_its_whole_correction():
+    """model.pt files written before the per-bin scale existed load, and answer as they did."""
+    m = ImputationModel(ModelConfig.preset("tiny"))
+    state = m.state_dict()
+    del state["correction_scale"]
+    other = ImputationModel(ModelConfig.preset("tiny"))
+    other.correction_scale.fill_(0.5)
+    other.load_state_dict(state)
+    assert other.correction_scale.tolist() == [1.0] * 4

@@ -102,6 +102,89 @@ def test_trains_and_beats_allele_frequency_baseline(tiny, tmp_path):
         assert col in metrics.columns
 
 
+def _val_r2_by_bin(d, pred) -> dict[int, float]:
+    """Aggregate dosage r² of ``pred`` on the hidden, owned val sites of each MAF bin, computed
+    apart from training: the imputation side's predictor and batches, numpy's r²."""
+    from ragimpute.metrics import maf_bin
+
+    r = Path(d["results"])
+    sites, wins = load_sites(r / "windows/20"), load_windows(r / "windows/20")
+    truth = WindowedTable(r / "windows/20/haplotypes/val.parquet", "alleles")
+    dos, gt, bins = [], [], []
+    for w in range(truth.n_windows):
+        batch = window_batch(d, w, "val")
+        a, b = wins.first_site[w], wins.last_site[w] + 1
+        own = sites.window.to_numpy()[a:b] == w
+        sel = np.flatnonzero((batch.tokens[0] == MASK) & own)
+        p, t = pred.predict(batch)[:, sel], truth.read(w)[:, sel]
+        af = sites.af.to_numpy()[a:b][sel]
+        dos.append((p[0::2] + p[1::2]).ravel())
+        gt.append((t[0::2] + t[1::2]).ravel())
+        bins.append(np.tile(maf_bin(np.minimum(af, 1 - af)), t.shape[0] // 2))
+    dos, gt, bins = np.concatenate(dos), np.concatenate(gt), np.concatenate(bins)
+    return {k: pearson_r2(dos[bins == k], gt[bins == k]) for k in np.unique(bins)}
+
+
+def test_the_share_of_the_correction_per_maf_bin_is_the_best_on_validation(tiny, tmp_path):
+    """model.pt applies, in each MAF bin, the share of the network's correction whose validation
+    r² over that bin is the best, as computed apart from training for every share."""
+    from ragimpute.metrics import BIN_LABELS
+    from ragimpute.train import CORRECTION_SCALES
+
+    out = tmp_path / "model"
+    summary = train(TrainConfig(**FAST), inputs(tiny), out, tmp_path / "state")
+    choice = summary["correction_by_maf"]
+    pred = load_predictor(str(out / "model.pt"), "cpu")  # its weights' digest covers the scale
+    chosen = pred.model.correction_scale.tolist()
+    assert chosen == [choice["scale"][lab] for lab in BIN_LABELS]
+    assert json.loads((out / "train.json").read_text())["correction_by_maf"] == choice
+
+    by_scale = {}
+    for scale in CORRECTION_SCALES:
+        pred.model.correction_scale.fill_(scale)
+        by_scale[scale] = _val_r2_by_bin(tiny, pred)
+    present = sorted(by_scale[1.0])
+    assert len(present) >= 2, present  # the tiny panel has sites in more than one bin
+    for k in present:
+        label = BIN_LABELS[k]
+        for scale in CORRECTION_SCALES:
+            got = choice["val_r2_by_scale"][label][str(scale)]
+            assert got == pytest.approx(by_scale[scale][k], abs=1e-5), (label, scale)
+        best = max((by_scale[s][k], s) for s in CORRECTION_SCALES)[1]
+        assert chosen[k] == best, (label, {s: by_scale[s][k] for s in CORRECTION_SCALES})
+    for k in set(range(len(BIN_LABELS))) - set(present):
+        assert chosen[k] == 1.0  # no validation site: as trained
+    # the network moved the prior: the shares are not all alike in their r²
+    assert len({round(by_scale[s][present[0]], 6) for s in CORRECTION_SCALES}) > 1
+
+    pred.model.correction_scale.copy_(torch.tensor(chosen))
+    after = _val_r2_by_bin(tiny, pred)
+    for k in present:
+        assert choice["val_after"][f"r2_{BIN_LABELS[k]}"] == pytest.approx(after[k], abs=1e-5)
+        assert after[k] >= by_scale[1.0][k] - 1e-12
+
+
+def test_the_share_of_the_correction_is_chosen_again_without_retraining(tiny, tmp_path, caplog):
+    """``correction_by_maf`` is applied to the best model after training: turning it off resumes
+    the finished run (no epoch trained again) and writes the same weights with the whole
+    correction everywhere."""
+    caplog.set_level("INFO", logger="ragimpute")
+    out, state = tmp_path / "model", tmp_path / "state"
+    cfg = {**FAST, "epochs": 1}
+    train(TrainConfig(**cfg), inputs(tiny), out, state)
+    chosen = torch.load(out / "model.pt", weights_only=False)
+    caplog.clear()
+    summary = train(TrainConfig(**cfg, correction_by_maf=False), inputs(tiny), out, state)
+    assert "resuming from" in caplog.text and "epoch 0:" not in caplog.text
+    assert summary["correction_by_maf"] is None
+    whole = torch.load(out / "model.pt", weights_only=False)
+    assert whole["model"]["correction_scale"].tolist() == [1.0] * 4
+    for name, w in chosen["model"].items():
+        if name != "correction_scale":
+            torch.testing.assert_close(whole["model"][name], w, rtol=0, atol=0)
+    load_predictor(str(out / "model.pt"), "cpu")  # its digest is right
+
+
 def test_predictor_keeps_observed_alleles_and_returns_probabilities(tiny, tmp_path):
     out = tmp_path / "model"
     train(TrainConfig(**{**FAST, "epochs": 1}), inputs(tiny), out, tmp_path / "state")

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 ADDED_SETTINGS = {"examples_per_epoch": 0}
 # Settings that change how a run uses the machine, not what it computes: never in the identity.
 MACHINE_SETTINGS = TRAIN_MACHINE_SETTINGS
+# Settings applied to the best model after training: a change makes the choice again (the run
+# resumes its finished checkpoint), it does not retrain.
+AFTER_TRAINING_SETTINGS = ("correction_by_maf",)
 
 
 def recorded_config(cfg: TrainConfig) -> dict:
@@ -57,7 +60,11 @@ def identity(cfg: TrainConfig, inputs: list[ChromInputs], data: dict | None = No
     the ``identity`` of ``train_data.Chromosome``) the samples of each split, the site list and a digest of
     every table read. Paths are left out, so that the same data in another directory is the same run."""
     return {
-        "cfg": {k: v for k, v in recorded_config(cfg).items() if k not in MACHINE_SETTINGS},
+        "cfg": {
+            k: v
+            for k, v in recorded_config(cfg).items()
+            if k not in MACHINE_SETTINGS + AFTER_TRAINING_SETTINGS
+        },
         "inputs": [(i.chrom, i.hashes) for i in inputs],
         "version": __version__,
         "data": data or {},

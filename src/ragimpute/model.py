@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .metrics import MAF_BINS
 from .tokens import ALT, MASK, REF
 
 # Half-widths (in sites) of the windows in which mismatches with each neighbour are counted.
@@ -380,6 +381,26 @@ class ImputationModel(nn.Module):
         # model's ALT probability (with retrieval) or the reference allele frequency (without). The
         # correction starts at zero, so an untrained model already answers like its prior.
         nn.init.zeros_(self.head.weight)
+        # The share of the correction applied at a site, per MAF bin of the allele frequency it is
+        # given (metrics.MAF_BINS): 1 while training; the train stage then chooses it on validation
+        # (``train.correction_by_maf``), so that the network does not move the prior in a bin where
+        # that made validation worse. A buffer: saved with the weights and covered by their digest.
+        self.register_buffer("correction_scale", torch.ones(len(MAF_BINS)))
+        self.register_buffer(
+            "maf_edges", torch.tensor([b[1] for b in MAF_BINS[:-1]]), persistent=False
+        )
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # a model saved before the scale existed applies its whole correction everywhere, as it did
+        key = prefix + "correction_scale"
+        if key not in state_dict:
+            state_dict[key] = torch.ones_like(self.correction_scale)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def maf_bins(self, af: torch.Tensor) -> torch.Tensor:
+        """MAF bin of each allele frequency (0 and MAF <= 0.5 % in the first, as ``metrics.maf_bin``)."""
+        maf = torch.minimum(af, 1 - af).float()
+        return torch.bucketize(maf, self.maf_edges.to(maf.dtype), right=False)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -445,12 +466,15 @@ class ImputationModel(nn.Module):
         sites: torch.Tensor | None = None,
         ctx: dict | None = None,
         prior: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        parts: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """ALT logits (B, S) at ``sites`` (default: every hidden site, in order).
 
         tokens (B, L); af, pos (L,); neighbours (B, K, L) alleles; distances (B, K). ``ctx`` from
         ``prepare`` (same tokens and neighbours) saves recomputing the window when sites come in chunks.
         prior (B, L): the engine's P(ALT), which the output refines (models with ``use_prior``).
+        ``parts``: the prior's logit and the whole correction, apart (the logits are the first plus
+        ``correction_scale`` of the site's MAF bin times the second).
         """
         if self.cfg.use_prior and prior is None:
             raise ValueError("this model refines the engine's prior: pass prior")
@@ -481,7 +505,10 @@ class ImputationModel(nn.Module):
             x = block(x, len(obs), nb)
         out = self.head(self.ln_f(x[:, len(obs) :])).squeeze(-1)
         base = hmm_dosage[:, len(obs) :, -1 if self.cfg.use_prior else 0]
-        return out + torch.logit(base.clamp(1e-4, 1 - 1e-4))
+        base = torch.logit(base.clamp(1e-4, 1 - 1e-4))
+        if parts:
+            return base, out
+        return base + out * self.correction_scale[self.maf_bins(af[sites])].to(out.dtype)
 
     @torch.no_grad()
     def predict_sites(
@@ -494,9 +521,11 @@ class ImputationModel(nn.Module):
         sites: torch.Tensor,
         chunk: int = 512,
         prior: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        parts: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """ALT probabilities (B, S) at ``sites``, in chunks sharing one prepared window. Exact: a site's
-        output does not depend on the other sites asked."""
+        output does not depend on the other sites asked. ``parts``: the prior's logit and the whole
+        correction instead (``forward``)."""
         ctx = self.prepare(tokens, pos, neighbours, distances)
         out = []
         for a in range(0, len(sites), chunk):
@@ -504,9 +533,13 @@ class ImputationModel(nn.Module):
             with torch.autocast(
                 tokens.device.type, dtype=torch.bfloat16, enabled=tokens.device.type == "cuda"
             ):
-                logits = self(tokens, af, pos, neighbours, distances, s, ctx, prior=prior)
-                out.append(torch.sigmoid(logits.float()))
-        return torch.cat(out, 1) if out else torch.zeros(tokens.shape[0], 0, device=tokens.device)
+                r = self(tokens, af, pos, neighbours, distances, s, ctx, prior=prior, parts=parts)
+                out.append(tuple(x.float() for x in r) if parts else torch.sigmoid(r.float()))
+        empty = torch.zeros(tokens.shape[0], 0, device=tokens.device)
+        if parts:
+            bases, corrections = zip(*out, strict=True) if out else ([empty], [empty])
+            return torch.cat(bases, 1), torch.cat(corrections, 1)
+        return torch.cat(out, 1) if out else empty
 
     @torch.no_grad()
     def embed(self, tokens: torch.Tensor, af: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,7 @@ class ModelPredictor:
         self.model = ImputationModel(ModelConfig(**checkpoint["model_args"])).to(device)
         self.model.load_state_dict(checkpoint["model"])
         self.model.eval()
+        self.epoch = checkpoint.get("epoch")
         self.device = device
         self.batch_rows = batch_rows
         self.site_chunk = site_chunk
@@ -124,11 +125,15 @@ class ModelPredictor:
         self.k = int(checkpoint.get("train_config", {}).get("k", 0)) or None
         if not self.model.cfg.use_retrieval:
             self.k = 0
-        self.provenance = {
-            "state_hash": checkpoint.get("state_hash"),
-            "epoch": checkpoint.get("epoch"),
-            "mask_hashes": checkpoint.get("mask_hashes"),
-            "ragimpute": checkpoint.get("ragimpute"),
+        # the share of the correction applied per MAF bin (0-0.5 / 0.5-1 / 1-5 / 5-50 %)
+        self.correction_scale = self.model.correction_scale.tolist()
+
+    def params(self) -> dict:
+        """What the VCF header and the report record of the model: the epoch it is of, and the
+        share of its correction per MAF bin (``train.correction_by_maf``)."""
+        return {
+            "model_epoch": self.epoch,
+            "correction_by_maf": "/".join(f"{x:g}" for x in self.correction_scale),
         }
 
     def check_reference(self, windows_dir: str | os.PathLike) -> None:

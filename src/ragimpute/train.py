@@ -22,6 +22,7 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,11 +33,11 @@ import torch.distributed as dist
 
 from . import __version__
 from .atomic import atomic_path, write_json, write_tsv
-from .checkpoint import Checkpoints, RunState
+from .checkpoint import Checkpoints, RunState, state_hash, torch_save
 from .devices import pick_device
 from .errors import ArtifactError, InputError
 from .logs import log, setup_logging
-from .metrics import BIN_LABELS, Accumulator
+from .metrics import BIN_LABELS, Accumulator, r2_from_sums
 from .model import ImputationModel, ModelConfig, masked_loss
 from .plots import pyplot, save_png
 from .procs import die_with_parent
@@ -94,6 +95,8 @@ class TrainConfig:
         True  # refine the engine's P(ALT) (the prior stage); False: the window copying model
     )
     model: dict = field(default_factory=dict)  # overrides of the preset (d_model, n_layers, ...)
+    # after training, choose on validation per MAF bin the share of the correction applied
+    correction_by_maf: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -506,6 +509,30 @@ def _end_of_epoch(run: Run, ep: Epoch, ckpts: Checkpoints) -> None:
         ckpts.save_best(st.model, row)
 
 
+def _split_batches(
+    windows: list[Window],
+    hashes: dict[str, str],
+    provider: RetrievalProvider,
+    references: dict[tuple[str, int], np.ndarray],
+    device: torch.device,
+    split: str,
+    batch_rows: int,
+) -> Iterator[tuple[Batch, dict, np.ndarray]]:
+    """Every haplotype of ``split`` in batches of ``batch_rows``, window by window, with the hidden
+    sites the window owns: (batch, its tensors on ``device``, sites)."""
+    for w in windows:
+        h = hashes[w.chrom]
+        tokens = w.tokens[(h, split)]
+        sites = np.flatnonzero((tokens[0] == MASK) & w.owned)
+        if len(sites) == 0:
+            continue
+        nb = provider.get(w, h, split)
+        for a in range(0, len(tokens), batch_rows):
+            rows = np.arange(a, min(a + batch_rows, len(tokens)))
+            b = Batch(w, h, split, rows, nb, references[(w.chrom, w.window)])
+            yield b, b.tensors(device), sites
+
+
 @torch.no_grad()
 def evaluate(
     model: ImputationModel,
@@ -522,28 +549,90 @@ def evaluate(
     was = model.training
     model.eval()
     acc = Accumulator()
-    for w in windows:
-        h = hashes[w.chrom]
-        tokens = w.tokens[(h, split)]
-        sites = np.flatnonzero((tokens[0] == MASK) & w.owned)
-        if len(sites) == 0:
-            continue
-        nb = provider.get(w, h, split)
-        for a in range(0, len(tokens), batch_rows):
-            rows = np.arange(a, min(a + batch_rows, len(tokens)))
-            b = Batch(w, h, split, rows, nb, references[(w.chrom, w.window)])
-            t = b.tensors(device)
-            p_t = model.predict_sites(
-                **t, sites=torch.from_numpy(sites).to(device), chunk=site_chunk
-            )
-            truth = b.truth(sites)
-            loss = torch.nn.functional.binary_cross_entropy(
-                p_t.clamp(1e-7, 1 - 1e-7), torch.from_numpy(truth).to(device).float()
-            )
-            acc.add_loss(float(loss.item()), truth.size)
-            b.score(acc, sites, p_t.cpu().numpy())
+    for b, t, sites in _split_batches(
+        windows, hashes, provider, references, device, split, batch_rows
+    ):
+        p_t = model.predict_sites(**t, sites=torch.from_numpy(sites).to(device), chunk=site_chunk)
+        truth = b.truth(sites)
+        loss = torch.nn.functional.binary_cross_entropy(
+            p_t.clamp(1e-7, 1 - 1e-7), torch.from_numpy(truth).to(device).float()
+        )
+        acc.add_loss(float(loss.item()), truth.size)
+        b.score(acc, sites, p_t.cpu().numpy())
     model.train(was)
     return acc
+
+
+# The shares of the network's correction tried per MAF bin (0: the prior alone).
+CORRECTION_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@torch.no_grad()
+def choose_correction(
+    model: ImputationModel,
+    windows: list[Window],
+    hashes: dict[str, str],
+    provider: RetrievalProvider,
+    references: dict[tuple[str, int], np.ndarray],
+    device: torch.device,
+    batch_rows: int = 32,
+    site_chunk: int = 512,
+) -> dict:
+    """Choose, for each MAF bin of the model's allele frequencies, the share of its correction
+    (``CORRECTION_SCALES``) with the best validation r² over that bin's sites, and set the model's
+    ``correction_scale`` to it. Returns the choice, the validation r² of every share per bin, and
+    the validation metrics with the whole correction (``before``) and with the choice (``after``).
+
+    The r² sums add over sites, so one pass scores every combination: per share and per bin of
+    the model (``ImputationModel.maf_bins``, which decides the share applied at a site), an
+    ``Accumulator`` of that bin's sites; the chosen model's metrics are the sum of the chosen ones.
+    """
+    was = model.training
+    model.eval()
+    n_bins = len(BIN_LABELS)
+    accs = [[Accumulator() for _ in range(n_bins)] for _ in CORRECTION_SCALES]
+    for b, t, sites in _split_batches(
+        windows, hashes, provider, references, device, "val", batch_rows
+    ):
+        s_t = torch.from_numpy(sites).to(device)
+        base, corr = model.predict_sites(**t, sites=s_t, chunk=site_chunk, parts=True)
+        applied = model.maf_bins(t["af"][s_t]).cpu().numpy()
+        for j, scale in enumerate(CORRECTION_SCALES):
+            p = torch.sigmoid(base + scale * corr).cpu().numpy()
+            for k in range(n_bins):
+                at = applied == k
+                if at.any():
+                    b.score(accs[j][k], sites[at], p[:, at])
+    model.train(was)
+
+    def r2_of(j: int, k: int) -> float:
+        return float(r2_from_sums(*accs[j][k].r2[-1]))
+
+    chosen = []
+    for k in range(n_bins):
+        # the largest share among the best: with no sites (NaN everywhere) the whole correction
+        scores = [(r2_of(j, k), scale) for j, scale in enumerate(CORRECTION_SCALES)]
+        finite = [x for x in scores if _finite(x[0])]
+        chosen.append(max(finite)[1] if finite else 1.0)
+    model.correction_scale.copy_(torch.tensor(chosen, dtype=model.correction_scale.dtype))
+
+    def total(pick: list[float]) -> dict:
+        acc = Accumulator()
+        for k, scale in enumerate(pick):
+            acc.r2 += accs[CORRECTION_SCALES.index(scale)][k].r2
+        res = acc.result()
+        return {key: _or_none(res[key]) for key in ("r2", *(f"r2_{lab}" for lab in BIN_LABELS))}
+
+    # JSON without NaN: a bin without validation sites has no r² (None)
+    return {
+        "scale": dict(zip(BIN_LABELS, chosen, strict=True)),
+        "val_r2_by_scale": {
+            lab: {str(scale): _or_none(r2_of(j, k)) for j, scale in enumerate(CORRECTION_SCALES)}
+            for k, lab in enumerate(BIN_LABELS)
+        },
+        "val_before": total([1.0] * n_bins),
+        "val_after": total(chosen),
+    }
 
 
 def _reset_peak_memory(device: torch.device) -> None:
@@ -582,6 +671,10 @@ def _finite(x: float) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x))
 
 
+def _or_none(x: float) -> float | None:
+    return x if _finite(x) else None
+
+
 def lr_factor(step: int, total: int, warmup_frac: float, min_frac: float) -> float:
     """Linear warm-up, then cosine decay to ``min_frac`` of the peak."""
     warm = max(1, int(warmup_frac * total))
@@ -599,8 +692,7 @@ def _write_outputs(run: Run, ckpts: Checkpoints, out_dir: Path, stopped_early: b
         raise ArtifactError(
             f"no epoch produced a finite validation r2; nothing to save ({ckpts.best_path})"
         )
-    with atomic_path(out_dir / "model.pt", suffix=".pt") as tmp:
-        shutil.copyfile(ckpts.best_path, tmp)
+    correction = _write_model(run, ckpts, out_dir / "model.pt")
     metrics = pd.DataFrame(st.history)
     write_tsv(out_dir / "metrics.tsv", metrics)
     with atomic_path(out_dir / "metrics.csv", suffix=".csv") as tmp:
@@ -617,12 +709,47 @@ def _write_outputs(run: Run, ckpts: Checkpoints, out_dir: Path, stopped_early: b
         "device": str(run.proc.device),
         "mask_hashes": {i.chrom: i.hashes for i in ckpts.inputs},
         "refreshes": st.refreshes,
+        "correction_by_maf": correction,
         "ragimpute": __version__,
         "torch": torch.__version__,
         "seed": cfg.seed,
     }
     write_json(out_dir / "train.json", summary)
     return summary
+
+
+def _write_model(run: Run, ckpts: Checkpoints, path: Path) -> dict | None:
+    """``model.pt``: the best model, with the share of its correction per MAF bin chosen on
+    validation (``train.correction_by_maf``; ``choose_correction``). Returns the choice (None: the
+    whole correction everywhere, as trained)."""
+    cfg, st, data = run.cfg, run.state, run.data
+    if not cfg.correction_by_maf or isinstance(run.provider, EmbeddingRetrieval):
+        if cfg.correction_by_maf:
+            # the provider's index was embedded by the last epoch's model, not the best one's
+            log.info("embedding mode: the whole correction in every MAF bin (no choice made)")
+        with atomic_path(path, suffix=".pt") as tmp:
+            shutil.copyfile(ckpts.best_path, tmp)
+        return None
+    best = torch.load(ckpts.best_path, map_location=run.proc.device, weights_only=False)
+    st.model.load_state_dict(best["model"])
+    hashes = data.hashes(best["epoch"])
+    choice = choose_correction(
+        st.model, data.windows, hashes, run.provider, data.references, run.proc.device
+    )
+    best["model"] = st.model.state_dict()
+    best["state_hash"] = state_hash(best["model"])
+    best["correction_by_maf"] = choice
+    torch_save(best, path)
+    before, after = choice["val_before"], choice["val_after"]
+    log.info(
+        "correction by MAF bin, chosen on validation: %s; val r2 %.5f -> %.5f (bins %s -> %s)",
+        " ".join(f"{lab} {x:g}" for lab, x in choice["scale"].items()),
+        before["r2"],
+        after["r2"],
+        " ".join(f"{before[f'r2_{lab}'] or float('nan'):.4f}" for lab in BIN_LABELS),
+        " ".join(f"{after[f'r2_{lab}'] or float('nan'):.4f}" for lab in BIN_LABELS),
+    )
+    return choice
 
 
 def plot_curves(metrics: pd.DataFrame, path: Path) -> None:
