@@ -52,6 +52,9 @@ def run(panel: str, seed: int, work: Path, cores: str, model: bool = False) -> p
     configs = [*PANELS[panel], *(["config/model.yaml"] if model else []), str(override)]
     table = _workflow(configs, results, work / f"{panel}_{seed}.log", cores)
     if model:
+        # the shares chosen, before the second run writes train.json without them
+        summary = json.loads((results / "model" / "train.json").read_text())
+        table.attrs["shares"] = summary["correction_by_maf"]["scale"]
         whole = work / f"{panel}_{seed}_whole.yaml"
         whole.write_text("train:\n  correction_by_maf: false\n")
         log = work / f"{panel}_{seed}_whole.log"
@@ -96,7 +99,7 @@ def main() -> None:
     for panel in a.panels:
         for seed in a.seeds:
             r2 = run(panel, seed, work, a.cores, a.model)
-            row = {"panel": panel, "seed": seed}
+            row = {"panel": panel, "seed": seed, "shares": r2.attrs.get("shares")}
             for b in BINS:
                 row[b] = {m: r2.loc[m, b] for m in r2.index}
             runs.append(row)
