@@ -602,7 +602,8 @@ def choose_correction(
             for k in range(n_bins):
                 at = applied == k
                 if at.any():
-                    b.score(accs[j][k], sites[at], p[:, at])
+                    # the neighbours' quality is the same for every share: not scored
+                    b.score(accs[j][k], sites[at], p[:, at], neighbours=False)
     model.train(was)
 
     def r2_of(j: int, k: int) -> float:
@@ -746,10 +747,14 @@ def _write_model(run: Run, ckpts: Checkpoints, path: Path) -> dict | None:
         " ".join(f"{lab} {x:g}" for lab, x in choice["scale"].items()),
         before["r2"],
         after["r2"],
-        " ".join(f"{before[f'r2_{lab}'] or float('nan'):.4f}" for lab in BIN_LABELS),
-        " ".join(f"{after[f'r2_{lab}'] or float('nan'):.4f}" for lab in BIN_LABELS),
+        *(" ".join(_bins_text(v)) for v in (before, after)),
     )
     return choice
+
+
+def _bins_text(r2: dict) -> list[str]:
+    """The r² of each MAF bin of a ``choose_correction`` record (None: no sites) for the log."""
+    return ["nan" if r2[f"r2_{lab}"] is None else f"{r2[f'r2_{lab}']:.4f}" for lab in BIN_LABELS]
 
 
 def plot_curves(metrics: pd.DataFrame, path: Path) -> None:

@@ -573,13 +573,16 @@ class Batch:
         """(B, S) true alleles at ``sites``."""
         return self.window.truth[self.split][self.rows][:, sites]
 
-    def score(self, acc: Accumulator, sites: np.ndarray, p: np.ndarray) -> None:
-        """Add the predictions ``p`` (B, S) at ``sites`` to ``acc``, with how good the neighbours were."""
+    def score(
+        self, acc: Accumulator, sites: np.ndarray, p: np.ndarray, neighbours: bool = True
+    ) -> None:
+        """Add the predictions ``p`` (B, S) at ``sites`` to ``acc``, with how good the neighbours
+        were (unless ``neighbours`` is False: they do not depend on ``p``)."""
         truth = self.truth(sites)
         acc.add(
             p.reshape(-1, 2, len(sites)), truth.reshape(-1, 2, len(sites)), self.window.maf[sites]
         )
-        if self.neighbours is not None:
+        if neighbours and self.neighbours is not None:
             nb = self.neighbours
             acc.add_retrieval(
                 nb.distances[self.rows], self.reference[nb.ids[self.rows, 0]][:, sites], truth
