@@ -40,9 +40,12 @@ PANELS = {"default": [], "admixed": ["config/admixed.yaml"]}
 BINS = [*BIN_LABELS, "all"]  # the rows of comparison.tsv
 
 
-def run(panel: str, seed: int, work: Path, cores: str, model: bool = False) -> pd.DataFrame:
-    """The workflow on one re-simulated demo; its comparison table (method x bin r²). ``model``:
-    the network too, and a row ``model_whole`` of it with the whole correction everywhere."""
+def run(
+    panel: str, seed: int, work: Path, cores: str, model: bool = False
+) -> tuple[pd.DataFrame, dict | None]:
+    """The workflow on one re-simulated demo; its comparison table (method x bin r²) and, with
+    ``model`` (the network too, and a row ``model_whole`` of it with the whole correction
+    everywhere), the shares of the correction chosen per MAF bin."""
     results = work / f"{panel}_{seed}"
     methods = "[copying, model, beagle]" if model else "[copying, beagle]"
     override = work / f"{panel}_{seed}.yaml"
@@ -51,17 +54,18 @@ def run(panel: str, seed: int, work: Path, cores: str, model: bool = False) -> p
     )
     configs = [*PANELS[panel], *(["config/model.yaml"] if model else []), str(override)]
     table = _workflow(configs, results, work / f"{panel}_{seed}.log", cores)
+    shares = None
     if model:
         # the shares chosen, before the second run writes train.json without them
         summary = json.loads((results / "model" / "train.json").read_text())
-        table.attrs["shares"] = summary["correction_by_maf"]["scale"]
+        shares = summary["correction_by_maf"]["scale"]
         whole = work / f"{panel}_{seed}_whole.yaml"
         whole.write_text("train:\n  correction_by_maf: false\n")
         log = work / f"{panel}_{seed}_whole.log"
         table.loc["model_whole"] = _workflow([*configs, str(whole)], results, log, cores).loc[
             "model"
         ]
-    return table
+    return table, shares
 
 
 def _workflow(configs: list[str], results: Path, log: Path, cores: str) -> pd.DataFrame:
@@ -98,8 +102,8 @@ def main() -> None:
     runs = []
     for panel in a.panels:
         for seed in a.seeds:
-            r2 = run(panel, seed, work, a.cores, a.model)
-            row = {"panel": panel, "seed": seed, "shares": r2.attrs.get("shares")}
+            r2, shares = run(panel, seed, work, a.cores, a.model)
+            row = {"panel": panel, "seed": seed, "shares": shares}
             for b in BINS:
                 row[b] = {m: r2.loc[m, b] for m in r2.index}
             runs.append(row)
