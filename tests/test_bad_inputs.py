@@ -663,6 +663,36 @@ def test_beagles_log_is_kept_once(impute_env, tmp_path):
     assert out.exists() and not (tmp_path / ".tmp.log").exists()
 
 
+REFERENCE_VCF = (
+    "##fileformat=VCFv4.2\n##contig=<ID=20>\n"
+    '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+    "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tA\tB\n"
+    "20\t100\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|1\n"
+    "20\t200\t.\tC\tT\t.\tPASS\t.\tGT\t0|0\t1|0\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("minimac4") is None, reason="minimac4 is not installed")
+@pytest.mark.parametrize("sound", [True, False], ids=["sound", "unreadable"])
+def test_minimac4_reference_leaves_no_temporary(tmp_path, sound):
+    """The minimac4_reference rule writes reference.msav.tmp and moves it onto reference.msav: a
+    failed run left it beside the output. Here a killed run's leftover is there before the job."""
+    import gzip
+
+    d = tmp_path / TINY_RESULTS / "targets" / "20"
+    d.mkdir(parents=True)
+    text = REFERENCE_VCF if sound else "not a VCF\n"
+    (d / "reference.vcf.gz").write_bytes(gzip.compress(text.encode()))
+    (d / "reference.msav.tmp").write_text("left by a killed run")
+    target = f"{TINY_RESULTS}/targets/20/reference.msav"
+    args = ("--allowed-rules", "minimac4_reference", "--cores", "1")
+    r = snakemake(tmp_path, *args, targets=(target,), configs=(TINY,), timeout=120)
+    assert (r.returncode == 0) == sound, output(r)[-3000:]
+    assert (d / "reference.msav").exists() == sound
+    assert not (d / "reference.msav.tmp").exists()
+
+
 def test_minimac4_target_leaves_out_sites_with_missing_calls(impute_env, tmp_path):
     """Minimac4 4.1 aborts on `.|.` / `.|1` at typed sites: its target leaves those sites out."""
     from impute_data import vcf_lines, write_bgzip

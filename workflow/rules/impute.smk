@@ -321,8 +321,14 @@ rule minimac4_reference:
         bench("minimac4_reference/{unit}.tsv")
     conda:
         "../../envs/minimac4.yaml"
+    # A failed or killed run must not leave reference.msav.tmp beside the output: the trap removes it
+    # on any exit (a SIGKILL runs no trap; the next run truncates it, then removes it likewise).
     shell:
-        "minimac4 --compress-reference {input} > {output}.tmp 2> {log} && mv {output}.tmp {output}"
+        """
+        trap 'rm -f {output}.tmp' EXIT
+        minimac4 --compress-reference {input} >{output}.tmp 2>{log}
+        mv {output}.tmp {output}
+        """
 
 
 # Minimac4 4.1 aborts on some missing calls at typed sites (.|., .|1). When the target was phased,
