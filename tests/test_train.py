@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -337,7 +338,9 @@ def test_training_refuses_tokens_and_neighbours_of_other_haplotypes(tiny, tmp_pa
     r = Path(tiny["results"])
     res = other_panel_results(r, r / "demo/panel.vcf.gz", r / "split/samples.tsv", tmp_path,
                               (256, 64))  # fmt: skip
+    # the priors of the old haplotypes are refused as well: their own test, below
     (inp,) = inputs({**tiny, "results": res})
+    inp = replace(inp, priors={})
     with pytest.raises(ArtifactError, match=r"made from other haplotypes.*--forcerun tokenize"):
         load_chromosome(inp)
     w, store = res / "windows/20", res / "masks/20"
@@ -346,6 +349,46 @@ def test_training_refuses_tokens_and_neighbours_of_other_haplotypes(tiny, tmp_pa
             run_tokenize_stage(w, store, h, s, res / "tokens/20" / h / f"{s}.parquet")
     with pytest.raises(ArtifactError, match=r"index of other haplotypes.*--forcerun tokenize"):
         load_chromosome(inp)
+
+
+def test_training_refuses_priors_of_other_haplotypes(tiny, tmp_path):
+    """A prior table records the digests of the haplotypes it was computed for (its rows) and from
+    (the train split). Windows re-made from another panel file of the same samples and sites leave
+    the priors of the old haplotypes, whose mask, site list and samples still match; training
+    refuses them, and a table copying from another train split, and one of an earlier version
+    (which records no digest), naming the table and the rerun."""
+    from impute_data import other_panel_results
+
+    from ragimpute.errors import ArtifactError
+    from ragimpute.prior import PRIOR_COLUMN, REFERENCE_DIGEST_KEY
+    from ragimpute.train_data import load_chromosome
+    from ragimpute.windows import DIGEST_KEY, write_windowed
+
+    r = Path(tiny["results"])
+    (inp,) = inputs(tiny)
+    load_chromosome(inp)  # the run's own priors pass
+    res = other_panel_results(r, r / "demo/panel.vcf.gz", r / "split/samples.tsv", tmp_path,
+                              (256, 64))  # fmt: skip
+    (other,) = inputs({**tiny, "results": res})
+    # without the tokens and neighbours, which are refused first (the test above)
+    with pytest.raises(ArtifactError, match=r"computed from other haplotypes.*--forcerun prior"):
+        load_chromosome(replace(other, tokens={}, retrieval={}))
+    key = (tiny["hashes"][0], "val")
+    table = WindowedTable(inp.priors[key], PRIOR_COLUMN)
+    for name, recorded in {
+        "reference": {**table.metadata, REFERENCE_DIGEST_KEY: "0" * 16},
+        "old": {
+            k: v for k, v in table.metadata.items() if k not in (DIGEST_KEY, REFERENCE_DIGEST_KEY)
+        },
+    }.items():
+        path = tmp_path / f"{name}.parquet"
+        blocks = (block for _, block in table)
+        write_windowed(path, blocks, PRIOR_COLUMN, table.samples, recorded, value_type=np.uint16)
+        why = "digest 0000000000000000" if name == "reference" else "none: written by an earlier"
+        with pytest.raises(
+            ArtifactError, match=rf"{name}.parquet was computed .*{why}.*--forcerun prior"
+        ):
+            load_chromosome(replace(inp, priors={**inp.priors, key: str(path)}))
 
 
 @pytest.mark.parametrize("damage", ["checkpoint flipped", "best truncated", "best missing"])

@@ -194,6 +194,10 @@ def run_engine(
 # -- the training data of the network: the engine's output on the panel's own haplotypes -------------
 
 PRIOR_COLUMN = "prior"
+# In a prior table's schema metadata, beside ``windows.DIGEST_KEY`` (the haplotypes of its rows): the
+# digest of the train split it copied from. Another panel file of the same samples and sites passes
+# the mask, site list and sample checks; these digests do not.
+REFERENCE_DIGEST_KEY = "reference_haplotypes_digest"
 
 
 def run_prior_stage(
@@ -213,7 +217,9 @@ def run_prior_stage(
     from .masks import load_mask_for
     from .states import reference_chunk
     from .windows import (
+        DIGEST_KEY,
         WindowedTable,
+        haplotypes_digest,
         load_windows,
         packed_haplotypes,
         sites_with_hash,
@@ -248,6 +254,8 @@ def run_prior_stage(
             "mask_hash": mask.hash,
             "site_list_hash": slh,
             "split": split,
+            DIGEST_KEY: haplotypes_digest(queries),
+            REFERENCE_DIGEST_KEY: haplotypes_digest(train),
             "scale": SCALE,
             "error": run.error,
             "engine": json.dumps(engine.params.to_dict()),

@@ -26,7 +26,7 @@ import torch
 from .atomic import open_parquet, parquet_metadata, reading
 from .errors import ArtifactError, MaskMismatchError
 from .metrics import Accumulator
-from .prior import PRIOR_COLUMN
+from .prior import PRIOR_COLUMN, REFERENCE_DIGEST_KEY
 from .prior import SCALE as PRIOR_SCALE
 from .tokens import TokenTable
 from .windows import DIGEST_KEY, WindowedTable, haplotypes_digest, load_windows, sites_with_hash
@@ -36,6 +36,12 @@ REMAKE_TOKENS = (
     "Re-make them from the haplotypes: `snakemake --cores all --forcerun tokenize`, with the target "
     "you ran if it was not the whole workflow (outside Snakemake: `ragimpute tokenize`, `ragimpute "
     "index` and `ragimpute retrieve`)"
+)
+
+# What re-makes the prior tables from the haplotypes (there is no CLI subcommand for the stage).
+REMAKE_PRIOR = (
+    "Re-make it from the haplotypes: `snakemake --cores all --forcerun prior`, with the target you ran "
+    "if it was not the whole workflow"
 )
 
 SPLITS = ("train", "val")
@@ -254,6 +260,9 @@ def _open_tables(
                 f"none: written by an earlier version) than {truth[key[1]].path}. {REMAKE_TOKENS}"
             )
     priors = {key: WindowedTable(p, PRIOR_COLUMN) for key, p in inp.priors.items()}
+    reference = truth.get("train")  # what every prior copied from, read here if training does not
+    if priors and reference is None:
+        reference = WindowedTable(Path(inp.windows_dir) / "haplotypes" / "train.parquet", "alleles")
     for key, t in priors.items():
         meta = t.metadata
         if meta.get("mask_hash") != key[0] or meta.get("site_list_hash") != slh:
@@ -266,7 +275,24 @@ def _open_tables(
                 f"{t.path}: its samples are not those of {truth[key[1]].path} (stale prior); "
                 "re-run the prior stage (`snakemake --cores all --forcerun prior`)"
             )
+        _check_prior_haplotypes(t, truth.get(key[1]), reference)
     return truth, tokens, priors
+
+
+def _check_prior_haplotypes(
+    prior: WindowedTable, queries: WindowedTable | None, reference: WindowedTable
+) -> None:
+    """Refuse a prior table computed for other haplotypes than ``queries`` (its rows; None: that
+    split is not read) or copying from another train split than ``reference``."""
+    for key, table in ((DIGEST_KEY, queries), (REFERENCE_DIGEST_KEY, reference)):
+        if table is None:
+            continue
+        have = haplotypes_digest(table)
+        if prior.metadata.get(key) != have:
+            raise ArtifactError(
+                f"{prior.path} was computed from other haplotypes (digest {prior.metadata.get(key)}; "
+                f"none: written by an earlier version) than {table.path} ({have}). {REMAKE_PRIOR}"
+            )
 
 
 def _read_prior(table: WindowedTable, w: int) -> np.ndarray:
