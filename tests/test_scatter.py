@@ -177,10 +177,10 @@ def test_an_engine_upgrade_reruns_what_the_engine_made(finished_copy):
 
 @pytest.mark.slow
 def test_artifacts_that_record_no_reference_are_rebuilt(finished_copy):
-    """Tokens, indexes, state indexes and model.pt written before they recorded the haplotypes they
-    were made from (which imputation refuses) are not kept: their rules carry
-    REFERENCE_RECORD_PARAM, and Snakemake reruns a job whose recorded parameters lack it. Here the
-    run's records are made to say they were written without it."""
+    """Tokens, indexes, state indexes, prior tables and model.pt written before they recorded the
+    haplotypes they were made from (which imputation or training refuses) are not kept: their rules
+    carry REFERENCE_RECORD_PARAM, and Snakemake reruns a job whose recorded parameters lack it. Here
+    the run's records are made to say they were written without it."""
     wd = finished_copy
     aged = set()
     for record in (wd / ".snakemake" / "metadata").iterdir():
@@ -189,7 +189,8 @@ def test_artifacts_that_record_no_reference_are_rebuilt(finished_copy):
             meta["params"] = [v for v in meta["params"] if v != repr(REFERENCE_RECORD_PARAM)]
             record.write_text(json.dumps(meta))
             aged.add(meta["rule"])
-    assert {"tokenize", "index", "states"} <= aged <= {"tokenize", "index", "states", "train"}
+    recorded = {"tokenize", "index", "states", "prior"}
+    assert recorded <= aged <= recorded | {"train"}
     r = snakemake(wd, "-n", "--cores", "2")
     assert r.returncode == 0, output(r)[-3000:]
     scheduled = {rule for rule, _ in jobs_in_log(output(r))}

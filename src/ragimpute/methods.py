@@ -19,8 +19,9 @@ ENGINE_PARAM = f"ragimpute-engine-{ENGINE_VERSION}"
 
 # What the artifacts made from the haplotype tables record of them (1: ``haplotypes_digest``, which
 # the tokens, the index, the state index and model.pt carry, and imputation checks against the
-# reference). A parameter of the rules that write them, so that Snakemake rebuilds those an earlier
-# version wrote (which record none, and imputation would refuse) instead of keeping them.
+# reference; the prior tables too, which training checks). A parameter of the rules that write them,
+# so that Snakemake rebuilds those an earlier version wrote (which record none, and imputation or
+# training would refuse) instead of keeping them.
 REFERENCE_RECORD_PARAM = "ragimpute-haplotypes-digest-1"
 
 # The engine settings a state index is built with (another value needs another index), and those the

@@ -22,6 +22,7 @@ rule prior:
         store=lambda wildcards: L.mask_store(wildcards.unit),
         engine=engine_rule_settings(),
         engine_version=ENGINE_PARAM,
+        reference_record=REFERENCE_RECORD_PARAM,
     script:
         "../scripts/prior.py"
 
