@@ -16,6 +16,7 @@ untyped sites, every method on the same reference and targets.
     pip install stdpopsim                                # not a dependency of the package
     python benchmarks/bench_panels.py                    # 4 panels, ~10 min on 2 cores
     python benchmarks/bench_panels.py --panels yri --as-arrays --seed 2
+    python benchmarks/bench_panels.py --panels ceu --reference-samples 1500 --engine states=1000
 
 Writes benchmarks/results/panels.json (every run's table, the configs and the machine) and prints a
 Markdown table.
@@ -55,8 +56,9 @@ BINS = [*BIN_LABELS, "all"]  # the rows of comparison.tsv
 ARRAY_NOISE = ArrayNoise(unphased=True, genotype_error=0.002, missing_rate=0.005)
 
 
-def simulate(panel: str, length: int, seed: int) -> dict:
-    """Biallelic sites of the reference and target samples: positions, alleles (sites, haplotypes)."""
+def simulate(panel: str, length: int, seed: int, reference_samples: int = 0) -> dict:
+    """Biallelic sites of the reference and target samples: positions, alleles (sites, haplotypes).
+    ``reference_samples``: reference samples per source population (0: the panel's own)."""
     try:
         import stdpopsim
     except ImportError:
@@ -65,6 +67,8 @@ def simulate(panel: str, length: int, seed: int) -> dict:
         ) from None
 
     model_id, reference, target_pop, n_targets = PANELS[panel]
+    if reference_samples:
+        reference = {pop: reference_samples for pop in reference}
     species = stdpopsim.get_species("HomSap")
     model = species.get_demographic_model(model_id)
     left = 10_000_000
@@ -110,7 +114,7 @@ def write_vcf(
 
 def prepare(panel: str, args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     """The inputs a user would have and the config file that points at them."""
-    d = simulate(panel, args.length, args.seed)
+    d = simulate(panel, args.length, args.seed, args.reference_samples)
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     alleles = BASES[rng.integers(0, len(BASES), len(d["pos"]))]
@@ -147,6 +151,8 @@ def prepare(panel: str, args: argparse.Namespace, work: Path) -> tuple[Path, dic
         },
         "evaluate": {"methods": args.methods},
     }
+    if args.engine:
+        config["engine"] = args.engine
     (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     facts = {
         "reference_haplotypes": 2 * n_ref,
@@ -189,10 +195,27 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["af", "copying", "beagle"])
     ap.add_argument("--cores", default="all")
     ap.add_argument("--work", type=Path, default=OUT / "panels_work")
+    ap.add_argument(
+        "--reference-samples",
+        type=int,
+        default=0,
+        help="reference samples per source population (default: the panel's, 900 or 270)",
+    )
+    ap.add_argument(
+        "--engine",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="engine settings instead of the shipped defaults, e.g. states=1000",
+    )
     args = ap.parse_args()
+    args.engine = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.engine)}
     runs = []
     for panel in args.panels:
         name = f"{panel}_{args.length / 1e6:g}mb{'_arrays' if args.as_arrays else ''}_{args.seed}"
+        if args.reference_samples:
+            name += f"_ref{args.reference_samples}"
+        name += "".join(f"_{k}{v}" for k, v in args.engine.items())
         config, facts = prepare(panel, args, args.work / name)
         wall = run(config, args.cores, args.work / f"{name}.log")
         table = pd.read_csv(
@@ -205,6 +228,7 @@ def main() -> None:
                 "length_bp": args.length,
                 "as_arrays": args.as_arrays,
                 "seed": args.seed,
+                "engine": args.engine,
                 **facts,
                 "workflow_wall_s": round(wall, 1),
                 "comparison": table.to_dict(orient="records"),
