@@ -48,6 +48,7 @@ import numpy as np
 from numba import njit, prange
 
 from .devices import on_cuda
+from .kernel_cache import load_kernels
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def reference_carriers(
     """The carriers of each site's minor allele in the reference, where there are at most ``limit``:
     ``ptr`` (N + 1,) and ``hap`` (ptr[-1],) in CSR form, haplotypes increasing; ``kind`` (N,) which
     allele they carry (ALT_LISTED, REF_LISTED; NOT_LISTED where there are more than ``limit``)."""
+    load_kernels()
     counts, kind = _carrier_counts(ref_packed, n_ref, limit)
     ptr = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=ptr[1:])
@@ -564,6 +566,7 @@ def interval_classes(
     starts, stops = edges[grouped], ends[grouped]
     cls = np.empty((len(grouped), n_ref), np.uint16 if n_ref < 65_536 else np.int32)
     reps = np.empty((len(grouped), n_ref), np.int32)
+    load_kernels()
     n_cls = _group_intervals(ref_packed, n_ref, starts, stops, cls, reps)
     row_bytes = (n_cls + 7) // 8
     cbit_off = np.full(n_sites, -1, np.int64)
@@ -1034,10 +1037,11 @@ class Engine:
         err = self.params.error if error is None else error
         if err is None:
             raise ValueError("no error rate: set params.error or pass error (see estimate_error)")
+        # one layout, so that the kernel compiled into numba's cache serves every call
         ex = (
             np.zeros((len(query), 0), np.int64)
             if exclude is None
-            else np.asarray(exclude, np.int64)
+            else np.ascontiguousarray(exclude, np.int64)
         )
         if len(ex) != len(query):
             raise ValueError("exclude needs one row per query")
@@ -1049,6 +1053,7 @@ class Engine:
             return impute_torch(
                 self, query, float(err), device, None if exclude is None else ex, interpolate
             )
+        load_kernels()
         cand = self.candidates(query, None if exclude is None else ex, threads)
         out = np.empty((len(query), self.chunk.n_sites if interpolate else 0), dtype=np.float32)
         stats = np.zeros((len(query), 2), dtype=np.float64)
