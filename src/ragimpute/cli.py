@@ -165,6 +165,7 @@ def _impute(a: argparse.Namespace) -> None:
         max_missing=a.max_missing,
         batch_haplotypes=a.batch,
         gp=a.gp,
+        hds=a.hds,
         panel_vcf=a.panel,
         checkpoint=a.checkpoint,
         device=a.device,
@@ -449,6 +450,12 @@ def _impute_parser(sub: Subparsers) -> None:
         action=argparse.BooleanOptionalAction,
         default=default("impute.gp"),
         help="write GP (GT:DS:GP); --no-gp writes GT:DS, as Beagle does by default",
+    )
+    s.add_argument(
+        "--hds",
+        action=argparse.BooleanOptionalAction,
+        default=default("impute.hds"),
+        help="write each haplotype's ALT dosage after DS (GT:DS:HDS:GP), as Minimac4 does",
     )
     s.add_argument("--index-kind", choices=choices("index.kind"), default=default("index.kind"))
     s.add_argument(

@@ -45,13 +45,12 @@ from .states import build_states, load_chunk, load_states, stale_reason
 from .targets import AlignedTarget, read_target
 from .tokens import MASK, tokenize_block
 from .vcf_write import (
-    GP_LINE,
-    INFO_LINES,
     bgzip_vcf_writer,
     contig_lengths,
     format_coded_records,
     format_records,
     header_lines,
+    imputed_meta_lines,
 )
 from .windows import WindowedTable, load_windows, reference_af, sites_with_hash
 
@@ -108,6 +107,7 @@ class _Job:
     method: str = ""  # the method's name in the VCF header and the report
     prior: PriorStore | None = None  # the engine's P(ALT), for predictors that refine it
     gp: bool = True  # write GP (GT:DS:GP), or GT:DS
+    hds: bool = False  # write each haplotype's P(ALT) after DS (GT:DS:HDS:GP)
     # per window written: positions and the integer sums INFO AF/R2 come from (ligate.write_stats)
     stats: list = field(default_factory=list)
     whole_target: AlignedTarget | None = None  # the whole target when ``target`` is one batch
@@ -143,6 +143,7 @@ def impute(
     gp: bool = True,
     engine_device: str = "cpu",
     reference_splits: tuple[str, ...] | list[str] = ("train",),
+    hds: bool = False,
 ) -> dict:
     """Impute every reference site for the samples of a harmonised target; returns the run report.
 
@@ -155,7 +156,7 @@ def impute(
     into batches; the engine's error rate is still estimated on the whole target, so that every batch
     uses the same); ``stats_out``: where to write the sums INFO is recomputed from when the batches
     are merged (``ragimpute.ligate``). ``gp``: records are ``GT:DS:GP``, else ``GT:DS`` (Beagle's
-    default; about half the bytes to write). ``reference_splits``: the splits of the imputation
+    default; about half the bytes to write); ``hds``: with HDS after DS. ``reference_splits``: the splits of the imputation
     reference, whose allele frequencies the ``af`` method, the model's input and the fill of missing
     calls take.
     """
@@ -165,8 +166,7 @@ def impute(
     faiss.omp_set_num_threads(max(1, threads))
     job = _open_inputs(target_vcf, windows_dir, mask_store, mask_hash, index_dir, predictor, k,
                        sample_batch, reference_splits)  # fmt: skip
-    job.batch_haplotypes = batch_haplotypes
-    job.gp = gp
+    job.batch_haplotypes, job.gp, job.hds = batch_haplotypes, gp, hds
     needs_prior = getattr(predictor, "needs_prior", False)
     device = getattr(predictor, "device", "cpu")
     if needs_prior and on_cuda(engine_device) and not on_cuda(device):
@@ -300,9 +300,9 @@ def _provenance(job: _Job, provenance: dict | None, engine_report: dict) -> dict
     }
 
 
-def _meta_lines(prov: dict, gp: bool) -> list[str]:
+def _meta_lines(prov: dict, job: _Job) -> list[str]:
     return [
-        *(line for line in INFO_LINES if gp or line != GP_LINE),
+        *imputed_meta_lines(job.gp, job.hds),
         "##ragimpute_impute=<" + ",".join(f"{key}={v}" for key, v in prov.items()) + ">",
     ]
 
@@ -317,7 +317,7 @@ def _write_vcf(
     with contextlib.ExitStack() as cleanup, bgzip_vcf_writer(out_vcf, threads) as write:
         if job.prior is not None:
             cleanup.callback(job.prior.close)
-        write(header_lines(job.chrom, contig_length, job.target.samples, _meta_lines(prov, job.gp)))
+        write(header_lines(job.chrom, contig_length, job.target.samples, _meta_lines(prov, job)))
         for w, (a, b) in enumerate(job.windows[["first_site", "last_site"]].to_numpy()):
             for records, n_filled in _impute_window(job, w, a, b + 1):
                 write(records)
@@ -368,8 +368,9 @@ def _impute_window(job: _Job, w: int, a: int, b: int) -> Iterator[tuple[bytes, i
     for block in _site_blocks(np.arange(len(own)), n_samples):
         sites = a + own[block]
         records, sums = format_records(
-            job.chrom, job.sites.iloc[sites], p[:, block].T, job.typed[sites], gp=job.gp
-        )
+            job.chrom, job.sites.iloc[sites], p[:, block].T, job.typed[sites], gp=job.gp,
+            hds=job.hds,
+        )  # fmt: skip
         job.stats.append((job.pos[sites], sums))
         yield records, int(missing[:, own[block]].sum())
 
@@ -386,7 +387,7 @@ def _prior_records(job: _Job, sites: np.ndarray) -> tuple[bytes, int]:
     calls = job.target.alleles[rows[t]]  # (typed sites here, haplotypes), -1 missing
     k[t] = np.where(calls >= 0, calls.astype(np.uint16) * np.uint16(PRIOR_SCALE), k[t])
     records, sums = format_coded_records(
-        job.chrom, job.sites.iloc[sites], k, job.typed[sites], gp=job.gp
+        job.chrom, job.sites.iloc[sites], k, job.typed[sites], gp=job.gp, hds=job.hds
     )
     job.stats.append((job.pos[sites], sums))
     return records, int((calls < 0).sum())
@@ -529,6 +530,7 @@ def run_impute_stage(
     sample_batch: tuple[int, int] | None = None,
     stats_out: str | os.PathLike | None = None,
     gp: bool = True,
+    hds: bool = False,
 ) -> dict:
     """Build the predictor for ``method``, impute, and write the VCF and its JSON report (with the
     target alignment counts from ``alignment_json``). ``index_dir`` / ``states_dir``: the window
@@ -572,6 +574,7 @@ def run_impute_stage(
         sample_batch=sample_batch,
         stats_out=stats_out,
         gp=gp,
+        hds=hds,
         engine_device=engine_device(engine) if method in ("copying", "model") else "cpu",
         # written by target_mask; an alignment.json of an earlier version: the train split's
         reference_splits=alignment.get("reference_splits", ["train"]),
@@ -619,6 +622,7 @@ def impute_target(
     engine: dict | None = None,
     reference_splits: tuple[str, ...] = ("train", "val", "test"),
     gp: bool = True,
+    hds: bool = False,
 ) -> dict:
     """Everything the workflow does for one target, outside Snakemake: harmonise it (``OUT.aligned/``),
     store its mask in the run's mask store, build the indexes for that mask unless they exist (they
@@ -674,4 +678,5 @@ def impute_target(
         states_dir=states_dir,
         engine=engine,
         gp=gp,
+        hds=hds,
     )

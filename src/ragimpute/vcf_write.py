@@ -1,10 +1,11 @@
 """Writing VCFs that bcftools, plink2 and GWAS tools accept: streamed, bgzipped, tabix-indexed, atomic.
 
 The writing half of the VCF layer (``vcf_io`` reads): headers, phased GT records (harmonised
-targets, reference panels for the other tools) and imputed ``GT:DS:GP`` records with INFO AF/R2
-(``format_records``, from haplotype ALT probabilities). Records are formatted from numpy arrays
-through lookup tables of pre-formatted numbers, so that a chromosome is written window by window
-without holding the whole text (or a Python object per genotype) in memory.
+targets, reference panels for the other tools) and imputed ``GT:DS:GP`` records (optionally with
+the per-haplotype ``HDS``) with INFO AF/R2 (``format_records``, from haplotype ALT probabilities).
+Records are formatted from numpy arrays through lookup tables of pre-formatted numbers, so that a
+chromosome is written window by window without holding the whole text (or a Python object per
+genotype) in memory.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ _THOUSANDTHS_LEN = np.array([len(t) for t in _THOUSANDTHS], dtype=np.int64)
 for _i, _text in enumerate(_THOUSANDTHS):
     _THOUSANDTHS_BYTES[_i, : len(_text)] = np.frombuffer(_text.encode(), np.uint8)
 _PHASED_GT_BYTES = np.array([np.frombuffer(g.encode(), np.uint8) for g in PHASED_GT])
-_HOM_REF = np.frombuffer(b"0|0:0:1,0,0", np.uint8).copy()  # its first 5 bytes without GP
+# The most common sample column, hom-ref with DS 0, of each FORMAT by (with_hds, with_gp).
+_HOM_REF = {
+    (hds, gp): np.frombuffer(b"0|0:0" + b":0,0" * hds + b":1,0,0" * gp, np.uint8).copy()
+    for hds in (False, True)
+    for gp in (False, True)
+}
 
 
 @njit(cache=True)
@@ -51,40 +57,55 @@ def _put(buf, at, number, table, lengths):
 
 
 @njit(parallel=True, cache=True)
-def _dosage_text(gt_code, ds, gp0, gp1, gp2, with_gp, table, lengths, gt_bytes):
-    """One byte buffer of every record's sample columns (``GT:DS:GP``, or ``GT:DS`` without
-    ``with_gp``), each record's ending in a newline; and the end offset of each record in it."""
+def _dosage_text(
+    gt_code, ds, gp0, gp1, gp2, hds, with_gp, with_hds, hom_ref, table, lengths, gt_bytes
+):
+    """One byte buffer of every record's sample columns (``GT:DS:HDS:GP``, less HDS without
+    ``with_hds`` and GP without ``with_gp``), each record's ending in a newline; and the end offset
+    of each record in it. ``hds`` is (sites, 2 * samples), read only ``with_hds``."""
     n_sites, n = gt_code.shape
     size = np.zeros(n_sites, np.int64)
     for i in prange(n_sites):
         t = 0
         for j in range(n):
             t += 5 + lengths[ds[i, j]]
+            if with_hds:
+                t += 2 + lengths[hds[i, 2 * j]] + lengths[hds[i, 2 * j + 1]]
             if with_gp:
                 t += 3 + lengths[gp0[i, j]] + lengths[gp1[i, j]] + lengths[gp2[i, j]]
         size[i] = t
     ends = np.cumsum(size)
     buf = np.empty(ends[-1] if n_sites else 0, np.uint8)
-    hom_ref = 11 if with_gp else 5
+    n_hom = len(hom_ref)
     for i in prange(n_sites):
         at = ends[i] - size[i]
         for j in range(n):
-            if ds[i, j] == 0 and gt_code[i, j] == 0 and (not with_gp or gp0[i, j] == 1000):
+            if (
+                ds[i, j] == 0
+                and gt_code[i, j] == 0
+                and (not with_gp or gp0[i, j] == 1000)
+                and (not with_hds or hds[i, 2 * j] + hds[i, 2 * j + 1] == 0)
+            ):
                 # most genotypes of an imputed panel: "0|0:0:1,0,0" (GP 1,0,0 is implied by DS 0,
                 # GP0 1000 and their sum 1000), written in one go
-                for c in range(hom_ref):
-                    buf[at + c] = _HOM_REF[c]
-                buf[at + hom_ref] = 9 if j < n - 1 else 10
-                at += hom_ref + 1
+                for c in range(n_hom):
+                    buf[at + c] = hom_ref[c]
+                buf[at + n_hom] = 9 if j < n - 1 else 10
+                at += n_hom + 1
                 continue
             for c in range(3):
                 buf[at + c] = gt_bytes[gt_code[i, j], c]
             buf[at + 3] = 58  # ":"
             at = _put(buf, at + 4, ds[i, j], table, lengths)
+            if with_hds:
+                buf[at] = 58
+                at = _put(buf, at + 1, hds[i, 2 * j], table, lengths)
+                buf[at] = 44  # ","
+                at = _put(buf, at + 1, hds[i, 2 * j + 1], table, lengths)
             if with_gp:
                 buf[at] = 58
                 at = _put(buf, at + 1, gp0[i, j], table, lengths)
-                buf[at] = 44  # ","
+                buf[at] = 44
                 at = _put(buf, at + 1, gp1[i, j], table, lengths)
                 buf[at] = 44
                 at = _put(buf, at + 1, gp2[i, j], table, lengths)
@@ -99,10 +120,12 @@ def dosage_fields(
     gp0: np.ndarray | None = None,
     gp1: np.ndarray | None = None,
     gp2: np.ndarray | None = None,
+    hds: np.ndarray | None = None,
 ) -> list[bytes]:
-    """Per-record ``GT:DS:GP`` sample columns (tab-separated bytes ending in a newline) from (sites,
-    samples) arrays: GT code 2 * allele0 + allele1, DS in thousandths (0-2000), GP in thousandths
-    (0-1000); ``GT:DS`` when no GP is given.
+    """Per-record ``GT:DS:HDS:GP`` sample columns (tab-separated bytes ending in a newline) from
+    (sites, samples) arrays: GT code 2 * allele0 + allele1, DS in thousandths (0-2000), GP in
+    thousandths (0-1000); HDS (sites, 2 * samples) in thousandths (0-1000), haplotype 1 then 2 of
+    each sample. ``GT:DS:GP`` when no HDS is given, ``GT:DS:HDS`` or ``GT:DS`` when no GP is.
 
     Written by a compiled kernel from lookup tables (numbers without trailing zeros: "0", "0.25",
     "1"): no Python object per genotype.
@@ -110,12 +133,16 @@ def dosage_fields(
     n_sites, n = gt_code.shape
     if n == 0:
         return [b"\n"] * n_sites
-    with_gp = gp0 is not None
+    with_gp, with_hds = gp0 is not None, hds is not None
     gp = (gp0, gp1, gp2) if with_gp else (ds, ds, ds)  # not read without GP
-    arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (gt_code, ds, *gp)]
+    arrays = [
+        np.ascontiguousarray(a, dtype=np.int64)
+        for a in (gt_code, ds, *gp, hds if with_hds else ds)  # nor HDS without it
+    ]
     buf, ends = _dosage_text(
-        *arrays, with_gp, _THOUSANDTHS_BYTES, _THOUSANDTHS_LEN, _PHASED_GT_BYTES
-    )
+        *arrays, with_gp, with_hds, _HOM_REF[with_hds, with_gp], _THOUSANDTHS_BYTES,
+        _THOUSANDTHS_LEN, _PHASED_GT_BYTES,
+    )  # fmt: skip
     data = buf.tobytes()
     starts = np.r_[0, ends[:-1]]
     return [data[a:e] for a, e in zip(starts, ends, strict=True)]
@@ -278,7 +305,7 @@ def write_phased_vcf(
         write_sites(sites, alleles, unphased)
 
 
-# -- imputed records: GT:DS:GP from haplotype ALT probabilities ------------------------------------
+# -- imputed records: GT:DS(:HDS):GP from haplotype ALT probabilities ------------------------------
 
 GP_LINE = (
     '##FORMAT=<ID=GP,Number=G,Type=Float,Description="Genotype probabilities of 0/0, 0/1, 1/1">'
@@ -294,6 +321,21 @@ INFO_LINES = [
     '##FORMAT=<ID=DS,Number=A,Type=Float,Description="ALT dosage: P(ALT) of haplotype 1 + haplotype 2">',
     GP_LINE,
 ]
+# Minimac4's field (Number=2: one value per haplotype of a diploid sample, in GT order)
+HDS_LINE = (
+    '##FORMAT=<ID=HDS,Number=2,Type=Float,Description="Estimated Haploid Alternate Allele Dosage: '
+    'P(ALT) of haplotype 1, of haplotype 2">'
+)
+
+
+def imputed_meta_lines(gp: bool = True, hds: bool = False) -> list[str]:
+    """The INFO and FORMAT header lines of imputed records (``format_records``): HDS declared after
+    DS, as its values follow DS's, only with ``hds``; GP only with ``gp``."""
+    lines = [line for line in INFO_LINES if gp or line != GP_LINE]
+    if hds:
+        at = next(i for i, line in enumerate(lines) if line.startswith("##FORMAT=<ID=DS,"))
+        lines.insert(at + 1, HDS_LINE)
+    return lines
 
 
 def genotype_codes(k: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -338,6 +380,25 @@ def _genotype_codes(k, scale, gt, ds, g0, g1, g2):
             g2[i, j] = t2
 
 
+def haplotype_dosages(k: np.ndarray) -> np.ndarray:
+    """(n_sites, 2n) P(ALT) x STATS_SCALE (integers) -> the same shape in thousandths (HDS): each
+    haplotype's p = k / STATS_SCALE rounded as DS rounds p0 + p1, so that HDS1 + HDS2 is DS to
+    within one thousandth (each rounding is off by less than half of one)."""
+    k = np.ascontiguousarray(k)
+    if k.dtype.kind not in "iu":
+        k = k.astype(np.int64)
+    out = np.empty(k.shape, np.int64)
+    _haplotype_dosages(k, float(STATS_SCALE), out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _haplotype_dosages(k, scale, out):
+    for i in prange(k.shape[0]):
+        for j in range(k.shape[1]):
+            out[i, j] = min(max(np.rint((k[i, j] / scale) * 1000), 0), 1000)
+
+
 # P(ALT) is rounded to 1/STATS_SCALE before any field is computed from it (ragimpute.ligate: the
 # exact integer sums merged batches recompute INFO from)
 STATS_SCALE = 65535
@@ -350,6 +411,7 @@ def format_records(
     typed: np.ndarray,
     block: int = 1 << 21,
     gp: bool = True,
+    hds: bool = False,
 ) -> tuple[bytes, np.ndarray]:
     """VCF record lines of ``sites`` from haplotype probabilities ``p`` (n_sites, 2n), formatted
     ``block`` genotypes at a time (memory: ~30 bytes per genotype of a block); also (n_sites, 2) the
@@ -359,7 +421,7 @@ def format_records(
     P(ALT) is first rounded to 1/65535 (far below the printed thousandths), the one value every
     field is computed from (``format_coded_records``)."""
     k = np.rint(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0) * STATS_SCALE).astype(np.int64)
-    return format_coded_records(chrom, sites, k, typed, block, gp)
+    return format_coded_records(chrom, sites, k, typed, block, gp, hds)
 
 
 def format_coded_records(
@@ -369,22 +431,26 @@ def format_coded_records(
     typed: np.ndarray,
     block: int = 1 << 21,
     gp: bool = True,
+    hds: bool = False,
 ) -> tuple[bytes, np.ndarray]:
     """``format_records`` from P(ALT) already rounded: ``k`` (n_sites, 2n) integers P(ALT) x 65535
-    (as the engine's prior store holds them). Without ``gp``, the records are ``GT:DS``."""
+    (as the engine's prior store holds them). The records are ``GT:DS:GP``; without ``gp`` ``GT:DS``;
+    with ``hds`` each haplotype's P(ALT) follows DS (``GT:DS:HDS:GP``, ``GT:DS:HDS``)."""
     n = k.shape[1] // 2
     step = max(1, block // max(n, 1))
     pos = sites["pos"].to_numpy()
     ids = sites["id"].to_numpy() if "id" in sites else np.full(len(sites), ".", dtype=object)
     ref, alt = sites["ref"].to_numpy(), sites["alt"].to_numpy()
-    form = "GT:DS:GP\t" if gp else "GT:DS\t"
+    form = "GT:DS" + ":HDS" * hds + ":GP" * gp + "\t"
     sums = np.zeros((len(k), 2), dtype=np.int64)
     _code_sums(np.ascontiguousarray(k), sums)
     out = []
     for a in range(0, len(sites), step):
         b = min(a + step, len(sites))
         codes = genotype_codes(k[a:b])
-        fields = dosage_fields(*(codes if gp else codes[:2]))
+        fields = dosage_fields(
+            *(codes if gp else codes[:2]), hds=haplotype_dosages(k[a:b]) if hds else None
+        )
         info = info_strings(sums[a:b, 0], sums[a:b, 1], 2 * n, typed[a:b])
         for i in range(b - a):
             j = a + i

@@ -169,6 +169,9 @@ IMPUTE_PARAMS = dict(
     k=lambda wildcards: config["retrieval"]["k"] if wildcards.method == "model" else 0,
     device=config["impute"]["device"],
     gp=config["impute"]["gp"],
+    # Snakemake compares the set of the parameters' values, not their names: HDS off adds none (so
+    # that the runs before it existed are not redone), on a value no other parameter has
+    **({"hds": "FORMAT/HDS"} if config["impute"]["hds"] else {}),
     engine=lambda wildcards: (
         engine_rule_settings() if wildcards.method in ENGINE_METHODS else {}
     ),

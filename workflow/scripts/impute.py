@@ -29,4 +29,5 @@ run(
     sample_batch=tuple(batch) if batch else None,
     stats_out=snakemake.output.get("stats"),
     gp=snakemake.params.gp,
+    hds=bool(snakemake.params.get("hds")),
 )
