@@ -154,3 +154,67 @@ def shared_env(tmp_path_factory) -> Env:
     if "env" not in _ENV:
         _ENV["env"] = build_env(tmp_path_factory.mktemp("impute-env"))
     return _ENV["env"]
+
+
+# The haplotype dosages HDS (impute.hds) against the P(ALT) they were written from: each is that
+# P(ALT) rounded to 1/65535 (the writer's one value every field comes from) and then to thousandths,
+# so within half a thousandth and 1/131070 of it; HDS1 + HDS2 is DS to within one thousandth, each
+# of the three being rounded on its own.
+HDS_OF_P = 0.0005 + 1 / 131070 + 1e-9
+HDS_SUM_OF_DS = 0.001 + 1e-9
+
+
+def hds_and_ds(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions, HDS (sites, 2 * samples; haplotype 1, 2 of each sample) and DS (sites, samples)
+    of an imputed VCF as bcftools reads them."""
+    import pysam.bcftools
+
+    rows = [
+        r.split("\t")
+        for r in pysam.bcftools.query("-f", "%POS[\t%HDS\t%DS]\n", str(path)).splitlines()
+    ]
+    pos = np.array([int(r[0]) for r in rows])
+    hds = np.array([[float(x) for h in r[1::2] for x in h.split(",")] for r in rows])
+    ds = np.array([[float(x) for x in r[2::2]] for r in rows])
+    return pos, hds, ds
+
+
+def check_hds(path: Path, p_at: dict[int, np.ndarray]) -> None:
+    """``path`` declares HDS and writes it after DS at every record; per haplotype it is the
+    P(ALT) ``p_at[pos]`` the writer was given, and the two sum to DS."""
+    header, records = vcf_lines(path)
+    hds_lines = [h for h in header if h.startswith("##FORMAT=<ID=HDS,")]
+    assert len(hds_lines) == 1 and "Number=2,Type=Float" in hds_lines[0]
+    assert {r[8] for r in records} <= {"GT:DS:HDS:GP", "GT:DS:HDS"}
+    pos, hds, ds = hds_and_ds(path)
+    assert sorted(p_at) == list(pos)
+    p = np.array([p_at[x] for x in pos])
+    assert hds.shape == p.shape
+    assert np.abs(hds - p).max() <= HDS_OF_P
+    assert np.abs(hds[:, 0::2] + hds[:, 1::2] - ds).max() <= HDS_SUM_OF_DS
+
+
+def without_hds(records: list[list[str]]) -> list[list[str]]:
+    """Records of ``GT:DS:HDS(:GP)`` with HDS taken out: the records written without it."""
+    out = []
+    for r in records:
+        keys = r[8].split(":")
+        at = keys.index("HDS")
+        cols = [":".join(c.split(":")[:at] + c.split(":")[at + 1 :]) for c in r[9:]]
+        out.append(r[:8] + [":".join(keys[:at] + keys[at + 1 :])] + cols)
+    return out
+
+
+def recorded_writes(monkeypatch, module, name: str, scale: float = 1.0) -> dict[int, np.ndarray]:
+    """Patch ``module.name`` (a record formatter called with chrom, sites, P(ALT) of (sites, 2n))
+    to note the P(ALT) it is given per position (``scale``: its units per 1)."""
+    seen: dict[int, np.ndarray] = {}
+    real = getattr(module, name)
+
+    def noting(chrom, sites, p, *args, **kw):
+        for x, row in zip(sites["pos"].to_numpy(), np.asarray(p, np.float64), strict=True):
+            seen[int(x)] = row / scale
+        return real(chrom, sites, p, *args, **kw)
+
+    monkeypatch.setattr(module, name, noting)
+    return seen

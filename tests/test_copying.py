@@ -14,10 +14,13 @@ import pysam.bcftools
 import pytest
 from impute_data import (
     CHROM,
+    check_hds,
     foreign_results,
     imputed_records,
+    recorded_writes,
     shared_env,
     vcf_lines,
+    without_hds,
     write_bgzip,
 )
 
@@ -29,6 +32,7 @@ from ragimpute.methods import STATES_RULE_SETTINGS
 from ragimpute.predictors import PriorPredictor
 from ragimpute.schema import section_defaults
 from ragimpute.states import build_states, load_chunk, load_states, stale_reason
+from ragimpute.vcf_write import STATS_SCALE
 from ragimpute.windows import run_window_stage, sites_hash
 
 
@@ -329,3 +333,22 @@ def test_a_prior_store_left_by_a_killed_job_is_removed_by_the_next_one(tmp_path)
         with PriorStore(10, 4, tmp_path) as other:  # this process's own: alive, kept
             assert live.dir.exists() and other.dir.exists()
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("gp", [True, False])
+def test_hds_is_the_engines_p_alt_per_haplotype(env, tmp_path, monkeypatch, gp):
+    """impute.hds on the copying model's own writing path (the prior store's P(ALT), formatted
+    directly): bcftools reads HDS as that P(ALT) per haplotype (the observed allele at typed
+    sites), summing to DS; without HDS the records are the run's without it, byte for byte."""
+    copying(env, env.results, tmp_path / "plain.vcf.gz", gp=gp)
+    import ragimpute.impute
+
+    seen = recorded_writes(monkeypatch, ragimpute.impute, "format_coded_records", STATS_SCALE)
+    copying(env, env.results, tmp_path / "hds.vcf.gz", gp=gp, hds=True)
+    check_hds(tmp_path / "hds.vcf.gz", seen)
+    _, records = vcf_lines(tmp_path / "hds.vcf.gz")
+    assert {r[8] for r in records} == {"GT:DS:HDS:GP" if gp else "GT:DS:HDS"}
+    assert without_hds(records) == vcf_lines(tmp_path / "plain.vcf.gz")[1]
+    _, target = vcf_lines(env.target)
+    typed = {int(r[1]): [int(a) for g in r[9:] for a in g.split("|")] for r in target}
+    assert all(np.array_equal(seen[x], typed[x]) for x in typed)

@@ -13,10 +13,14 @@ import pysam
 import pytest
 from impute_data import (
     CHROM,
+    HDS_SUM_OF_DS,
+    check_hds,
     foreign_results,
     imputed_records,
+    recorded_writes,
     shared_env,
     vcf_lines,
+    without_hds,
     write_bgzip,
     write_vcf,
 )
@@ -25,7 +29,7 @@ from ragimpute.cli import main as cli_main
 from ragimpute.errors import ArtifactError, InputError
 from ragimpute.impute import PREDICTOR_FACTORIES, impute_target
 from ragimpute.tokens import MASK
-from ragimpute.vcf_write import STATS_SCALE, genotype_codes
+from ragimpute.vcf_write import STATS_SCALE, format_records, genotype_codes
 
 HAS_BCFTOOLS = shutil.which("bcftools") is not None
 
@@ -261,6 +265,85 @@ def test_compiled_genotype_codes_equal_the_array_formulas():
     np.testing.assert_array_equal(g2, t2 - over * (t0 < t2))
     np.testing.assert_array_equal(g0 + g1 + g2, 1000)
     assert (g1 >= 0).all()
+
+
+def test_default_records_are_as_written_before_hds():
+    """The FORMAT and bytes of the default records (GT:DS:GP) and of GT:DS, unchanged by the
+    optional HDS: the hom-ref shortcut, a heterozygote, a typed site, trailing zeros dropped."""
+    sites = pd.DataFrame({"pos": [10, 20], "id": ["rs1", "."], "ref": "A", "alt": ["C", "G"]})
+    p = np.array([[0.0, 0.0, 0.3, 0.4], [1.0, 1.0, 0.12345, 0.98765]])
+    typed = np.array([False, True])
+    text, _ = format_records("20", sites, p, typed)
+    assert text == (
+        b"20\t10\trs1\tA\tC\t.\tPASS\tAF=0.175;R2=0.221;IMP\tGT:DS:GP\t0|0:0:1,0,0"
+        b"\t0|1:0.7:0.42,0.46,0.12\n"
+        b"20\t20\t.\tA\tG\t.\tPASS\tAF=0.7778;R2=0.826;TYPED\tGT:DS:GP\t1|1:2:0,0,1"
+        b"\t0|1:1.111:0.011,0.867,0.122\n"
+    )
+    text, _ = format_records("20", sites, p, typed, gp=False)
+    assert text.split(b"\n")[1].endswith(b"TYPED\tGT:DS\t1|1:2\t0|1:1.111")
+    text, _ = format_records("20", sites, p, typed, hds=True)
+    assert text.split(b"\n")[1].endswith(
+        b"TYPED\tGT:DS:HDS:GP\t1|1:2:1,1:0,0,1\t0|1:1.111:0.123,0.988:0.011,0.867,0.122"
+    )
+
+
+def _thousandths(x: np.ndarray) -> np.ndarray:
+    return np.array([f"{v / 1000:.3f}".rstrip("0").rstrip(".") for v in x.ravel()]).reshape(x.shape)
+
+
+@pytest.mark.parametrize("gp", [True, False])
+@pytest.mark.parametrize("hds", [False, True])
+def test_records_equal_an_independent_formatting(gp, hds):
+    """Every sample column of the compiled writer against the same numbers formatted in Python
+    (GT, DS, HDS and GP in thousandths, trailing zeros dropped), hom-ref shortcut included; HDS
+    sums to DS to within one thousandth."""
+    rng = np.random.default_rng(2)
+    k = rng.integers(0, STATS_SCALE + 1, (300, 10))
+    k[rng.random(k.shape) < 0.5] = 0
+    k[:20] = rng.choice([0, 1, 32, 33, STATS_SCALE // 2, STATS_SCALE], (20, 10))
+    sites = pd.DataFrame({"pos": np.arange(1, 301), "ref": "A", "alt": "C"})
+    text, _ = format_records("20", sites, k / STATS_SCALE, np.zeros(300, bool), gp=gp, hds=hds)
+    rows = [ln.split("\t") for ln in text.decode().splitlines()]
+    assert {r[8] for r in rows} == {"GT" + ":DS" + ":HDS" * hds + ":GP" * gp}
+    gt, ds, g0, g1, g2 = genotype_codes(k)
+    h = np.rint(k / STATS_SCALE * 1000).astype(np.int64)
+    want = np.array(["0|0", "0|1", "1|0", "1|1"])[gt]
+    want = np.char.add(np.char.add(want, ":"), _thousandths(ds))
+    if hds:
+        pair = np.char.add(np.char.add(_thousandths(h[:, 0::2]), ","), _thousandths(h[:, 1::2]))
+        want = np.char.add(np.char.add(want, ":"), pair)
+        assert np.abs(h[:, 0::2] + h[:, 1::2] - ds).max() <= HDS_SUM_OF_DS * 1000
+    if gp:
+        for c, g in enumerate((g0, g1, g2)):
+            want = np.char.add(np.char.add(want, ":" if c == 0 else ","), _thousandths(g))
+    assert [r[9:] for r in rows] == want.tolist()
+
+
+@pytest.mark.parametrize("method", ["af", "retrieval"])
+def test_hds_is_each_haplotypes_p_alt_and_leaves_the_rest(env, tmp_path, monkeypatch, method):
+    """impute.hds on a predictor's output: the header declares HDS, bcftools reads per haplotype
+    the P(ALT) the writer was given (the observed allele at typed sites) and HDS sums to DS;
+    without HDS the records are those of the default run, byte for byte. (``model`` is written by
+    the same path; ``copying``'s own path is tested in test_copying.)"""
+    import ragimpute.impute
+
+    default = tmp_path / "default.vcf.gz"
+    run(env, env.target, default, method)
+    seen = recorded_writes(monkeypatch, ragimpute.impute, "format_records")
+    out = tmp_path / f"{method}.vcf.gz"
+    run(env, env.target, out, method, hds=True)
+    check_hds(out, seen)
+    header, records = vcf_lines(out)
+    default_header, default_records = vcf_lines(default)
+    assert without_hds(records) == default_records
+    assert not any(h.startswith("##FORMAT=<ID=HDS") for h in default_header)
+    dated = ("##FORMAT=<ID=HDS", "##filedate=")  # the date changes at midnight
+    undated = [h for h in default_header if not h.startswith(dated[1])]
+    assert [h for h in header if not h.startswith(dated)] == undated
+    _, target = vcf_lines(env.target)
+    typed = {int(r[1]): [int(a) for g in r[9:] for a in g.split("|")] for r in target}
+    assert all(np.array_equal(seen[x], typed[x]) for x in typed)
 
 
 # -- stitching ---------------------------------------------------------------------------------------
