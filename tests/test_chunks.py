@@ -308,8 +308,10 @@ def test_a_target_without_records_in_a_chunk_says_so(tmp_path):
 # -- sample batches: merged, the same VCF as one batch ---------------------------------------------
 
 
-def test_batches_merged_equal_one_batch(tmp_path_factory, tmp_path):
-    """Targets imputed in batches of samples and merged give the VCF of one batch, INFO included."""
+@pytest.mark.parametrize("hds", [False, True])
+def test_batches_merged_equal_one_batch(tmp_path_factory, tmp_path, hds):
+    """Targets imputed in batches of samples and merged give the VCF of one batch, INFO included
+    (and with impute.hds each haplotype's dosage)."""
     import gzip
 
     from impute_data import CHROM, shared_env
@@ -321,7 +323,7 @@ def test_batches_merged_equal_one_batch(tmp_path_factory, tmp_path):
     env = shared_env(tmp_path_factory)
     whole = tmp_path / "whole.vcf.gz"
     kw = dict(panel_vcf=env.panel, reference_splits=("train",), aligned_dir=tmp_path / "al")
-    impute_target(env.results, CHROM, env.split, env.target, "copying", whole, **kw)
+    impute_target(env.results, CHROM, env.split, env.target, "copying", whole, hds=hds, **kw)
     layout = Layout(str(env.results))
     aligned = tmp_path / "al"
     h = json.loads((aligned / "alignment.json").read_text())["hash"]
@@ -333,7 +335,7 @@ def test_batches_merged_equal_one_batch(tmp_path_factory, tmp_path):
             "copying", aligned / "alignment.json", aligned / "target.vcf.gz", env.windows,
             env.store, None, vcf, tmp_path / f"b{i}.json", panel_vcf=env.panel,
             states_dir=layout.states(CHROM, h), sample_batch=(first, count),
-            stats_out=tmp_path / f"b{i}.stats.npz",
+            stats_out=tmp_path / f"b{i}.stats.npz", hds=hds,
         )  # fmt: skip
         parts.append((vcf, tmp_path / f"b{i}.stats.npz"))
     merged = tmp_path / "merged.vcf.gz"
@@ -346,7 +348,8 @@ def test_batches_merged_equal_one_batch(tmp_path_factory, tmp_path):
 
     got, want = body(merged), body(whole)
     assert got[0] == want[0]  # #CHROM line: every sample, in order
-    assert got == want  # every record, INFO AF/R2 and every sample's GT:DS:GP
+    assert got == want  # every record, INFO AF/R2 and every sample's GT:DS:GP (or GT:DS:HDS:GP)
+    assert {r.split("\t")[8] for r in got[1:]} == {"GT:DS:HDS:GP" if hds else "GT:DS:GP"}
 
     # every batch's provenance line (its own estimated error rate), named by its batch
     def impute_lines(path):
@@ -359,6 +362,50 @@ def test_batches_merged_equal_one_batch(tmp_path_factory, tmp_path):
     errors = [json.loads((tmp_path / f"b{i}.json").read_text())["error"] for i in range(2)]
     assert [b["error"] for b in report["batches"]] == errors
     assert "error" not in report and "error" not in report["engine"]
+
+
+def test_chunks_ligated_keep_hds_as_one_piece(tmp_path_factory, tmp_path):
+    """A chromosome imputed with impute.hds, cut into two overlapping chunks, the second with some
+    samples' haplotypes the other way round (GT and HDS, as a phaser run on the chunk alone may put
+    them): ligated, the records are those of the one piece, HDS included."""
+    import gzip
+
+    from impute_data import CHROM, shared_env
+
+    from ragimpute.impute import impute_target
+    from ragimpute.ligate import ligate
+
+    env = shared_env(tmp_path_factory)
+    whole = tmp_path / "whole.vcf.gz"
+    impute_target(env.results, CHROM, env.split, env.target, "copying", whole, hds=True,
+                  panel_vcf=env.panel, reference_splits=("train",), aligned_dir=tmp_path / "al")  # fmt: skip
+    with gzip.open(whole, "rt") as f:
+        lines = f.read().splitlines()
+    header = [ln for ln in lines if ln.startswith("#")]
+    records = [ln.split("\t") for ln in lines if not ln.startswith("#")]
+    n = len(records)
+    swap = {0, 3}
+
+    def swapped(column):
+        gt, ds, hds, gp = column.split(":")
+        return ":".join([gt[::-1], ds, ",".join(hds.split(",")[::-1]), gp])
+
+    def chunk(name, rows, swap=()):
+        path = tmp_path / name / "copying.vcf.gz"
+        path.parent.mkdir()
+        text = [r[:9] + [swapped(c) if j in swap else c for j, c in enumerate(r[9:])] for r in rows]
+        with gzip.open(path, "wt") as f:
+            f.write("\n".join(header + ["\t".join(r) for r in text]) + "\n")
+        return path
+
+    a = chunk("20.c000", records[: 6 * n // 10])
+    b = chunk("20.c001", records[4 * n // 10 :], swap)
+    core_end = int(records[n // 2][1])
+    out = tmp_path / "20.vcf.gz"
+    info = ligate([(a, 1, core_end), (b, core_end + 1, 10**9)], out)
+    assert info["phase_joins"][0]["samples_swapped"] == len(swap)
+    assert _records(out)[1] == records
+    assert sum(h.startswith("##FORMAT=<ID=HDS,") for h in _records(out)[0]) == 1
 
 
 # -- the workflow: chunks ligated, against the chromosome in one piece ------------------------------
