@@ -109,6 +109,15 @@ def test_a_value_is_blamed_on_the_overlay_that_set_it_not_on_the_snakefiles_conf
     ]
 
 
+def test_impute_hds_is_a_boolean():
+    cfg = tiny_config()
+    cfg["impute"] = {**cfg.get("impute", {}), "hds": "HDS"}
+    (problem,) = config_problems(cfg, SCHEMA)
+    assert problem.startswith("config key 'impute.hds'") and "not of type 'boolean'" in problem
+    cfg["impute"]["hds"] = True
+    assert config_problems(cfg, SCHEMA) == []
+
+
 def test_a_number_given_as_text_by_config_says_to_use_a_configfile():
     """Snakemake's --config 'mask={"array_dropout": 0.1}' hands the nested value over as text."""
     from ragimpute.smk import config_sources

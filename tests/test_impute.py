@@ -707,6 +707,15 @@ def test_cli_impute_then_evaluate(env, tmp_path, capsys):
     args += ["--reference", "train"]
     assert cli_main(args + ["--out", str(ev)]) == 0
     assert (ev / "bins.tsv").exists()
+    # --hds adds HDS, and the evaluation, which scores DS, is the same
+    hds = tmp_path / "hds" / "af.vcf.gz"
+    i = args.index(str(out))
+    impute_args = ["impute", "--results", str(env.results), "--chrom", CHROM, "--split"]
+    impute_args += [str(env.split), "--reference", "train", "--target", str(env.target)]
+    assert cli_main(impute_args + ["--method", "af", "--out", str(hds), "--hds"]) == 0
+    assert "ID=HDS" in "".join(vcf_lines(hds)[0])
+    assert cli_main(args[:i] + [str(hds)] + args[i + 1 :] + ["--out", str(ev / "hds")]) == 0
+    assert (ev / "hds" / "bins.tsv").read_text() == (ev / "bins.tsv").read_text()
     # A user error is one clear line and exit status 1, not a traceback.
     bad = ["impute", "--results", str(env.results), "--chrom", CHROM, "--split", str(env.split)]
     bad += ["--reference", "train"]
