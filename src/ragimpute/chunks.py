@@ -153,14 +153,15 @@ def plan_panel_chunks(
     genetic_map: GeneticMap | None = None,
     pass_only: bool = True,
     cache_dir: str | None = None,
+    indels: bool = False,
 ) -> list[Unit]:
-    """``plan_chunks`` over the span of ``chrom``'s biallelic SNV records in ``panel_vcf`` (the
-    records the window stage keeps), leaving out chunks in gaps. Read through the index
+    """``plan_chunks`` over the span of ``chrom``'s biallelic SNV (with ``indels``, and indel)
+    records in ``panel_vcf`` (the records the window stage keeps), leaving out chunks in gaps. Read through the index
     (``SitePositions``: a few milliseconds), so it runs whenever the DAG is built; a chromosome
     without such records is one unit, which the window stage then reports."""
     from .vcf_io import SitePositions
 
-    with SitePositions(panel_vcf, chrom, pass_only, cache_dir) as positions:
+    with SitePositions(panel_vcf, chrom, pass_only, cache_dir, indels) as positions:
         first = positions.first()
         if first is None:
             return [Unit(chrom, chrom, 1, 1, 1, 1)]

@@ -66,6 +66,7 @@ def _window(a: argparse.Namespace) -> None:
         a.out,
         pass_only=not a.keep_filtered,
         genetic_map=a.genetic_map,
+        indels=a.indels,
     )
 
 
@@ -319,6 +320,12 @@ def _window_parser(sub: Subparsers) -> None:
         action="store_true",
         default=not default("panel.pass_only"),
         help="keep records whose FILTER is not PASS",
+    )
+    s.add_argument(
+        "--indels",
+        action="store_true",
+        default=default("panel.indels"),
+        help="keep the panel's biallelic indels as sites to impute (panel.indels)",
     )
     s.add_argument("--genetic-map", help="PLINK .map or HapMap genetic map (default 1 cM/Mb)")
     s.add_argument("--out", required=True, help="output directory")

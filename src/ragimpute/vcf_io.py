@@ -34,6 +34,8 @@ from .errors import InputError
 # The empty BGZF block every bgzip/htslib writer ends a file with (SAM/BAM spec, section 4.1.2).
 SKIP_REASONS = ("multiallelic", "non_snv", "no_alt", "filtered")
 _BASES = frozenset("ACGT")
+# An indel's alleles may hold N (a base the assembly does not know), as Beagle and Minimac4 accept.
+_INDEL_BASES = frozenset("ACGTN")
 
 
 @dataclass
@@ -516,15 +518,16 @@ def read_panel(
     samples: list[str] | None = None,
     pass_only: bool = True,
     region: tuple[int, int] | None = None,
+    indels: bool = False,
 ) -> Panel:
-    """Read the biallelic SNVs of ``chrom`` (or of its ``region``, first and last bp inclusive: a
-    chunk) with phased genotypes of ``samples`` (all by default), as one matrix (``PanelStream``
-    reads the same block by block).
+    """Read the biallelic SNVs (and with ``indels`` the biallelic indels) of ``chrom`` (or of its
+    ``region``, first and last bp inclusive: a chunk) with phased genotypes of ``samples`` (all by
+    default), as one matrix (``PanelStream`` reads the same block by block).
 
     Multi-allelic, non-SNV, ALT-less and (with ``pass_only``) filtered records are skipped and counted.
-    Unphased or missing genotypes, unsorted or duplicate positions are errors naming the record.
+    Unphased or missing genotypes, unsorted or duplicate sites are errors naming the record.
     """
-    stream = PanelStream(path, chrom, samples, pass_only, region)
+    stream = PanelStream(path, chrom, samples, pass_only, region, indels)
     kept: list[Site] = []
     blocks: list[np.ndarray] = []
     for sites, haplotypes in stream:
@@ -575,7 +578,7 @@ def skip_counts(skipped: dict[str, int]) -> str:
 
 
 class PanelStream:
-    """The biallelic SNVs of ``chrom`` (or of its ``region``) of a panel with the phased haplotypes of
+    """The biallelic SNVs (with ``indels``, and indels) of ``chrom`` (or of its ``region``) of a panel with the phased haplotypes of
     ``samples`` (all by default), read block by block: memory is one block, whatever the length of
     the chromosome. ``read_panel`` gathers the blocks; the window stage writes them out window by
     window.
@@ -595,9 +598,11 @@ class PanelStream:
         samples: list[str] | None = None,
         pass_only: bool = True,
         region: tuple[int, int] | None = None,
+        indels: bool = False,
     ):
         self.path = str(path)
         check_readable(self.path)
+        self.indels = indels
         self.all_samples = vcf_samples(self.path)
         self.chrom = resolve_contig(self.path, chrom)
         if samples is None:
@@ -618,7 +623,7 @@ class PanelStream:
     def __iter__(self) -> Iterator[tuple[list[Site], np.ndarray]]:
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.n_sites = 0
-        records = RecordFilter(self.path, self.pass_only, self.skipped)
+        records = RecordFilter(self.path, self.pass_only, self.skipped, indels=self.indels)
         kept: list[Site] = []
         gts: list[str] = []
         block = _block_records(len(self.all_samples))
@@ -675,14 +680,16 @@ class SitePositions:
         chrom: str,
         pass_only: bool = True,
         cache_dir: str | os.PathLike | None = None,
+        indels: bool = False,
     ):
         self.path = str(path)
         check_readable(self.path)
         self.pass_only = pass_only
+        self.indels = indels
         self._handle = None
         self._positions: np.ndarray | None = None
         if not is_indexed(self.path):
-            every = _all_site_positions(self.path, pass_only, cache_dir)
+            every = _all_site_positions(self.path, pass_only, cache_dir, indels)
             self.contig = resolve_contig(self.path, chrom, vcf_contigs(self.path) or list(every))
             self._positions = every.get(self.contig, np.zeros(0, np.int64))
             return
@@ -712,7 +719,7 @@ class SitePositions:
             return None
         for pos, ref, alt, filt in self._records(start, end):
             # a region query also returns records that start before it and reach into it
-            if pos >= start and skip_reason(ref, alt, filt, self.pass_only) is None:
+            if pos >= start and skip_reason(ref, alt, filt, self.pass_only, self.indels) is None:
                 return pos
         return None
 
@@ -758,7 +765,7 @@ class SitePositions:
 
 
 def _all_site_positions(
-    path: str, pass_only: bool, cache_dir: str | os.PathLike | None
+    path: str, pass_only: bool, cache_dir: str | os.PathLike | None, indels: bool = False
 ) -> dict[str, np.ndarray]:
     """Every contig's kept positions (``SitePositions``) of an unindexed file, read through once
     (only CHROM, POS, REF, ALT and FILTER) and cached in ``cache_dir``."""
@@ -766,7 +773,9 @@ def _all_site_positions(
     import json
 
     st = os.stat(path)
-    key = json.dumps([os.path.realpath(path), st.st_size, st.st_mtime_ns, bool(pass_only)])
+    key = [os.path.realpath(path), st.st_size, st.st_mtime_ns, bool(pass_only)]
+    # appended only when set, so that the positions cached before ``indels`` existed still serve
+    key = json.dumps(key + ["indels"] * bool(indels))
     cached = None
     if cache_dir is not None:
         name = f"positions-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
@@ -784,7 +793,7 @@ def _all_site_positions(
         if not line:
             continue
         c, p, ref, alt, filt = line.split("\t")
-        if skip_reason(ref, alt, filt, pass_only) is None:
+        if skip_reason(ref, alt, filt, pass_only, indels) is None:
             found.setdefault(c, []).append(int(p))
     out = {c: np.sort(np.array(v, dtype=np.int64)) for c, v in found.items()}
     if cached is not None:
@@ -955,15 +964,43 @@ def _short_record(path: str, where: str, n_columns: int, n_samples: int) -> Inpu
     )
 
 
-def skip_reason(ref: str, alt: str, filt: str, pass_only: bool) -> str | None:
-    """Why a record is not a biallelic SNV the panel reader keeps (a ``SKIP_REASONS`` entry), or
-    None when it is one. Bases are case-insensitive (VCF 4.3, section 1.6.1): ``a``/``g`` is an SNV."""
+def is_snv(ref: str, alt: str) -> bool:
+    """Whether REF/ALT (uppercase) are one base each, A, C, G or T."""
+    return len(ref) == 1 and len(alt) == 1 and ref in _BASES and alt in _BASES
+
+
+def snv_sites(sites: pd.DataFrame) -> np.ndarray:
+    """Which rows of a site table (``ref``, ``alt`` uppercase) are SNVs: with ``panel.indels`` the
+    others are the panel's indels, imputed but never typed."""
+    ref = sites["ref"].astype(str).to_numpy()
+    alt = sites["alt"].astype(str).to_numpy()
+    return np.fromiter(
+        (is_snv(r, a) for r, a in zip(ref, alt, strict=True)), dtype=bool, count=len(sites)
+    )
+
+
+def is_indel(ref: str, alt: str) -> bool:
+    """Whether REF/ALT (uppercase) are an indel: lengths differ, every base A, C, G, T or N (not a
+    symbolic ``<DEL>``, a breakend or an MNP, which no imputation tool imputes as a site)."""
+    return (
+        len(ref) != len(alt)
+        and bool(ref)
+        and bool(alt)
+        and set(ref) <= _INDEL_BASES
+        and set(alt) <= _INDEL_BASES
+    )
+
+
+def skip_reason(ref: str, alt: str, filt: str, pass_only: bool, indels: bool = False) -> str | None:
+    """Why a record is not a biallelic SNV (with ``indels``, or indel) the panel reader keeps (a
+    ``SKIP_REASONS`` entry), or None when it is one. Bases are case-insensitive (VCF 4.3, section
+    1.6.1): ``a``/``g`` is an SNV."""
     ref, alt = ref.upper(), alt.upper()
     if "," in alt:
         return "multiallelic"
     if alt in (".", "*", ""):
         return "no_alt"
-    if len(ref) != 1 or len(alt) != 1 or ref not in _BASES or alt not in _BASES:
+    if not is_snv(ref, alt) and not (indels and is_indel(ref, alt)):
         return "non_snv"
     if pass_only and filt not in ("PASS", "."):
         return "filtered"
@@ -971,7 +1008,8 @@ def skip_reason(ref: str, alt: str, filt: str, pass_only: bool) -> str | None:
 
 
 class RecordFilter:
-    """Which records are biallelic SNVs, in order: the rest is counted by reason, disorder is an error.
+    """Which records are biallelic SNVs (with ``indels``, or indels), in order: the rest is counted by
+    reason, disorder is an error.
 
     Multi-allelic, ALT-less, non-SNV and (with ``pass_only``) filtered records are skipped and counted in
     ``skipped``, as Beagle and Minimac4 skip them; unsorted records and two SNVs at one position are errors
@@ -979,7 +1017,12 @@ class RecordFilter:
     """
 
     def __init__(
-        self, path: str, pass_only: bool, skipped: dict[str, int], same_position: bool = False
+        self,
+        path: str,
+        pass_only: bool,
+        skipped: dict[str, int],
+        same_position: bool = False,
+        indels: bool = False,
     ):
         self.path = path
         self.pass_only = pass_only
@@ -987,8 +1030,10 @@ class RecordFilter:
         # a target's second SNV at one position is an error only where both match the reference
         # (``targets.read_target``): arrays have probes of other alleles at a reference site
         self.same_position = same_position
+        self.indels = indels
         self.last_pos = 0
         self.last_kept = -1
+        self.kept_here: set[tuple[str, str]] = set()  # the alleles kept at ``last_kept``
 
     def keep(self, chrom: str, pos: int, ref: str, alt: str, filt: str = ".") -> bool:
         if pos < self.last_pos:
@@ -1000,20 +1045,35 @@ class RecordFilter:
                 record=f"{chrom}:{pos}",
             )
         self.last_pos = pos
-        reason = skip_reason(ref, alt, filt, self.pass_only)
+        reason = skip_reason(ref, alt, filt, self.pass_only, self.indels)
         if reason:
             self.skipped[reason] += 1
             return False
-        if pos == self.last_kept and not self.same_position:
+        alleles = (ref.upper(), alt.upper())
+        if pos != self.last_kept:
+            self.kept_here = set()
+        elif not self.same_position and self._clashes(alleles):
+            what = "two biallelic SNV" if is_snv(*alleles) else f"two {'/'.join(alleles)}"
             raise InputError(
                 self.path,
-                f"two biallelic SNV records at position {pos}",
+                f"{what} records at position {pos}",
                 "Join split multi-allelics (`bcftools norm -m+any`) or drop duplicates "
                 "(`bcftools norm -d all`)",
                 record=f"{chrom}:{pos}",
             )
         self.last_kept = pos
+        self.kept_here.add(alleles)
         return True
+
+    def _clashes(self, alleles: tuple[str, str]) -> bool:
+        """Whether a record at the position of the last one kept is one too many. Real panels have an
+        SNV and indels at one position (a split multi-allelic site), which Beagle and Minimac4 impute
+        as sites of their own; two SNVs there are still refused, since a target's SNV is matched to
+        the reference's one SNV at its position, and a repeated record always is."""
+        if not self.indels:
+            return True
+        snv = is_snv(*alleles)
+        return alleles in self.kept_here or (snv and any(is_snv(*k) for k in self.kept_here))
 
 
 # -- the one GT decoder -----------------------------------------------------------------------------

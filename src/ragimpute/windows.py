@@ -744,9 +744,11 @@ def run_window_stage(
     pass_only: bool = True,
     genetic_map: str | os.PathLike | None = None,
     region: tuple[int, int] | None = None,
+    indels: bool = False,
 ) -> dict:
     """The window stage of a chromosome, or of one chunk of it (``region``: first, last bp): the
-    panel is streamed (``write_windows``), so that memory does not grow with its length."""
+    panel is streamed (``write_windows``), so that memory does not grow with its length. With
+    ``indels`` the panel's biallelic indels are sites too (``panel.indels``)."""
     from .split import load_split
     from .vcf_io import vcf_samples
 
@@ -756,12 +758,12 @@ def run_window_stage(
     # the reader then has no columns to shuffle.
     order = {s: i for i, s in enumerate(vcf_samples(panel_vcf))}
     samples = sorted((s for name in SPLITS for s in split[name]), key=lambda s: order.get(s, -1))
-    panel = PanelStream(panel_vcf, chrom, samples=samples, pass_only=pass_only, region=region)
+    panel = PanelStream(panel_vcf, chrom, samples, pass_only, region, indels)
     try:
         gmap = read_genetic_map(genetic_map, chrom) if genetic_map else None
     except InputError:
         # a chromosome (or chunk) the panel holds no record of: that, not the map, is the error
-        with SitePositions(panel_vcf, chrom, pass_only) as at:
+        with SitePositions(panel_vcf, chrom, pass_only, indels=indels) as at:
             if at.next_at(*(region or (1, None))) is None:
                 raise panel._none_kept() from None
         raise
