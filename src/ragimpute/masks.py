@@ -30,7 +30,7 @@ from . import __version__
 from .atomic import file_sha256, read_artifact_json, read_parquet_df, write_json, write_parquet
 from .errors import ArtifactError, InputError, UnreadableArtifactError
 from .logs import log
-from .vcf_io import normalize_chrom, upper_alleles, vcf_records_sites
+from .vcf_io import is_snv, normalize_chrom, snv_sites, upper_alleles, vcf_records_sites
 
 FORMAT_VERSION = 1
 STRATEGIES = ("random", "af", "array")
@@ -148,6 +148,17 @@ def match_sites(sites: pd.DataFrame, manifest: pd.DataFrame, manifest_path: obje
     alleles = {"ref", "alt"} <= set(m.columns)
     if alleles:
         m = upper_alleles(m.copy())  # bases are case-insensitive, as in the panel
+        m = _without_non_snvs(m, manifest_path)
+    # typed sites are SNVs: a panel indel (``panel.indels``) at an array position is imputed
+    snv = snv_sites(sites)
+    if not snv.any():
+        raise InputError(
+            manifest_path,
+            f"the panel sites here ({sites['chrom'].iloc[0]}:{sites['pos'].min()}-"
+            f"{sites['pos'].max()}) hold no SNV to type, only indels",
+            "Lengthen chunks.length, or check the panel",
+        )
+    sites = sites.loc[snv]
     # The same site listed twice is one site: counted once, and said so (not as "not a panel SNV").
     dup = m.duplicated(subset=["pos", "ref", "alt"] if alleles else ["pos"])
     n_dup = int(dup.sum())
@@ -209,7 +220,28 @@ def match_sites(sites: pd.DataFrame, manifest: pd.DataFrame, manifest_path: obje
             "(another chunk's, or beyond the panel)",
             manifest_path, int((~inside).sum()), name, first, last,
         )  # fmt: skip
-    return hit
+    out = np.zeros(len(snv), dtype=bool)
+    out[snv] = hit
+    return out
+
+
+def _without_non_snvs(m: pd.DataFrame, manifest_path: object) -> pd.DataFrame:
+    """The manifest's SNV rows: an indel (or other non-SNV) on it would be typed in the mask while
+    every target skips its indel records, so it is left out, and said so."""
+    snv = np.fromiter(
+        (is_snv(r, a) for r, a in zip(m["ref"].astype(str), m["alt"].astype(str), strict=True)),
+        dtype=bool,
+        count=len(m),
+    )
+    if not snv.all():
+        rows = m.loc[~snv].head(5)
+        shown = ", ".join(f"{c}:{p}" for c, p in zip(rows["chrom"], rows["pos"], strict=True))
+        log.warning(
+            "%s: %d rows are not SNVs (%s%s); typed sites are SNVs only (a target's indel records "
+            "are skipped), so they are left out of the array (an indel the panel has is imputed)",
+            manifest_path, int((~snv).sum()), shown, ", ..." if (~snv).sum() > 5 else "",
+        )  # fmt: skip
+    return m.loc[snv]
 
 
 def make_mask(spec: dict, sites: pd.DataFrame, on_array: np.ndarray | None = None) -> np.ndarray:

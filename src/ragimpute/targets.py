@@ -57,7 +57,9 @@ from .vcf_io import (
     query_lines,
     resolve_contig,
     short_record_error,
+    site_table,
     skip_counts,
+    snv_sites,
     split_fields,
     vcf_records_contigs,
     vcf_samples,
@@ -432,16 +434,20 @@ class _SiteMatch:
     ``frequency_flagged`` those left out by ``drop_for_frequency``."""
 
     def __init__(self, recs: list[tuple[str, int, str, str]], sites: pd.DataFrame):
-        ref_pos = sites["pos"].to_numpy(dtype=np.int64)
-        ref_ref = sites["ref"].to_numpy().astype(str)
-        ref_alt = sites["alt"].to_numpy().astype(str)
+        # Typed sites are SNVs: a reference indel at an SNV's position is another site, never the
+        # one a target SNV there is matched to (the panel holds at most one SNV per position).
+        snv = np.flatnonzero(snv_sites(sites))
+        ref_pos = sites["pos"].to_numpy(dtype=np.int64)[snv]
+        ref_ref = sites["ref"].to_numpy().astype(str)[snv]
+        ref_alt = sites["alt"].to_numpy().astype(str)[snv]
         self.chrom = [r[0] for r in recs]
         self.pos = np.fromiter((r[1] for r in recs), dtype=np.int64, count=len(recs))
         self.ref = np.array([r[2] for r in recs], dtype=str)
         self.alt = np.array([r[3] for r in recs], dtype=str)
-        self.idx = np.searchsorted(ref_pos, self.pos)
-        idx_c = np.minimum(self.idx, max(len(ref_pos) - 1, 0))
-        self.at_pos = (self.idx < len(ref_pos)) & (ref_pos[idx_c] == self.pos)
+        at = np.searchsorted(ref_pos, self.pos)
+        idx_c = np.minimum(at, max(len(ref_pos) - 1, 0))
+        self.at_pos = (at < len(ref_pos)) & (ref_pos[idx_c] == self.pos)
+        self.idx = snv[idx_c] if len(snv) else at
         self.same = self.at_pos & (ref_ref[idx_c] == self.ref) & (ref_alt[idx_c] == self.alt)
         swapped = self.at_pos & (ref_ref[idx_c] == self.alt) & (ref_alt[idx_c] == self.ref)
         # A/T read as T/A may be the other strand (genotypes as they are) or swapped alleles
@@ -677,6 +683,14 @@ def _windowed_span(windows_dir) -> tuple[pd.DataFrame, tuple[int, int] | None]:
     return sites, span
 
 
+def _same_sites(read: pd.DataFrame, windowed: pd.DataFrame) -> bool:
+    """Whether the panel's records read now are the windowed sites, by position and alleles (an SNV
+    and an indel can share a position)."""
+    return len(read) == len(windowed) and all(
+        np.array_equal(read[c].to_numpy(), windowed[c].to_numpy()) for c in ("pos", "ref", "alt")
+    )
+
+
 def _stale_windows(windows_dir) -> InputError:
     return InputError(
         windows_dir,
@@ -685,12 +699,12 @@ def _stale_windows(windows_dir) -> InputError:
     )
 
 
-def _panel_at_sites(panel_vcf, windows_dir, chrom, samples, pass_only):
+def _panel_at_sites(panel_vcf, windows_dir, chrom, samples, pass_only, indels=False):
     from .vcf_io import read_panel
 
     sites, span = _windowed_span(windows_dir)
-    panel = read_panel(panel_vcf, chrom, samples=samples, pass_only=pass_only, region=span)
-    if not np.array_equal(panel.sites["pos"].to_numpy(), sites["pos"].to_numpy()):
+    panel = read_panel(panel_vcf, chrom, samples, pass_only, span, indels)
+    if not _same_sites(panel.sites, sites):
         raise _stale_windows(windows_dir)
     return panel, sites, contig_lengths(panel_vcf).get(panel.chrom)
 
@@ -703,10 +717,12 @@ def write_reference_vcf(
     out_vcf: str | os.PathLike,
     pass_only: bool = True,
     splits: list[str] | tuple[str, ...] = ("train",),
+    indels: bool = False,
 ) -> dict:
     """The reference panel as Beagle and Minimac4 get it: the samples of ``splits`` (the imputation
     reference, the same as our engine's) at every windowed site (the biallelic SNVs our own index
-    holds), phased, with the panel's contig length.
+    holds, with ``indels`` its indels too, which they then impute as we do), phased, with the
+    panel's contig length.
 
     The panel is read and written a block of records at a time (``PanelStream``): a whole
     chromosome of a large panel (60 Mb x 5,000 haplotypes: 3.2 GB of alleles) never sits in memory.
@@ -718,14 +734,14 @@ def write_reference_vcf(
     samples = [s for name in splits for s in split[name]]
     sites, span = _windowed_span(windows_dir)
     pos = sites["pos"].to_numpy()
-    stream = PanelStream(panel_vcf, chrom, samples, pass_only, span)
+    stream = PanelStream(panel_vcf, chrom, samples, pass_only, span, indels)
     length = contig_lengths(panel_vcf).get(stream.chrom)
     meta = [f"##ragimpute_source=<panel={panel_vcf},split={split_tsv},samples={'+'.join(splits)}>"]
     done = 0
     with phased_vcf_writer(out_vcf, stream.chrom, samples, length, meta) as write_sites:
         for kept, haplotypes in stream:
             n = len(kept)
-            if not np.array_equal([site[1] for site in kept], pos[done : done + n]):
+            if not _same_sites(site_table(kept), sites.iloc[done : done + n]):
                 raise _stale_windows(windows_dir)
             write_sites(sites.iloc[done : done + n], haplotypes)
             done += n
@@ -745,6 +761,7 @@ def make_demo_targets(
     pass_only: bool = True,
     noise: dict | None = None,
     report_json: str | os.PathLike | None = None,
+    indels: bool = False,
 ) -> dict:
     """Targets from the held-out test split: ``target_vcf`` at the array sites only (what an array
     would have typed) and ``truth_vcf`` at every site (what evaluation scores against).
@@ -758,7 +775,7 @@ def make_demo_targets(
     from .split import load_split
 
     test = load_split(split_tsv)["test"]
-    panel, sites, length = _panel_at_sites(panel_vcf, windows_dir, chrom, test, pass_only)
+    panel, sites, length = _panel_at_sites(panel_vcf, windows_dir, chrom, test, pass_only, indels)
     on_array = match_sites(sites, read_site_list(array_manifest), array_manifest)
     truth = panel.haplotypes.astype(np.int8)
     meta = [f"##ragimpute_source=<panel={panel_vcf},split={split_tsv},samples=test>"]
