@@ -45,6 +45,7 @@ from .vcf_io import (
     check_readable,
     chrom_selection,
     decode_genotypes,
+    is_indel,
     is_indexed,
     open_vcf,
     query_lines,
@@ -253,9 +254,11 @@ def read_truth(
     region: tuple[int, int] | None = None,
     samples: list[str] | None = None,
     allow_empty: bool = False,
+    indels: bool = False,
 ) -> dict:
-    """True genotypes (ALT counts, NaN where missing) of a VCF/BCF (of ``region`` only, if given; of
-    ``samples`` only, in this order, if given)."""
+    """True genotypes (ALT counts, NaN where missing) of the biallelic SNVs (with ``indels``, and
+    indels) of a VCF/BCF (of ``region`` only, if given; of ``samples`` only, in this order, if
+    given)."""
     path = str(path)
     have = _header_samples(path)
     fmt = "%CHROM\t%POS\t%REF\t%ALT\t[%GT\t]\n"
@@ -272,6 +275,8 @@ def read_truth(
         & (sites["ref"].str.len() == 1)
         & (sites["alt"].str.len() == 1)
     ).to_numpy(dtype=bool)
+    if indels:
+        keep = keep | np.fromiter(map(is_indel, sites["ref"], sites["alt"]), bool, len(sites))
     gt = alt_counts([r[4] for r in rows], n)
     return {
         "path": path,
@@ -311,9 +316,12 @@ def match_to(sites: pd.DataFrame, other: pd.DataFrame) -> tuple[np.ndarray, np.n
     """For each row of ``sites`` (pos, ref, alt): the row of ``other`` with the same SNV (-1: none), and
     whether ``other`` has it with REF/ALT swapped."""
     key = {}
-    cols = (other[c].tolist() for c in ("pos", "ref", "alt"))  # lists: pandas' iterators are slow
-    for i, (p, r, a) in enumerate(zip(*cols, strict=True)):
+    rows = list(zip(*(other[c].tolist() for c in ("pos", "ref", "alt")), strict=True))
+    # every record as written first: an indel swapped (``A``/``AT``) may be another record as
+    # written (``AT``/``A``) at the same position, which must win
+    for i, (p, r, a) in enumerate(rows):
         key.setdefault((int(p), r, a), (i, False))
+    for i, (p, r, a) in enumerate(rows):
         key.setdefault((int(p), a, r), (i, True))
     cols = (sites[c].tolist() for c in ("pos", "ref", "alt"))
     hits = [key.get((int(p), r, a), (-1, False)) for p, r, a in zip(*cols, strict=True)]
@@ -485,9 +493,11 @@ def evaluate(
     block_genotypes: int = BLOCK_GENOTYPES,
     typed_sites_given: int | None = None,
     reference_splits: Iterable[str] = ("train",),
+    indels: bool = False,
 ) -> dict:
     """Score one method's imputed VCF; writes ``sites.tsv.gz`` (per-site sums), ``bins.tsv`` and
     ``summary.json`` in ``out_dir``. ``typed_vcf``: the (harmonised) target, whose sites are not scored.
+    ``indels``: the truth's biallelic indels are scored too (``panel.indels``; SNVs only without).
     ``core`` (first, last bp): score only these sites (a chunk's share of its chromosome).
     ``typed_sites_given``: of them, how many the tool was given (recorded: Minimac4's are fewer).
     ``reference_splits``: the imputation reference, whose MAF bins the sites.
@@ -505,15 +515,13 @@ def evaluate(
     if not imp_samples:
         raise InputError(imputed_vcf, "no samples in the imputed VCF")
     samples, not_in_truth = _shared_samples(imp_samples, truth_samples, imputed_vcf, truth_vcf)
-    typed = vcf_records_sites(typed_vcf)
-    typed_found = match_to(ref, typed)[0] >= 0
+    typed_found = match_to(ref, vcf_records_sites(typed_vcf))[0] >= 0
 
     pos = ref["pos"].to_numpy()
     files = [truth_vcf] + ([imputed_vcf] if reason is None else [])
     regions = _read_regions(pos, core, files, max(1, block_genotypes // len(samples)))
     whole = core is None and len(regions) == 1  # the whole chromosome, as before any region
-    scored = np.zeros(len(ref), dtype=bool)
-    in_output = np.zeros(len(ref), dtype=bool)
+    scored, in_output = np.zeros(len(ref), dtype=bool), np.zeros(len(ref), dtype=bool)
     parts = []
     n_truth = n_truth_in_ref = n_imp = 0
     dose_field = info_field = None  # of the imputed file; none when the tool did not run
@@ -521,7 +529,7 @@ def evaluate(
         rows = np.flatnonzero((pos >= region[0]) & (pos <= region[1]))
         r = ref.iloc[rows].reset_index(drop=True)
         where = None if whole else region
-        truth = read_truth(truth_vcf, chrom, where, samples, allow_empty=True)
+        truth = read_truth(truth_vcf, chrom, where, samples, allow_empty=True, indels=indels)
         if reason is None:
             imp = _read_imputed(imputed_vcf, method, chrom, where, samples)
             dose_field, info_field = imp["dose_field"], imp["info_field"]

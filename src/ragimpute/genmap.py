@@ -214,6 +214,9 @@ def write_site_map(windows_dir: str | os.PathLike, out: str | os.PathLike) -> di
 
     sites = load_sites(windows_dir)
     chrom = str(sites["chrom"].iloc[0])
-    write_plink_map(out, chrom, sites["pos"].to_numpy(), sites["cm"].to_numpy())
+    # one line per position: an SNV and an indel there (``panel.indels``) have the same cM, and a
+    # map's repeated position is one the tools need not accept
+    _, first = np.unique(sites["pos"].to_numpy(), return_index=True)
+    write_plink_map(out, chrom, sites["pos"].to_numpy()[first], sites["cm"].to_numpy()[first])
     cm = sites["cm"].to_numpy()
     return {"chrom": chrom, "sites": len(sites), "cm_first": float(cm[0]), "cm_last": float(cm[-1])}

@@ -236,7 +236,8 @@ class _PhaseJoin:
     def __init__(self, n_samples: int):
         self.n = n_samples
         self.watch_from: int | None = None
-        self.written: dict[int, np.ndarray] = {}
+        # keyed by (pos, ref, alt): an SNV and an indel may share a position (``panel.indels``)
+        self.written: dict[tuple[int, str, str], np.ndarray] = {}
         self.swap = np.zeros(n_samples, bool)
         # agree / disagree per sample, at typed (row 0) and imputed (row 1) sites
         self.votes = np.zeros((2, 2, n_samples), np.int64)
@@ -252,7 +253,7 @@ class _PhaseJoin:
 
     def compare(self, pos: int, line: str) -> None:
         """A record of this chunk before its core: compared with the chunk before, if it wrote it."""
-        before = self.written.get(pos)
+        before = self.written.get(_site_key(pos, line))
         if before is None:
             return
         now = _haplotypes(line)
@@ -287,8 +288,15 @@ class _PhaseJoin:
         if self.swap.any():
             line = _swap_haplotypes(line, self.swap)
         if self.watch_from is not None and pos >= self.watch_from:
-            self.written[pos] = _haplotypes(line)
+            self.written[_site_key(pos, line)] = _haplotypes(line)
         return line
+
+
+def _site_key(pos: int, line: str) -> tuple[int, str, str]:
+    """A record's site: position and alleles, the identity of a site wherever several share a
+    position."""
+    f = line.split("\t", 5)
+    return pos, f[3], f[4]
 
 
 def _peek_first_position(records: Iterator[str]) -> tuple[int | None, Iterator[str]]:
@@ -324,6 +332,7 @@ def ligate(parts: list[tuple[str | os.PathLike, int, int]], out_vcf: str | os.Pa
     join = _PhaseJoin(len(columns) - 9)
     kept = []
     last = 0
+    at_last: set[tuple[int, str, str]] = set()  # the sites written at ``last``
     with bgzip_vcf_writer(out_vcf) as write:
         write("".join(meta) + "\t".join(columns) + "\n")
         for k, ((v, lo, hi), lines) in enumerate(zip(parts, records, strict=True)):
@@ -334,8 +343,10 @@ def ligate(parts: list[tuple[str | os.PathLike, int, int]], out_vcf: str | os.Pa
                 if pos < lo:
                     join.compare(pos, line)
                 elif pos <= hi:
-                    if pos <= last:
+                    key = _site_key(pos, line)
+                    if pos < last or key in at_last:
                         raise ArtifactError(f"{v}: record at {pos} out of order after {last}")
+                    at_last = (at_last if pos == last else set()) | {key}
                     join.decide()
                     write(join.written_line(pos, line))
                     last = pos
