@@ -52,6 +52,10 @@ for _warning in config_warnings(config):
 
 # Every path of a run comes from the layout (src/ragimpute/layout.py).
 L = Layout(config["results"])
+# The rules whose output panel.indels changes (window, reference_vcf, demo_targets, evaluate) get
+# it as a parameter. Snakemake compares the set of the parameters' values, not their names: off adds
+# none (so that the runs before it existed are not redone), on a value no other parameter has.
+INDEL_PARAMS = {"indels": "panel.indels"} if config["panel"]["indels"] else {}
 ADMIXED_TARGETS = "ADMIX"  # the admixed demo's target population (ragimpute.demo)
 # demo keys that are not the simulation's (demo_targets and the map switch)
 DEMO_NOT_SIMULATION = (
@@ -293,6 +297,7 @@ def chunk_plan():
                 *settings,
                 pass_only=config["panel"]["pass_only"],
                 cache_dir=L("chunks"),
+                indels=config["panel"]["indels"],
             )
         plan[chrom] = tuple(units_)
     return plan

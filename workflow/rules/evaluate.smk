@@ -20,6 +20,7 @@ rule evaluate:
     conda:
         "../../envs/ragimpute.yaml"
     params:
+        **INDEL_PARAMS,
         core=unit_core,
         # the imputation reference, whose counts (sites.parquet) bin the sites by MAF
         splits=reference_splits(),

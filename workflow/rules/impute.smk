@@ -26,6 +26,7 @@ rule reference_vcf:
     conda:
         "../../envs/ragimpute.yaml"
     params:
+        **INDEL_PARAMS,
         pass_only=config["panel"]["pass_only"],
         splits=reference_splits(),
         chrom=unit_chrom,
@@ -54,6 +55,7 @@ rule demo_targets:
     conda:
         "../../envs/ragimpute.yaml"
     params:
+        **INDEL_PARAMS,
         pass_only=config["panel"]["pass_only"],
         chrom=unit_chrom,
         region=unit_region,

@@ -18,6 +18,7 @@ rule window:
     resources:
         mem_mb=4000,
     params:
+        **INDEL_PARAMS,
         length=config["windows"]["length"],
         overlap=config["windows"]["overlap"],
         pass_only=config["panel"]["pass_only"],

@@ -16,4 +16,5 @@ run(
     pass_only=snakemake.params.pass_only,
     noise=dict(snakemake.params.noise),
     report_json=snakemake.output.report,
+    indels=bool(snakemake.params.get("indels")),
 )

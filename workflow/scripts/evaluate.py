@@ -18,4 +18,5 @@ run(
     core=snakemake.params.core,
     typed_sites_given=given,
     reference_splits=snakemake.params.splits,
+    indels=bool(snakemake.params.get("indels")),
 )

@@ -13,4 +13,5 @@ run(
     out_vcf=snakemake.output.vcf,
     pass_only=snakemake.params.pass_only,
     splits=list(snakemake.params.splits),
+    indels=bool(snakemake.params.get("indels")),
 )

@@ -15,4 +15,5 @@ run(
     pass_only=snakemake.params.pass_only,
     genetic_map=snakemake.input.genetic_map or None,
     region=snakemake.params.region,
+    indels=bool(snakemake.params.get("indels")),
 )
