@@ -334,3 +334,21 @@ def test_beagle_and_minimac4_impute_the_indels_of_the_reference(run, tmp_path):
         assert s["scored_sites_not_in_output"] == 0
         per_site = pd.read_csv(tmp_path / tool / "sites.tsv.gz", sep="\t")
         assert {p for p, _, _ in indels} <= set(per_site["pos"])
+
+
+def test_a_deletion_is_read_once_when_the_evaluation_reads_by_region(run, tmp_path):
+    """Read a site per region, a deletion reaches into the next region; it is that region's by its
+    POS only (``bcftools -r`` would give it to both), so the counts are those of one whole read."""
+    aligned = Path(f"{run.imputed}.aligned") / "target.vcf.gz"
+    kw = dict(sites_parquet=run.windows / "sites.parquet", typed_vcf=aligned, method="copying")
+    n_test = len(
+        read_target(run.target, CHROM, pd.read_parquet(run.windows / "sites.parquet")).samples
+    )
+    whole = evaluate(run.imputed, run.truth, out_dir=tmp_path / "whole", indels=True, **kw)
+    each = evaluate(run.imputed, run.truth, out_dir=tmp_path / "each", indels=True,
+                    block_genotypes=n_test, **kw)  # fmt: skip
+    for key in ("scored_sites", "truth_sites_not_in_reference", "scored_sites_not_in_output"):
+        assert each[key] == whole[key], key
+    a = pd.read_csv(tmp_path / "whole" / "sites.tsv.gz", sep="\t")
+    b = pd.read_csv(tmp_path / "each" / "sites.tsv.gz", sep="\t")
+    pd.testing.assert_frame_equal(a, b)

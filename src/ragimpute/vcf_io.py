@@ -393,6 +393,11 @@ def query_lines(
         if region is not None:
             where = ",".join(f"{c}:{region[0]}-{region[1]}" for c in contig.split(","))
         args += ["-r" if is_indexed(path) else "-t", where]
+        if region is not None and "-r" in args:
+            # a record is a region's by its POS, as ``-t`` takes it: by default ``-r`` also gives a
+            # deletion that starts before the region and reaches into it, which the region before
+            # has already given (the same site read twice)
+            args += ["--regions-overlap", "pos"]
     if samples is not None:
         args += ["-s", ",".join(samples)]
     try:
