@@ -237,9 +237,13 @@ def test_evaluation_scores_the_indels_by_position_and_alleles(run, tmp_path):
     per_site = pd.read_csv(tmp_path / "on" / "sites.tsv.gz", sep="\t")
     per_site_off = pd.read_csv(tmp_path / "off" / "sites.tsv.gz", sep="\t")
     assert len(per_site) == len(per_site_off) + n_indels
-    for p in run.same_pos:  # two rows, the SNV's and the indel's, with the same dosages
+    sites = pd.read_parquet(run.windows / "sites.parquet")
+    for p in run.same_pos:  # two rows, the SNV's and the indel's, named by their alleles
         rows = per_site[per_site["pos"] == p]
-        assert len(rows) == 2 and rows.drop(columns="pos").nunique().max() == 1
+        at = sites[sites["pos"] == p]
+        pairs = sorted(zip(rows["ref"], rows["alt"], strict=True))
+        assert pairs == sorted(zip(at["ref"], at["alt"], strict=True))
+        assert len(rows) == 2 and rows.drop(columns=["pos", "ref", "alt"]).nunique().max() == 1
     # a truth whose indel has other alleles than the panel's is not scored there
     header, records = vcf_lines(run.truth)
     p0 = str(run.own[0])

@@ -546,7 +546,7 @@ def evaluate(
         raise _no_records(str(truth_vcf if n_truth == 0 else imputed_vcf), chrom)
 
     per_site = pd.concat(parts, ignore_index=True)
-    per_site.insert(2, "bin", maf_bin(per_site["maf"].to_numpy()))
+    per_site.insert(per_site.columns.get_loc("maf") + 1, "bin", maf_bin(per_site["maf"].to_numpy()))
     per_site.insert(0, "chrom", chrom)
     per_site.insert(0, "method", method)
 
@@ -624,9 +624,10 @@ def _score_region(
     ds = np.where(flip, 2 - imp["ds"][i_idx[sel]], imp["ds"][i_idx[sel]])
     gt = np.where(flip, 2 - imp["gt"][i_idx[sel]], imp["gt"][i_idx[sel]])
     part = site_scores(ds, gt, y)
-    part.insert(0, "pos", ref["pos"].to_numpy()[sel])
-    part.insert(1, "maf", ref["maf"].to_numpy()[sel])
-    part.insert(2, "info_r2", imp["sites"]["info_r2"].to_numpy()[i_idx[sel]])
+    # a site is its position and alleles: an SNV and indels may share a position (panel.indels)
+    for at, col in enumerate(("pos", "ref", "alt", "maf")):
+        part.insert(at, col, ref[col].to_numpy()[sel])
+    part.insert(4, "info_r2", imp["sites"]["info_r2"].to_numpy()[i_idx[sel]])
     return part, scored, i_idx >= 0, len(np.unique(t_idx[t_idx >= 0]))
 
 
