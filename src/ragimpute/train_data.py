@@ -185,12 +185,13 @@ class RetrievalTable:
                 f"{path} was retrieved with mask {meta.get('mask_hash')}, the queries {tokens.path} use "
                 f"mask {tokens.mask_hash}; re-run the retrieve stage"
             )
-        have = None if reference is None else haplotypes_digest(reference)
-        if reference is not None and meta.get(DIGEST_KEY) != have:
-            raise ArtifactError(
-                f"{path} was retrieved from an index of other haplotypes (digest "
-                f"{meta.get(DIGEST_KEY)}; none: written by an earlier version) than {reference.path} "
-                f"({have}), which its neighbour ids index. {REMAKE_TOKENS}"
+        if reference is not None:
+            _refuse_other_haplotypes(
+                path,
+                meta.get(DIGEST_KEY),
+                reference,
+                "retrieved from an index of other haplotypes",
+                f"Its neighbour ids index those. {REMAKE_TOKENS}",
             )
         self._file = open_parquet(path, "retrieve")
         with reading(path, "retrieve"):
@@ -239,10 +240,11 @@ def _open_tables(
 ) -> tuple[dict[str, WindowedTable], dict[tuple, TokenTable], dict[tuple, WindowedTable]]:
     """The truth, token and prior tables of one chromosome, each checked against the site list and the
     samples of its split."""
-    truth = {
-        s: WindowedTable(Path(inp.windows_dir) / "haplotypes" / f"{s}.parquet", "alleles")
-        for s in splits
-    }
+
+    def haplotypes(split: str) -> WindowedTable:
+        return WindowedTable(Path(inp.windows_dir) / "haplotypes" / f"{split}.parquet", "alleles")
+
+    truth = {s: haplotypes(s) for s in splits}
     tokens = {key: TokenTable(p) for key, p in inp.tokens.items()}
     for key, t in tokens.items():
         if t.mask_hash != key[0] or t.site_list_hash != slh:
@@ -254,15 +256,18 @@ def _open_tables(
                 f"{t.path}: its samples are not those of {truth[key[1]].path} (stale tokens); "
                 "re-run the tokenize stage (`snakemake --cores all --forcerun tokenize`)"
             )
-        if key[1] in truth and t.metadata.get(DIGEST_KEY) != haplotypes_digest(truth[key[1]]):
-            raise ArtifactError(
-                f"{t.path} was made from other haplotypes (digest {t.metadata.get(DIGEST_KEY)}; "
-                f"none: written by an earlier version) than {truth[key[1]].path}. {REMAKE_TOKENS}"
+        if key[1] in truth:
+            _refuse_other_haplotypes(
+                t.path,
+                t.metadata.get(DIGEST_KEY),
+                truth[key[1]],
+                "made from other haplotypes",
+                REMAKE_TOKENS,
             )
     priors = {key: WindowedTable(p, PRIOR_COLUMN) for key, p in inp.priors.items()}
     reference = truth.get("train")  # what every prior copied from, read here if training does not
     if priors and reference is None:
-        reference = WindowedTable(Path(inp.windows_dir) / "haplotypes" / "train.parquet", "alleles")
+        reference = haplotypes("train")
     for key, t in priors.items():
         meta = t.metadata
         if meta.get("mask_hash") != key[0] or meta.get("site_list_hash") != slh:
@@ -275,24 +280,26 @@ def _open_tables(
                 f"{t.path}: its samples are not those of {truth[key[1]].path} (stale prior); "
                 "re-run the prior stage (`snakemake --cores all --forcerun prior`)"
             )
-        _check_prior_haplotypes(t, truth.get(key[1]), reference)
+        # the haplotypes of its rows (when training reads that split) and those it copied from
+        for digest, table in ((DIGEST_KEY, truth.get(key[1])), (REFERENCE_DIGEST_KEY, reference)):
+            if table is not None:
+                _refuse_other_haplotypes(
+                    t.path, meta.get(digest), table, "computed from other haplotypes", REMAKE_PRIOR
+                )
     return truth, tokens, priors
 
 
-def _check_prior_haplotypes(
-    prior: WindowedTable, queries: WindowedTable | None, reference: WindowedTable
+def _refuse_other_haplotypes(
+    path: str | os.PathLike, recorded: str | None, table: WindowedTable, how: str, remake: str
 ) -> None:
-    """Refuse a prior table computed for other haplotypes than ``queries`` (its rows; None: that
-    split is not read) or copying from another train split than ``reference``."""
-    for key, table in ((DIGEST_KEY, queries), (REFERENCE_DIGEST_KEY, reference)):
-        if table is None:
-            continue
-        have = haplotypes_digest(table)
-        if prior.metadata.get(key) != have:
-            raise ArtifactError(
-                f"{prior.path} was computed from other haplotypes (digest {prior.metadata.get(key)}; "
-                f"none: written by an earlier version) than {table.path} ({have}). {REMAKE_PRIOR}"
-            )
+    """Refuse the artifact at ``path`` when the haplotypes digest it records is not ``table``'s (an
+    earlier version's records none): it was ``how`` (e.g. "made from other haplotypes")."""
+    have = haplotypes_digest(table)
+    if recorded != have:
+        raise ArtifactError(
+            f"{path} was {how} (digest {recorded}; none: written by an earlier version) than "
+            f"{table.path} ({have}). {remake}"
+        )
 
 
 def _read_prior(table: WindowedTable, w: int) -> np.ndarray:
