@@ -30,7 +30,7 @@ from . import __version__
 from .atomic import file_sha256, read_artifact_json, read_parquet_df, write_json, write_parquet
 from .errors import ArtifactError, InputError, UnreadableArtifactError
 from .logs import log
-from .vcf_io import is_snv, normalize_chrom, snv_sites, upper_alleles, vcf_records_sites
+from .vcf_io import normalize_chrom, snv_sites, upper_alleles, vcf_records_sites
 
 FORMAT_VERSION = 1
 STRATEGIES = ("random", "af", "array")
@@ -228,11 +228,7 @@ def match_sites(sites: pd.DataFrame, manifest: pd.DataFrame, manifest_path: obje
 def _without_non_snvs(m: pd.DataFrame, manifest_path: object) -> pd.DataFrame:
     """The manifest's SNV rows: an indel (or other non-SNV) on it would be typed in the mask while
     every target skips its indel records, so it is left out, and said so."""
-    snv = np.fromiter(
-        (is_snv(r, a) for r, a in zip(m["ref"].astype(str), m["alt"].astype(str), strict=True)),
-        dtype=bool,
-        count=len(m),
-    )
+    snv = snv_sites(m)
     if not snv.all():
         rows = m.loc[~snv].head(5)
         shown = ", ".join(f"{c}:{p}" for c, p in zip(rows["chrom"], rows["pos"], strict=True))

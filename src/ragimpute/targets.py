@@ -733,7 +733,6 @@ def write_reference_vcf(
     split = load_split(split_tsv)
     samples = [s for name in splits for s in split[name]]
     sites, span = _windowed_span(windows_dir)
-    pos = sites["pos"].to_numpy()
     stream = PanelStream(panel_vcf, chrom, samples, pass_only, span, indels)
     length = contig_lengths(panel_vcf).get(stream.chrom)
     meta = [f"##ragimpute_source=<panel={panel_vcf},split={split_tsv},samples={'+'.join(splits)}>"]
@@ -745,7 +744,7 @@ def write_reference_vcf(
                 raise _stale_windows(windows_dir)
             write_sites(sites.iloc[done : done + n], haplotypes)
             done += n
-        if done != len(pos):
+        if done != len(sites):
             raise _stale_windows(windows_dir)
     return {"chrom": stream.chrom, "samples": len(samples), "sites": len(sites)}
 
