@@ -384,19 +384,7 @@ def haplotype_dosages(k: np.ndarray) -> np.ndarray:
     """(n_sites, 2n) P(ALT) x STATS_SCALE (integers) -> the same shape in thousandths (HDS): each
     haplotype's p = k / STATS_SCALE rounded as DS rounds p0 + p1, so that HDS1 + HDS2 is DS to
     within one thousandth (each rounding is off by less than half of one)."""
-    k = np.ascontiguousarray(k)
-    if k.dtype.kind not in "iu":
-        k = k.astype(np.int64)
-    out = np.empty(k.shape, np.int64)
-    _haplotype_dosages(k, float(STATS_SCALE), out)
-    return out
-
-
-@njit(parallel=True, cache=True)
-def _haplotype_dosages(k, scale, out):
-    for i in prange(k.shape[0]):
-        for j in range(k.shape[1]):
-            out[i, j] = min(max(np.rint((k[i, j] / scale) * 1000), 0), 1000)
+    return np.clip(np.rint(k / float(STATS_SCALE) * 1000), 0, 1000).astype(np.int64)
 
 
 # P(ALT) is rounded to 1/STATS_SCALE before any field is computed from it (ragimpute.ligate: the
