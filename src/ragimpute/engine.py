@@ -162,7 +162,6 @@ def reference_carriers(
     """The carriers of each site's minor allele in the reference, where there are at most ``limit``:
     ``ptr`` (N + 1,) and ``hap`` (ptr[-1],) in CSR form, haplotypes increasing; ``kind`` (N,) which
     allele they carry (ALT_LISTED, REF_LISTED; NOT_LISTED where there are more than ``limit``)."""
-    load_kernels()
     counts, kind = _carrier_counts(ref_packed, n_ref, limit)
     ptr = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=ptr[1:])
@@ -566,7 +565,6 @@ def interval_classes(
     starts, stops = edges[grouped], ends[grouped]
     cls = np.empty((len(grouped), n_ref), np.uint16 if n_ref < 65_536 else np.int32)
     reps = np.empty((len(grouped), n_ref), np.int32)
-    load_kernels()
     n_cls = _group_intervals(ref_packed, n_ref, starts, stops, cls, reps)
     row_bytes = (n_cls + 7) // 8
     cbit_off = np.full(n_sites, -1, np.int64)
@@ -1053,6 +1051,8 @@ class Engine:
             return impute_torch(
                 self, query, float(err), device, None if exclude is None else ex, interpolate
             )
+        # before any kernel runs, reference_carriers' and interval_classes' (through self.carriers
+        # and self.classes, which only this method reads) included
         load_kernels()
         cand = self.candidates(query, None if exclude is None else ex, threads)
         out = np.empty((len(query), self.chunk.n_sites if interpolate else 0), dtype=np.float32)
