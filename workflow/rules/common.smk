@@ -52,10 +52,19 @@ for _warning in config_warnings(config):
 
 # Every path of a run comes from the layout (src/ragimpute/layout.py).
 L = Layout(config["results"])
-# The rules whose output panel.indels changes (window, reference_vcf, demo_targets, evaluate) get
-# it as a parameter. Snakemake compares the set of the parameters' values, not their names: off adds
-# none (so that the runs before it existed are not redone), on a value no other parameter has.
-INDEL_PARAMS = {"indels": "panel.indels"} if config["panel"]["indels"] else {}
+
+
+def when_on(key):
+    """The parameter of a rule whose output the boolean config ``key`` ("section.name") changes,
+    named ``name``, only when it is on. Snakemake compares the set of the parameters' values, not
+    their names: off adds none (so that runs made before the key existed are not redone), on a value
+    no other parameter has."""
+    section, name = key.split(".")
+    return {name: key} if config[section][name] else {}
+
+
+# panel.indels changes the output of window, reference_vcf, demo_targets and evaluate
+INDEL_PARAMS = when_on("panel.indels")
 ADMIXED_TARGETS = "ADMIX"  # the admixed demo's target population (ragimpute.demo)
 # demo keys that are not the simulation's (demo_targets and the map switch)
 DEMO_NOT_SIMULATION = (

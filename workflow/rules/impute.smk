@@ -171,9 +171,7 @@ IMPUTE_PARAMS = dict(
     k=lambda wildcards: config["retrieval"]["k"] if wildcards.method == "model" else 0,
     device=config["impute"]["device"],
     gp=config["impute"]["gp"],
-    # Snakemake compares the set of the parameters' values, not their names: HDS off adds none (so
-    # that the runs before it existed are not redone), on a value no other parameter has
-    **({"hds": "FORMAT/HDS"} if config["impute"]["hds"] else {}),
+    **when_on("impute.hds"),
     engine=lambda wildcards: (
         engine_rule_settings() if wildcards.method in ENGINE_METHODS else {}
     ),
