@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -356,3 +357,26 @@ def test_a_deletion_is_read_once_when_the_evaluation_reads_by_region(run, tmp_pa
     a = pd.read_csv(tmp_path / "whole" / "sites.tsv.gz", sep="\t")
     b = pd.read_csv(tmp_path / "each" / "sites.tsv.gz", sep="\t")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_long_deletion_in_the_panel_costs_no_memory_of_its_length(tmp_path):
+    """1000 Genomes phase 1 writes deletions of 100 kb out in full: matching target SNVs to a panel
+    holding one must not size an array of every site by that allele (it took 16 GB, and the job was
+    killed). Run with its address space capped at 2 GiB, where that array (8 GB here) cannot exist."""
+    script = tmp_path / "match.py"
+    script.write_text(
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+        "import numpy as np, pandas as pd\n"
+        "from ragimpute.targets import _SiteMatch\n"
+        "n = 5_000\n"
+        "sites = pd.DataFrame({'pos': np.arange(1, n + 1) * 10, 'ref': ['A'] * n, 'alt': ['G'] * n})\n"
+        "sites.loc[7, 'ref'] = 'A' * 400_000  # a 400 kb deletion\n"
+        "recs = [('20', 10 * i, 'A', 'G') for i in (1, 2, 8, 9, 4000)]\n"
+        "m = _SiteMatch(recs, sites)\n"
+        "print(m.same.tolist(), m.idx.tolist())\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # the record at the deletion's position (80) has no SNV to match; the others match theirs
+    assert done.stdout.split("\n")[0] == "[True, True, False, True, True] [0, 1, 8, 8, 3999]"

@@ -438,8 +438,10 @@ class _SiteMatch:
         # one a target SNV there is matched to (the panel holds at most one SNV per position).
         snv = np.flatnonzero(snv_sites(sites))
         ref_pos = sites["pos"].to_numpy(dtype=np.int64)[snv]
-        ref_ref = sites["ref"].to_numpy().astype(str)[snv]
-        ref_alt = sites["alt"].to_numpy().astype(str)[snv]
+        # SNV rows first: numpy's str width is the longest allele's, and a panel's indel may be a
+        # 100 kb deletion written out (1000 Genomes phase 1), 16 GB over a region's sites
+        ref_ref = sites["ref"].to_numpy()[snv].astype(str)
+        ref_alt = sites["alt"].to_numpy()[snv].astype(str)
         self.chrom = [r[0] for r in recs]
         self.pos = np.fromiter((r[1] for r in recs), dtype=np.int64, count=len(recs))
         self.ref = np.array([r[2] for r in recs], dtype=str)
