@@ -69,6 +69,53 @@ def test_af_hides_every_rare_site_and_rate_of_the_common(sites, threshold, rate)
         assert rare  # the demo has rare variants; the check above is not vacuous
 
 
+def _with_indels(df: pd.DataFrame, every: int = 6) -> tuple[pd.DataFrame, set[int]]:
+    """The sites with every ``every``-th rewritten as an insertion (as ``panel.indels`` keeps them)."""
+    out = df.copy()
+    rows = list(range(2, len(df), every))
+    out.loc[rows, "alt"] = out.loc[rows, "ref"] + "T"
+    return out, set(rows)
+
+
+def test_random_and_af_on_snvs_alone_draw_as_over_every_site(sites):
+    """No indels: the draws among the SNVs are the draws among all sites (masks of earlier
+    versions keep their hashes)."""
+    df, _ = sites
+    for seed, rate in ((1, 0.3), (5, 0.77)):
+        expected = np.random.default_rng([seed, 0]).choice(
+            len(df), int(round(rate * len(df))), replace=False
+        )
+        got = make_mask({"strategy": "random", "rate": rate, "seed": seed}, df)
+        assert hidden(got) == set(expected.tolist())
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"strategy": "random", "rate": 0.3, "seed": 1},
+        {"strategy": "random", "rate": 0.0, "seed": 1},
+        {"strategy": "af", "rate": 0.5, "maf_threshold": 0.05, "seed": 9},
+        {"strategy": "af", "rate": 0.0, "maf_threshold": 0.0, "seed": 9},
+    ],
+)
+def test_training_masks_never_observe_an_indel(sites, spec):
+    """Inference never types an indel, so no training mask may observe one; the rate applies to
+    the SNVs."""
+    df, _ = sites
+    df, indels = _with_indels(df)
+    m = hidden(make_mask(spec, df))
+    assert indels <= m
+    snvs = set(range(len(df))) - indels
+    if spec["strategy"] == "random":
+        assert len(m & snvs) == round(spec["rate"] * len(snvs))
+    else:
+        common = {i for i in snvs if df["maf"].iloc[i] >= spec["maf_threshold"]}
+        assert len(m & common) == round(spec["rate"] * len(common))
+        assert snvs - common <= m
+    if spec["rate"] == 0.0:
+        assert m == indels | {i for i in snvs if df["maf"].iloc[i] < spec.get("maf_threshold", 0)}
+
+
 def _manifest_rows(df: pd.DataFrame, idx: list[int], chrom: str = "20", swap: bool = False):
     rows = []
     for i in idx:

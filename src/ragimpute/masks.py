@@ -246,11 +246,18 @@ def make_mask(spec: dict, sites: pd.DataFrame, on_array: np.ndarray | None = Non
     rng = np.random.default_rng([spec.get("seed", 0), spec.get("epoch", 0)])
     strategy = spec["strategy"]
     masked = np.zeros(n, dtype=bool)
+    # a panel's indels (``panel.indels``) are never typed, so no mask observes them: the network
+    # would otherwise train on contexts that inference never gives it. Draws are among the SNVs,
+    # which on a panel without indels are the draws among all sites, as before.
+    snv = snv_sites(sites)
+    masked[~snv] = True
     if strategy == "random":
-        masked[rng.choice(n, size=int(round(spec["rate"] * n)), replace=False)] = True
+        candidates = np.flatnonzero(snv)
+        size = int(round(spec["rate"] * len(candidates)))
+        masked[rng.choice(candidates, size=size, replace=False)] = True
     elif strategy == "af":
         maf = sites["maf"].to_numpy()
-        common = np.flatnonzero(maf >= spec["maf_threshold"])
+        common = np.flatnonzero((maf >= spec["maf_threshold"]) & snv)
         masked[maf < spec["maf_threshold"]] = True
         masked[rng.choice(common, size=int(round(spec["rate"] * len(common))), replace=False)] = (
             True
