@@ -380,3 +380,18 @@ def test_a_long_deletion_in_the_panel_costs_no_memory_of_its_length(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     # the record at the deletion's position (80) has no SNV to match; the others match theirs
     assert done.stdout.split("\n")[0] == "[True, True, False, True, True] [0, 1, 8, 8, 3999]"
+
+
+@pytest.mark.skipif(not HAS_BCFTOOLS, reason="bcftools is not installed")
+def test_a_bcf_panel_gives_the_indels_its_vcf_gives(run, tmp_path):
+    """A panel as BCF (how large panels are shipped) reads to the same sites, indels among them,
+    and the same haplotypes as the same panel as VCF."""
+    bcf = tmp_path / "panel.bcf"
+    subprocess.run(["bcftools", "view", "-Ob", "-o", str(bcf), str(run.panel)], check=True)
+    subprocess.run(["bcftools", "index", str(bcf)], check=True)
+    a, b = read_panel(run.panel, CHROM, indels=True), read_panel(bcf, CHROM, indels=True)
+    assert (a.sites["ref"].str.len() != a.sites["alt"].str.len()).sum() == len(run.same_pos) + len(
+        run.own
+    )
+    pd.testing.assert_frame_equal(a.sites, b.sites)
+    assert np.array_equal(a.haplotypes, b.haplotypes) and a.skipped == b.skipped
