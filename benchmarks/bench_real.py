@@ -20,6 +20,13 @@ HapMap PLINK map of chr20 (``configs/beagle/ref-panels/plink.chr20.GRCh37.map``)
     python benchmarks/bench_real.py --panel hapmap_r22.chr20.CEU.hg19.recode.bcf \\
         --array chr20.R50.merged.1.330k.recode.small.vcf.gz --map plink.chr20.GRCh37.map
 
+A panel with indels (1000 Genomes phase 1 chrX PAR1, expanded from the server's m3vcf by
+``m3vcf_to_vcf.py``) takes ``--indels``: ``panel.indels`` on, and the pooled table printed again for
+the SNVs and for the indels apart (without it ``panel.indels: false``, as the HapMap and PAR2
+figures were measured, before indels were on by default):
+
+    python benchmarks/bench_real.py --panel par1.vcf.gz --array-kb 5 --indels
+
 Writes benchmarks/results/real.json (per panel: the pooled table, every fold's, the inputs' facts,
 the machine) and prints the pooled table in Markdown.
 """
@@ -43,7 +50,7 @@ import pysam
 import yaml
 
 from ragimpute.demo import thin_common_sites
-from ragimpute.evaluate import compare
+from ragimpute.evaluate import COUNTS, SUMS, bin_table, compare
 from ragimpute.metrics import BIN_LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +131,7 @@ def run_fold(work: Path, manifest: Path, genetic_map: Path | None, args) -> floa
             "vcf": str(work / "panel.vcf.gz"),
             "array_manifest": str(manifest),
             "genetic_map": str(genetic_map) if genetic_map else "",
+            "indels": args.indels,
         },
         "impute": {
             "target_vcf": str(work / "target.vcf.gz"),
@@ -139,6 +147,28 @@ def run_fold(work: Path, manifest: Path, genetic_map: Path | None, args) -> floa
     with open(work / "workflow.log", "w") as log:
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
     return time.time() - t0
+
+
+def by_kind(site_tables: list[str], methods: list[str]) -> dict[str, pd.DataFrame]:
+    """Pooled r² per method and MAF bin of the SNVs and of the indels apart (``--indels``): the
+    per-site rows of every fold, split on whether REF and ALT differ in length."""
+    columns = ["method", "ref", "alt", "bin", "info_r2", "true_r2", *SUMS, *COUNTS]
+    # alleles as written: pandas would read an allele spelled NA as missing
+    sites = pd.concat(
+        pd.read_csv(p, sep="\t", usecols=columns, dtype={"ref": str, "alt": str},
+                    keep_default_na=False, na_values={"info_r2": [""], "true_r2": [""]})
+        for p in site_tables
+    )  # fmt: skip
+    indel = sites["ref"].str.len() != sites["alt"].str.len()
+    out = {}
+    for kind, rows in (("SNVs", sites[~indel]), ("indels", sites[indel])):
+        parts = []
+        for m in methods:
+            t = bin_table(rows[rows["method"] == m])
+            t.insert(0, "method", m)
+            parts.append(t)
+        out[kind] = pd.concat(parts, ignore_index=True)
+    return out
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -163,6 +193,9 @@ def main() -> None:
     )
     ap.add_argument("--map", type=Path, default=None, help="PLINK genetic map (optional)")
     ap.add_argument("--unphased", action="store_true", help="targets as unphased calls (0/1)")
+    ap.add_argument(
+        "--indels", action="store_true", help="panel.indels: true; SNVs and indels scored apart"
+    )
     ap.add_argument("--folds", type=int, default=6)
     ap.add_argument("--seed", type=int, default=1, help="which samples go to which fold")
     ap.add_argument("--methods", nargs="+", default=["af", "copying", "beagle", "minimac4"])
@@ -200,16 +233,20 @@ def main() -> None:
         "folds": args.folds,
         "seed": args.seed,
         "unphased_targets": args.unphased,
+        "indels": args.indels,
     }
     print(f"\n## pooled over {args.folds} folds ({len(samples)} samples)\n" + markdown(pooled))
+    kinds = by_kind(tables, args.methods) if args.indels else {}
+    for kind, table in kinds.items():
+        print(f"\n### {kind}\n" + markdown(table))
     machine = {"machine": platform.platform(), "cpus": os.cpu_count(), "load": os.getloadavg()}
     result = {**machine, **facts, "pooled": pooled.to_dict(orient="records"), "folds": per_fold}
+    result |= {f"pooled_{k}": t.to_dict(orient="records") for k, t in kinds.items()}
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / "real.json"
     runs = json.loads(out.read_text())["runs"] if out.exists() else {}
-    runs[args.panel.name + (" unphased" if args.unphased else "")] = (
-        result  # one entry per panel, the latest run of each
-    )
+    key = args.panel.name + " unphased" * args.unphased + " indels" * args.indels
+    runs[key] = result  # one entry per panel, the latest run of each
     out.write_text(json.dumps({"runs": runs}, indent=1))
     print(f"wrote {out}")
 

@@ -395,3 +395,21 @@ def test_a_bcf_panel_gives_the_indels_its_vcf_gives(run, tmp_path):
     )
     pd.testing.assert_frame_equal(a.sites, b.sites)
     assert np.array_equal(a.haplotypes, b.haplotypes) and a.skipped == b.skipped
+
+
+def test_the_cli_keeps_indels_by_default_and_drops_them_with_no_indels(run, tmp_path):
+    from ragimpute.cli import main
+
+    n_indels = len(run.same_pos) + len(run.own)
+    counts = {}
+    for flags in ([], ["--no-indels"]):
+        out = tmp_path / (flags[0] if flags else "default")
+        args = ["window", "--panel", str(run.panel), "--split", str(run.split), "--chrom", CHROM]
+        assert main([*args, "--length", "128", "--overlap", "32", "--out", str(out), *flags]) == 0
+        sites = pd.read_parquet(out / "sites.parquet")
+        skipped = pd.read_csv(out / "skipped.tsv", sep="\t", index_col="reason")["records"]
+        counts[bool(flags)] = ((sites["ref"].str.len() != sites["alt"].str.len()).sum(), skipped)
+    (kept, skipped), (kept_off, skipped_off) = counts[False], counts[True]
+    assert kept == n_indels and kept_off == 0
+    # the multi-nucleotide and the symbolic record are skipped either way
+    assert skipped["non_snv"] == 2 and skipped_off["non_snv"] == 2 + n_indels

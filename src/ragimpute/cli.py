@@ -323,9 +323,9 @@ def _window_parser(sub: Subparsers) -> None:
     )
     s.add_argument(
         "--indels",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=default("panel.indels"),
-        help="keep the panel's biallelic indels as sites to impute (panel.indels)",
+        help="keep the panel's biallelic indels as sites to impute (panel.indels); --no-indels: SNVs only",
     )
     s.add_argument("--genetic-map", help="PLINK .map or HapMap genetic map (default 1 cM/Mb)")
     s.add_argument("--out", required=True, help="output directory")
