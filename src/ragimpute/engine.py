@@ -540,6 +540,10 @@ def _interval(
 # Intervals between typed sites shorter than this get no classes (their states are summed one by one):
 # the class tables then take at most the memory of the reference bits of the sites they cover.
 CLASS_MIN_SITES = 16
+# From this many reference haplotypes the class numbers are int32 instead of uint16 (half the
+# memory below it); numba compiles a variant of the kernels that take them for each
+# (``kernel_cache.warm_up`` compiles both).
+WIDE_CLASSES_FROM = 65_536
 
 
 def interval_classes(
@@ -553,7 +557,7 @@ def interval_classes(
     is the row of ``cls`` for interval k, or -1 where it has fewer than ``min_sites`` sites;
     ``cls[row, h]`` the class of haplotype h there (classes numbered by their least haplotype; two
     haplotypes share one exactly when their alleles agree at every site of the interval; uint16
-    below 65,536 haplotypes, else int32); the alleles of class c at site u are bit c of
+    below ``WIDE_CLASSES_FROM`` haplotypes, else int32); the alleles of class c at site u are bit c of
     ``cbits[cbit_off[u]:]`` (little bit order; ``cbit_off`` is -1 at sites outside such intervals)."""
     typed_site = np.asarray(typed_site, dtype=np.int64)
     n_sites = len(ref_packed)
@@ -563,7 +567,7 @@ def interval_classes(
     cls_row = np.full(len(edges), -1, np.int64)
     cls_row[grouped] = np.arange(len(grouped))
     starts, stops = edges[grouped], ends[grouped]
-    cls = np.empty((len(grouped), n_ref), np.uint16 if n_ref < 65_536 else np.int32)
+    cls = np.empty((len(grouped), n_ref), np.uint16 if n_ref < WIDE_CLASSES_FROM else np.int32)
     reps = np.empty((len(grouped), n_ref), np.int32)
     n_cls = _group_intervals(ref_packed, n_ref, starts, stops, cls, reps)
     row_bytes = (n_cls + 7) // 8

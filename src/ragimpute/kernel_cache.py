@@ -34,14 +34,24 @@ def _kernels() -> tuple:
     )
 
 
+# The kernels that ``warm_up`` compiles twice: for uint16 and for int32 class numbers (a reference
+# of ``engine.WIDE_CLASSES_FROM`` haplotypes or more)
+TWO_VARIANTS = ("_group_intervals", "_impute_batch")
+
+
+def variants(kernel) -> int:
+    """How many variants of ``kernel`` numba's cache holds compiled for this CPU from this version
+    of its code (the test numba makes of an entry of its index before loading it)."""
+    cache = kernel._cache
+    codegen = kernel.targetctx.codegen()
+    index = cache._cache_file._load_index()
+    return sum(cache._index_key(key[0], codegen) == key for key in index)
+
+
 def cached(kernel) -> bool:
-    """Whether numba's cache holds ``kernel`` compiled for this CPU from this version of its code
-    (the test numba makes of an entry of its index before loading it)."""
+    """Whether numba's cache holds every variant of ``kernel`` that ``warm_up`` compiles."""
     try:
-        cache = kernel._cache
-        codegen = kernel.targetctx.codegen()
-        index = cache._cache_file._load_index()
-        return any(cache._index_key(key[0], codegen) == key for key in index)
+        return variants(kernel) >= 1 + (kernel.__name__ in TWO_VARIANTS)
     except Exception:  # numba's internals moved: let this process compile, as numba would
         return True
 
@@ -83,13 +93,15 @@ def load_kernels() -> None:
 
 
 def warm_up() -> None:
-    """Run every kernel once on a small random panel, with and without haplotypes to exclude (the
-    prior stage's calls), so that numba compiles and caches them."""
+    """Run every kernel on a small random panel, with and without haplotypes to exclude (the prior
+    stage's calls), and again with the class numbers of a reference of 65,536 haplotypes or more,
+    so that numba compiles and caches every variant the engine calls."""
     global _checked
     _checked = True  # this process compiles them
 
     import numpy as np
 
+    from . import engine as module
     from .engine import Chunk, Engine, EngineParams
 
     rng = np.random.default_rng(0)
@@ -97,8 +109,10 @@ def warm_up() -> None:
     ref = (rng.random((n_sites, n_ref)) < rng.uniform(0.02, 0.5, (n_sites, 1))).astype(np.uint8)
     pos = np.arange(1, n_sites + 1) * 1_000
     typed = np.arange(0, n_sites, 4)
-    chunk = Chunk.from_alleles(ref, typed, pos * 1e-6, pos)
-    engine = Engine(chunk, EngineParams(states=40, candidates=8))
     query = np.ascontiguousarray(ref[typed][:, :4].T, dtype=np.int8)
-    engine.impute(query, error=1e-3)
-    engine.impute(query, np.arange(4)[:, None], error=1e-3)
+    for wide_from in (module.WIDE_CLASSES_FROM, 0):
+        module.WIDE_CLASSES_FROM = wide_from  # this process only: it exits after the warm-up
+        chunk = Chunk.from_alleles(ref, typed, pos * 1e-6, pos)
+        engine = Engine(chunk, EngineParams(states=40, candidates=8))
+        engine.impute(query, error=1e-3)
+        engine.impute(query, np.arange(4)[:, None], error=1e-3)
