@@ -413,3 +413,19 @@ def test_the_cli_keeps_indels_by_default_and_drops_them_with_no_indels(run, tmp_
     assert kept == n_indels and kept_off == 0
     # the multi-nucleotide and the symbolic record are skipped either way
     assert skipped["non_snv"] == 2 and skipped_off["non_snv"] == 2 + n_indels
+
+
+def test_the_cli_scores_indels_by_default_and_not_with_no_indels(run, tmp_path):
+    from ragimpute.cli import main
+
+    aligned = Path(f"{run.imputed}.aligned") / "target.vcf.gz"
+    args = ["evaluate", "--imputed", str(run.imputed), "--truth", str(run.truth), "--chrom", CHROM]
+    args += ["--results", str(run.root / "results"), "--typed", str(aligned), "--method", "copying"]
+    rows = {}
+    for flags in ([], ["--no-indels"]):
+        out = tmp_path / (flags[0] if flags else "default")
+        assert main([*args, "--out", str(out), *flags]) == 0
+        rows[bool(flags)] = pd.read_csv(out / "sites.tsv.gz", sep="\t", keep_default_na=False)
+    n_indels = len(run.same_pos) + len(run.own)
+    on, off = rows[False], rows[True]
+    assert len(on) == len(off) + n_indels and (off["ref"].str.len() == off["alt"].str.len()).all()

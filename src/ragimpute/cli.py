@@ -233,7 +233,10 @@ def _evaluate(a: argparse.Namespace) -> None:
 
     _name_the_runs_chrom(a.results, a.chrom)
     sites = Path(a.results) / "windows" / a.chrom / "sites.parquet"
-    evaluate(a.imputed, a.truth, sites, a.typed, a.method, a.out, reference_splits=a.reference)
+    evaluate(
+        a.imputed, a.truth, sites, a.typed, a.method, a.out,
+        reference_splits=a.reference, indels=a.indels,
+    )  # fmt: skip
 
 
 def _compare(a: argparse.Namespace) -> None:
@@ -492,6 +495,12 @@ def _evaluate_parser(sub: Subparsers) -> None:
         choices=("train", "val", "test"),
         help="splits whose samples were the imputation reference, as given to impute: their MAF "
         "bins the sites (default: the whole panel; train for the panel's own held-out samples)",
+    )
+    s.add_argument(
+        "--indels",
+        action=argparse.BooleanOptionalAction,
+        default=default("panel.indels"),
+        help="score the truth's biallelic indels too (panel.indels); --no-indels: SNVs only",
     )
     s.set_defaults(func=_evaluate)
 
