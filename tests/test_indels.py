@@ -429,3 +429,26 @@ def test_the_cli_scores_indels_by_default_and_not_with_no_indels(run, tmp_path):
     n_indels = len(run.same_pos) + len(run.own)
     on, off = rows[False], rows[True]
     assert len(on) == len(off) + n_indels and (off["ref"].str.len() == off["alt"].str.len()).all()
+
+
+def test_truth_records_no_reference_imputes_are_not_counted_as_missing_from_it(run, tmp_path):
+    """A truth's ALT `*` (a deletion spanning the site) or `.` (no ALT) record is no site of any
+    reference; the evaluation reads only what the panel reader keeps, so such records do not count
+    as truth sites the reference lacks (nor does an `N` base)."""
+    aligned = Path(f"{run.imputed}.aligned") / "target.vcf.gz"
+    kw = dict(sites_parquet=run.windows / "sites.parquet", typed_vcf=aligned, method="copying")
+    base = evaluate(run.imputed, run.truth, out_dir=tmp_path / "base", indels=True, **kw)
+    header, records = vcf_lines(run.truth)
+    odd = []
+    for r in records:
+        odd.append(r)
+        if r is records[10]:  # three records after it, at positions of their own
+            p = int(r[1])
+            odd += [
+                [r[0], str(p + k), ".", "A", alt, *r[5:]]
+                for k, alt in ((1, "*"), (2, "."), (3, "N"))
+            ]
+    truth = write_bgzip(tmp_path / "truth.vcf.gz", header, odd)
+    got = evaluate(run.imputed, truth, out_dir=tmp_path / "odd", indels=True, **kw)
+    assert got["truth_sites_not_in_reference"] == base["truth_sites_not_in_reference"]
+    assert got["scored_sites"] == base["scored_sites"]

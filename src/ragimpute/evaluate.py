@@ -50,6 +50,7 @@ from .vcf_io import (
     open_vcf,
     query_lines,
     short_record_error,
+    snv_sites,
     upper_alleles,
     vcf_records_sites,
 )
@@ -270,11 +271,8 @@ def read_truth(
         pd.DataFrame([r[:4] for r in rows], columns=["chrom", "pos", "ref", "alt"])
     )
     sites["pos"] = sites["pos"].astype(np.int64)
-    keep = (
-        ~sites["alt"].str.contains(",")
-        & (sites["ref"].str.len() == 1)
-        & (sites["alt"].str.len() == 1)
-    ).to_numpy(dtype=bool)
+    # the records the panel reader keeps: not an ALT of `*` or `.`, which no reference imputes
+    keep = snv_sites(sites)
     if indels:
         keep = keep | np.fromiter(map(is_indel, sites["ref"], sites["alt"]), bool, len(sites))
     gt = alt_counts([r[4] for r in rows], n)
