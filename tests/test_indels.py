@@ -9,6 +9,7 @@ must impute the same dosages there: the engine sees alleles 0/1 and cM only.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
@@ -408,7 +409,9 @@ def test_the_cli_keeps_indels_by_default_and_drops_them_with_no_indels(run, tmp_
         assert main([*args, "--length", "128", "--overlap", "32", "--out", str(out), *flags]) == 0
         sites = pd.read_parquet(out / "sites.parquet")
         skipped = pd.read_csv(out / "skipped.tsv", sep="\t", index_col="reason")["records"]
-        counts[bool(flags)] = ((sites["ref"].str.len() != sites["alt"].str.len()).sum(), skipped)
+        kept = (sites["ref"].str.len() != sites["alt"].str.len()).sum()
+        assert json.loads((out / "windows.json").read_text())["n_indels"] == kept  # and the log's
+        counts[bool(flags)] = (kept, skipped)
     (kept, skipped), (kept_off, skipped_off) = counts[False], counts[True]
     assert kept == n_indels and kept_off == 0
     # the multi-nucleotide and the symbolic record are skipped either way

@@ -136,6 +136,7 @@ def reference_build_windows(panel, split, length, overlap, out_dir, genetic_map=
         "ragimpute": __version__,
         "source": panel.path,
         "n_sites": n,
+        "n_indels": int((sites["ref"].str.len() != sites["alt"].str.len()).sum()),
         "n_windows": len(bounds),
         "window_length": length,
         "window_overlap": overlap,

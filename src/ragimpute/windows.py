@@ -48,7 +48,7 @@ from .errors import ArtifactError, InputError
 from .genmap import GeneticMap, read_genetic_map, site_cm
 from .logs import log
 from .split import SPLITS
-from .vcf_io import Panel, PanelStream, Site, SitePositions
+from .vcf_io import Panel, PanelStream, Site, SitePositions, snv_sites
 
 FORMAT_VERSION = 3  # 2: the cm column; 3: haplotype alleles as packed bits
 BITS_COLUMN = "n_sites"  # in a table of bits (the haplotype tables): the sites of the row's window
@@ -238,7 +238,10 @@ def write_windows(
                 "n_windows": len(bounds),
                 DIGEST_KEY: writer.digest.hexdigest(),
             }
-    return _summary(panel, out, meta, len(table), bounds, split, length, overlap, genetic_map)
+    n_indels = int((~snv_sites(table)).sum())  # panel.indels: the rest are SNVs
+    return _summary(
+        panel, out, meta, (len(table), n_indels), bounds, split, length, overlap, genetic_map
+    )
 
 
 def _write_sites(
@@ -275,14 +278,16 @@ def _summary(
     panel: PanelStream | PanelBlocks,
     out: Path,
     meta: dict,
-    n: int,
+    counts: tuple[int, int],
     bounds: np.ndarray,
     split: dict[str, list[str]],
     length: int,
     overlap: int,
     genetic_map: GeneticMap | None,
 ) -> dict:
-    """``skipped.tsv`` and ``windows.json`` (returned), and the log line."""
+    """``skipped.tsv`` and ``windows.json`` (returned), and the log line; ``counts``: the sites
+    and, of them, the indels."""
+    n, n_indels = counts
     skipped = pd.DataFrame({"reason": list(panel.skipped), "records": list(panel.skipped.values())})
     write_tsv(out / "skipped.tsv", skipped)
     summary = {
@@ -290,6 +295,7 @@ def _summary(
         "ragimpute": __version__,
         "source": panel.path,
         "n_sites": n,
+        "n_indels": n_indels,
         "n_windows": len(bounds),
         "window_length": length,
         "window_overlap": overlap,
@@ -300,9 +306,10 @@ def _summary(
     }
     write_json(out / "windows.json", summary)
     log.info(
-        "%s: %d sites in %d windows (length %d, overlap %d); skipped %s",
+        "%s: %d sites (%d of them indels) in %d windows (length %d, overlap %d); skipped %s",
         panel.chrom,
         n,
+        n_indels,
         len(bounds),
         length,
         overlap,
