@@ -52,6 +52,7 @@ import yaml
 from ragimpute.demo import thin_common_sites
 from ragimpute.evaluate import COUNTS, SUMS, bin_table, compare
 from ragimpute.metrics import BIN_LABELS
+from ragimpute.vcf_io import snv_sites
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
@@ -151,7 +152,7 @@ def run_fold(work: Path, manifest: Path, genetic_map: Path | None, args) -> floa
 
 def by_kind(site_tables: list[str], methods: list[str]) -> dict[str, pd.DataFrame]:
     """Pooled r² per method and MAF bin of the SNVs and of the indels apart (``--indels``): the
-    per-site rows of every fold, split on whether REF and ALT differ in length."""
+    per-site rows of every fold, split as the window stage counts them (``snv_sites``)."""
     columns = ["method", "ref", "alt", "bin", "info_r2", "true_r2", *SUMS, *COUNTS]
     # alleles as written: pandas would read an allele spelled NA as missing
     sites = pd.concat(
@@ -159,9 +160,9 @@ def by_kind(site_tables: list[str], methods: list[str]) -> dict[str, pd.DataFram
                     keep_default_na=False, na_values={"info_r2": [""], "true_r2": [""]})
         for p in site_tables
     )  # fmt: skip
-    indel = sites["ref"].str.len() != sites["alt"].str.len()
+    snv = snv_sites(sites)  # a scored site that is no SNV is an indel (panel.indels)
     out = {}
-    for kind, rows in (("SNVs", sites[~indel]), ("indels", sites[indel])):
+    for kind, rows in (("SNVs", sites[snv]), ("indels", sites[~snv])):
         parts = []
         for m in methods:
             t = bin_table(rows[rows["method"] == m])

@@ -130,39 +130,12 @@ def _m3vcf(path: Path, haps: np.ndarray, blocks: list[tuple[int, int]], alleles)
     for b, (first, last) in enumerate(blocks):
         reps, rep_of = np.unique(haps[first : last + 1].T, axis=0, return_inverse=True)
         info = f"B{b + 1};VARIANTS={last - first + 1};REPS={len(reps)}"
-        lines.append(
-            "\t".join(
-                [
-                    "20",
-                    f"{first}-{last}",
-                    f"<BLOCK:{first}-{last}>",
-                    ".",
-                    ".",
-                    ".",
-                    ".",
-                    info,
-                    ".",
-                    *map(str, rep_of.ravel()),
-                ]
-            )
-        )
+        block = ["20", f"{first}-{last}", f"<BLOCK:{first}-{last}>", *"....", info, "."]
+        lines.append("\t".join([*block, *map(str, rep_of.ravel())]))
         for u in range(first, last + 1):
-            ref, alt = alleles[u]
-            lines.append(
-                "\t".join(
-                    [
-                        "20",
-                        str(1000 * (u + 1)),
-                        f"m{u}",
-                        ref,
-                        alt,
-                        ".",
-                        ".",
-                        f"B{b + 1}.M{u - first + 1}",
-                        "".join(map(str, reps[:, u - first])),
-                    ]
-                )
-            )
+            marker = ["20", str(1000 * (u + 1)), f"m{u}", *alleles[u], ".", "."]
+            rep_alleles = "".join(map(str, reps[:, u - first]))
+            lines.append("\t".join([*marker, f"B{b + 1}.M{u - first + 1}", rep_alleles]))
     with gzip.open(path, "wt") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -185,9 +158,8 @@ def test_an_m3vcf_expands_to_the_phased_haplotypes_it_encodes(tmp_path):
         ("T", "G"),
     ]
     src = tmp_path / "panel.m3vcf.gz"
-    _m3vcf(
-        src, haps, [(0, 3), (3, 6), (6, 8)], alleles
-    )  # sites 3 and 6 end one block, start the next
+    blocks = [(0, 3), (3, 6), (6, 8)]  # sites 3 and 6 end one block and start the next
+    _m3vcf(src, haps, blocks, alleles)
     out = tmp_path / "panel.vcf.gz"
     assert m3vcf_to_vcf.convert(src, out) == n_sites
     query = pysam.bcftools.query("-f", "%POS %REF %ALT[ %GT]\\n", str(out)).splitlines()

@@ -238,10 +238,7 @@ def write_windows(
                 "n_windows": len(bounds),
                 DIGEST_KEY: writer.digest.hexdigest(),
             }
-    n_indels = int((~snv_sites(table)).sum())  # panel.indels: the rest are SNVs
-    return _summary(
-        panel, out, meta, (len(table), n_indels), bounds, split, length, overlap, genetic_map
-    )
+    return _summary(panel, out, meta, table, bounds, split, length, overlap, genetic_map)
 
 
 def _write_sites(
@@ -278,16 +275,15 @@ def _summary(
     panel: PanelStream | PanelBlocks,
     out: Path,
     meta: dict,
-    counts: tuple[int, int],
+    sites: pd.DataFrame,
     bounds: np.ndarray,
     split: dict[str, list[str]],
     length: int,
     overlap: int,
     genetic_map: GeneticMap | None,
 ) -> dict:
-    """``skipped.tsv`` and ``windows.json`` (returned), and the log line; ``counts``: the sites
-    and, of them, the indels."""
-    n, n_indels = counts
+    """``skipped.tsv`` and ``windows.json`` (returned), and the log line, of the ``sites`` table."""
+    n, n_indels = len(sites), int((~snv_sites(sites)).sum())  # panel.indels: the rest are SNVs
     skipped = pd.DataFrame({"reason": list(panel.skipped), "records": list(panel.skipped.values())})
     write_tsv(out / "skipped.tsv", skipped)
     summary = {
